@@ -1,0 +1,20 @@
+"""The `lsr` command line. Each subcommand lives with the module that implements it."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Learned sparse retrieval (SPLADE) at cluster scale on Ray.")
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    app()

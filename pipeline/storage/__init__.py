@@ -1,0 +1,33 @@
+"""Object-storage access: fsspec URLs, Zarr v3 stores, atomic commits, retries."""
+
+from pipeline.storage.fs import (
+    StorageError,
+    Location,
+    exists,
+    join_url,
+    list_dir,
+    read_bytes,
+    read_json,
+    remove,
+    resolve,
+    with_retries,
+    write_bytes_atomic,
+    write_json_atomic,
+    zarr_store,
+)
+
+__all__ = [
+    "StorageError",
+    "Location",
+    "exists",
+    "join_url",
+    "list_dir",
+    "read_bytes",
+    "read_json",
+    "remove",
+    "resolve",
+    "with_retries",
+    "write_bytes_atomic",
+    "write_json_atomic",
+    "zarr_store",
+]

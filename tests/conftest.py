@@ -1,0 +1,86 @@
+"""Shared fixtures: real data, the real model, a real S3 API (moto server), a real local Ray.
+
+Everything here starts real services on 127.0.0.1 and stops exactly what it started.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_root() -> Path | None:
+    """The shared BEIR collections: $LSR_DATA_DIR, else ../shared/data beside the checkout."""
+    candidates = [os.environ.get("LSR_DATA_DIR"), REPO.parent / "shared" / "data",
+                  REPO.parent.parent / "shared" / "data"]
+    for c in candidates:
+        if c and (Path(c) / "scifact" / "corpus.jsonl").exists():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    root = data_root()
+    if root is None:
+        pytest.skip("real test collections not found (set LSR_DATA_DIR or place ../shared/data)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def scifact_dir(data_dir: Path) -> Path:
+    return data_dir / "scifact"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 with one bucket; yields storage options and env for it."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    bucket = "lsr-test"
+    boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket=bucket)
+    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
+               "client_kwargs": {"region_name": "us-east-1"}}
+    yield {"endpoint": endpoint, "bucket": bucket, "storage_options": options, "env": env}
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster for the whole session, sized for a 2-core machine."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
+                 log_to_driver=False, configure_logging=False)
+    yield ray
+    try:
+        from ray import serve
+        serve.shutdown()
+    except Exception:  # noqa: BLE001 - Serve may never have started
+        pass
+    ray.shutdown()
