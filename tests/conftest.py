@@ -84,3 +84,63 @@ def ray_local():
     except Exception:  # noqa: BLE001 - Serve may never have started
         pass
     ray.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# Real encodings, computed once per session and shared by every test that needs them.
+# Set LSR_TEST_CACHE=/some/dir to keep them on disk between local runs (never in CI).
+# ---------------------------------------------------------------------------------------------
+
+class Encoded:
+    """A collection encoded with splade-tiny: documents and all queries, in file order."""
+
+    def __init__(self, doc_ids, docs, query_ids, queries):
+        self.doc_ids = doc_ids      # list[str], corpus order
+        self.docs = docs            # scipy.sparse.csr_matrix float32 (n_docs, vocab)
+        self.query_ids = query_ids  # list[str], queries.jsonl order
+        self.queries = queries      # csr_matrix float32 (n_queries, vocab)
+
+
+def _read_collection(folder: Path):
+    import json
+
+    from pipeline.data.records import parse_record
+
+    docs = [parse_record(json.loads(line)) for line in open(folder / "corpus.jsonl", encoding="utf-8")]
+    queries = []
+    for line in open(folder / "queries.jsonl", encoding="utf-8"):
+        q = json.loads(line)
+        queries.append((str(q["_id"]), q["text"]))
+    return docs, queries
+
+
+def _encode_collection(folder: Path) -> Encoded:
+    from pipeline.encode.reference import encode_reference
+
+    docs, queries = _read_collection(folder)
+    doc_matrix = encode_reference("splade-tiny", [t for _, t in docs], max_length=256)
+    query_matrix = encode_reference("splade-tiny", [t for _, t in queries], max_length=64)
+    return Encoded([i for i, _ in docs], doc_matrix, [i for i, _ in queries], query_matrix)
+
+
+@pytest.fixture(scope="session")
+def encodings(data_dir: Path):
+    """Factory: encodings("cisi") -> Encoded, computed at most once per session."""
+    import pickle  # noqa: S403 - our own cache files, written by this function only
+
+    cache: dict[str, Encoded] = {}
+    disk = os.environ.get("LSR_TEST_CACHE")
+
+    def get(name: str) -> Encoded:
+        if name not in cache:
+            path = Path(disk) / f"encodings-{name}.pkl" if disk else None
+            if path is not None and path.exists():
+                cache[name] = pickle.loads(path.read_bytes())
+            else:
+                cache[name] = _encode_collection(data_dir / name)
+                if path is not None:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(pickle.dumps(cache[name]))
+        return cache[name]
+
+    return get

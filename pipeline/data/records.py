@@ -1,6 +1,8 @@
 """Corpus records: field mapping, validation, and the BEIR document text.
 
-One place decides what a valid document is, so the in-process readers, the Ray job
+Invalid UTF-8 is caught where bytes are decoded (the readers decode strictly); here a
+string is checked for lone surrogates, which JSON escapes can smuggle in. One place
+decides what a valid document is, so the in-process readers, the Ray job
 and evaluation agree on every record. A bad record raises `BadRecord` naming its
 source and position; callers choose to fail or to write it to the rejects.
 """
@@ -51,12 +53,9 @@ def document_text(title: str | None, text: str) -> str:
 def _check_string(value: Any, field: str, allow_empty: bool) -> str:
     if not isinstance(value, str):
         raise ValueError(f"field {field!r} must be a string, got {type(value).__name__}")
-    if "\ufffd" in value:
-        # The replacement character means bytes that were not valid UTF-8 upstream.
-        raise ValueError(f"field {field!r} holds invalid UTF-8 (U+FFFD replacement character)")
     try:
         value.encode("utf-8")
-    except UnicodeEncodeError as exc:  # lone surrogates from a lenient decoder
+    except UnicodeEncodeError as exc:  # lone surrogates, e.g. from a "\ud800" JSON escape
         raise ValueError(f"field {field!r} is not valid Unicode: {exc.reason}") from None
     if not allow_empty and not value.strip():
         raise ValueError(f"field {field!r} is empty")
