@@ -1,0 +1,261 @@
+"""Corpus files: discovery, splitting into shard-sized chunks, and strict parsing.
+
+A corpus is a JSONL file, a Parquet file, a folder of them, or a BEIR folder (its
+`corpus.jsonl`), on any fsspec URL. It is cut into chunks at line (JSONL) or row-group
+(Parquet) boundaries; one chunk becomes one shard, so shards are contiguous runs of the
+corpus and the same input always cuts the same way (which is what makes resume work).
+
+Bytes are decoded as strict UTF-8 here; `pipeline.data.records` validates the fields.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+from pipeline.data.records import BadRecord, FieldMap, parse_record
+from pipeline.storage import Location, resolve, with_retries
+
+log = logging.getLogger(__name__)
+
+JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+FORMATS = ("auto", "jsonl", "parquet", "beir")
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    url: str
+    format: str          # "jsonl" or "parquet"
+    size: int
+    version: str         # etag or mtime: changes when the file changes
+
+    @property
+    def compressed(self) -> bool:
+        return self.url.endswith(".gz")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A contiguous run of one file: bytes [start, end) of JSONL, or row groups [start, end)."""
+
+    file: CorpusFile
+    start: int
+    end: int
+
+    def to_json(self) -> dict:
+        return {"file": asdict(self.file), "start": self.start, "end": self.end}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Chunk":
+        return cls(CorpusFile(**obj["file"]), obj["start"], obj["end"])
+
+
+def _format_of(name: str) -> str | None:
+    if name.endswith(JSONL_SUFFIXES):
+        return "jsonl"
+    if name.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    return None
+
+
+def _file_version(info: dict) -> str:
+    for key in ("ETag", "etag", "mtime", "LastModified", "last_modified", "created"):
+        if info.get(key) is not None:
+            return str(info[key]).strip('"')
+    return ""
+
+
+def discover(url: str, fmt: str = "auto", storage_options: dict | None = None) -> list[CorpusFile]:
+    """The corpus files under `url`, sorted by path; raises with a clear message if none."""
+    if fmt not in FORMATS:
+        raise ValueError(f"corpus format must be one of {FORMATS}, got {fmt!r}")
+    loc = resolve(url, storage_options)
+    fs = loc.fs
+    fs.invalidate_cache(loc.path)
+    if not with_retries(lambda: fs.exists(loc.path), what=f"stat {url}"):
+        raise FileNotFoundError(f"corpus not found: {url}")
+    if fs.isdir(loc.path):
+        beir = loc.path.rstrip("/") + "/corpus.jsonl"
+        if fmt in ("auto", "beir") and fs.exists(beir):
+            paths = [beir]
+        elif fmt == "beir":
+            raise FileNotFoundError(f"{url} is not a BEIR folder (no corpus.jsonl)")
+        else:
+            paths = sorted(p for p in fs.find(loc.path) if _format_of(p) is not None
+                           and (fmt == "auto" or _format_of(p) == fmt))
+            if not paths:
+                raise FileNotFoundError(f"no JSONL or Parquet files under {url}")
+    else:
+        paths = [loc.path]
+    files = []
+    for path in paths:
+        kind = _format_of(path) if fmt in ("auto", "beir") else fmt
+        if kind is None:
+            raise ValueError(f"cannot tell the format of {path}: use --format jsonl|parquet")
+        info = fs.info(path)
+        file_url = path if loc.is_local else f"{fs.unstrip_protocol(path)}"
+        files.append(CorpusFile(url=file_url, format=kind, size=int(info.get("size") or 0),
+                                version=_file_version(info)))
+    return files
+
+
+def corpus_fingerprint(files: list[CorpusFile]) -> str:
+    """Identity of a corpus snapshot: its files, sizes and versions."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(json.dumps(asdict(f), sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _sample_bytes_per_record(loc: Location, compressed: bool, sample_bytes: int = 1 << 20) -> float:
+    with loc.fs.open(loc.path, "rb") as raw:
+        stream = gzip.open(raw) if compressed else raw
+        data = stream.read(sample_bytes)
+    lines = [line for line in data.split(b"\n")[:-1] if line.strip()] or [data]
+    return max(1.0, sum(len(x) + 1 for x in lines) / len(lines))
+
+
+def plan_chunks(files: list[CorpusFile], shard_size: int,
+                storage_options: dict | None = None) -> list[Chunk]:
+    """Cut files into chunks of about `shard_size` records each (never across files).
+
+    JSONL: byte ranges sized from the average record length of the file's first MiB.
+    Gzip JSONL cannot be split: one chunk per file. Parquet: consecutive row groups.
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    chunks: list[Chunk] = []
+    for f in files:
+        loc = resolve(f.url, storage_options)
+        if f.format == "parquet":
+            import pyarrow.parquet as pq
+
+            with loc.fs.open(loc.path, "rb") as fh:
+                meta = pq.ParquetFile(fh).metadata
+            start, rows = 0, 0
+            for g in range(meta.num_row_groups):
+                rows += meta.row_group(g).num_rows
+                if rows >= shard_size:
+                    chunks.append(Chunk(f, start, g + 1))
+                    start, rows = g + 1, 0
+            if start < meta.num_row_groups or not chunks or chunks[-1].file != f:
+                chunks.append(Chunk(f, start, meta.num_row_groups))
+        elif f.compressed or f.size == 0:
+            chunks.append(Chunk(f, 0, f.size))
+        else:
+            step = max(1, int(_sample_bytes_per_record(loc, False) * shard_size))
+            for start in range(0, f.size, step):
+                chunks.append(Chunk(f, start, min(f.size, start + step)))
+    return chunks
+
+
+@dataclass
+class RawRecord:
+    """One record of a chunk: validated (doc_id, text) or the reason it was rejected."""
+
+    offset: int                 # byte offset of the line (JSONL) or row index (Parquet)
+    doc_id: str | None
+    text: str | None
+    error: BadRecord | None
+
+
+def _iter_jsonl_lines(chunk: Chunk, storage_options: dict | None) -> Iterator[tuple[int, bytes]]:
+    """(byte offset, line) for every line that starts inside [start, end)."""
+    loc = resolve(chunk.file.url, storage_options)
+    with loc.fs.open(loc.path, "rb") as raw:
+        stream = gzip.open(raw) if chunk.file.compressed else raw
+        offset = 0
+        if chunk.start > 0:
+            # The line containing byte start-1 belongs to the previous chunk.
+            stream.seek(chunk.start - 1)
+            offset = chunk.start - 1
+            head = stream.readline()
+            offset += len(head)
+        while chunk.file.compressed or offset < chunk.end:
+            line = stream.readline()
+            if not line:
+                break
+            yield offset, line
+            offset += len(line)
+
+
+def line_number(url: str, offset: int, storage_options: dict | None = None) -> int:
+    """1-based line number of the byte `offset` in a (possibly gzip) JSONL file."""
+    loc = resolve(url, storage_options)
+    count, seen = 1, 0
+    with loc.fs.open(loc.path, "rb") as raw:
+        stream = gzip.open(raw) if url.endswith(".gz") else raw
+        while seen < offset:
+            block = stream.read(min(1 << 22, offset - seen))
+            if not block:
+                break
+            count += block.count(b"\n")
+            seen += len(block)
+    return count
+
+
+def describe_position(file: CorpusFile, offset: int, storage_options: dict | None = None) -> str:
+    if file.format == "jsonl":
+        return f"{file.url} line {line_number(file.url, offset, storage_options)}"
+    return f"{file.url} row {offset + 1}"
+
+
+def read_chunk(chunk: Chunk, fields: FieldMap = FieldMap(),
+               storage_options: dict | None = None) -> Iterator[RawRecord]:
+    """Parse a chunk strictly; bad records come back with `error` set, in corpus order."""
+    if chunk.file.format == "parquet":
+        yield from _read_parquet_chunk(chunk, fields, storage_options)
+        return
+    first_line: int | None = None   # line number of the chunk's first line, counted on first need
+    first_offset = 0
+    lines_read = 0
+    for offset, raw in _iter_jsonl_lines(chunk, storage_options):
+        if lines_read == 0:
+            first_offset = offset
+        lines_read += 1
+        if not raw.strip():
+            continue  # blank lines are not records
+        try:
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"invalid UTF-8 at byte {exc.start} of the line") from None
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            doc_id, text = parse_record(obj, fields)
+            yield RawRecord(offset, doc_id, text, None)
+        except ValueError as exc:
+            if first_line is None:
+                first_line = 1 if first_offset == 0 else \
+                    line_number(chunk.file.url, first_offset, storage_options)
+            reason = exc.reason if isinstance(exc, BadRecord) else str(exc)
+            yield RawRecord(offset, None, None, BadRecord(
+                reason, source=f"{chunk.file.url} line {first_line + lines_read - 1}",
+                record=raw[:200].decode("utf-8", "replace")))
+
+
+def _read_parquet_chunk(chunk: Chunk, fields: FieldMap,
+                        storage_options: dict | None) -> Iterator[RawRecord]:
+    import pyarrow.parquet as pq
+
+    loc = resolve(chunk.file.url, storage_options)
+    with loc.fs.open(loc.path, "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        row = sum(pf.metadata.row_group(g).num_rows for g in range(chunk.start))
+        for g in range(chunk.start, chunk.end):
+            table = pf.read_row_group(g)
+            for record in table.to_pylist():
+                try:
+                    doc_id, text = parse_record(record, fields)
+                    yield RawRecord(row, doc_id, text, None)
+                except BadRecord as exc:
+                    yield RawRecord(row, None, None, BadRecord(
+                        exc.reason, source=f"{chunk.file.url} row {row + 1}", record=None))
+                row += 1

@@ -1,0 +1,322 @@
+"""The commit step of an indexing job: from staged parts to a visible generation.
+
+1. Duplicate ids across the whole plan are found by hash-partitioned Ray tasks (ids only);
+   the first occurrence in corpus order is kept. Policy "fail" stops here, naming both.
+2. Each shard is assembled by exactly one Ray task (one writer per shard, whole shards):
+   its parts in row order, minus duplicates, become the postings group; its index is
+   built beside it; COMMITTED.json is written last. Shards committed by an earlier
+   attempt of the same plan are kept as they are.
+3. Rejects are gathered into rejects/gNNNNNN/rejects.jsonl.
+4. The manifest is written, then CURRENT moves to it (`pipeline.store.commit_generation`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import scipy.sparse as sp
+
+from pipeline.data.corpus import describe_position
+from pipeline.indexing.config import IndexJobConfig
+from pipeline.indexing.datasource import BadRecordError
+from pipeline.indexing.plan import (
+    PART_RE,
+    JobPlan,
+    ShardState,
+    parts_loc,
+    read_loc,
+    rejects_loc,
+    staging_paths,
+)
+from pipeline.storage import exists, list_dir, read_bytes, read_json, remove, write_bytes_atomic, write_json_atomic
+from pipeline.store import (
+    IndexLayout,
+    Manifest,
+    ShardEntry,
+    ShardPostings,
+    commit_generation,
+    read_postings,
+    write_postings,
+)
+from pipeline.store.manifest import now_utc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Duplicate:
+    shard: int
+    row: int
+    doc_id: str
+    first_shard: int
+    first_row: int
+
+
+def read_staged_shard(plan: JobPlan, layout: IndexLayout, shard: int,
+                      columns: list[str] | None = None) -> pa.Table:
+    """All staged parts of a shard, in row order, checked to cover rows 0..n_valid-1 once."""
+    summary = read_json(read_loc(plan, layout, shard))
+    loc = parts_loc(plan, layout, shard)
+    tables = []
+    for name in list_dir(loc):
+        if PART_RE.match(name):
+            tables.append(pq.read_table(io.BytesIO(read_bytes(loc.child(name))), columns=columns))
+    if tables:
+        table = pa.concat_tables(tables).sort_by("row")
+    else:
+        table = pa.table({"row": pa.array([], pa.int64())})
+    rows = table.column("row").to_numpy()
+    if len(rows) != summary["n_valid"] or (len(rows) and not np.array_equal(rows, np.arange(len(rows)))):
+        raise RuntimeError(f"shard {shard}: staged rows do not cover 0..{summary['n_valid'] - 1} "
+                           f"exactly ({len(rows)} rows staged); re-run the job to redo it")
+    return table
+
+
+def _id_hashes(ids: list[str]) -> np.ndarray:
+    import hashlib
+
+    return np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
+                        for i in ids), dtype=np.uint64, count=len(ids))
+
+
+@ray.remote
+def _bucket_ids(plan: JobPlan, layout: IndexLayout, shard: int, committed: bool, n_buckets: int):
+    """One shard's ids split by hash bucket: per bucket (shard, rows, ids)."""
+    if committed:
+        ids = [str(x) for x in read_postings(layout.postings(plan.shards[shard].name)).doc_ids]
+        rows = np.arange(len(ids), dtype=np.int64)  # committed shards hold no duplicates any more
+    else:
+        table = read_staged_shard(plan, layout, shard, columns=["row", "doc_id"])
+        ids = table.column("doc_id").to_pylist()
+        rows = table.column("row").to_numpy()
+    bucket = (_id_hashes(ids) % np.uint64(n_buckets)).astype(np.int64)
+    id_arr = np.asarray(ids, dtype=object)
+    out = [(shard, rows[bucket == b], id_arr[bucket == b]) for b in range(n_buckets)]
+    return out if n_buckets > 1 else out[0]
+
+
+@ray.remote
+def _find_duplicates(*parts) -> list[Duplicate]:
+    first: dict[str, tuple[int, int]] = {}
+    dups = []
+    # Visit in corpus order: shards ascending, rows ascending within a shard.
+    for shard, rows, ids in sorted(parts, key=lambda p: p[0]):
+        for row, doc_id in zip(rows.tolist(), ids.tolist()):
+            seen = first.get(doc_id)
+            if seen is None:
+                first[doc_id] = (shard, row)
+            else:
+                dups.append(Duplicate(shard, row, doc_id, *seen))
+    return dups
+
+
+def find_duplicates(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> list[Duplicate]:
+    shards = [s for s in range(len(plan.shards))
+              if states[s].committed or (states[s].read_summary or {}).get("n_valid", 0)]
+    if not shards:
+        return []
+    n_buckets = max(1, min(len(shards), 64))
+    maps = [_bucket_ids.options(num_returns=n_buckets, num_cpus=0.25).remote(
+        plan, layout, s, bool(states[s].committed), n_buckets) for s in shards]
+    if n_buckets == 1:
+        maps = [[m] for m in maps]
+    reduces = [_find_duplicates.options(num_cpus=0.25).remote(*[m[b] for m in maps])
+               for b in range(n_buckets)]
+    return sorted((d for r in ray.get(reduces) for d in r), key=lambda d: (d.shard, d.row))
+
+
+@dataclass
+class ShardResult:
+    entry: ShardEntry | None          # None when every row of the shard was rejected
+    build_s: float = 0.0
+    write_s: float = 0.0
+    reused: bool = False
+    stats: dict = field(default_factory=dict)
+
+
+def _build_index(vectors: sp.csr_matrix, kind: str, params: dict):
+    from pipeline.index import BlockedIndex, BlockedIndexConfig, ExactIndex
+
+    if kind == "exact":
+        return ExactIndex(vectors)
+    return BlockedIndex.build(vectors, BlockedIndexConfig(**params))
+
+
+@ray.remote
+def _assemble_shard(plan: JobPlan, layout: IndexLayout, shard: int, drop_rows: list[int],
+                    index_kind: str, index_params: dict, values_dtype: str, vocab_size: int,
+                    threads: int) -> ShardResult:
+    """The single writer of one shard: postings, index, commit record."""
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    sp_plan = plan.shards[shard]
+    started = time.perf_counter()
+    table = read_staged_shard(plan, layout, shard)
+    if drop_rows:
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[np.asarray(drop_rows, dtype=np.int64)] = False
+        table = table.filter(pa.array(keep))
+    n = table.num_rows
+    if n == 0:
+        return ShardResult(entry=None)
+    indices = table.column("indices").combine_chunks()
+    values = table.column("values").combine_chunks()
+    indptr = indices.offsets.to_numpy().astype(np.int64)
+    indptr = indptr - indptr[0]
+    vectors = sp.csr_matrix((values.values.to_numpy(zero_copy_only=False).astype(np.float32),
+                             indices.values.to_numpy(zero_copy_only=False).astype(np.int32), indptr),
+                            shape=(n, vocab_size))
+    vectors.sort_indices()
+    postings = ShardPostings(doc_ids=np.asarray(table.column("doc_id").to_pylist(), dtype=object),
+                             fingerprints=table.column("fingerprint").to_numpy(), vectors=vectors)
+    nnz_per_doc = np.diff(vectors.indptr)
+    stats = {"nnz_per_doc_mean": float(nnz_per_doc.mean()), "nnz_per_doc_max": int(nnz_per_doc.max()),
+             "distinct_terms": int(np.unique(vectors.indices).size)}
+    checksum = write_postings(layout.postings(sp_plan.name), postings, values_dtype=values_dtype,
+                              stats=stats)
+    write_s = time.perf_counter() - started
+    started = time.perf_counter()
+    index = _build_index(vectors, index_kind, index_params)
+    index_loc = layout.index(sp_plan.name)
+    index.save(index_loc.url, storage_options=index_loc.storage_options)
+    build_s = time.perf_counter() - started
+    entry = ShardEntry(name=sp_plan.name, n_docs=n, nnz=int(vectors.nnz), postings_checksum=checksum,
+                       index_kind=index_kind, index_nbytes=int(index.nbytes))
+    write_json_atomic(layout.shard_commit(sp_plan.name), {
+        "plan_id": plan.plan_id, "shard": shard, **entry.__dict__, "committed_at": now_utc(),
+        "stats": stats})
+    return ShardResult(entry=entry, build_s=build_s, write_s=write_s, stats=stats)
+
+
+def _reused(record: dict) -> ShardResult:
+    fields = ShardEntry.__dataclass_fields__
+    return ShardResult(entry=ShardEntry(**{k: record[k] for k in fields}), reused=True,
+                       stats=record.get("stats", {}))
+
+
+@dataclass
+class CommitResult:
+    manifest: Manifest
+    shards_reused: int
+    build_s: float
+    assemble_write_s: float
+    duplicates: int
+    built_docs: int
+
+
+def commit_plan(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, states: list[ShardState],
+                encoder_settings: dict, timing: dict, build_threads: int) -> CommitResult:
+    """Steps 1-4 of the module docstring. Returns the committed manifest."""
+    started = time.perf_counter()
+    dups = find_duplicates(plan, layout, states)
+    files = {s.shard: s.chunk.file for s in plan.shards}
+    if dups and config.on_bad_record == "fail":
+        d = dups[0]
+        # Offsets of the two records, for a message a user can act on.
+        def position(shard: int, row: int) -> str:
+            t = read_staged_shard(plan, layout, shard, columns=["row", "offset"]) \
+                if not states[shard].committed else None
+            if t is None:
+                return f"shard {shard} row {row}"
+            return describe_position(files[shard], int(t.column("offset")[row].as_py()),
+                                     config.storage_options)
+        raise BadRecordError(
+            f"bad record: duplicate id {d.doc_id!r} at {position(d.shard, d.row)} "
+            f"(first seen at {position(d.first_shard, d.first_row)}); "
+            f"{len(dups)} duplicate(s) in all (use --on-bad-record skip to keep the first of each)")
+    drop: dict[int, list[int]] = {}
+    for d in dups:
+        drop.setdefault(d.shard, []).append(d.row)
+    timing["dedup_s"] = time.perf_counter() - started
+
+    vocab_size = int(encoder_settings["vocab_size"])
+    futures = {}
+    results: dict[int, ShardResult] = {}
+    for s, state in enumerate(states):
+        if state.committed:
+            results[s] = _reused(state.committed)
+        else:
+            futures[s] = _assemble_shard.options(num_cpus=config.resources.build_cpus).remote(
+                plan, layout, s, drop.get(s, []), config.index_kind, config.index_params,
+                config.values_dtype, vocab_size, build_threads)
+    started = time.perf_counter()
+    for s, result in zip(futures, ray.get(list(futures.values()))):
+        results[s] = result
+    timing["assemble_wall_s"] = time.perf_counter() - started
+
+    counts = _gather_rejects(config, plan, layout, dups, results)
+    shards = [results[s].entry for s in sorted(results) if results[s].entry is not None]
+    manifest = Manifest(
+        generation=plan.generation, created_at=now_utc(), encoder=encoder_settings,
+        index={"kind": config.index_kind, "params": _index_params(config)},
+        shards=shards,
+        corpus={"url": config.corpus, "format": config.format, "fingerprint": plan.corpus_fingerprint,
+                "files": [f.url for f in plan.files],
+                "fields": {"id": config.id_field, "title": config.title_field,
+                           "text": config.text_field}},
+        counts=counts, timing={k: round(v, 4) for k, v in timing.items()},
+        parent_generation=plan.parent_generation,
+        extra={"plan_id": plan.plan_id, "shard_size": config.shard_size,
+               "values_dtype": config.values_dtype},
+    )
+    commit_generation(layout, manifest)
+    remove(staging_paths(layout, plan.plan_id)["base"])
+    return CommitResult(manifest=manifest, shards_reused=sum(r.reused for r in results.values()),
+                        build_s=sum(r.build_s for r in results.values()),
+                        assemble_write_s=sum(r.write_s for r in results.values()),
+                        duplicates=len(dups),
+                        built_docs=sum(r.entry.n_docs for r in results.values()
+                                       if r.entry is not None and not r.reused))
+
+
+def _index_params(config: IndexJobConfig) -> dict:
+    if config.index_kind == "exact":
+        return {}
+    from dataclasses import asdict
+
+    from pipeline.index import BlockedIndexConfig
+
+    return asdict(BlockedIndexConfig(**config.index_params))
+
+
+def _gather_rejects(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
+                    dups: list[Duplicate], results: dict[int, ShardResult]) -> dict:
+    """Write every rejected record with its reason; return the document counts."""
+    lines: list[str] = []
+    docs_in = 0
+    by_reason: dict[str, int] = {}
+    for s in range(len(plan.shards)):
+        summary = read_json(read_loc(plan, layout, s)) if exists(read_loc(plan, layout, s)) else None
+        if summary is None:
+            # Committed by an earlier attempt whose staging is gone: its counts live in the record.
+            summary = {"n_records": results[s].entry.n_docs if results[s].entry else 0, "n_rejected": 0}
+        docs_in += summary["n_records"]
+        if summary["n_rejected"]:
+            text = read_bytes(rejects_loc(plan, layout, s)).decode("utf-8")
+            for line in text.splitlines():
+                lines.append(line)
+                reason = json.loads(line)["reason"].split(" (")[0]
+                by_reason[reason] = by_reason.get(reason, 0) + 1
+    for d in dups:
+        lines.append(json.dumps({"source": f"shard {d.shard} row {d.row}", "doc_id": d.doc_id,
+                                 "reason": f"duplicate id (first at shard {d.first_shard} row {d.first_row})"}))
+        by_reason["duplicate id"] = by_reason.get("duplicate id", 0) + 1
+    if lines:
+        write_bytes_atomic(layout.rejects(plan.generation).child("rejects.jsonl"),
+                           ("\n".join(lines) + "\n").encode("utf-8"))
+    indexed = sum(r.entry.n_docs for r in results.values() if r.entry is not None)
+    rejected = len(lines)
+    if docs_in != indexed + rejected:
+        raise RuntimeError(f"document accounting failed: {docs_in} read != {indexed} indexed + "
+                           f"{rejected} rejected; nothing was committed")
+    return {"docs_in": docs_in, "docs_indexed": indexed, "docs_rejected": rejected,
+            **{f"rejected[{k}]": v for k, v in sorted(by_reason.items())}}

@@ -1,0 +1,90 @@
+"""Typed, validated configuration of the indexing job."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pipeline.data.corpus import FORMATS
+
+INDEX_KINDS = ("blocked", "exact")
+BAD_RECORD_POLICIES = ("fail", "skip")
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    model: str = "splade-tiny"
+    max_length: int = 256
+    query_max_length: int = 64
+    dtype: str = "auto"
+    batch_size: int = 32          # documents per encoder forward pass
+    top_k: int | None = None      # keep at most this many terms per document
+    threshold: float = 0.0        # drop weights <= threshold
+
+    def __post_init__(self) -> None:
+        if self.max_length < 8 or self.query_max_length < 4:
+            raise ValueError("max_length must be >= 8 and query_max_length >= 4")
+        if self.batch_size < 1:
+            raise ValueError(f"encoder batch_size must be >= 1, got {self.batch_size}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.threshold < 0:
+            raise ValueError(f"threshold must be >= 0, got {self.threshold}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be auto, float32, float16 or bfloat16, got {self.dtype!r}")
+
+
+@dataclass(frozen=True)
+class ResourceOptions:
+    """How the job uses the cluster. None means: decide from the cluster's resources."""
+
+    address: str | None = None        # Ray address; None = connect to RAY_ADDRESS or start locally
+    num_encoders: int | None = None   # encoder actor pool size
+    encoder_cpus: float | None = None
+    encoder_gpus: float | None = None
+    tokenize_cpus: float = 0.25       # fractional: on 2-core machines whole CPUs deadlock the read
+    build_cpus: float = 1.0
+    read_cpus: float = 0.25
+
+
+@dataclass(frozen=True)
+class IndexJobConfig:
+    corpus: str
+    output: str
+    format: str = "auto"
+    id_field: str | None = None                  # None: _id, id, docid or doc_id
+    title_field: str | None = "title"
+    text_field: str = "text"
+    shard_size: int = 250_000                    # target documents per shard
+    block_rows: int = 256                        # documents per read block (the resume unit)
+    values_dtype: str = "float32"                # postings value storage
+    index_kind: str = "blocked"
+    index_params: dict[str, Any] = field(default_factory=dict)   # BlockedIndexConfig overrides
+    on_bad_record: str = "fail"
+    keep_generations: int = 3
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    encoder: EncoderOptions = field(default_factory=EncoderOptions)
+    resources: ResourceOptions = field(default_factory=ResourceOptions)
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        if self.shard_size < 1 or self.block_rows < 1:
+            raise ValueError("shard_size and block_rows must be >= 1")
+        if self.values_dtype not in ("float16", "float32"):
+            raise ValueError(f"values_dtype must be float16 or float32, got {self.values_dtype!r}")
+        if self.index_kind not in INDEX_KINDS:
+            raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {self.index_kind!r}")
+        if self.on_bad_record not in BAD_RECORD_POLICIES:
+            raise ValueError(f"on_bad_record must be one of {BAD_RECORD_POLICIES}, "
+                             f"got {self.on_bad_record!r}")
+        if self.keep_generations < 1:
+            raise ValueError(f"keep_generations must be >= 1, got {self.keep_generations}")
+
+    def output_fingerprint(self) -> str:
+        """Hash of every setting that changes what the job writes (not how fast)."""
+        relevant = {k: v for k, v in asdict(self).items()
+                    if k not in ("resources", "storage_options", "keep_generations", "output")}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,121 @@
+"""Ray Data source: the pending shards of a plan, read strictly, in read blocks.
+
+One read task per pending shard. It parses its chunk in corpus order, cuts the valid
+records into read blocks of `block_rows`, and yields the blocks that earlier attempts
+did not finish. Bad records fail the task (policy "fail") or go to the shard's rejects
+file (policy "skip"). At the end it writes the shard's read summary, which tells the
+commit step how many rows the shard must have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Iterator
+
+import pyarrow as pa
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+from pipeline.data.corpus import read_chunk
+from pipeline.data.records import BadRecord, FieldMap
+from pipeline.storage import write_bytes_atomic, write_json_atomic
+from pipeline.store import IndexLayout
+from pipeline.indexing.plan import JobPlan, read_loc, rejects_loc
+
+log = logging.getLogger(__name__)
+
+READ_SCHEMA = pa.schema([
+    ("shard", pa.int32()), ("seq", pa.int32()), ("row", pa.int64()),
+    ("doc_id", pa.string()), ("text", pa.string()), ("offset", pa.int64()),
+    ("t_read", pa.float64()),
+])
+
+
+class BadRecordError(RuntimeError):
+    """The job met a bad record under the "fail" policy. The message names file and record."""
+
+
+def _block(shard: int, seq: int, first_row: int, records, seconds: float) -> pa.Table:
+    n = len(records)
+    return pa.table({
+        "shard": pa.array([shard] * n, pa.int32()),
+        "seq": pa.array([seq] * n, pa.int32()),
+        "row": pa.array(range(first_row, first_row + n), pa.int64()),
+        "doc_id": pa.array([r.doc_id for r in records], pa.string()),
+        "text": pa.array([r.text for r in records], pa.string()),
+        "offset": pa.array([r.offset for r in records], pa.int64()),
+        "t_read": pa.array([seconds / max(n, 1)] * n, pa.float64()),
+    }, schema=READ_SCHEMA)
+
+
+def read_shard(plan: JobPlan, layout: IndexLayout, shard: int, done_blocks: set[int],
+               fields: FieldMap, on_bad_record: str, storage_options: dict) -> Iterator[pa.Table]:
+    """Yield the unfinished read blocks of one shard; write its rejects and read summary."""
+    sp = plan.shards[shard]
+    block_rows = plan.block_rows
+    pending: list = []
+    rejects: list[dict] = []
+    n_records = n_valid = 0
+    seq = 0
+    started = time.perf_counter()
+    for record in read_chunk(sp.chunk, fields, storage_options):
+        n_records += 1
+        if record.error is not None:
+            if on_bad_record == "fail":
+                raise BadRecordError(f"bad record: {record.error} "
+                                     f"(use --on-bad-record skip to write it to rejects instead)")
+            rejects.append({"source": record.error.source, "reason": record.error.reason,
+                            "record": record.error.record})
+            continue
+        n_valid += 1
+        pending.append(record)
+        if len(pending) == block_rows:
+            if seq not in done_blocks:
+                yield _block(shard, seq, seq * block_rows, pending, time.perf_counter() - started)
+            pending, seq, started = [], seq + 1, time.perf_counter()
+    if pending and seq not in done_blocks:
+        yield _block(shard, seq, seq * block_rows, pending, time.perf_counter() - started)
+    if rejects:
+        write_bytes_atomic(rejects_loc(plan, layout, shard),
+                           "".join(json.dumps(r) + "\n" for r in rejects).encode("utf-8"))
+    write_json_atomic(read_loc(plan, layout, shard), {
+        "shard": shard, "n_records": n_records, "n_valid": n_valid,
+        "n_rejected": len(rejects), "block_rows": block_rows,
+    })
+
+
+class CorpusDatasource(Datasource):
+    """The plan's pending shards as a Ray dataset of read blocks (schema READ_SCHEMA)."""
+
+    def __init__(self, plan: JobPlan, layout: IndexLayout, pending: dict[int, set[int]],
+                 fields: FieldMap, on_bad_record: str, storage_options: dict):
+        self._plan = plan
+        self._layout = layout
+        self._pending = pending          # shard -> read blocks already done
+        self._fields = fields
+        self._on_bad_record = on_bad_record
+        self._storage_options = storage_options
+
+    def get_name(self) -> str:
+        return "Corpus"
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return sum(self._plan.shards[s].chunk.end - self._plan.shards[s].chunk.start
+                   for s in self._pending) or None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context=None) -> list[ReadTask]:
+        tasks = []
+        for shard, done in sorted(self._pending.items()):
+            chunk = self._plan.shards[shard].chunk
+            meta = BlockMetadata(num_rows=None, size_bytes=max(1, chunk.end - chunk.start),
+                                 exec_stats=None, input_files=(chunk.file.url,))
+
+            def read_fn(shard=shard, done=frozenset(done)):
+                return read_shard(self._plan, self._layout, shard, set(done), self._fields,
+                                  self._on_bad_record, self._storage_options)
+
+            tasks.append(ReadTask(read_fn, meta, schema=READ_SCHEMA))
+        return tasks

@@ -1,0 +1,190 @@
+"""The indexing job: corpus -> encoded, sharded, indexed, committed generation.
+
+    read (Ray Data source, CPU tasks) -> tokenize (CPU tasks) -> encode (actor pool,
+    one GPU each, or CPU threads) -> stage parts (Datasink) -> commit (per-shard Ray
+    tasks build postings + index; manifest last)
+
+Re-running the same command after a crash resumes: staged read blocks are not encoded
+again and committed shards are kept (their checksums verified).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from pipeline.data.records import FieldMap
+from pipeline.indexing.commit import commit_plan
+from pipeline.indexing.config import IndexJobConfig
+from pipeline.indexing.datasource import CorpusDatasource
+from pipeline.indexing.plan import make_plan, scan_state
+from pipeline.indexing.sink import StageTimes, StagingSink
+from pipeline.indexing.stages import EncodeActor, tokenize_batch
+from pipeline.store import IndexLayout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobSummary:
+    output: str
+    generation: int
+    plan_id: str
+    resumed: bool
+    docs_in: int
+    docs_indexed: int
+    docs_rejected: int
+    shards: int
+    shards_reused: int
+    blocks_encoded: int
+    nnz: int
+    wall_s: float
+    docs_per_s: float
+    stages: dict[str, dict] = field(default_factory=dict)
+    bound_stage: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How many encoder actors, and what each one reserves."""
+
+    num_encoders: int
+    encoder_cpus: float
+    encoder_gpus: float
+    torch_threads: int
+    build_threads: int
+
+
+def plan_resources(config: IndexJobConfig, cluster: dict) -> Placement:
+    """Size the encoder pool from the cluster; explicit options win."""
+    opts = config.resources
+    cpus = float(cluster.get("CPU", os.cpu_count() or 1))
+    gpus = float(cluster.get("GPU", 0))
+    encoder_gpus = opts.encoder_gpus if opts.encoder_gpus is not None else (1.0 if gpus >= 1 else 0.0)
+    if opts.num_encoders is not None:
+        num = opts.num_encoders
+    elif encoder_gpus > 0:
+        num = max(1, int(gpus // encoder_gpus))
+    else:
+        num = max(1, int(cpus // 8)) if cpus >= 8 else 1
+    if opts.encoder_cpus is not None:
+        enc_cpus = opts.encoder_cpus
+    elif encoder_gpus > 0:
+        enc_cpus = min(2.0, max(0.5, (cpus - 1) / num))
+    else:
+        # Leave room for the read, tokenize and write tasks: whole CPUs for every actor
+        # on a 2-core machine would deadlock the read stage (field notes).
+        enc_cpus = max(0.5, min(cpus / num - 1.0, 7.0))
+    torch_threads = max(1, int(cpus // num)) if encoder_gpus == 0 else 1
+    return Placement(num, enc_cpus, encoder_gpus, torch_threads,
+                     build_threads=max(1, int(config.resources.build_cpus)))
+
+
+def connect_ray(address: str | None) -> None:
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if ray.is_initialized():
+        return
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        log.info("starting a local Ray instance (pass --address to use a cluster)")
+    ray.init(address=address, ignore_reinit_error=True, configure_logging=False)
+
+
+def _encoder_settings(config: IndexJobConfig) -> dict:
+    from pipeline.encode import SpladeEncoder
+
+    opts = config.encoder
+    encoder = SpladeEncoder(opts.model, device="cpu", max_length=opts.max_length,
+                            query_max_length=opts.query_max_length, dtype=opts.dtype,
+                            batch_size=opts.batch_size, top_k=opts.top_k, threshold=opts.threshold)
+    settings = encoder.settings()
+    # The settings describe what the vectors are, not where they were computed.
+    settings.pop("device", None)
+    return settings
+
+
+def run_index_job(config: IndexJobConfig) -> JobSummary:
+    """Run (or resume) the indexing job described by `config`; returns its summary."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    started = time.perf_counter()
+    layout = IndexLayout.at(config.output, config.storage_options)
+    plan, resumed = make_plan(config, layout)
+    states = scan_state(plan, layout)
+    pending = {s: state.done_blocks(plan.block_rows) for s, state in enumerate(states)
+               if state.committed is None and not state.fully_staged(plan.block_rows)}
+    n_committed = sum(1 for st in states if st.committed)
+    if resumed:
+        log.info("resume: %d of %d shards committed, %d need reading", n_committed,
+                 len(plan.shards), len(pending))
+    connect_ray(config.resources.address)
+    placement = plan_resources(config, ray.cluster_resources())
+    settings = _encoder_settings(config)
+    fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
+    timing: dict[str, float] = {"plan_s": time.perf_counter() - started}
+    committed = {}
+
+    def on_commit(times: StageTimes) -> None:
+        # The datasink's commit point: states are re-read, since the write just staged parts.
+        fresh = scan_state(plan, layout, verify_committed=False)
+        result = commit_plan(config, plan, layout, fresh, settings, timing, placement.build_threads)
+        committed.update(result=result, times=times)
+
+    if pending:
+        log.info("encoding %d shard(s) with %d encoder actor(s) (%.2g CPU, %.2g GPU each)",
+                 len(pending), placement.num_encoders, placement.encoder_cpus, placement.encoder_gpus)
+        source = CorpusDatasource(plan, layout, pending, fields, config.on_bad_record,
+                                  config.storage_options)
+        ds = ray.data.read_datasource(source, ray_remote_args={"num_cpus": config.resources.read_cpus})
+        ds = ds.map_batches(tokenize_batch, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"options": config.encoder},
+                            num_cpus=config.resources.tokenize_cpus)
+        ds = ds.map_batches(
+            EncodeActor, batch_format="pyarrow", batch_size=config.encoder.batch_size * 4,
+            compute=ActorPoolStrategy(size=placement.num_encoders),
+            fn_constructor_kwargs={"options": config.encoder,
+                                   "device": "cuda" if placement.encoder_gpus > 0 else "cpu",
+                                   "torch_threads": placement.torch_threads},
+            num_cpus=placement.encoder_cpus, num_gpus=placement.encoder_gpus or None)
+        encode_started = time.perf_counter()
+        ds.write_datasink(StagingSink(plan, layout, on_commit),
+                          ray_remote_args={"num_cpus": config.resources.tokenize_cpus})
+        timing["pipeline_wall_s"] = time.perf_counter() - encode_started
+    else:
+        on_commit(StageTimes())
+    result, times = committed["result"], committed["times"]
+    blocks_encoded = -(-times.rows // plan.block_rows) if times.rows else 0
+    wall = time.perf_counter() - started
+    manifest = result.manifest
+    stages = {
+        "read": _stage(times.rows, times.read), "tokenize": _stage(times.rows, times.tokenize),
+        "encode": _stage(times.rows, times.encode), "write": _stage(times.rows, times.write),
+        "build": _stage(result.built_docs, result.build_s),
+    }
+    capacity = {"read": 1.0, "tokenize": 1.0, "write": 1.0, "build": 1.0,
+                "encode": float(placement.num_encoders)}
+    active = {k: v for k, v in stages.items() if v["busy_s"] > 0}
+    bound = max(active, key=lambda k: active[k]["busy_s"] / capacity[k]) if active else None
+    summary = JobSummary(
+        output=layout.url, generation=manifest.generation, plan_id=plan.plan_id, resumed=resumed,
+        docs_in=manifest.counts["docs_in"], docs_indexed=manifest.counts["docs_indexed"],
+        docs_rejected=manifest.counts["docs_rejected"], shards=len(manifest.shards),
+        shards_reused=result.shards_reused, blocks_encoded=blocks_encoded, nnz=manifest.nnz,
+        wall_s=round(wall, 3), docs_per_s=round(manifest.counts["docs_in"] / wall, 2) if wall else 0.0,
+        stages=stages, bound_stage=bound)
+    log.info("indexed %d docs (%d rejected) into %d shards, generation %d, in %.1fs (%.1f docs/s)",
+             summary.docs_indexed, summary.docs_rejected, summary.shards, summary.generation,
+             wall, summary.docs_per_s)
+    return summary
+
+
+def _stage(rows: int, busy_s: float) -> dict:
+    return {"rows": rows, "busy_s": round(busy_s, 4),
+            "docs_per_busy_s": round(rows / busy_s, 2) if busy_s > 0 else None}

@@ -1,0 +1,25 @@
+"""The on-storage form of an index: layout, shard postings, manifests and generations."""
+
+from pipeline.store.layout import IndexLayout, shard_name
+from pipeline.store.manifest import (
+    Manifest,
+    ManifestError,
+    ShardEntry,
+    commit_generation,
+    list_generations,
+    read_current_generation,
+    read_manifest,
+)
+from pipeline.store.postings import (
+    PostingsFormatError,
+    ShardPostings,
+    fingerprint_texts,
+    read_postings,
+    write_postings,
+)
+
+__all__ = [
+    "IndexLayout", "shard_name", "Manifest", "ManifestError", "ShardEntry", "commit_generation",
+    "list_generations", "read_current_generation", "read_manifest", "PostingsFormatError",
+    "ShardPostings", "fingerprint_texts", "read_postings", "write_postings",
+]

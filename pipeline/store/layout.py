@@ -1,0 +1,73 @@
+"""Where everything of one index lives under its root URL.
+
+    ROOT/
+      CURRENT.json                   pointer to the live generation; rewritten atomically, last
+      manifests/000007.json          one manifest per generation, written before CURRENT moves
+      shards/g000007-s00003/
+          postings/                  Zarr v3 group: the shard's forward CSR, ids, fingerprints
+          index/                     Zarr v3 group: the shard's BlockedIndex (or ExactIndex)
+          COMMITTED.json             shard commit record (checksums); written after both groups
+      staging/<plan-id>/             work in progress of a job (encoded parts, plan); resumable
+      rejects/g000007/               rejected records of a generation, with reasons (JSONL)
+
+Shards are named by the generation that wrote them, so a later generation's manifest
+may list shards of an earlier one (re-indexing reuses what did not change), and garbage
+collection removes a shard only when no kept manifest names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.storage import Location, resolve
+
+CURRENT_NAME = "CURRENT.json"
+
+
+def shard_name(generation: int, shard: int) -> str:
+    return f"g{generation:06d}-s{shard:05d}"
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """Paths of one index root. Pure naming: nothing here touches storage."""
+
+    root: Location
+
+    @classmethod
+    def at(cls, url: str, storage_options: dict | None = None) -> "IndexLayout":
+        return cls(resolve(url, storage_options))
+
+    @property
+    def url(self) -> str:
+        return self.root.url
+
+    def current(self) -> Location:
+        return self.root.child(CURRENT_NAME)
+
+    def manifests(self) -> Location:
+        return self.root.child("manifests")
+
+    def manifest(self, generation: int) -> Location:
+        return self.root.child("manifests", f"{generation:06d}.json")
+
+    def shards(self) -> Location:
+        return self.root.child("shards")
+
+    def shard(self, name: str) -> Location:
+        return self.root.child("shards", name)
+
+    def postings(self, name: str) -> Location:
+        return self.root.child("shards", name, "postings")
+
+    def index(self, name: str) -> Location:
+        return self.root.child("shards", name, "index")
+
+    def shard_commit(self, name: str) -> Location:
+        return self.root.child("shards", name, "COMMITTED.json")
+
+    def staging(self, plan_id: str) -> Location:
+        return self.root.child("staging", plan_id)
+
+    def rejects(self, generation: int) -> Location:
+        return self.root.child("rejects", f"g{generation:06d}")
