@@ -16,5 +16,11 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+from pipeline.commands.index import index  # noqa: E402
+from pipeline.commands.search import search  # noqa: E402
+
+app.command("index")(index)
+app.command("search")(search)
+
 if __name__ == "__main__":
     app()

@@ -10,6 +10,7 @@ from pipeline.store.manifest import (
     read_current_generation,
     read_manifest,
 )
+from pipeline.store.reader import Hit, LoadedShard, ShardedIndex, load_shard, merge_top_k
 from pipeline.store.postings import (
     PostingsFormatError,
     ShardPostings,
@@ -22,4 +23,5 @@ __all__ = [
     "IndexLayout", "shard_name", "Manifest", "ManifestError", "ShardEntry", "commit_generation",
     "list_generations", "read_current_generation", "read_manifest", "PostingsFormatError",
     "ShardPostings", "fingerprint_texts", "read_postings", "write_postings",
+    "Hit", "LoadedShard", "ShardedIndex", "load_shard", "merge_top_k",
 ]

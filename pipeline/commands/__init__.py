@@ -1,0 +1,1 @@
+"""Subcommands of the `lsr` CLI that belong to no single library module."""
