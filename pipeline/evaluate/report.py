@@ -10,38 +10,42 @@ from pipeline.evaluate.metrics import Ranked
 from pipeline.evaluate.runner import EvalResult
 from pipeline.storage.fs import resolve
 
-# (column header, where the value lives, key, format)
-_COLUMNS: tuple[tuple[str, str, str, str], ...] = (
-    ("nDCG@10", "metrics", "nDCG@10", "{:.4f}"),
-    ("R@100", "metrics", "R@100", "{:.4f}"),
-    ("R@1000", "metrics", "R@1000", "{:.4f}"),
-    ("MRR@10", "metrics", "RR@10", "{:.4f}"),
-    ("R@10 vs exact", "metrics", "R@10 vs exact", "{:.4f}"),
-    ("latency ms (mean / p99)", "efficiency", "latency_ms", ""),
-    ("QPS", "efficiency", "qps", "{:.1f}"),
+# Efficiency columns: (header, efficiency keys, format)
+_SPEED: tuple[tuple[str, tuple[str, ...], str], ...] = (
+    ("latency ms mean / p99", ("latency_ms_mean", "latency_ms_p99"), "{:.1f} / {:.1f}"),
+    ("QPS", ("qps",), "{:.1f}"),
 )
 
 
-def _cell(result: EvalResult, where: str, key: str, fmt: str) -> str:
-    values = getattr(result, where)
-    if key == "latency_ms":
-        if "latency_ms_mean" not in values:
-            return "-"
-        return f"{values['latency_ms_mean']:.1f} / {values['latency_ms_p99']:.1f}"
-    value = values.get(key)
+def _metric_header(name: str) -> str:
+    return "MRR" + name[2:] if name.startswith("RR@") else name  # trec_eval's RR@10 is MRR@10
+
+
+def _number(value: float | None, fmt: str) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return fmt.format(value)
 
 
-def format_table(results: Sequence[EvalResult], columns: Iterable[str] | None = None) -> str:
-    """A Markdown table, one row per result; columns no result has are left out."""
-    chosen = [c for c in _COLUMNS if columns is None or c[0] in set(columns)]
-    chosen = [c for c in chosen if any(_cell(r, *c[1:]) != "-" for r in results)]
-    header = ["collection", "system"] + [c[0] for c in chosen]
-    rows = [[r.dataset, r.system] + [_cell(r, *c[1:]) for c in chosen] for r in results]
+def format_table(results: Sequence[EvalResult], metrics: Iterable[str] | None = None) -> str:
+    """A Markdown table, one row per result: the metrics (all, or those named), then speed."""
+    if metrics is None:
+        metrics = list(dict.fromkeys(name for r in results for name in r.metrics))
+    metrics = list(metrics)
+    speed = [s for s in _SPEED if any(all(key in r.efficiency for key in s[1]) for r in results)]
+    header = ["collection", "system"] + [_metric_header(m) for m in metrics] + [s[0] for s in speed]
+    rows = []
+    for r in results:
+        row = [r.dataset, r.system] + [_number(r.metrics.get(m), "{:.4f}") for m in metrics]
+        for _, keys, fmt in speed:
+            row.append(fmt.format(*(r.efficiency[key] for key in keys))
+                       if all(key in r.efficiency for key in keys) else "-")
+        rows.append(row)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([line(header), sep] + [line(r) for r in rows])
 
