@@ -18,9 +18,11 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
 
 from pipeline.commands.index import index  # noqa: E402
 from pipeline.commands.search import search  # noqa: E402
+from pipeline.evaluate.cli import evaluate  # noqa: E402
 
 app.command("index")(index)
 app.command("search")(search)
+app.command("evaluate")(evaluate)
 
 if __name__ == "__main__":
     app()

@@ -116,3 +116,52 @@ class SpladeBackend:
 
     def settings(self) -> dict:
         return {"model": self.query_encoder.settings(), "index": index_settings(self.index)}
+
+
+class ShardedBackend:
+    """A committed index written by ``lsr index`` (`pipeline.store.ShardedIndex`): all shards, merged.
+
+    Queries are encoded with the encoder the index's manifest records. `exact=True` scores every
+    shard's stored vectors exactly; otherwise each shard's own index kind is searched.
+    """
+
+    def __init__(self, opened: Any, *, exact: bool = False, name: str | None = None,
+                 search_params: dict | None = None):
+        self.opened = opened
+        kinds = {shard.entry.index_kind for shard in opened.shards}
+        self.exact = exact or kinds == {"exact"}
+        self.search_params = dict(search_params or {})
+        model = opened.manifest.encoder.get("model", "splade")
+        self.name = name or f"{model} {'exact' if self.exact else 'approx'} (index)"
+
+    @classmethod
+    def open(cls, url: str, storage_options: dict | None = None, generation: int | None = None,
+             **kwargs: Any) -> "ShardedBackend":
+        from pipeline.store import ShardedIndex
+
+        return cls(ShardedIndex.open(url, storage_options, generation=generation), **kwargs)
+
+    def exact_twin(self) -> "ShardedBackend":
+        """The same opened index searched exactly (for the approximation's recall)."""
+        return ShardedBackend(self.opened, exact=True)
+
+    @property
+    def n_docs(self) -> int:
+        return self.opened.n_docs
+
+    def encode_queries(self, texts: Sequence[str]) -> sp.csr_matrix:
+        return _as_csr(self.opened.encoder().encode_queries(list(texts)))
+
+    def search(self, encoded: sp.csr_matrix, k: int, threads: int | None = None) -> list[Ranked]:
+        params = dict(self.search_params)
+        if threads is not None and not self.exact:
+            params["threads"] = threads
+        hits = self.opened.search_vectors(encoded, k=k, exact=self.exact, **params)
+        return [[(hit.doc_id, hit.score) for hit in row] for row in hits]
+
+    def settings(self) -> dict:
+        manifest = self.opened.manifest
+        return {"model": dict(manifest.encoder),
+                "index": {**manifest.index, "url": self.opened.layout.url, "generation": manifest.generation,
+                          "shards": len(manifest.shards), "exact_search": self.exact,
+                          **self.search_params}}
