@@ -1,0 +1,186 @@
+"""Fused SPLADE head in Triton: vocabulary projection + masked max over tokens + ReLU + log1p.
+
+Same contract as `kernels.checks`. One program owns one (row, vocabulary tile) pair and walks
+the row's tokens in tiles of BLOCK_L; each token tile is a (BLOCK_L, BLOCK_H) x (BLOCK_H, BLOCK_V)
+tiled product over the hidden size accumulated in float32, reduced at once into a running max
+over raw logits. The (B, L, V) logits never leave registers.
+
+- ReLU is fused into the running max's initial value: with m0 = -bias,
+  max(m0, max_l x_l) + bias == relu(max_l (x_l + bias)); the bias is added once and log1p
+  applied once per output.
+- Token tiles whose mask is all zero (padding of shorter rows) are skipped.
+- Programs are ordered row-fastest so that consecutive programs share one weight tile (L2 reuse).
+
+Hopper (H100/H200) habits: BLOCK_L and BLOCK_V multiples of 64 with 4 or 8 warps so that `tl.dot`
+lowers to warpgroup MMA (wgmma) on fp16/bf16; 3-4 pipeline stages over the hidden loop.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from kernels.checks import check_head_inputs
+
+
+def _config(block_v: int, block_l: int, block_h: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_V": block_v, "BLOCK_L": block_l, "BLOCK_H": block_h},
+                         num_warps=warps, num_stages=stages)
+
+
+#: Candidate tiles for Hopper with fp16/bf16 inputs, (BLOCK_V, BLOCK_L, BLOCK_H, warps, stages).
+#: BLOCK_L >= 64 lowers `tl.dot` to wgmma; shared memory is stages x (BLOCK_L + BLOCK_V) x BLOCK_H
+#: x 2 B (at most 160 KiB here, under the 227 KiB per block). Each was compiled ahead of time for
+#: sm_90 (tests/test_kernels.py::test_hopper_configs_compile): wgmma present, no register spills.
+#: (256, 128, 64) spilled (accumulator 128 registers per thread on 8 warps) and is left out.
+HOPPER_CONFIGS = [
+    _config(128, 64, 64, 4, 4),
+    _config(128, 64, 128, 4, 3),
+    _config(128, 128, 64, 8, 3),
+    _config(128, 128, 64, 8, 4),
+    _config(256, 64, 64, 8, 3),
+    _config(256, 64, 64, 8, 4),
+    _config(64, 64, 128, 4, 4),
+    _config(128, 32, 64, 4, 4),   # short rows (queries): mma.sync, less padding work
+    _config(256, 32, 64, 8, 3),
+]
+
+#: float32 inputs take IEEE products on CUDA cores (no TF32): small tiles, no spills.
+FP32_CONFIGS = [
+    _config(64, 32, 32, 4, 2),
+    _config(128, 32, 32, 4, 2),
+    _config(64, 64, 16, 4, 3),
+    _config(32, 64, 32, 4, 2),
+]
+
+
+def _prune_configs(configs, named_args, **kwargs):
+    """Drop token tiles much longer than the rows and hidden tiles longer than H."""
+    seq_len, n_hidden = named_args["L"], named_args["H"]
+    kept = [c for c in configs
+            if c.kwargs["BLOCK_L"] <= max(32, triton.next_power_of_2(seq_len))
+            and c.kwargs["BLOCK_H"] <= max(32, triton.next_power_of_2(n_hidden))]
+    return kept or configs
+
+
+@triton.jit
+def _log1p(x):
+    """log(1 + x), accurate for small x (Kahan's trick): the interpreter has no libdevice.log1p."""
+    u = 1.0 + x
+    exact = u == 1.0
+    return tl.where(exact, x, tl.log(u) * (x / tl.where(exact, 1.0, u - 1.0)))
+
+
+@triton.jit
+def _splade_max_kernel(
+    hidden_ptr, weight_ptr, bias_ptr, mask_ptr, out_ptr,
+    B, L, V, H,
+    stride_hb, stride_hl, stride_hh,
+    stride_wv, stride_wh,
+    stride_mb, stride_ml,
+    stride_ob, stride_ov,
+    L_BUCKET,  # next power of two of L: the autotuning key, unused in the body
+    BLOCK_V: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr,
+    IEEE_FP32: tl.constexpr, LIBDEVICE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    row = (pid % B).to(tl.int64)
+    v_tile = pid // B
+
+    offs_v = v_tile * BLOCK_V + tl.arange(0, BLOCK_V)
+    v_ok = offs_v < V
+    bias = tl.load(bias_ptr + offs_v, mask=v_ok, other=0.0).to(tl.float32)
+    running_max = -bias  # ReLU fused: the final max is never below -bias
+
+    hidden_row = hidden_ptr + row * stride_hb
+    mask_row = mask_ptr + row * stride_mb
+    weight_cols = weight_ptr + offs_v.to(tl.int64)[None, :] * stride_wv
+
+    for l_start in range(0, L, BLOCK_L):
+        offs_l = l_start + tl.arange(0, BLOCK_L)
+        tok = tl.load(mask_row + offs_l * stride_ml, mask=offs_l < L, other=0)
+        tok_ok = tok != 0
+        if tl.max(tok_ok.to(tl.int32), axis=0) > 0:  # skip all-padding token tiles
+            acc = tl.zeros((BLOCK_L, BLOCK_V), dtype=tl.float32)
+            for h_start in range(0, H, BLOCK_H):
+                offs_h = h_start + tl.arange(0, BLOCK_H)
+                h_ok = offs_h < H
+                x = tl.load(hidden_row + offs_l[:, None] * stride_hl + offs_h[None, :] * stride_hh,
+                            mask=tok_ok[:, None] & h_ok[None, :], other=0.0)
+                w = tl.load(weight_cols + offs_h[:, None] * stride_wh,
+                            mask=h_ok[:, None] & v_ok[None, :], other=0.0)
+                if IEEE_FP32:
+                    acc = tl.dot(x, w, acc, input_precision="ieee")
+                else:
+                    acc = tl.dot(x, w, acc)
+            acc = tl.where(tok_ok[:, None], acc, float("-inf"))
+            running_max = tl.maximum(running_max, tl.max(acc, axis=0))
+
+    if LIBDEVICE:
+        weights = libdevice.log1p(running_max + bias)
+    else:
+        weights = _log1p(running_max + bias)
+    tl.store(out_ptr + row * stride_ob + offs_v * stride_ov, weights, mask=v_ok)
+
+
+def _autotuned(configs: list[triton.Config]):
+    return triton.autotune(configs=configs, key=["L_BUCKET", "V", "H"],
+                           prune_configs_by={"early_config_prune": _prune_configs})(_splade_max_kernel)
+
+
+_splade_max_16bit = _autotuned(HOPPER_CONFIGS)
+_splade_max_fp32 = _autotuned(FP32_CONFIGS)
+
+
+def interpreter_active() -> bool:
+    """True when Triton runs kernels on the CPU interpreter (TRITON_INTERPRET=1, set before import)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      mask: torch.Tensor, *, blocks: tuple[int, int, int] | None = None,
+                      num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+    """SPLADE weights (B, V) float32 through the fused Triton kernel.
+
+    Inputs on a CUDA device (or on the CPU under TRITON_INTERPRET=1). `blocks=(BLOCK_V, BLOCK_L,
+    BLOCK_H)` fixes the tile sizes and skips autotuning (powers of two; >= 16 on a GPU); without it
+    the Hopper configurations are autotuned per (L bucket, V, H). float32 inputs use IEEE float32
+    products (no TF32), so they match the plain expression to float32 rounding.
+    """
+    n_rows, seq_len, vocab_size, n_hidden = check_head_inputs(hidden, weight, bias, mask)
+    if hidden.device.type != "cuda" and not interpreter_active():
+        raise RuntimeError(
+            f"the Triton SPLADE kernel needs CUDA tensors (got {hidden.device}); on CPU use "
+            "kernels.splade_max_cpu, or set TRITON_INTERPRET=1 before importing triton to test it")
+    out = torch.empty((n_rows, vocab_size), dtype=torch.float32, device=hidden.device)
+    if n_rows == 0 or vocab_size == 0:
+        return out
+    if hidden.stride(-1) != 1:
+        hidden = hidden.contiguous()
+    if weight.stride(-1) != 1:
+        weight = weight.contiguous()
+    if bias is None:
+        bias = torch.zeros(vocab_size, dtype=torch.float32, device=hidden.device)
+    bias = bias.contiguous()
+    mask = (mask != 0).to(torch.int8)
+    args = (hidden, weight, bias, mask, out, n_rows, seq_len, vocab_size, n_hidden,
+            *hidden.stride(), *weight.stride(), *mask.stride(), *out.stride(),
+            triton.next_power_of_2(max(seq_len, 1)))
+    flags = {"IEEE_FP32": hidden.dtype == torch.float32, "LIBDEVICE": not interpreter_active()}
+    if blocks is None:
+        grid = lambda meta: (n_rows * triton.cdiv(vocab_size, meta["BLOCK_V"]),)  # noqa: E731
+        tuned = _splade_max_fp32 if hidden.dtype == torch.float32 else _splade_max_16bit
+        tuned[grid](*args, **flags)
+    else:
+        block_v, block_l, block_h = blocks
+        for name, size in zip(("BLOCK_V", "BLOCK_L", "BLOCK_H"), blocks):
+            if size < 1 or size & (size - 1):
+                raise ValueError(f"{name} must be a power of two, got {size}")
+        grid = (n_rows * triton.cdiv(vocab_size, block_v),)
+        _splade_max_kernel[grid](*args, BLOCK_V=block_v, BLOCK_L=block_l, BLOCK_H=block_h,
+                                 num_warps=num_warps, num_stages=num_stages, **flags)
+    return out
