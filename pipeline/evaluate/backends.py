@@ -104,10 +104,7 @@ class SpladeBackend:
     def search(self, encoded: sp.csr_matrix, k: int, threads: int | None = None) -> list[Ranked]:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        if self.exact:
-            doc_index, scores = self.index.search(encoded, k)
-        else:
-            doc_index, scores = self.index.search(encoded, k, threads=threads)
+        doc_index, scores = self.index.search(encoded, k, threads=threads)
         out: list[Ranked] = []
         for row_index, row_scores in zip(doc_index, scores):
             keep = row_index >= 0  # -1 pads rows with fewer than k matching documents

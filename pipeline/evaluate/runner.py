@@ -141,7 +141,11 @@ def run_evaluation(collection: Collection, backend: SearchBackend, config: EvalC
     depth = config.k + 1 if config.drop_self_hits else config.k
     texts = [collection.queries[qid] for qid in judged]
 
-    backend.search(backend.encode_queries(texts[:1]), depth)  # warm-up: JIT compilation, caches
+    # warm-up outside the clocks: JIT compilation and caches of both the batched and the one-query path
+    backend.search(backend.encode_queries(texts[:2]), depth, threads=config.threads)
+    backend.search(backend.encode_queries(texts[:1]), depth, threads=1)
+    if exact_backend is not None:
+        exact_backend.search(backend.encode_queries(texts[:2]), depth)
 
     t0 = time.perf_counter()
     encoded = backend.encode_queries(texts)
