@@ -136,6 +136,11 @@ _splade_max_16bit = _autotuned(HOPPER_CONFIGS)
 _splade_max_fp32 = _autotuned(FP32_CONFIGS)
 
 
+#: Tiles used under TRITON_INTERPRET=1 when none are given: small powers of two (the interpreter
+#: needs them) so tests stay fast; autotuning there would time the interpreter, not a GPU.
+INTERPRETER_BLOCKS = (32, 16, 16)
+
+
 def interpreter_active() -> bool:
     """True when Triton runs kernels on the CPU interpreter (TRITON_INTERPRET=1, set before import)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -148,7 +153,8 @@ def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
     Inputs on a CUDA device (or on the CPU under TRITON_INTERPRET=1). `blocks=(BLOCK_V, BLOCK_L,
     BLOCK_H)` fixes the tile sizes and skips autotuning (powers of two; >= 16 on a GPU); without it
-    the Hopper configurations are autotuned per (L bucket, V, H). float32 inputs use IEEE float32
+    the Hopper configurations are autotuned per (L bucket, V, H), or `INTERPRETER_BLOCKS` are used
+    under the interpreter. float32 inputs use IEEE float32
     products (no TF32), so they match the plain expression to float32 rounding.
     """
     n_rows, seq_len, vocab_size, n_hidden = check_head_inputs(hidden, weight, bias, mask)
@@ -171,10 +177,12 @@ def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
             *hidden.stride(), *weight.stride(), *mask.stride(), *out.stride(),
             triton.next_power_of_2(max(seq_len, 1)))
     flags = {"IEEE_FP32": hidden.dtype == torch.float32, "LIBDEVICE": not interpreter_active()}
+    if blocks is None and interpreter_active():
+        blocks = INTERPRETER_BLOCKS
     if blocks is None:
         grid = lambda meta: (n_rows * triton.cdiv(vocab_size, meta["BLOCK_V"]),)  # noqa: E731
         tuned = _splade_max_fp32 if hidden.dtype == torch.float32 else _splade_max_16bit
-        tuned[grid](*args, **flags)
+        tuned[grid](*args, **flags, enable_fp_fusion=True)
     else:
         block_v, block_l, block_h = blocks
         for name, size in zip(("BLOCK_V", "BLOCK_L", "BLOCK_H"), blocks):
@@ -182,5 +190,40 @@ def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                 raise ValueError(f"{name} must be a power of two, got {size}")
         grid = (n_rows * triton.cdiv(vocab_size, block_v),)
         _splade_max_kernel[grid](*args, BLOCK_V=block_v, BLOCK_L=block_l, BLOCK_H=block_h,
-                                 num_warps=num_warps, num_stages=num_stages, **flags)
+                                 num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=True,
+                                 **flags)
     return out
+
+
+_TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def compile_ahead(dtype: torch.dtype, config: triton.Config, capability: int = 90):
+    """Compile the kernel for a CUDA target without a GPU (ptxas ships with Triton), for inspection.
+
+    Specialised like a runtime launch on contiguous inputs whose strides, L and H are multiples of 16
+    (which lets the pipeliner use async copies). Returns Triton's compiled kernel: `.asm["ptx"]`,
+    `.asm["cubin"]`, `.metadata.shared` (bytes of shared memory).
+    """
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    element = f"*{_TRITON_TYPES[dtype]}"
+    signature = {
+        "hidden_ptr": element, "weight_ptr": element, "bias_ptr": "*fp32", "mask_ptr": "*i8",
+        "out_ptr": "*fp32", "B": "i32", "L": "i32", "V": "i32", "H": "i32",
+        "stride_hb": "i32", "stride_hl": "i32", "stride_hh": "constexpr",
+        "stride_wv": "i32", "stride_wh": "constexpr", "stride_mb": "i32", "stride_ml": "constexpr",
+        "stride_ob": "i32", "stride_ov": "constexpr", "L_BUCKET": "i32",
+        "BLOCK_V": "constexpr", "BLOCK_L": "constexpr", "BLOCK_H": "constexpr",
+        "IEEE_FP32": "constexpr", "LIBDEVICE": "constexpr",
+    }
+    constants = dict(config.kwargs, stride_hh=1, stride_wh=1, stride_ml=1, stride_ov=1,
+                     IEEE_FP32=dtype == torch.float32, LIBDEVICE=True)
+    aligned = {"hidden_ptr", "weight_ptr", "bias_ptr", "mask_ptr", "out_ptr", "L", "H",
+               "stride_hb", "stride_hl", "stride_wv", "stride_mb"}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(signature) if name in aligned}
+    source = ASTSource(_splade_max_kernel, signature, constexprs=constants, attrs=attrs)
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32),
+                          options={"num_warps": config.num_warps, "num_stages": config.num_stages,
+                                   "enable_fp_fusion": True})
