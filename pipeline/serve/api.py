@@ -1,0 +1,81 @@
+"""The HTTP contract of the endpoint: request and response models (pydantic, strict)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from pipeline.serve.config import MAX_K
+
+
+class SearchRequest(BaseModel):
+    """``{"query": "..."}`` or ``{"queries": [...]}``; unknown fields are rejected (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None = Field(None, description="One query text.")
+    queries: list[str] | None = Field(None, description="Several query texts, answered in order.")
+    k: int = Field(10, ge=1, le=MAX_K, description="Results per query.")
+    exact: bool = Field(False, description="Exact dot-product search instead of the blocked index.")
+    query_cut: int | None = Field(None, ge=1, le=4096,
+                                  description="Blocked index: query terms visited.")
+    heap_factor: float | None = Field(None, gt=0, le=100.0,
+                                      description="Blocked index: block skipping factor.")
+    allow_partial: bool | None = Field(
+        None, description="Answer from the shards that responded when some did not "
+                          "(default: the server's on_shard_failure policy).")
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("query is empty")
+        return value
+
+    @field_validator("queries")
+    @classmethod
+    def _queries_not_blank(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("queries is empty")
+            blank = [i for i, q in enumerate(value) if not q.strip()]
+            if blank:
+                raise ValueError(f"queries {blank[:5]} are empty")
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "SearchRequest":
+        if (self.query is None) == (self.queries is None):
+            raise ValueError("give exactly one of 'query' and 'queries'")
+        return self
+
+    def texts(self) -> list[str]:
+        return [self.query] if self.query is not None else list(self.queries)
+
+
+class QueryHits(BaseModel):
+    doc_ids: list[str]
+    scores: list[float]
+
+
+class Timing(BaseModel):
+    encode_ms: float
+    search_ms: float
+    total_ms: float
+
+
+class SearchResponse(BaseModel):
+    generation: int = Field(description="The index generation that answered (one per response).")
+    k: int
+    exact: bool
+    results: list[QueryHits] = Field(description="One entry per query, in request order.")
+    shards: list[str] = Field(description="Shards that answered.")
+    partial: bool = Field(description="True when some shards did not answer in time.")
+    missing_shards: list[str]
+    timing: Timing
+
+
+class ReloadResponse(BaseModel):
+    generation: int
+    previous: int
+    switched: bool
+    route_version: int

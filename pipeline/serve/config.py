@@ -1,0 +1,140 @@
+"""Configuration of the query endpoint: one frozen dataclass, validated at construction.
+
+The same settings come from `lsr serve` options, from the ``args`` of a Serve config file
+(`cluster/serve.yaml`, a RayService's ``serveConfigV2``) through `ServeConfig.from_args`, and
+travel to every deployment as a plain dict (`to_args`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+ENCODER_PLACEMENTS = ("deployment", "ingress")
+SHARD_FAILURE_POLICIES = ("partial", "fail")
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything the endpoint needs; defaults suit a 2-core development machine.
+
+    Topology
+      * ``replicas_per_shard``: ShardSearcher replicas per shard group (>= 2 survives a replica
+        loss without a failed request).
+      * ``shards_per_replica``: consecutive shards one ShardSearcher replica loads and answers
+        for (0 = all shards of the generation in one replica: fewest hops, least parallelism).
+      * ``encoder_placement``: "deployment" runs the QueryEncoder as its own deployment with
+        ``@serve.batch`` across concurrent requests; "ingress" encodes inside the ingress
+        replica (one handle hop less per request).
+      * ``*_cpus`` / ``encoder_gpus``: Ray resources per replica. Fractional by default: a switch
+        holds two generations' searchers at once, and they must all fit.
+
+    Requests
+      * ``timeout_s``: budget of one request, encoding included; shards that have not answered
+        by then are missing. ``on_shard_failure``: "partial" answers from the shards that did
+        (``partial: true`` and the missing shards named), "fail" answers 503.
+      * ``max_queries``/``max_k``/``max_query_chars``/``max_body_bytes``: request limits (4xx).
+      * ``api_key_env``: name of the environment variable holding the API key; None = no auth.
+
+    Generations
+      * ``poll_s``: how often CURRENT.json is read to notice a new generation (0 = only
+        ``POST /admin/reload``). ``route_refresh_s``: how often ingress replicas fetch the
+        routing table from the controller. ``drain_timeout_s``: longest wait for requests
+        still running on a retired generation before its replicas are deleted.
+      * ``lease_ttl_s``: lifetime of the lease file that protects served generations from
+        garbage collection (renewed every third of it). ``server_id`` names the lease file.
+    """
+
+    index: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    app_name: str = "lsr"
+    route_prefix: str = "/"
+    # topology
+    replicas_per_shard: int = 1
+    shards_per_replica: int = 1
+    searcher_cpus: float = 0.1
+    search_threads: int = 1
+    encoder_placement: str = "deployment"
+    encoder_replicas: int = 1
+    encoder_cpus: float = 0.25
+    encoder_gpus: float = 0.0
+    encoder_threads: int = 1
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.002
+    ingress_replicas: int = 1
+    ingress_cpus: float = 0.1
+    controller_cpus: float = 0.05
+    # requests
+    api_key_env: str | None = None
+    timeout_s: float = 2.0
+    on_shard_failure: str = "partial"
+    max_queries: int = 64
+    max_k: int = MAX_K
+    max_query_chars: int = 2048
+    max_body_bytes: int = 1 << 20
+    # generations
+    poll_s: float = 10.0
+    route_refresh_s: float = 0.5
+    drain_timeout_s: float = 60.0
+    deploy_timeout_s: float = 600.0
+    lease_ttl_s: float = 60.0
+    server_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.index, str) or not self.index:
+            raise ValueError(f"index must be a non-empty URL, got {self.index!r}")
+        for name in ("replicas_per_shard", "encoder_replicas", "ingress_replicas", "max_queries",
+                     "max_k", "max_query_chars", "max_body_bytes", "max_batch_size",
+                     "search_threads", "encoder_threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.shards_per_replica, int) or self.shards_per_replica < 0:
+            raise ValueError(f"shards_per_replica must be >= 0 (0 = all), got {self.shards_per_replica!r}")
+        if self.max_k > MAX_K:
+            raise ValueError(f"max_k must be <= {MAX_K}, got {self.max_k}")
+        for name in ("searcher_cpus", "encoder_cpus", "encoder_gpus", "ingress_cpus",
+                     "controller_cpus", "batch_wait_timeout_s", "poll_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("timeout_s", "route_refresh_s", "drain_timeout_s", "deploy_timeout_s",
+                     "lease_ttl_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.encoder_placement not in ENCODER_PLACEMENTS:
+            raise ValueError(f"encoder_placement must be one of {ENCODER_PLACEMENTS}, "
+                             f"got {self.encoder_placement!r}")
+        if self.on_shard_failure not in SHARD_FAILURE_POLICIES:
+            raise ValueError(f"on_shard_failure must be one of {SHARD_FAILURE_POLICIES}, "
+                             f"got {self.on_shard_failure!r}")
+        if not self.route_prefix.startswith("/"):
+            raise ValueError(f"route_prefix must start with '/', got {self.route_prefix!r}")
+        if self.api_key_env is not None and not self.api_key_env:
+            raise ValueError("api_key_env must be an environment variable name or None")
+        if self.server_id is not None:
+            from pipeline.serve.leases import check_server_id
+
+            check_server_id(self.server_id)
+
+    @property
+    def lease_id(self) -> str:
+        """The lease file name: ``server_id``, else the app name and this host's name."""
+        if self.server_id:
+            return self.server_id
+        host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())
+        return f"{self.app_name}-{host}"[:128]
+
+    def to_args(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_args(cls, args: dict[str, Any]) -> "ServeConfig":
+        """Build from a Serve config's ``args`` (unknown keys are an error, not ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ValueError(f"unknown serve settings {unknown}; known: {sorted(known)}")
+        return cls(**args)

@@ -1,0 +1,57 @@
+"""QueryEncoder: the SPLADE query encoder of an index's manifest, batched across requests.
+
+Concurrent requests reaching one replica within ``batch_wait_timeout_s`` are encoded in one
+forward pass (`@serve.batch`); each gets its own rows back. The encoder is rebuilt from the
+manifest's encoder settings (`pipeline.encode.encoder_from_settings`), exactly as the
+in-process `ShardedIndex.encoder()` does, so served and in-process queries are the same vectors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray import serve
+
+from pipeline.serve.protocol import QueryBatch
+
+log = logging.getLogger(__name__)
+
+
+def load_query_encoder(settings: dict[str, Any], threads: int | None = None):
+    """The encoder matching an index manifest's encoder settings (torch limited to `threads`)."""
+    import torch
+
+    from pipeline.encode import encoder_from_settings
+
+    if threads:
+        torch.set_num_threads(threads)
+    return encoder_from_settings(settings)
+
+
+def encode_batch(encoder, texts: list[str]) -> QueryBatch:
+    return QueryBatch.from_csr(encoder.encode_queries(list(texts)))
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64,
+                  health_check_period_s=5)
+class QueryEncoder:
+    def __init__(self, settings: dict[str, Any], threads: int = 1, max_batch_size: int = 16,
+                 batch_wait_timeout_s: float = 0.002) -> None:
+        self.encoder = load_query_encoder(settings, threads)
+        self.encode.set_max_batch_size(max_batch_size)
+        self.encode.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        encode_batch(self.encoder, ["warm up"])  # first forward pass allocates; not on a request
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def encode(self, requests: list[list[str]]) -> list[QueryBatch]:
+        """Each request is a list of query texts; all are encoded in one forward pass."""
+        texts = [t for request in requests for t in request]
+        # In a worker thread: the replica's event loop keeps collecting the next batch.
+        batch = await asyncio.to_thread(encode_batch, self.encoder, texts)
+        out, start = [], 0
+        for request in requests:
+            out.append(batch.rows(start, start + len(request)))
+            start += len(request)
+        return out

@@ -1,0 +1,352 @@
+"""Ingress: the HTTP face of the endpoint (FastAPI through ``@serve.ingress``).
+
+``POST /search`` encodes the queries (QueryEncoder deployment, or in this replica), fans
+the encoded batch out to every ShardSearcher group of one generation at once, and merges
+the per-shard top-k with `pipeline.store.merge_top_k`, the same merge as in-process search.
+
+Each request reads the active route once, so all its shards belong to one generation, and
+the response names it. Shards that do not answer within the request's time budget (or whose
+replica died twice) are missing: ``partial: true`` with their names, or 503 when partial
+answers are not allowed. A shard call that fails because its replica died is retried once;
+the router has by then marked that replica dead, so the retry goes to another one.
+"""
+
+
+import asyncio
+import hmac
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from pydantic import ValidationError
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from pipeline.serve.api import ReloadResponse, SearchRequest, SearchResponse
+from pipeline.serve.config import ServeConfig
+from pipeline.serve.protocol import QueryBatch, Route, SearchParams, ShardAnswer, encoder_key
+
+log = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-API-Key"
+_REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
+
+app = FastAPI(title="lsr-pipeline search",
+              description="Learned sparse retrieval over a sharded, generation-versioned index.")
+_api_key_doc = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
+                            description="Required when the server runs with an API key.")
+_SEARCH_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": SearchRequest.model_json_schema()}}}}
+
+
+@dataclass(frozen=True)
+class _Active:
+    """A route with the handles (or in-process encoder) that serve it."""
+
+    route: Route
+    searchers: tuple[Any, ...]     # DeploymentHandle per group, method "search"
+    infos: tuple[Any, ...]         # DeploymentHandle per group, method "info"
+    encode: Any                    # DeploymentHandle (method "encode") or an encoder object
+
+
+class _Missing(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64,
+                  health_check_period_s=5)
+@serve.ingress(app)
+class Ingress:
+    async def __init__(self, config: dict, controller) -> None:
+        from pipeline.serve.metrics import EndpointMetrics
+
+        self.config = ServeConfig(**config)
+        self.controller = controller
+        self.api_key = None
+        if self.config.api_key_env:
+            self.api_key = os.environ.get(self.config.api_key_env) or None
+            if self.api_key is None:
+                raise RuntimeError(f"API key auth is on (api_key_env={self.config.api_key_env!r}) "
+                                   f"but that environment variable is empty in the ingress replica")
+        self.replica = serve.get_replica_context().replica_id.unique_id
+        self.metrics = EndpointMetrics()
+        self.inflight: Counter[int] = Counter()
+        self._encoders: dict[str, Any] = {}   # encoder_key -> in-process encoder
+        self._activation = asyncio.Lock()
+        self.active: _Active | None = None
+        await self._activate(await controller.get_route.remote())
+        self._refresher = asyncio.create_task(self._refresh_loop())
+
+    # -- routes ---------------------------------------------------------------------------------
+    async def _activate(self, route: Route) -> None:
+        """Warm the new route's handles, then swap the one reference requests read."""
+        async with self._activation:
+            if self.active is not None and self.active.route.version >= route.version:
+                return
+            searchers, infos = [], []
+            for group in route.groups:
+                handle = serve.get_deployment_handle(group.deployment, group.app)
+                searchers.append(handle.options(method_name="search"))
+                infos.append(handle.options(method_name="info"))
+            # One call per group: the handles learn their replicas before user traffic does.
+            await asyncio.gather(*(h.remote() for h in infos))
+            if route.encoder_app is not None:
+                encode = serve.get_deployment_handle("QueryEncoder", route.encoder_app) \
+                    .options(method_name="encode")
+                await encode.remote(["warm up"])
+            else:
+                key = encoder_key(route.encoder_settings)
+                if key not in self._encoders:
+                    from pipeline.serve.encoder import load_query_encoder
+
+                    self._encoders[key] = await asyncio.to_thread(
+                        load_query_encoder, route.encoder_settings, self.config.encoder_threads)
+                encode = self._encoders[key]
+            previous = self.active
+            self.active = _Active(route, tuple(searchers), tuple(infos), encode)
+            self.metrics.generation(route.generation, switched=previous is not None)
+            if previous is not None:
+                log.info("ingress %s: generation %d -> %d", self.replica,
+                         previous.route.generation, route.generation)
+
+    async def _refresh(self) -> None:
+        inflight = {g: n for g, n in self.inflight.items() if n}
+        route = await self.controller.sync.remote(self.replica, self.active.route.version, inflight)
+        if route is not None:
+            await self._activate(route)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.route_refresh_s)
+            try:
+                await self._refresh()
+            except Exception as exc:  # noqa: BLE001 - keep serving the route we have
+                log.warning("route refresh failed: %s: %s", type(exc).__name__, exc)
+
+    # -- request checks -----------------------------------------------------------------------
+    def _authorize(self, request: Request) -> None:
+        if self.api_key is None:
+            return
+        given = request.headers.get(API_KEY_HEADER)
+        if not given or not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            raise HTTPException(status_code=401, detail=f"missing or invalid {API_KEY_HEADER} header",
+                                headers={"WWW-Authenticate": API_KEY_HEADER})
+
+    async def _read_body(self, request: Request) -> bytes:
+        limit = self.config.max_body_bytes
+        declared = request.headers.get("content-length")
+        too_large = HTTPException(status_code=413, detail=f"request body larger than {limit} bytes")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _parse(self, body: bytes) -> SearchRequest:
+        try:
+            req = SearchRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from None
+        errors = []
+        texts = req.texts()
+        if len(texts) > self.config.max_queries:
+            errors.append({"loc": ("body", "queries"), "type": "too_long",
+                           "msg": f"{len(texts)} queries; at most {self.config.max_queries} per request"})
+        if req.k > self.config.max_k:
+            errors.append({"loc": ("body", "k"), "type": "less_than_equal",
+                           "msg": f"k must be <= {self.config.max_k}"})
+        long = [i for i, t in enumerate(texts) if len(t) > self.config.max_query_chars]
+        if long:
+            errors.append({"loc": ("body", "queries" if req.queries is not None else "query"),
+                           "type": "too_long",
+                           "msg": f"queries {long[:5]} exceed {self.config.max_query_chars} characters"})
+        if errors:
+            raise RequestValidationError(errors)
+        return req
+
+    # -- search ---------------------------------------------------------------------------------
+    @app.post("/search", response_model=SearchResponse, openapi_extra=_SEARCH_BODY,
+              dependencies=[Security(_api_key_doc)],
+              responses={401: {"description": "API key missing or wrong"},
+                         413: {"description": "Body too large"},
+                         422: {"description": "Invalid request"},
+                         503: {"description": "Shards or encoder unavailable"}})
+    async def search(self, request: Request) -> Response:
+        """Top-k documents for one query or a batch of queries."""
+        started = time.perf_counter()
+        try:
+            self._authorize(request)
+            req = self._parse(await self._read_body(request))
+        except HTTPException as exc:
+            self.metrics.request("rejected")
+            raise exc
+        except RequestValidationError:
+            self.metrics.request("rejected")
+            raise
+        active = self.active            # the one read of the route for this request
+        generation = active.route.generation
+        self.inflight[generation] += 1
+        try:
+            body, status = await self._search(active, req, started)
+        except HTTPException:
+            self.metrics.request("error", time.perf_counter() - started)
+            raise
+        finally:
+            self.inflight[generation] -= 1
+        self.metrics.request(status, time.perf_counter() - started, len(req.texts()))
+        return JSONResponse(body)
+
+    async def _encode(self, active: _Active, texts: list[str]) -> QueryBatch:
+        if active.route.encoder_app is None:
+            from pipeline.serve.encoder import encode_batch
+
+            return await asyncio.to_thread(encode_batch, active.encode, texts)
+        try:
+            return await active.encode.remote(texts)
+        except _REPLICA_GONE:
+            self.metrics.retry()
+            return await active.encode.remote(texts)
+
+    async def _ask(self, handle, batch: QueryBatch, params: SearchParams) -> list[ShardAnswer]:
+        try:
+            return await handle.remote(batch, params)
+        except _REPLICA_GONE as exc:
+            self.metrics.retry()
+            log.warning("shard replica gone (%s); retrying once", type(exc).__name__)
+        try:
+            return await handle.remote(batch, params)
+        except _REPLICA_GONE as exc:
+            raise _Missing("replica_died") from exc
+
+    async def _search(self, active: _Active, req: SearchRequest,
+                      started: float) -> tuple[dict, str]:
+        route = active.route
+        deadline = started + self.config.timeout_s
+        texts = req.texts()
+        try:
+            batch = await asyncio.wait_for(self._encode(active, texts),
+                                           timeout=max(deadline - time.perf_counter(), 0.001))
+        except asyncio.TimeoutError:
+            self.metrics.error("encode_timeout")
+            raise HTTPException(503, detail="query encoding did not finish in time") from None
+        except Exception as exc:  # noqa: BLE001 - the encoder's failure becomes a 503
+            self.metrics.error("encode_failed")
+            log.error("query encoding failed: %s: %s", type(exc).__name__, exc)
+            raise HTTPException(503, detail=f"query encoder unavailable ({type(exc).__name__})") from None
+        encoded = time.perf_counter()
+
+        params = SearchParams(req.k, req.exact, req.query_cut, req.heap_factor)
+        tasks = [asyncio.ensure_future(self._ask(h, batch, params)) for h in active.searchers]
+        done, pending = await asyncio.wait(tasks, timeout=max(deadline - time.perf_counter(), 0.001))
+        for task in pending:
+            task.cancel()
+        answers: list[ShardAnswer] = []
+        missing: list[str] = []
+        for group, task in zip(route.groups, tasks):
+            if task in pending:
+                reason = "timeout"
+            elif task.exception() is not None:
+                exc = task.exception()
+                reason = exc.reason if isinstance(exc, _Missing) else type(exc).__name__
+                if not isinstance(exc, _Missing):
+                    log.warning("shard group %s failed: %s: %s", group.deployment,
+                                type(exc).__name__, exc)
+            else:
+                answers.extend(task.result())
+                continue
+            self.metrics.shard_failure(reason)
+            missing.extend(group.shards)
+        searched = time.perf_counter()
+
+        allow_partial = req.allow_partial if req.allow_partial is not None \
+            else self.config.on_shard_failure == "partial"
+        if missing and (not allow_partial or not answers):
+            self.metrics.error("shards_missing")
+            raise HTTPException(503, detail={"error": "shards did not answer", "generation":
+                                             route.generation, "missing_shards": missing})
+        from pipeline.store import merge_top_k
+
+        merged = merge_top_k([(a.doc_ids, a.scores) for a in answers], req.k)
+        total = time.perf_counter()
+        body = {
+            "generation": route.generation, "k": req.k, "exact": req.exact,
+            "results": [{"doc_ids": [h.doc_id for h in hits], "scores": [h.score for h in hits]}
+                        for hits in merged],
+            "shards": [a.shard for a in answers], "partial": bool(missing),
+            "missing_shards": missing,
+            "timing": {"encode_ms": round((encoded - started) * 1000, 3),
+                       "search_ms": round((searched - encoded) * 1000, 3),
+                       "total_ms": round((total - started) * 1000, 3)},
+        }
+        log.debug("answered %d queries from generation %d in %.1f ms", len(texts),
+                  route.generation, (total - started) * 1000)
+        return body, "partial" if missing else "ok"
+
+    # -- operations -----------------------------------------------------------------------------
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        """Liveness and the generation this replica answers from."""
+        return {"status": "ok", "generation": self.active.route.generation}
+
+    @app.get("/stats", dependencies=[Security(_api_key_doc)])
+    async def stats(self, request: Request) -> dict:
+        """Generation, shards, documents, and the state of every shard group."""
+        self._authorize(request)
+        active = self.active
+        route = active.route
+
+        async def probe(handle):
+            return await asyncio.wait_for(handle.remote(), timeout=self.config.timeout_s)
+
+        infos = await asyncio.gather(*(probe(h) for h in active.infos), return_exceptions=True)
+        shards = []
+        for group, info in zip(route.groups, infos):
+            ok = not isinstance(info, BaseException)
+            for name in group.shards:
+                shards.append({"name": name, "deployment": group.deployment, "app": group.app,
+                               "state": "ok" if ok else f"unreachable ({type(info).__name__})",
+                               "replica": info if ok else None})
+        try:
+            controller = await asyncio.wait_for(self.controller.state.remote(),
+                                                timeout=self.config.timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            controller = {"error": f"{type(exc).__name__}: {exc}"}
+        return {"generation": route.generation, "route_version": route.version,
+                "n_shards": len(route.shards), "n_docs": route.n_docs,
+                "encoder": route.encoder_app or "ingress", "ingress_replica": self.replica,
+                "inflight": {str(g): n for g, n in self.inflight.items() if n},
+                "shards": shards, "controller": controller}
+
+    @app.post("/admin/reload", response_model=ReloadResponse,
+              dependencies=[Security(_api_key_doc)])
+    async def reload(self, request: Request) -> dict:
+        """Switch to the generation CURRENT.json names now (returns once it answers)."""
+        self._authorize(request)
+        try:
+            result = await self.controller.reload.remote()
+        except Exception as exc:  # noqa: BLE001 - report why the switch did not happen
+            self.metrics.error("reload_failed")
+            cause = getattr(exc, "cause", None) or exc
+            raise HTTPException(503, detail=f"reload failed: {cause}") from None
+        await self._refresh()
+        return result
+
+    @app.get("/metrics")
+    async def metrics_text(self) -> Response:
+        """This replica's counters in Prometheus text format."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(self.metrics.text(), media_type=CONTENT_TYPE_LATEST)

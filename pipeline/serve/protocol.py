@@ -1,0 +1,104 @@
+"""What travels between the endpoint's deployments: encoded queries, routes, shard answers.
+
+Queries cross process boundaries as three flat arrays (CSR parts) instead of a scipy
+object: Ray ships numpy buffers without copying them through pickle, and the receiver
+rebuilds the matrix without validation work it does not need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass(frozen=True)
+class QueryBatch:
+    """Encoded queries: rows of a (n_queries, vocab_size) float32 CSR matrix."""
+
+    indptr: np.ndarray     # int64 (n_queries + 1,)
+    indices: np.ndarray    # int32 (nnz,) term ids, ascending within a row
+    values: np.ndarray     # float32 (nnz,)
+    vocab_size: int
+
+    @classmethod
+    def from_csr(cls, csr: sp.csr_matrix) -> "QueryBatch":
+        csr = sp.csr_matrix(csr)
+        csr.sort_indices()
+        return cls(csr.indptr.astype(np.int64), csr.indices.astype(np.int32),
+                   csr.data.astype(np.float32), int(csr.shape[1]))
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.indptr) - 1
+
+    def to_csr(self) -> sp.csr_matrix:
+        # Arrays Ray deserialised without a copy are read-only; numba types read-only arrays
+        # differently and would compile every kernel again on the first query (tens of s).
+        parts = [np.require(a, requirements="W") for a in (self.values, self.indices, self.indptr)]
+        return sp.csr_matrix(tuple(parts), shape=(self.n_queries, self.vocab_size))
+
+    def rows(self, start: int, stop: int) -> "QueryBatch":
+        """Queries start..stop-1 as their own batch."""
+        lo, hi = int(self.indptr[start]), int(self.indptr[stop])
+        return QueryBatch(self.indptr[start:stop + 1] - lo, self.indices[lo:hi],
+                          self.values[lo:hi], self.vocab_size)
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    k: int
+    exact: bool = False
+    query_cut: int | None = None
+    heap_factor: float | None = None
+
+    def index_params(self) -> dict[str, Any]:
+        return {name: value for name, value in (("query_cut", self.query_cut),
+                                                ("heap_factor", self.heap_factor))
+                if value is not None}
+
+
+@dataclass(frozen=True)
+class ShardAnswer:
+    """One shard's top-k for a batch: doc ids (object, None-padded) and float32 scores."""
+
+    shard: str
+    doc_ids: np.ndarray
+    scores: np.ndarray
+
+
+@dataclass(frozen=True)
+class ShardGroup:
+    """Consecutive shards of one generation served by one ShardSearcher deployment."""
+
+    app: str                   # Serve application holding the deployment
+    deployment: str
+    shards: tuple[str, ...]    # shard names, manifest order
+    n_docs: int
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where one generation is served. Immutable: a switch publishes a new Route."""
+
+    version: int                       # increases with every switch
+    generation: int
+    groups: tuple[ShardGroup, ...]     # manifest shard order
+    encoder_settings: dict[str, Any]   # the manifest's encoder settings
+    encoder_app: str | None            # QueryEncoder app, None when encoding in the ingress
+    n_docs: int
+    apps: tuple[str, ...] = field(default=())   # every Serve app this route owns
+
+    @property
+    def shards(self) -> tuple[str, ...]:
+        return tuple(s for g in self.groups for s in g.shards)
+
+
+def encoder_key(settings: dict[str, Any]) -> str:
+    """Short stable digest of encoder settings: generations with equal settings share encoders."""
+    blob = json.dumps(settings, sort_keys=True, default=str).encode("utf-8")
+    return hashlib.sha256(blob).hexdigest()[:12]

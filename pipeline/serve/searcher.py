@@ -1,0 +1,75 @@
+"""ShardSearcher: a Serve replica that holds one shard (or a run of shards) of one generation.
+
+The class is bound once per shard group (``ShardSearcher.options(name=...)``); each group is
+its own Serve application named after its generation, so a generation's replicas can be
+started before the switch and deleted after it without touching any other generation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+import numpy as np
+import scipy.sparse as sp
+from ray import serve
+
+from pipeline.serve.protocol import QueryBatch, SearchParams, ShardAnswer
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=8,
+                  health_check_period_s=5, graceful_shutdown_timeout_s=10)
+class ShardSearcher:
+    """Loads its shards at start (`pipeline.store.load_shard`) and answers top-k per shard."""
+
+    def __init__(self, index: str, storage_options: dict, generation: int,
+                 shard_names: list[str], search_threads: int = 1) -> None:
+        from pipeline.store import IndexLayout, load_shard, read_manifest
+
+        started = time.perf_counter()
+        layout = IndexLayout.at(index, storage_options)
+        manifest = read_manifest(layout, generation)
+        entries = {e.name: e for e in manifest.shards}
+        missing = [n for n in shard_names if n not in entries]
+        if missing:
+            raise ValueError(f"generation {generation} of {layout.url} has no shards {missing}")
+        self.generation = generation
+        self.threads = search_threads
+        self.shards = [load_shard(layout, entries[name]) for name in shard_names]
+        self.loaded_s = time.perf_counter() - started
+        self.started_at = time.time()
+        self.n_requests = 0
+        self.n_queries = 0
+        self._warm_up()
+        log.info("searcher for generation %d loaded %s (%d docs) in %.2fs", generation,
+                 shard_names, sum(s.entry.n_docs for s in self.shards), self.loaded_s)
+
+    def _warm_up(self) -> None:
+        """Compile the search kernels now, not on the first user request."""
+        for shard in self.shards:
+            vocab = shard.index.vocab_size
+            one_term = sp.csr_matrix((np.ones(1, np.float32), np.zeros(1, np.int32),
+                                      np.array([0, 1], np.int64)), shape=(1, vocab))
+            shard.index.search(one_term, k=1, threads=1)
+
+    def search(self, batch: QueryBatch, params: SearchParams) -> list[ShardAnswer]:
+        """Top-``params.k`` of every held shard, in shard order (sync: runs in a worker thread)."""
+        queries = batch.to_csr()
+        self.n_requests += 1
+        self.n_queries += batch.n_queries
+        out = []
+        for shard in self.shards:
+            ids, scores = shard.search(queries, params.k, exact=params.exact,
+                                       threads=self.threads, **params.index_params())
+            out.append(ShardAnswer(shard.entry.name, ids, scores))
+        return out
+
+    def info(self) -> dict:
+        ctx = serve.get_replica_context()
+        return {"generation": self.generation, "replica": ctx.replica_id.unique_id,
+                "pid": os.getpid(), "shards": [s.entry.name for s in self.shards],
+                "n_docs": sum(s.entry.n_docs for s in self.shards), "loaded_s": round(self.loaded_s, 3),
+                "started_at": self.started_at, "requests": self.n_requests, "queries": self.n_queries}
