@@ -14,7 +14,8 @@ import sys
 # Under `ray job submit --working-dir .` the project is the working directory, not installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.cli import app  # noqa: E402
+from pipeline.cli import run  # noqa: E402
 
 if __name__ == "__main__":
-    app(args=["index", *sys.argv[1:]], prog_name="jobs/index.py")
+    sys.argv = ["jobs/index.py", "index", *sys.argv[1:]]
+    run()

@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Learned sparse retrieval (SPLADE) at cluster scale on Ray.")
 
 
@@ -19,10 +19,25 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
 from pipeline.commands.index import index  # noqa: E402
 from pipeline.commands.search import search  # noqa: E402
 from pipeline.evaluate.cli import evaluate  # noqa: E402
+from pipeline.serve.cli import serve_command  # noqa: E402
 
 app.command("index")(index)
 app.command("search")(search)
 app.command("evaluate")(evaluate)
+app.command("serve")(serve_command)
+
+def run() -> None:
+    """Console entry point: user errors print one clear line and exit 1, without a traceback."""
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - re-raised unless it is the user's to fix
+        from pipeline.errors import is_user_error
+
+        if not is_user_error(exc):
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+
 
 if __name__ == "__main__":
-    app()
+    run()

@@ -114,33 +114,65 @@ def _read_collection(folder: Path):
     return docs, queries
 
 
-def _encode_collection(folder: Path) -> Encoded:
-    from pipeline.encode.reference import encode_reference
+_ENCODER = None
 
+
+def tiny_encoder():
+    """One in-process splade-tiny SpladeEncoder (reference settings) per test session."""
+    global _ENCODER
+    if _ENCODER is None:
+        from pipeline.encode import SpladeEncoder
+
+        _ENCODER = SpladeEncoder("splade-tiny", device="cpu", max_length=256, query_max_length=64)
+    return _ENCODER
+
+
+def _encode_collection(folder: Path) -> Encoded:
+    # SpladeEncoder equals the plain naver/splade expression (tests/test_encoder.py checks it on
+    # real text); the plain expression itself is too slow to run over whole collections here.
     docs, queries = _read_collection(folder)
-    doc_matrix = encode_reference("splade-tiny", [t for _, t in docs], max_length=256)
-    query_matrix = encode_reference("splade-tiny", [t for _, t in queries], max_length=64)
+    encoder = tiny_encoder()
+    doc_matrix = encoder.encode([t for _, t in docs])
+    query_matrix = encoder.encode_queries([t for _, t in queries])
     return Encoded([i for i, _ in docs], doc_matrix, [i for i, _ in queries], query_matrix)
+
+
+def _save_encoded(path: Path, e: Encoded) -> None:
+    import numpy as np
+
+    arrays = {"doc_ids": np.asarray(e.doc_ids, dtype=str), "query_ids": np.asarray(e.query_ids, dtype=str)}
+    for name, m in (("docs", e.docs), ("queries", e.queries)):
+        arrays.update({f"{name}_data": m.data, f"{name}_indices": m.indices, f"{name}_indptr": m.indptr,
+                       f"{name}_shape": np.asarray(m.shape)})
+    np.savez(path, **arrays)
+
+
+def _load_encoded(path: Path) -> Encoded:
+    import numpy as np
+    import scipy.sparse as sp
+
+    z = np.load(path, allow_pickle=False)
+    mats = {name: sp.csr_matrix((z[f"{name}_data"], z[f"{name}_indices"], z[f"{name}_indptr"]),
+                                shape=tuple(z[f"{name}_shape"])) for name in ("docs", "queries")}
+    return Encoded(z["doc_ids"].tolist(), mats["docs"], z["query_ids"].tolist(), mats["queries"])
 
 
 @pytest.fixture(scope="session")
 def encodings(data_dir: Path):
     """Factory: encodings("cisi") -> Encoded, computed at most once per session."""
-    import pickle  # noqa: S403 - our own cache files, written by this function only
-
     cache: dict[str, Encoded] = {}
     disk = os.environ.get("LSR_TEST_CACHE")
 
     def get(name: str) -> Encoded:
         if name not in cache:
-            path = Path(disk) / f"encodings-{name}.pkl" if disk else None
+            path = Path(disk) / f"encodings-{name}.npz" if disk else None
             if path is not None and path.exists():
-                cache[name] = pickle.loads(path.read_bytes())
+                cache[name] = _load_encoded(path)
             else:
                 cache[name] = _encode_collection(data_dir / name)
                 if path is not None:
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_bytes(pickle.dumps(cache[name]))
+                    _save_encoded(path, cache[name])
         return cache[name]
 
     return get

@@ -22,6 +22,7 @@ def index(
     top_k: int = typer.Option(None, help="Keep at most this many terms per document."),
     threshold: float = typer.Option(0.0, help="Drop term weights <= this."),
     shard_size: int = typer.Option(250_000, help="Target documents per shard."),
+    block_rows: int = typer.Option(256, help="Documents per read block: the unit of resume after a crash."),
     index_kind: str = typer.Option("blocked", help="blocked (Seismic-style) or exact."),
     index_param: list[str] = typer.Option(None, help="Blocked index parameter KEY=VALUE (repeatable), e.g. n_postings=2000."),
     values_dtype: str = typer.Option("float32", help="Stored postings values: float32 or float16."),
@@ -41,6 +42,7 @@ def index(
         config = IndexJobConfig(
             corpus=corpus, output=output, format=format, id_field=id_field,
             title_field=title_field or None, text_field=text_field, shard_size=shard_size,
+            block_rows=block_rows,
             values_dtype=values_dtype, index_kind=index_kind,
             index_params=parse_key_values(index_param, "--index-param"),
             on_bad_record=on_bad_record, keep_generations=keep_generations,

@@ -27,6 +27,7 @@ def search(
         raise typer.BadParameter("k must be between 1 and 10000")
     opened = ShardedIndex.open(index, parse_json_option(storage_options, "--storage-options"),
                                generation=generation)
+    opened.encoder()  # load the model before the clock starts
     params = {key: v for key, v in (("query_cut", query_cut), ("heap_factor", heap_factor)) if v is not None}
     started = time.perf_counter()
     results = opened.search(query, k=k, exact=exact, **params)

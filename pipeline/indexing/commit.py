@@ -270,6 +270,8 @@ def commit_plan(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, stat
     )
     commit_generation(layout, manifest)
     remove(staging_paths(layout, plan.plan_id)["base"])
+    if not list_dir(layout.root.child("staging")):
+        remove(layout.root.child("staging"))
     return CommitResult(manifest=manifest, shards_reused=sum(r.reused for r in results.values()),
                         build_s=sum(r.build_s for r in results.values()),
                         assemble_write_s=sum(r.write_s for r in results.values()),

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pipeline.data.records import FieldMap
 from pipeline.indexing.commit import commit_plan
 from pipeline.indexing.config import IndexJobConfig
-from pipeline.indexing.datasource import CorpusDatasource
+from pipeline.indexing.datasource import BadRecordError, CorpusDatasource
 from pipeline.indexing.plan import make_plan, scan_state
 from pipeline.indexing.sink import StageTimes, StagingSink
 from pipeline.indexing.stages import EncodeActor, tokenize_batch
@@ -128,12 +128,17 @@ def run_index_job(config: IndexJobConfig) -> JobSummary:
     placement = plan_resources(config, ray.cluster_resources())
     settings = _encoder_settings(config)
     fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
-    timing: dict[str, float] = {"plan_s": time.perf_counter() - started}
+    # Discovery, planning, Ray start-up and the model fingerprint.
+    timing: dict[str, float] = {"setup_s": time.perf_counter() - started}
     committed = {}
+    pipeline_started = time.perf_counter()
 
     def on_commit(times: StageTimes) -> None:
         # The datasink's commit point: states are re-read, since the write just staged parts.
         fresh = scan_state(plan, layout, verify_committed=False)
+        timing.update({f"{name}_busy_s": getattr(times, name)
+                       for name in ("read", "tokenize", "encode", "write")})
+        timing["encode_pipeline_wall_s"] = time.perf_counter() - pipeline_started
         result = commit_plan(config, plan, layout, fresh, settings, timing, placement.build_threads)
         committed.update(result=result, times=times)
 
@@ -153,10 +158,14 @@ def run_index_job(config: IndexJobConfig) -> JobSummary:
                                    "device": "cuda" if placement.encoder_gpus > 0 else "cpu",
                                    "torch_threads": placement.torch_threads},
             num_cpus=placement.encoder_cpus, num_gpus=placement.encoder_gpus or None)
-        encode_started = time.perf_counter()
-        ds.write_datasink(StagingSink(plan, layout, on_commit),
-                          ray_remote_args={"num_cpus": config.resources.tokenize_cpus})
-        timing["pipeline_wall_s"] = time.perf_counter() - encode_started
+        try:
+            ds.write_datasink(StagingSink(plan, layout, on_commit),
+                              ray_remote_args={"num_cpus": config.resources.tokenize_cpus})
+        except Exception as exc:  # noqa: BLE001 - re-raised, unwrapped when it is the user's
+            cause = _user_error(exc)
+            if cause is not None:
+                raise cause from None
+            raise
     else:
         on_commit(StageTimes())
     result, times = committed["result"], committed["times"]
@@ -183,6 +192,24 @@ def run_index_job(config: IndexJobConfig) -> JobSummary:
              summary.docs_indexed, summary.docs_rejected, summary.shards, summary.generation,
              wall, summary.docs_per_s)
     return summary
+
+
+def _user_error(exc: BaseException) -> BaseException | None:
+    """The task's own bad-record error inside Ray's wrappers, if that is what stopped the job."""
+    from ray.exceptions import RayError
+
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, BadRecordError) and not isinstance(e, RayError):
+            return e
+        # RayTaskError keeps the exception the task raised in `.cause`.
+        stack.extend([e.__context__, e.__cause__, getattr(e, "cause", None)])
+    return None
 
 
 def _stage(rows: int, busy_s: float) -> dict:

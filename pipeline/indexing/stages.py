@@ -30,19 +30,21 @@ ENCODED_SCHEMA = pa.schema([
 
 
 @lru_cache(maxsize=4)
-def _tokenizer(model: str, max_length: int):
-    from pipeline.encode import load_tokenizer
+def _tokenizer(model: str):
+    from transformers import AutoTokenizer
 
-    return load_tokenizer(model, max_length)
+    from pipeline.encode.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model(model))
 
 
 def tokenize_batch(batch: pa.Table, options: EncoderOptions) -> pa.Table:
     """Read rows -> token-id lists, with the document fingerprint; text is dropped here."""
     started = time.perf_counter()
     texts = batch.column("text").to_pylist()
-    tokenizer = _tokenizer(options.model, options.max_length)
-    ids = tokenizer(texts, max_length=options.max_length, truncation=True, padding=False,
-                    return_attention_mask=False)["input_ids"]
+    ids = _tokenizer(options.model)(texts, max_length=options.max_length, truncation=True,
+                                    padding=False, return_attention_mask=False,
+                                    return_token_type_ids=False)["input_ids"]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
     offsets = np.zeros(len(ids) + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
