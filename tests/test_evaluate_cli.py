@@ -64,3 +64,31 @@ def test_evaluate_bad_input_exits_with_the_file_and_line(tiny: Path) -> None:
     (tiny / "qrels" / "test.tsv").unlink()
     result = runner.invoke(app, ["evaluate", str(tiny)])
     assert result.exit_code == 2 and f"{tiny / 'qrels' / 'test.tsv'}: file not found" in result.output
+
+
+@pytest.mark.slow  # the Ray indexing job: ~90 s for five documents on a busy 2-core box
+def test_evaluate_index_written_by_the_indexing_job(tiny: Path, tmp_path: Path, ray_local) -> None:
+    """`--index`: every shard searched and merged gives the in-process rankings (exact search)."""
+    from pipeline.indexing import IndexJobConfig, run_index_job
+
+    root = tmp_path / "index"
+    run_index_job(IndexJobConfig(corpus=str(tiny), output=str(root), shard_size=2))  # 3 shards
+    in_process = runner.invoke(app, ["evaluate", str(tiny), "--exact", "--json", "--no-latency",
+                                      "--run-file", str(tmp_path / "local.trec")])
+    from_index = runner.invoke(app, ["evaluate", str(tiny), "--index", str(root), "--exact", "--json",
+                                     "--no-latency", "--run-file", str(tmp_path / "index.trec")])
+    assert in_process.exit_code == 0, in_process.output
+    assert from_index.exit_code == 0, from_index.output
+    local, sharded = json.loads(in_process.stdout), json.loads(from_index.stdout)
+    assert sharded["system"] == "splade-tiny exact (index)"
+    assert sharded["index"]["shards"] == 3 and sharded["counts"] == local["counts"]
+    assert sharded["metrics"] == pytest.approx(local["metrics"], abs=1e-6)
+
+    def ranked(path: Path) -> list[tuple[str, str, str]]:
+        return [tuple(line.split()[:4]) for line in path.read_text(encoding="utf-8").splitlines()]
+
+    assert ranked(tmp_path / "index.trec") == ranked(tmp_path / "local.trec")
+    approx = runner.invoke(app, ["evaluate", str(tiny), "--index", str(root), "--json", "--no-latency"])
+    assert approx.exit_code == 0, approx.output
+    report = json.loads(approx.stdout)
+    assert report["system"] == "splade-tiny approx (index)" and 0.5 <= report["metrics"]["R@10 vs exact"] <= 1
