@@ -176,3 +176,36 @@ def encodings(data_dir: Path):
         return cache[name]
 
     return get
+
+
+# ---------------------------------------------------------------------------------------------
+# One scifact index built by the real indexing job, shared by job, serve and evaluation tests.
+# ---------------------------------------------------------------------------------------------
+
+SCIFACT_SHARD_SIZE = 2000   # 5,183 documents -> 3 shards
+
+
+@pytest.fixture(scope="session")
+def scifact_index(ray_local, scifact_dir: Path, tmp_path_factory):
+    """(index root path, JobSummary) of scifact indexed by `run_index_job` on the local Ray."""
+    from pipeline.indexing import IndexJobConfig, run_index_job
+
+    root = tmp_path_factory.mktemp("scifact-index") / "index"
+    summary = run_index_job(IndexJobConfig(corpus=str(scifact_dir), output=str(root),
+                                           shard_size=SCIFACT_SHARD_SIZE))
+    return root, summary
+
+
+def assert_same_ranking(ids_a, scores_a, ids_b, scores_b, tol: float = 1e-4) -> None:
+    """Two top-k lists agree: scores rank by rank within `tol`, and the ids too, except that
+    documents whose scores are within `tol` of each other may trade places."""
+    import numpy as np
+
+    scores_a, scores_b = np.asarray(scores_a, dtype=np.float64), np.asarray(scores_b, dtype=np.float64)
+    assert len(ids_a) == len(ids_b), (ids_a, ids_b)
+    assert np.allclose(scores_a, scores_b, atol=tol, rtol=0), (scores_a, scores_b)
+    for rank, (a, b) in enumerate(zip(ids_a, ids_b)):
+        if a != b:
+            near = np.abs(scores_a - scores_a[rank]) <= 2 * tol
+            assert b in {ids_a[j] for j in np.flatnonzero(near)} or \
+                abs(scores_a[rank] - scores_a[-1]) <= 2 * tol, (rank, ids_a, ids_b, scores_a)

@@ -1,0 +1,280 @@
+"""The indexing job end to end on a real local Ray, real data, real model, real S3 API."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, assert_same_ranking, tiny_encoder
+from pipeline.index import ExactIndex
+from pipeline.indexing import IndexJobConfig, run_index_job
+from pipeline.indexing.datasource import BadRecordError
+from pipeline.store import IndexLayout, ShardedIndex, read_manifest, read_postings
+
+LSR = [sys.executable, "-m", "pipeline.cli"]
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
+    env.update(extra)
+    return env
+
+
+def _exact_reference(docs, doc_ids, queries, k=10):
+    idx, scores = ExactIndex(docs).search(queries, k=k)
+    ids = [[doc_ids[i] for i in row if i >= 0] for row in idx]
+    return ids, [s[:len(i)] for s, i in zip(scores, ids)]
+
+
+def _stored_vectors(root: str, storage_options=None):
+    """All postings of the live generation, concatenated in shard order: (ids, csr)."""
+    import scipy.sparse as sp
+
+    layout = IndexLayout.at(root, storage_options)
+    manifest = read_manifest(layout)
+    parts = [read_postings(layout.postings(s.name), verify=True) for s in manifest.shards]
+    return [i for p in parts for i in p.doc_ids], sp.vstack([p.vectors for p in parts], format="csr")
+
+
+def _write_corpus(path: Path, records) -> Path:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    return path
+
+
+def test_scifact_job_equals_exact_search_over_reference_encodings(scifact_index, encodings):
+    root, summary = scifact_index
+    encoded = encodings("scifact")
+    assert summary.docs_in == summary.docs_indexed == 5183 and summary.docs_rejected == 0
+    assert summary.shards == 3 and summary.bound_stage == "encode"
+
+    index = ShardedIndex.open(str(root))
+    manifest = index.manifest
+    assert manifest.counts == {"docs_in": 5183, "docs_indexed": 5183, "docs_rejected": 0}
+    assert sum(s.n_docs for s in manifest.shards) == 5183
+    assert manifest.encoder["fingerprint"] == tiny_encoder().settings()["fingerprint"]
+
+    # The stored vectors are the reference encodings, document by document, in corpus order.
+    ids, vectors = _stored_vectors(str(root))
+    assert ids == encoded.doc_ids
+    assert np.array_equal(vectors.indptr, encoded.docs.indptr)
+    assert np.array_equal(vectors.indices, encoded.docs.indices)
+    assert np.allclose(vectors.data, encoded.docs.data, atol=1e-5)
+
+    want_ids, want_scores = _exact_reference(encoded.docs, encoded.doc_ids, encoded.queries)
+    got = index.search_vectors(encoded.queries, k=10, exact=True)
+    for q in range(len(encoded.query_ids)):
+        assert_same_ranking([h.doc_id for h in got[q]], [h.score for h in got[q]],
+                            want_ids[q], want_scores[q])
+
+    # The blocked index with its default parameters, against exact search.
+    approx = index.search_vectors(encoded.queries, k=10)
+    recall = np.mean([len({h.doc_id for h in a} & set(w)) / max(1, len(w)) for a, w in zip(approx, want_ids)])
+    assert recall >= 0.95, recall
+
+
+def test_lsr_search_cli_equals_python_api(scifact_index, scifact_dir):
+    root, _ = scifact_index
+    queries = [json.loads(line)["text"] for line in open(scifact_dir / "queries.jsonl")][:3]
+    out = subprocess.run([*LSR, "search", str(root), *queries, "--k", "10", "--exact", "--json"],
+                         capture_output=True, text=True, env=_env(), check=True, timeout=300)
+    cli = json.loads(out.stdout)
+    api = ShardedIndex.open(str(root)).search(queries, k=10, exact=True)
+    assert cli["generation"] == 1 and [r["query"] for r in cli["results"]] == queries
+    for result, hits in zip(cli["results"], api):
+        assert [h["doc_id"] for h in result["hits"]] == [h.doc_id for h in hits]
+        assert np.allclose([h["score"] for h in result["hits"]], [h.score for h in hits], atol=1e-5)
+
+
+def test_job_reads_and_writes_s3_from_the_standard_aws_environment(s3_server, data_dir, encodings, tmp_path):
+    """Corpus on S3, index on S3, credentials and endpoint only in the AWS environment variables."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_server["endpoint"], aws_access_key_id="testing",
+                      aws_secret_access_key="testing", region_name="us-east-1")
+    s3.upload_file(str(data_dir / "cisi" / "corpus.jsonl"), s3_server["bucket"], "corpora/cisi/corpus.jsonl")
+    corpus = f"s3://{s3_server['bucket']}/corpora/cisi/"
+    output = f"s3://{s3_server['bucket']}/indexes/cisi"
+    env = _env(**s3_server["env"])
+    subprocess.run([*LSR, "index", corpus, output, "--shard-size", "600", "--json"], env=env, check=True,
+                   capture_output=True, text=True, timeout=900)
+    encoded = encodings("cisi")
+    ids, vectors = _stored_vectors(output, s3_server["storage_options"])
+    assert ids == encoded.doc_ids and np.allclose(vectors.toarray()[:50], encoded.docs.toarray()[:50], atol=1e-5)
+
+    queries = [json.loads(line)["text"] for line in open(data_dir / "cisi" / "queries.jsonl")][:5]
+    out = subprocess.run([*LSR, "search", output, *queries, "--exact", "--json"], env=env, check=True,
+                         capture_output=True, text=True, timeout=300)
+    cli = json.loads(out.stdout)["results"]
+    want_ids, want_scores = _exact_reference(encoded.docs, encoded.doc_ids, encoded.queries[:5])
+    for q, result in enumerate(cli):
+        assert_same_ranking([h["doc_id"] for h in result["hits"]], [h["score"] for h in result["hits"]],
+                            want_ids[q], want_scores[q])
+
+
+BAD_LINES = {
+    3: b'{"_id": "bad-utf8", "text": "caf\xe9 \xff"}\n',
+    5: b'{"_id": "t", "text": \n',
+    8: b'{"text": "no id at all"}\n',
+    11: b'{"_id": "n", "text": 42}\n',
+    14: b'{"_id": "e", "title": " ", "text": ""}\n',
+    17: b'{"_id": "d7", "text": "a duplicate of document seven"}\n',
+}
+
+
+def _bad_corpus(path: Path, n=40) -> Path:
+    with open(path, "wb") as f:
+        for i in range(n):
+            f.write(BAD_LINES.get(i) or (json.dumps({"_id": f"d{i}", "title": f"Doc {i}",
+                                                      "text": f"about topic number {i} and more"}) + "\n").encode())
+    return path
+
+
+def test_bad_record_fails_fast_naming_file_and_line(ray_local, tmp_path):
+    corpus = _bad_corpus(tmp_path / "c.jsonl")
+    with pytest.raises(BadRecordError, match=r"c\.jsonl line 4: invalid UTF-8"):
+        run_index_job(IndexJobConfig(corpus=str(corpus), output=str(tmp_path / "idx"), index_kind="exact"))
+    assert not (tmp_path / "idx" / "CURRENT.json").exists()
+    # The CLI says the same in one line and exits 1.
+    out = subprocess.run([*LSR, "index", str(corpus), str(tmp_path / "idx2")], capture_output=True, text=True,
+                         env=_env(), timeout=300)
+    assert out.returncode == 1
+    assert "error: bad record:" in out.stderr and "c.jsonl line 4" in out.stderr
+
+
+def test_duplicate_ids_fail_naming_both_records(ray_local, tmp_path):
+    lines = {k: v for k, v in BAD_LINES.items() if k == 17}
+    corpus = tmp_path / "c.jsonl"
+    with open(corpus, "wb") as f:
+        for i in range(30):
+            f.write(lines.get(i) or (json.dumps({"_id": f"d{i}", "text": f"text {i}"}) + "\n").encode())
+    with pytest.raises(BadRecordError, match=r"duplicate id 'd7' at .*c\.jsonl line 18 .*first seen at .*line 8"):
+        run_index_job(IndexJobConfig(corpus=str(corpus), output=str(tmp_path / "idx"), index_kind="exact",
+                                     shard_size=10))
+
+
+def test_skip_policy_writes_every_rejected_record_and_accounts_for_all(ray_local, tmp_path):
+    corpus = _bad_corpus(tmp_path / "c.jsonl")
+    summary = run_index_job(IndexJobConfig(corpus=str(corpus), output=str(tmp_path / "idx"), index_kind="exact",
+                                           on_bad_record="skip", shard_size=12))
+    assert summary.docs_in == 40 and summary.docs_rejected == 6 and summary.docs_indexed == 34
+    rejects = [json.loads(line) for line in open(tmp_path / "idx" / "rejects" / "g000001" / "rejects.jsonl")]
+    reasons = sorted(r["reason"].split(" (")[0] for r in rejects)
+    expected = sorted(["invalid UTF-8", "not valid JSON", "missing id", "field 'text' must be a string",
+                       "empty text", "duplicate id"])
+    assert len(reasons) == 6 and all(r.startswith(e) for r, e in zip(reasons, expected)), reasons
+    manifest = read_manifest(IndexLayout.at(str(tmp_path / "idx")))
+    assert manifest.counts["docs_in"] == manifest.counts["docs_indexed"] + manifest.counts["docs_rejected"]
+    ids, _ = _stored_vectors(str(tmp_path / "idx"))
+    assert "d7" in ids and ids.count("d7") == 1 and len(ids) == 34
+    # The kept d7 is the first one (its own text), not the duplicate's.
+    index = ShardedIndex.open(str(tmp_path / "idx"))
+    top = index.search(["about topic number 7 and more"], k=1, exact=True)[0][0]
+    assert top.doc_id == "d7"
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_resume_after_kill_reencodes_only_what_was_lost(ray_local, data_dir, tmp_path):
+    """Kill the job (and its own Ray) midway; the same command again resumes and completes."""
+    import psutil
+
+    src = [json.loads(line) for line in open(data_dir / "cisi" / "corpus.jsonl")][:400]
+    corpus = _write_corpus(tmp_path / "c.jsonl", src)
+    output = tmp_path / "idx"
+    args = [*LSR, "index", str(corpus), str(output), "--shard-size", "100", "--block-rows", "20",
+            "--index-kind", "exact", "--json"]
+    proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    victims: set[int] = set()
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            victims.update(_descendants(proc.pid))
+            parts = list((output / "staging").glob("*/parts/*/*.parquet"))
+            if len(parts) >= 4:
+                break
+            assert proc.poll() is None, "the job ended before it could be interrupted"
+            time.sleep(0.5)
+        else:
+            pytest.fail("no staged parts appeared")
+    finally:
+        victims.update(_descendants(proc.pid))
+        for pid in [proc.pid, *victims]:
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait(timeout=60)
+    assert not (output / "CURRENT.json").exists()
+    staged_before = len(list((output / "staging").glob("*/parts/*/*.parquet")))
+    assert 0 < staged_before < 20
+
+    summary = run_index_job(IndexJobConfig(corpus=str(corpus), output=str(output), shard_size=100,
+                                           block_rows=20, index_kind="exact"))
+    assert summary.resumed and summary.docs_indexed == 400
+    assert summary.blocks_encoded <= 20 - staged_before + 4  # only lost blocks (+ partial ones) again
+    ids, vectors = _stored_vectors(str(output))
+    want = tiny_encoder().encode([(r["title"] + " " + r["text"]).strip() for r in src])
+    assert ids == [r["_id"] for r in src]
+    assert np.array_equal(vectors.indices, want.indices) and np.allclose(vectors.data, want.data, atol=1e-5)
+    assert not (output / "staging").exists()
+
+
+@pytest.mark.slow
+def test_ray_job_submit_against_a_head_node(data_dir, tmp_path):
+    """`ray job submit` of jobs/index.py to a `ray start --head` cluster on 127.0.0.1, stopped by PID."""
+    import psutil
+
+    from conftest import free_port
+
+    gcs, dash = free_port(), free_port()
+    env = _env(RAY_ADDRESS="")
+    head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
+                             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+                             f"--dashboard-port={dash}", "--include-dashboard=true"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True, cwd=REPO)
+    try:
+        import httpx
+
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{dash}/api/version", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        output = tmp_path / "idx"
+        out = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+                              "--working-dir", str(REPO), "--", "python", "jobs/index.py",
+                              str(data_dir / "cisi"), str(output), "--shard-size", "800", "--json"],
+                             env=env, capture_output=True, text=True, timeout=1200)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        assert "succeeded" in out.stdout.lower()
+        manifest = read_manifest(IndexLayout.at(str(output)))
+        assert manifest.counts["docs_indexed"] == 1460 and len(manifest.shards) == 2
+    finally:
+        victims = [head.pid, *_descendants(head.pid)]
+        for pid in victims:
+            try:
+                psutil.Process(pid).terminate()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs([psutil.Process(p) for p in victims if psutil.pid_exists(p)], timeout=30)
