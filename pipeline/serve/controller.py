@@ -219,11 +219,14 @@ class IndexController:
             done = [(r, s) for r, s in self._retiring if self._drained(r, s, now)]
             if not done:
                 return
-            self._retiring = [(r, s) for r, s in self._retiring if (r, s) not in done]
-            keep = self._apps_in_use()
+            remaining = [(r, s) for r, s in self._retiring if (r, s) not in done]
+            keep = {a for r in [self.route] + [r for r, _ in remaining] for a in r.apps} | \
+                {r.encoder_app for r in [self.route] + [r for r, _ in remaining] if r.encoder_app}
             doomed = {a for r, _ in done for a in r.apps} | {r.encoder_app for r, _ in done
                                                             if r.encoder_app}
             await self._delete_apps(sorted(doomed - keep))
+            # Only now: a generation stays listed (and leased) until its replicas are gone.
+            self._retiring = remaining
             await self._write_lease()
             for r, _ in done:
                 log.info("generation %d retired", r.generation)

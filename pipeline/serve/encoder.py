@@ -2,7 +2,7 @@
 
 Concurrent requests reaching one replica within ``batch_wait_timeout_s`` are encoded in one
 forward pass (`@serve.batch`); each gets its own rows back. The encoder is rebuilt from the
-manifest's encoder settings (`pipeline.encode.encoder_from_settings`), exactly as the
+manifest's encoder settings (`pipeline.encode.settings.encoder_from_settings`), exactly as the
 in-process `ShardedIndex.encoder()` does, so served and in-process queries are the same vectors.
 """
 
@@ -23,7 +23,7 @@ def load_query_encoder(settings: dict[str, Any], threads: int | None = None):
     """The encoder matching an index manifest's encoder settings (torch limited to `threads`)."""
     import torch
 
-    from pipeline.encode import encoder_from_settings
+    from pipeline.encode.settings import encoder_from_settings
 
     if threads:
         torch.set_num_threads(threads)

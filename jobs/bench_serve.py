@@ -1,0 +1,287 @@
+"""Benchmark of the Ray Serve query endpoint on this machine (127.0.0.1 only).
+
+For each shard count S of a synthetic N-document index (`pipeline.synthetic.generate`,
+written with the store APIs, cached under --work), and each topology:
+
+* in process: the same query texts, encoded by the index's encoder and searched with
+  `ShardedIndex.search_vectors`, one query at a time (the peer of the served numbers);
+* served: `lsr serve`'s application on a local Ray, loaded by C concurrent HTTP clients
+  (asyncio + httpx, one query per request, back to back) for T seconds.
+
+It reports p50/p95/p99 latency, QPS, errors, the server-side split (encode / search), and
+served p50 / in-process p50. Queries are real scifact query texts encoded by splade-tiny
+against synthetic documents: fine for latency, meaningless for relevance.
+
+Topologies ("hops" = Serve handle calls per request after the HTTP proxy's own):
+* split:   QueryEncoder deployment (batched) + one ShardSearcher deployment per shard
+           -> proxy -> ingress -> encoder, then ingress -> S searchers in parallel.
+* compact: encoder inside the ingress + all shards in one ShardSearcher replica
+           -> proxy -> ingress -> 1 searcher.
+
+    flock /tmp/lsr-bench.lock .venv/bin/python jobs/bench_serve.py \
+        --docs 1000000 --shards 1,2,4,8,16 --clients 1,4 --duration-s 20 --out /work/notes/bench-serve.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+TOPOLOGIES = {
+    "split": {"encoder_placement": "deployment", "shards_per_replica": 1},
+    "compact": {"encoder_placement": "ingress", "shards_per_replica": 0},
+}
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "load_avg_at_start": os.getloadavg(), "git": commit}
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def summary(latencies_ms: list[float]) -> dict:
+    return {"n": len(latencies_ms), "p50_ms": round(pct(latencies_ms, 50), 3),
+            "p95_ms": round(pct(latencies_ms, 95), 3), "p99_ms": round(pct(latencies_ms, 99), 3),
+            "mean_ms": round(statistics.fmean(latencies_ms), 3) if latencies_ms else None}
+
+
+# -- indexes --------------------------------------------------------------------------------------
+def encoder_settings() -> dict:
+    from pipeline.encode import SpladeEncoder
+
+    return SpladeEncoder("splade-tiny", device="cpu").settings()
+
+
+def prepare_indexes(work: Path, n_docs: int, shard_counts: list[int], seed: int) -> dict[int, str]:
+    """One index root per shard count over the same documents; reused when already written."""
+    from pipeline.serve.direct_index import write_generation
+    from pipeline.store import IndexLayout, read_current_generation, read_manifest
+
+    roots = {s: work / f"synthetic-{n_docs}-seed{seed}-s{s}" for s in shard_counts}
+    todo = [s for s, root in roots.items()
+            if read_current_generation(IndexLayout.at(str(root))) is None
+            or read_manifest(IndexLayout.at(str(root))).n_docs != n_docs]
+    if todo:
+        from pipeline import synthetic
+
+        started = time.perf_counter()
+        docs, _ = synthetic.generate(n_docs, 0, seed)
+        print(f"generated {n_docs} synthetic docs ({docs.nnz} nnz) in "
+              f"{time.perf_counter() - started:.0f}s", flush=True)
+        settings = encoder_settings()
+        ids = [f"d{i}" for i in range(n_docs)]
+        for s in todo:
+            started = time.perf_counter()
+            write_generation(str(roots[s]), 1, ids, docs, s, settings)
+            print(f"wrote {s}-shard index in {time.perf_counter() - started:.0f}s", flush=True)
+    return {s: str(root) for s, root in roots.items()}
+
+
+def read_queries(path: Path, n: int) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line, _ in zip(f, range(n))]
+
+
+# -- in process -----------------------------------------------------------------------------------
+def in_process(url: str, queries: list[str], k: int) -> dict:
+    from pipeline.store import ShardedIndex
+
+    index = ShardedIndex.open(url)
+    encoder = index.encoder()
+    for q in queries[:20]:                                   # warm up kernels and the model
+        index.search_vectors(encoder.encode_queries([q]), k=k, threads=1)
+    total, encode, search = [], [], []
+    for q in queries:
+        t0 = time.perf_counter()
+        vectors = encoder.encode_queries([q])
+        t1 = time.perf_counter()
+        index.search_vectors(vectors, k=k, threads=1)
+        t2 = time.perf_counter()
+        total.append((t2 - t0) * 1000)
+        encode.append((t1 - t0) * 1000)
+        search.append((t2 - t1) * 1000)
+    del index
+    return {**summary(total), "encode_p50_ms": round(pct(encode, 50), 3),
+            "search_p50_ms": round(pct(search, 50), 3)}
+
+
+# -- served ----------------------------------------------------------------------------------------
+async def load(base: str, queries: list[str], k: int, clients: int, duration_s: float) -> dict:
+    import httpx
+
+    latencies: list[float] = []
+    server_encode: list[float] = []
+    server_search: list[float] = []
+    errors: list[str] = []
+    partial = 0
+    stop_at = time.perf_counter() + duration_s
+
+    async def client(worker: int) -> None:
+        nonlocal partial
+        async with httpx.AsyncClient(base_url=base, timeout=30.0) as http:
+            i = worker
+            while time.perf_counter() < stop_at:
+                q = queries[i % len(queries)]
+                i += clients
+                t0 = time.perf_counter()
+                try:
+                    r = await http.post("/search", json={"query": q, "k": k})
+                except httpx.HTTPError as exc:
+                    errors.append(f"{type(exc).__name__}")
+                    continue
+                elapsed = (time.perf_counter() - t0) * 1000
+                if r.status_code != 200:
+                    errors.append(str(r.status_code))
+                    continue
+                body = r.json()
+                partial += bool(body["partial"])
+                latencies.append(elapsed)
+                server_encode.append(body["timing"]["encode_ms"])
+                server_search.append(body["timing"]["search_ms"])
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(w) for w in range(clients)))
+    wall = time.perf_counter() - started
+    return {**summary(latencies), "qps": round(len(latencies) / wall, 1), "errors": len(errors),
+            "error_kinds": sorted(set(errors)), "partial": partial,
+            "server_encode_p50_ms": round(pct(server_encode, 50), 3),
+            "server_search_p50_ms": round(pct(server_search, 50), 3)}
+
+
+def served(url: str, topology: str, queries: list[str], k: int, clients: list[int],
+           duration_s: float, port: int) -> list[dict]:
+    from pipeline.serve import ServeConfig
+    from pipeline.serve.app import run_endpoint, stop_endpoint
+
+    config = ServeConfig(index=url, app_name="bench", route_prefix="/bench", poll_s=0,
+                         timeout_s=10.0, **TOPOLOGIES[topology])
+    started = time.perf_counter()
+    run_endpoint(config)
+    startup_s = time.perf_counter() - started
+    base = f"http://127.0.0.1:{port}/bench"
+    rows = []
+    try:
+        asyncio.run(load(base, queries, k, 1, 3.0))          # warm up every replica and handle
+        for c in clients:
+            result = asyncio.run(load(base, queries, k, c, duration_s))
+            rows.append({"topology": topology, "clients": c, "startup_s": round(startup_s, 1),
+                         **result})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        stop_endpoint("bench")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", type=int, default=1_000_000)
+    parser.add_argument("--shards", default="1,2,4,8,16")
+    parser.add_argument("--topologies", default="compact,split")
+    parser.add_argument("--clients", default="1,4")
+    parser.add_argument("--duration-s", type=float, default=20.0)
+    parser.add_argument("--queries", type=Path, default=Path("/work/shared/data/scifact/queries.jsonl"))
+    parser.add_argument("--n-queries", type=int, default=300)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/lsr-bench-serve"))
+    parser.add_argument("--out", type=Path, default=None, help="Write all results as JSON here.")
+    args = parser.parse_args(argv)
+
+    shard_counts = [int(s) for s in args.shards.split(",")]
+    clients = [int(c) for c in args.clients.split(",")]
+    topologies = args.topologies.split(",")
+    report = {"command": " ".join([sys.executable, *sys.argv]), "date": dt.datetime.now(
+        dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "args": {
+        k: str(v) for k, v in vars(args).items()}, "in_process": {}, "served": []}
+    print(f"# {report['command']}\n# {report['date']}  {report['machine']}", flush=True)
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    roots = prepare_indexes(args.work, args.docs, shard_counts, args.seed)
+    queries = read_queries(args.queries, args.n_queries)
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from ray import serve
+
+    from pipeline.serve.app import stop_endpoint
+
+    for s in shard_counts:
+        report["in_process"][s] = in_process(roots[s], queries, args.k)
+        print(f"in process, {s} shards: {json.dumps(report['in_process'][s])}", flush=True)
+
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        for s in shard_counts:
+            for topology in topologies:
+                for row in served(roots[s], topology, queries, args.k, clients, args.duration_s, port):
+                    ref = report["in_process"][s]
+                    row.update({"shards": s, "in_process_p50_ms": ref["p50_ms"],
+                                "served_over_in_process_p50": round(row["p50_ms"] / ref["p50_ms"], 2)})
+                    report["served"].append(row)
+    finally:
+        stop_endpoint("bench")
+        serve.shutdown()
+        ray.shutdown()
+    print_tables(report)
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def print_tables(report: dict) -> None:
+    print("\n## In process (encode + search, one query at a time, 1 thread)\n")
+    print("| shards | p50 ms | p95 ms | p99 ms | encode p50 | search p50 |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for s, r in report["in_process"].items():
+        print(f"| {s} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['encode_p50_ms']} | "
+              f"{r['search_p50_ms']} |")
+    print("\n## Served over HTTP (one query per request)\n")
+    print("| shards | topology | clients | p50 ms | p95 ms | p99 ms | QPS | errors | partial | "
+          "server encode p50 | server search p50 | served/in-process p50 |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in report["served"]:
+        print(f"| {r['shards']} | {r['topology']} | {r['clients']} | {r['p50_ms']} | {r['p95_ms']} | "
+              f"{r['p99_ms']} | {r['qps']} | {r['errors']} | {r['partial']} | "
+              f"{r['server_encode_p50_ms']} | {r['server_search_p50_ms']} | "
+              f"{r['served_over_in_process_p50']} |")
+
+
+if __name__ == "__main__":
+    main()

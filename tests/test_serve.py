@@ -1,0 +1,295 @@
+"""The query endpoint on a real local Ray Serve, over HTTP, against a real built scifact index.
+
+Two endpoints run one after the other (each shared by the tests of its class):
+* `TestEndpoint`: API key on, QueryEncoder deployment, 3 shards in 2 groups (2 + 1), 2
+  replicas per group; answers, validation, auth, stats/metrics, partial results, replica loss.
+* `TestGenerations`: no auth, encoder inside the ingress, CURRENT polled every second, on a
+  copy of the index; generation switches by `POST /admin/reload` and by polling under load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from serve_fixtures import LoadLoop, replica_actors, scifact_index, serve_http_port, wait_until  # noqa: F401
+
+N_SHARDS = 3          # scifact at shard_size=2000
+KEY_ENV = "LSR_TEST_SERVE_KEY"
+
+
+def read_queries(scifact_dir: Path, n: int) -> list[str]:
+    with open(scifact_dir / "queries.jsonl", encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line, _ in zip(f, range(n))]
+
+
+def hits(index, texts: list[str], k: int, exact: bool = False) -> list[tuple[list[str], list[float]]]:
+    return [([h.doc_id for h in row], [h.score for h in row])
+            for row in index.search(texts, k=k, exact=exact)]
+
+
+def assert_same(served: dict, expected: tuple[list[str], list[float]]) -> None:
+    ids, scores = expected
+    assert served["doc_ids"] == ids
+    np.testing.assert_allclose(served["scores"], scores, rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def in_process(scifact_index):
+    from pipeline.store import ShardedIndex
+
+    return ShardedIndex.open(scifact_index)
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="class")
+def endpoint(scifact_index, ray_local):
+    from pipeline.serve import ServeConfig
+    from pipeline.serve.app import run_endpoint, stop_endpoint
+
+    key = secrets.token_urlsafe(24)
+    config = ServeConfig(index=scifact_index, app_name="lsrt", route_prefix="/t",
+                         replicas_per_shard=2, shards_per_replica=2, api_key_env=KEY_ENV,
+                         timeout_s=3.0, poll_s=0, max_queries=8, max_body_bytes=16_384,
+                         server_id="test-endpoint")
+    port = serve_http_port()
+    run_endpoint(config, ingress_env={KEY_ENV: key})
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/t", timeout=30.0)
+    yield client, {"X-API-Key": key}, config
+    client.close()
+    stop_endpoint(config.app_name)
+
+
+class TestEndpoint:
+    def test_answers_equal_in_process_search(self, endpoint, in_process, scifact_dir):
+        client, auth, _ = endpoint
+        queries = read_queries(scifact_dir, 24)
+        for text in queries[:16]:  # one at a time: same encoder batch as in process
+            r = client.post("/search", json={"query": text, "k": 10}, headers=auth)
+            assert r.status_code == 200, r.text
+            body = r.json()
+            assert body["generation"] == in_process.generation
+            assert body["shards"] == [s.entry.name for s in in_process.shards]
+            assert body["partial"] is False and body["missing_shards"] == []
+            assert set(body["timing"]) == {"encode_ms", "search_ms", "total_ms"}
+            assert_same(body["results"][0], hits(in_process, [text], 10)[0])
+        batch = queries[16:24]
+        r = client.post("/search", json={"queries": batch, "k": 25}, headers=auth)
+        assert r.status_code == 200, r.text
+        for served, expected in zip(r.json()["results"], hits(in_process, batch, 25), strict=True):
+            assert_same(served, expected)
+        r = client.post("/search", json={"query": queries[0], "k": 5, "exact": True}, headers=auth)
+        assert r.status_code == 200 and r.json()["exact"] is True
+        assert_same(r.json()["results"][0], hits(in_process, [queries[0]], 5, exact=True)[0])
+        r = client.post("/search", json={"query": queries[1], "k": 10, "query_cut": 3,
+                                         "heap_factor": 0.5}, headers=auth)
+        assert r.status_code == 200
+        expected = in_process.search([queries[1]], k=10, query_cut=3, heap_factor=0.5)[0]
+        assert r.json()["results"][0]["doc_ids"] == [h.doc_id for h in expected]
+
+    @pytest.mark.parametrize("body, status, fragment", [
+        ({"query": "", "k": 10}, 422, "query is empty"),
+        ({"query": "   ", "k": 10}, 422, "query is empty"),
+        ({"queries": [], "k": 10}, 422, "queries is empty"),
+        ({"queries": ["ok", " "], "k": 10}, 422, "queries [1] are empty"),
+        ({"k": 10}, 422, "exactly one of"),
+        ({"query": "a", "queries": ["b"]}, 422, "exactly one of"),
+        ({"query": "heart", "k": 0}, 422, "greater than or equal to 1"),
+        ({"query": "heart", "k": 1001}, 422, "less than or equal to 1000"),
+        ({"queries": ["heart"] * 9, "k": 10}, 422, "at most 8 per request"),
+        ({"query": "heart", "k": 10, "top": 3}, 422, "Extra inputs are not permitted"),
+        ({"query": "heart", "heap_factor": -1}, 422, "greater than 0"),
+        ({"query": "x" * 3000}, 422, "exceed 2048 characters"),
+        ({"queries": ["heart disease"] * 8, "pad": "x" * 20_000}, 413, "larger than 16384 bytes"),
+    ])
+    def test_validation(self, endpoint, body, status, fragment):
+        client, auth, _ = endpoint
+        r = client.post("/search", json=body, headers=auth)
+        assert r.status_code == status, r.text
+        assert fragment in r.text
+
+    def test_malformed_json_is_422(self, endpoint):
+        client, auth, _ = endpoint
+        r = client.post("/search", content=b"{not json", headers={**auth, "content-type": "application/json"})
+        assert r.status_code == 422
+
+    def test_api_key(self, endpoint):
+        client, auth, _ = endpoint
+        body = {"query": "vitamin d", "k": 3}
+        assert client.post("/search", json=body).status_code == 401
+        assert client.post("/search", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+        assert client.post("/search", json=body, headers=auth).status_code == 200
+        assert client.get("/stats").status_code == 401
+        assert client.post("/admin/reload").status_code == 401
+        assert client.get("/healthz").json() == {"status": "ok", "generation": 1}
+        spec = client.get("/openapi.json").json()
+        assert {"/search", "/healthz", "/stats", "/metrics", "/admin/reload"} <= set(spec["paths"])
+        assert spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]
+
+    def test_stats_and_metrics(self, endpoint, in_process):
+        client, auth, _ = endpoint
+        stats = client.get("/stats", headers=auth).json()
+        assert stats["generation"] == 1 and stats["n_shards"] == N_SHARDS
+        assert stats["n_docs"] == in_process.n_docs == 5183
+        assert [s["name"] for s in stats["shards"]] == [s.entry.name for s in in_process.shards]
+        assert all(s["state"] == "ok" for s in stats["shards"])
+        assert stats["controller"]["generation"] == 1 and stats["controller"]["retiring"] == []
+        text = client.get("/metrics").text
+        ok = _metric(text, 'lsr_search_requests_total{status="ok"}')
+        rejected = _metric(text, 'lsr_search_requests_total{status="rejected"}')
+        assert ok >= 1 and rejected >= 1
+        assert _metric(text, "lsr_search_latency_seconds_count") >= ok
+        assert _metric(text, "lsr_generation") == 1
+
+    def test_unresponsive_shard_gives_partial_or_503(self, endpoint, in_process, ray_local):
+        """Both replicas of the last group stopped (SIGSTOP): its shard is missing."""
+        from ray import serve
+
+        from pipeline.store import merge_top_k
+
+        client, auth, config = endpoint
+        group = serve.get_deployment_handle("ShardSearcher-g000001-001", "lsrt-g000001-001")
+        pids = {group.info.remote().result()["pid"] for _ in range(40)}
+        assert len(pids) == 2
+        text = "hypertension treatment in elderly patients"
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            r = client.post("/search", json={"query": text, "k": 10}, headers=auth)
+            assert r.status_code == 200, r.text
+            assert time.monotonic() - started < config.timeout_s + 2
+            body = r.json()
+            last = in_process.shards[-1].entry.name
+            assert body["partial"] is True and body["missing_shards"] == [last]
+            assert body["shards"] == [s.entry.name for s in in_process.shards[:-1]]
+            queries = in_process.encoder().encode_queries([text])
+            expected = merge_top_k([s.search(queries, 10) for s in in_process.shards[:-1]], 10)[0]
+            assert body["results"][0]["doc_ids"] == [h.doc_id for h in expected]
+            r = client.post("/search", json={"query": text, "k": 10, "allow_partial": False},
+                            headers=auth)
+            assert r.status_code == 503
+            assert r.json()["detail"]["missing_shards"] == [last]
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        metrics = client.get("/metrics").text
+        assert _metric(metrics, "lsr_partial_responses_total") >= 1
+        wait_until(lambda: client.post("/search", json={"query": text}, headers=auth)
+                   .json().get("partial") is False, 30, "full answers after SIGCONT")
+
+    def test_replica_kill_under_load_loses_no_request(self, endpoint, scifact_dir, ray_local):
+        client, auth, _ = endpoint
+        victims = replica_actors("lsrt-g000001-000")
+        assert len(victims) == 2
+        with LoadLoop(httpx.Client(base_url=str(client.base_url), timeout=30.0), "/search",
+                      read_queries(scifact_dir, 50), headers=auth) as loop:
+            loop.wait_for(20)
+            ray_local.kill(victims[0], no_restart=True)
+            loop.wait_for(60)
+        assert loop.errors == [] and loop.partial == 0
+        assert len(loop.statuses) >= 80 and set(loop.statuses) == {200}
+        # Serve replaces the replica; the endpoint is whole again.
+        wait_until(lambda: len(replica_actors("lsrt-g000001-000")) == 2, 60, "replacement replica")
+
+
+def _metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="class")
+def generations_endpoint(scifact_index, ray_local, tmp_path_factory):
+    """A copy of the index served without auth, encoder in the ingress, CURRENT polled at 1 s."""
+    from pipeline.serve import ServeConfig
+    from pipeline.serve.app import run_endpoint, stop_endpoint
+
+    root = tmp_path_factory.mktemp("generations") / "index"
+    shutil.copytree(scifact_index, root)
+    config = ServeConfig(index=str(root), app_name="lsrg", route_prefix="/g",
+                         encoder_placement="ingress", shards_per_replica=0, poll_s=1.0,
+                         route_refresh_s=0.2, timeout_s=5.0, server_id="test-generations")
+    port = serve_http_port()
+    run_endpoint(config)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/g", timeout=60.0)
+    yield client, str(root), config
+    client.close()
+    stop_endpoint(config.app_name)
+
+
+def write_modified_generation(root: str, generation: int, n_shards: int, drop: int) -> None:
+    """Generation `generation`: gen 1's vectors minus the first `drop` documents, with every
+    weight of term ids below 2000 doubled, in `n_shards` shards."""
+    from pipeline.serve.direct_index import write_generation
+    from pipeline.store import IndexLayout, read_manifest, read_postings
+
+    layout = IndexLayout.at(root)
+    first = read_manifest(layout, 1)
+    parts = [read_postings(layout.postings(s.name)) for s in first.shards]
+    vectors = sp.vstack([p.vectors for p in parts], format="csr")[drop:]
+    ids = np.concatenate([p.doc_ids for p in parts])[drop:]
+    vectors.data[vectors.indices < 2000] *= 2.0
+    write_generation(root, generation, ids, vectors, n_shards, first.encoder,
+                     index_params=first.index["params"], parent_generation=generation - 1)
+
+
+class TestGenerations:
+    def test_reload_switches_generation_under_load(self, generations_endpoint, scifact_dir):
+        from pipeline.serve.leases import read_leases
+        from pipeline.store import IndexLayout, ShardedIndex
+
+        client, root, config = generations_endpoint
+        queries = read_queries(scifact_dir, 30)
+        with LoadLoop(httpx.Client(base_url=str(client.base_url), timeout=60.0), "/search",
+                      queries) as loop:
+            loop.wait_for(10)
+            write_modified_generation(root, 2, n_shards=2, drop=1000)
+            r = client.post("/admin/reload")
+            assert r.status_code == 200, r.text
+            assert r.json()["generation"] == 2 and r.json()["previous"] == 1
+            after = client.post("/search", json={"query": queries[0], "k": 10}).json()
+            assert after["generation"] == 2      # the replica that reloaded answers from gen 2 at once
+            loop.wait_for(20)
+        assert loop.errors == [] and set(loop.statuses) == {200} and loop.partial == 0
+        assert loop.generations[0] == 1 and loop.generations[-1] == 2
+        assert loop.generations == sorted(loop.generations)  # never back to the old generation
+        second = ShardedIndex.open(root, generation=2)
+        r = client.post("/search", json={"queries": queries[:5], "k": 10}).json()
+        assert r["shards"] == [s.entry.name for s in second.shards]
+        for served, expected in zip(r["results"], hits(second, queries[:5], 10), strict=True):
+            assert_same(served, expected)
+        # The old generation is drained and deleted; the lease follows.
+        wait_until(lambda: client.get("/stats").json()["controller"]["retiring"] == [], 60,
+                   "generation 1 retired")
+        from ray import serve
+
+        assert not [a for a in serve.status().applications if a.startswith("lsrg-g000001")]
+        lease = {x.server_id: x for x in read_leases(IndexLayout.at(root))}["test-generations"]
+        assert lease.generation == 2 and lease.generations == (2,) and not lease.expired()
+
+    def test_polling_picks_up_a_new_generation(self, generations_endpoint, scifact_dir):
+        client, root, _ = generations_endpoint
+        with LoadLoop(httpx.Client(base_url=str(client.base_url), timeout=60.0), "/search",
+                      read_queries(scifact_dir, 30)) as loop:
+            loop.wait_for(5)
+            write_modified_generation(root, 3, n_shards=4, drop=0)
+            wait_until(lambda: loop.generations and loop.generations[-1] == 3, 90,
+                       "responses from generation 3")
+            loop.wait_for(10)
+        assert loop.errors == [] and set(loop.statuses) == {200} and loop.partial == 0
+        assert set(loop.generations) == {2, 3} and loop.generations == sorted(loop.generations)
+        stats = client.get("/stats").json()
+        assert stats["generation"] == 3 and stats["n_shards"] == 4 and stats["n_docs"] == 5183
