@@ -63,6 +63,7 @@ CPU_CASES = {
     "all-masked": (3, 9, 50, 16, [0, 0, 0], None),
     "single-token": (6, 1, 77, 24, [1, 0, 1, 1, 0, 1], None),
     "splade-tiny-like": (4, 64, 30522, 128, [64, 40, 2, 0], None),
+    "uniform-chunks": (3, 50, 700, 32, [48, 33, 47], 128),   # every row 3 chunks: the reshape path
 }
 
 
@@ -116,8 +117,23 @@ def test_cpu_twin_non_contiguous_inputs():
 
 
 def test_vocab_tile_for_bounds():
-    assert vocab_tile_for(1) == 8192 and vocab_tile_for(10**7) == 256
+    from kernels.splade_cpu import MAX_VOCAB_TILE, MIN_VOCAB_TILE
+
+    assert vocab_tile_for(1) == MAX_VOCAB_TILE and vocab_tile_for(10**8) == MIN_VOCAB_TILE
     assert all(vocab_tile_for(t) % 64 == 0 for t in (1, 100, 8192, 12345, 10**6))
+
+
+def test_pack_tokens_chunks_rows():
+    from kernels.splade_cpu import CHUNK, pack_tokens
+
+    hidden = torch.arange(3 * 40, dtype=torch.float32).reshape(3, 40, 1)
+    valid = torch.zeros(3, 40, dtype=torch.bool)
+    valid[0, :17] = True          # 2 chunks: 17 tokens + 15 repeats of token 0
+    valid[2, [3, 9, 30]] = True   # 1 chunk: non-prefix positions, 13 repeats of position 3
+    tokens, chunks = pack_tokens(hidden, valid)
+    assert chunks.tolist() == [2, 0, 1] and tokens.shape == (3 * CHUNK, 1)
+    assert tokens[:17, 0].tolist() == list(range(17)) and set(tokens[17:32, 0].tolist()) == {0.0}
+    assert tokens[32:35, 0].tolist() == [83.0, 89.0, 110.0] and set(tokens[35:, 0].tolist()) == {83.0}
 
 
 @pytest.mark.parametrize("bad, message", [

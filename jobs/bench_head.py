@@ -1,0 +1,343 @@
+"""Benchmark the SPLADE head: plain PyTorch expression, CPU twin, fused Triton kernel, bare GEMM.
+
+For each shape (B, L, V, H) it times, in a fresh subprocess each (so peak memory is clean):
+  plain   log1p(relu(hidden @ W.T + b)) * mask, max over L   (naver/splade; materialises B x L x V)
+  twin    kernels.splade_max_cpu                              (vocabulary-tiled, max-first)
+  triton  kernels.splade_triton.splade_max_triton             (CUDA only)
+  gemm    (B*L, H) @ (H, V)                                   (the arithmetic floor; writes B x L x V)
+and prints median time, peak extra memory and ratios against peers measured in the same run.
+With --encoder N it also times end-to-end encoding of the first N scifact documents.
+
+Examples (run benchmarks under the shared lock):
+  flock /tmp/lsr-bench.lock .venv/bin/python jobs/bench_head.py --device cpu
+  flock /tmp/lsr-bench.lock .venv/bin/python jobs/bench_head.py --device cuda --dtype bfloat16 \
+      --shapes 32,256,30522,768 64,256,30522,768 128,512,30522,768 32,256,250002,1024 128,512,250002,1024
+  flock /tmp/lsr-bench.lock .venv/bin/python jobs/bench_head.py --device cpu --shapes none --encoder 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_SHAPES = ["32,256,30522,128", "32,256,30522,768", "64,256,30522,768", "128,512,30522,768",
+                  "32,256,250002,1024", "128,512,250002,1024"]
+IMPLEMENTATIONS = ("plain", "twin", "triton", "gemm")
+
+
+# ------------------------------------------------------------------------------------ machine
+
+def machine_description(device: str) -> str:
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    if device == "cuda" and torch.cuda.is_available():
+        import triton
+
+        props = torch.cuda.get_device_properties(0)
+        text += (f"; GPU {props.name}, {props.total_memory / 2**30:.0f} GiB, "
+                 f"{props.multi_processor_count} SMs, triton {triton.__version__}")
+    return text
+
+
+def available_memory_bytes() -> int:
+    try:
+        for line in open("/proc/meminfo", encoding="utf-8"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 8 * 2**30
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="utf-8") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# ------------------------------------------------------------------------------------ one measurement
+
+def make_inputs(shape, dtype, device, lengths_mode: str, seed: int = 0):
+    import torch
+
+    n_rows, seq_len, vocab_size, n_hidden = shape
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    hidden = torch.randn(n_rows, seq_len, n_hidden, generator=g).to(dtype=dtype, device=device)
+    weight = torch.randn(vocab_size, n_hidden, generator=g).mul_(n_hidden ** -0.5).to(dtype=dtype, device=device)
+    bias = torch.randn(vocab_size, generator=g).mul_(0.5).to(dtype=dtype, device=device)
+    if lengths_mode == "full":
+        lengths = torch.full((n_rows,), seq_len)
+    else:  # ragged: uniform in [L/4, L]
+        lengths = torch.randint(seq_len // 4, seq_len + 1, (n_rows,), generator=g)
+    mask = (torch.arange(seq_len)[None, :] < lengths[:, None]).to(torch.long).to(device)
+    return hidden, weight, bias, mask
+
+
+def worker(impl: str, shape, dtype_name: str, device: str, repeats: int, lengths_mode: str) -> dict:
+    """Time one implementation on one shape in this (fresh) process; returns a JSON-able dict."""
+    import torch
+
+    from kernels import splade_max_cpu
+    from pipeline.encode.reference import splade_head_reference
+
+    dtype = getattr(torch, dtype_name)
+    hidden, weight, bias, mask = make_inputs(shape, dtype, device, lengths_mode)
+    cuda = device == "cuda"
+
+    if impl == "plain":
+        def run():
+            return splade_head_reference(torch.nn.functional.linear(hidden, weight, bias), mask)
+    elif impl == "twin":
+        def run():
+            return splade_max_cpu(hidden, weight, bias, mask)
+    elif impl == "triton":
+        if not cuda:
+            return {"skipped": "Triton kernel needs CUDA"}
+        from kernels.splade_triton import splade_max_triton
+
+        def run():
+            return splade_max_triton(hidden, weight, bias, mask)
+    elif impl == "gemm":
+        flat = hidden.reshape(-1, hidden.shape[-1])
+
+        def run():
+            return flat @ weight.T
+    else:
+        raise ValueError(impl)
+
+    with torch.inference_mode():
+        if cuda:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            base = current_rss_bytes()
+        try:
+            out = run()  # warm-up (and autotuning for Triton)
+            if cuda:
+                torch.cuda.synchronize()
+        except torch.OutOfMemoryError as exc:
+            return {"error": f"out of memory: {str(exc).splitlines()[0]}"}
+        del out
+        times, cpu_times = [], []
+        for _ in range(repeats):
+            if cuda:
+                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                out = run()
+                stop.record()
+                torch.cuda.synchronize()
+                times.append(start.elapsed_time(stop) / 1000)
+            else:
+                wall, cpu = time.perf_counter(), time.process_time()
+                out = run()
+                times.append(time.perf_counter() - wall)
+                cpu_times.append(time.process_time() - cpu)
+            del out
+        if cuda:
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return {"median_s": statistics.median(times), "min_s": min(times),
+            "cpu_s": statistics.median(cpu_times) if cpu_times else None, "peak_bytes": max(peak, 0),
+            "repeats": repeats}
+
+
+def run_worker(impl, shape, args) -> dict:
+    command = [sys.executable, __file__, "--worker", impl, "--shapes", ",".join(map(str, shape)),
+               "--dtype", args.dtype, "--device", args.device, "--repeats", str(args.repeats),
+               "--lengths", args.lengths, "--threads", str(args.threads)]
+    proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"error": f"exit {proc.returncode}: {tail}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------ planning
+
+def plan_skip(impl: str, shape, args) -> str | None:
+    """Why a measurement is not run here (never faked), or None."""
+    n_rows, seq_len, vocab_size, n_hidden = shape
+    if impl == "triton" and args.device != "cuda":
+        return "needs CUDA"
+    if args.device == "cuda":
+        return None  # let the GPU say out-of-memory itself
+    logits_bytes = n_rows * seq_len * vocab_size * 4
+    need = {"plain": 3 * logits_bytes, "gemm": logits_bytes, "twin": n_rows * seq_len * 4 * 4096}[impl]
+    if need > 0.6 * available_memory_bytes():
+        return f"needs ~{need / 2**30:.0f} GiB, {available_memory_bytes() / 2**30:.0f} GiB available"
+    gflop = 2 * n_rows * seq_len * vocab_size * n_hidden / 1e9
+    if gflop > args.max_gflop:
+        return f"{gflop:.0f} GFLOP per run > --max-gflop {args.max_gflop:.0f} on CPU"
+    return None
+
+
+def fmt_time(result: dict) -> str:
+    if "median_s" in result:
+        return f"{result['median_s'] * 1000:10.1f} ms"
+    return f"{'-':>13}"
+
+
+def fmt_mem(result: dict) -> str:
+    if "peak_bytes" in result:
+        return f"{result['peak_bytes'] / 2**20:9.0f} MiB"
+    return f"{'-':>13}"
+
+
+def ratio(a: dict, b: dict) -> str:
+    if "median_s" in a and "median_s" in b:
+        return f"{a['median_s'] / b['median_s']:.2f}x"
+    return "n/a"
+
+
+# ------------------------------------------------------------------------------------ encoder end to end
+
+def bench_encoder(n_docs: int, args) -> None:
+    import torch
+
+    from pipeline.data.records import parse_record
+    from pipeline.encode import SpladeEncoder
+    from pipeline.encode.reference import encode_reference
+
+    corpus = Path(args.data) / "corpus.jsonl"
+    texts = []
+    with open(corpus, encoding="utf-8") as f:
+        for position, line in enumerate(f):
+            texts.append(parse_record(json.loads(line), source=str(corpus), position=position)[1])
+            if len(texts) == n_docs:
+                break
+    encoder = SpladeEncoder("splade-tiny", device=args.device, batch_size=32)
+    encoder.encode(texts[:32])  # warm-up
+
+    def timed(fn):
+        wall, cpu = time.perf_counter(), time.process_time()
+        result = fn()
+        cpu_seconds.append(time.process_time() - cpu)
+        return time.perf_counter() - wall, result
+
+    cpu_seconds: list[float] = []
+
+    def body_only():  # the encoder without the vocabulary projection: the floor for any head
+        with torch.inference_mode():
+            for start in range(0, len(texts), 32):
+                tokens = encoder.tokenize(texts[start:start + 32])
+                ids = torch.from_numpy(tokens["input_ids"]).to(encoder.device)
+                mask = torch.from_numpy(tokens["attention_mask"]).to(encoder.device)
+                encoder._body.hidden_states(ids, mask)
+
+    t_ref, reference = timed(lambda: encode_reference("splade-tiny", texts, max_length=256, batch_size=32))
+    t_ours, ours = timed(lambda: encoder.encode(texts))
+    t_body, _ = timed(body_only)
+    same = (abs(ours - reference).max() if ours.nnz else 0.0)
+    print(f"\nEnd-to-end encoding, splade-tiny, first {len(texts)} docs of {corpus.parent.name} "
+          f"(max_length 256, batch 32, device {encoder.device}, dtype {encoder.dtype}):")
+    c_ref, c_ours, c_body = cpu_seconds
+    print(f"  plain pipeline (encode_reference, full B x L x V logits): {len(texts) / t_ref:8.1f} docs/s  "
+          f"({t_ref:.1f} s wall, {c_ref:.1f} s cpu)")
+    print(f"  SpladeEncoder (length buckets + fused head):              {len(texts) / t_ours:8.1f} docs/s  "
+          f"({t_ours:.1f} s wall, {c_ours:.1f} s cpu)  = {t_ref / t_ours:.2f}x the plain pipeline "
+          f"({c_ref / c_ours:.2f}x in cpu time)")
+    print(f"  model body only, no vocabulary projection (floor):        {len(texts) / t_body:8.1f} docs/s  "
+          f"({t_body:.1f} s wall, {c_body:.1f} s cpu)")
+    print(f"  max |ours - plain| = {same:.2e}, nnz {ours.nnz} vs {reference.nnz}")
+
+
+# ------------------------------------------------------------------------------------ main
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=None,
+                        help="B,L,V,H shapes ('none' for no head benchmark); default: " + " ".join(DEFAULT_SHAPES))
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="input dtype (default: bfloat16 on cuda, float32 on cpu)")
+    parser.add_argument("--device", default="cuda" if _cuda_available() else "cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up (median reported)")
+    parser.add_argument("--lengths", default="full", choices=["full", "ragged"],
+                        help="mask: every token valid, or row lengths uniform in [L/4, L]")
+    parser.add_argument("--impls", nargs="+", default=list(IMPLEMENTATIONS), choices=IMPLEMENTATIONS)
+    parser.add_argument("--max-gflop", type=float, default=500.0, help="CPU: skip shapes above this per run")
+    parser.add_argument("--encoder", type=int, default=0, metavar="N",
+                        help="also time end-to-end encoding of the first N scifact docs")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "scifact"))
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads in the benchmark processes (default: torch's own choice)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.dtype is None:
+        args.dtype = "bfloat16" if args.device == "cuda" else "float32"
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # a benchmark process, not library code
+    shapes = [] if args.shapes == ["none"] else [tuple(int(x) for x in s.split(",")) for s in (args.shapes or DEFAULT_SHAPES)]
+    if any(len(s) != 4 for s in shapes):
+        parser.error("each shape is B,L,V,H")
+
+    if args.worker:
+        print(json.dumps(worker(args.worker, shapes[0], args.dtype, args.device, args.repeats, args.lengths)))
+        return
+
+    print(f"command: {shlex.join([sys.executable, *sys.argv])}")
+    print(f"machine: {machine_description(args.device)}")
+    print(f"date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
+    if args.device == "cpu":
+        print(f"load:    {os.getloadavg()[0]:.1f} (1-min load average at start; the machine is shared)")
+    print(f"dtype {args.dtype}, device {args.device}, masks {args.lengths}, median of {args.repeats} runs after a warm-up;"
+          " peak = extra memory over the inputs (CPU: max RSS; CUDA: max allocated)")
+    for shape in shapes:
+        print(f"\nshape B={shape[0]} L={shape[1]} V={shape[2]} H={shape[3]}  "
+              f"({2 * shape[0] * shape[1] * shape[2] * shape[3] / 1e9:.0f} GFLOP)")
+        results = {}
+        for impl in args.impls:
+            reason = plan_skip(impl, shape, args)
+            if reason:
+                results[impl] = {"skipped": reason}
+                print(f"  {impl:7s} skipped: {reason}", flush=True)
+                continue
+            results[impl] = run_worker(impl, shape, args)
+            r = results[impl]
+            note = r.get("error") or r.get("skipped") or ""
+            cpu = f"  cpu {r['cpu_s'] * 1000:8.1f} ms" if r.get("cpu_s") else ""
+            print(f"  {impl:7s} {fmt_time(r)}  peak {fmt_mem(r)}{cpu}  {note}", flush=True)
+        fused = "triton" if "median_s" in results.get("triton", {}) else "twin"
+        if fused in results:
+            print(f"  ratios: plain/{fused} {ratio(results.get('plain', {}), results[fused])}, "
+                  f"{fused}/gemm {ratio(results[fused], results.get('gemm', {}))}, "
+                  f"plain/gemm {ratio(results.get('plain', {}), results.get('gemm', {}))}"
+                  + (f", twin/triton {ratio(results.get('twin', {}), results['triton'])}" if fused == "triton" else ""))
+    if args.encoder:
+        bench_encoder(args.encoder, args)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    main()
