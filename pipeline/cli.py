@@ -25,6 +25,7 @@ app.command("index")(index)
 app.command("search")(search)
 app.command("evaluate")(evaluate)
 app.command("serve")(serve_command)
+app.command("reindex")(__import__("pipeline.reindex.cli", fromlist=["reindex"]).reindex)
 
 def run() -> None:
     """Console entry point: user errors print one clear line and exit 1, without a traceback."""

@@ -80,7 +80,8 @@ def read_staged_shard(plan: JobPlan, layout: IndexLayout, shard: int,
     return table
 
 
-def _id_hashes(ids: list[str]) -> np.ndarray:
+def id_hashes(ids: list[str]) -> np.ndarray:
+    """64-bit hashes (blake2b) of document ids: hash partitioning and id lookups."""
     import hashlib
 
     return np.fromiter((int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
@@ -97,7 +98,7 @@ def _bucket_ids(plan: JobPlan, layout: IndexLayout, shard: int, committed: bool,
         table = read_staged_shard(plan, layout, shard, columns=["row", "doc_id"])
         ids = table.column("doc_id").to_pylist()
         rows = table.column("row").to_numpy()
-    bucket = (_id_hashes(ids) % np.uint64(n_buckets)).astype(np.int64)
+    bucket = (id_hashes(ids) % np.uint64(n_buckets)).astype(np.int64)
     id_arr = np.asarray(ids, dtype=object)
     out = [(shard, rows[bucket == b], id_arr[bucket == b]) for b in range(n_buckets)]
     return out if n_buckets > 1 else out[0]
@@ -133,90 +134,9 @@ def find_duplicates(plan: JobPlan, layout: IndexLayout, states: list[ShardState]
     return sorted((d for r in ray.get(reduces) for d in r), key=lambda d: (d.shard, d.row))
 
 
-@dataclass
-class ShardResult:
-    entry: ShardEntry | None          # None when every row of the shard was rejected
-    build_s: float = 0.0
-    write_s: float = 0.0
-    reused: bool = False
-    stats: dict = field(default_factory=dict)
-
-
-def _build_index(vectors: sp.csr_matrix, kind: str, params: dict):
-    from pipeline.index import BlockedIndex, BlockedIndexConfig, ExactIndex
-
-    if kind == "exact":
-        return ExactIndex(vectors)
-    return BlockedIndex.build(vectors, BlockedIndexConfig(**params))
-
-
-@ray.remote
-def _assemble_shard(plan: JobPlan, layout: IndexLayout, shard: int, drop_rows: list[int],
-                    index_kind: str, index_params: dict, values_dtype: str, vocab_size: int,
-                    threads: int) -> ShardResult:
-    """The single writer of one shard: postings, index, commit record."""
-    import numba
-
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-    sp_plan = plan.shards[shard]
-    started = time.perf_counter()
-    table = read_staged_shard(plan, layout, shard)
-    if drop_rows:
-        keep = np.ones(table.num_rows, dtype=bool)
-        keep[np.asarray(drop_rows, dtype=np.int64)] = False
-        table = table.filter(pa.array(keep))
-    n = table.num_rows
-    if n == 0:
-        return ShardResult(entry=None)
-    indices = table.column("indices").combine_chunks()
-    values = table.column("values").combine_chunks()
-    indptr = indices.offsets.to_numpy().astype(np.int64)
-    indptr = indptr - indptr[0]
-    vectors = sp.csr_matrix((values.values.to_numpy(zero_copy_only=False).astype(np.float32),
-                             indices.values.to_numpy(zero_copy_only=False).astype(np.int32), indptr),
-                            shape=(n, vocab_size))
-    vectors.sort_indices()
-    postings = ShardPostings(doc_ids=np.asarray(table.column("doc_id").to_pylist(), dtype=object),
-                             fingerprints=table.column("fingerprint").to_numpy(), vectors=vectors)
-    nnz_per_doc = np.diff(vectors.indptr)
-    stats = {"nnz_per_doc_mean": float(nnz_per_doc.mean()), "nnz_per_doc_max": int(nnz_per_doc.max()),
-             "distinct_terms": int(np.unique(vectors.indices).size)}
-    checksum = write_postings(layout.postings(sp_plan.name), postings, values_dtype=values_dtype,
-                              stats=stats)
-    write_s = time.perf_counter() - started
-    started = time.perf_counter()
-    index = _build_index(vectors, index_kind, index_params)
-    index_loc = layout.index(sp_plan.name)
-    index.save(index_loc.url, storage_options=index_loc.storage_options)
-    build_s = time.perf_counter() - started
-    entry = ShardEntry(name=sp_plan.name, n_docs=n, nnz=int(vectors.nnz), postings_checksum=checksum,
-                       index_kind=index_kind, index_nbytes=int(index.nbytes))
-    write_json_atomic(layout.shard_commit(sp_plan.name), {
-        "plan_id": plan.plan_id, "shard": shard, **entry.__dict__, "committed_at": now_utc(),
-        "stats": stats})
-    return ShardResult(entry=entry, build_s=build_s, write_s=write_s, stats=stats)
-
-
-def _reused(record: dict) -> ShardResult:
-    fields = ShardEntry.__dataclass_fields__
-    return ShardResult(entry=ShardEntry(**{k: record[k] for k in fields}), reused=True,
-                       stats=record.get("stats", {}))
-
-
-@dataclass
-class CommitResult:
-    manifest: Manifest
-    shards_reused: int
-    build_s: float
-    assemble_write_s: float
-    duplicates: int
-    built_docs: int
-
-
-def commit_plan(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, states: list[ShardState],
-                encoder_settings: dict, timing: dict, build_threads: int) -> CommitResult:
-    """Steps 1-4 of the module docstring. Returns the committed manifest."""
-    started = time.perf_counter()
+def check_duplicates(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
+                     states: list[ShardState]) -> tuple[list[Duplicate], dict[int, list[int]]]:
+    """Step 1: the duplicates and, per shard, the rows to drop; raises under policy "fail"."""
     dups = find_duplicates(plan, layout, states)
     files = {s.shard: s.chunk.file for s in plan.shards}
     if dups and config.on_bad_record == "fail":
@@ -236,6 +156,119 @@ def commit_plan(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, stat
     drop: dict[int, list[int]] = {}
     for d in dups:
         drop.setdefault(d.shard, []).append(d.row)
+    return dups, drop
+
+
+@dataclass
+class ShardResult:
+    entry: ShardEntry | None          # None when every row of the shard was rejected
+    build_s: float = 0.0
+    write_s: float = 0.0
+    reused: bool = False
+    stats: dict = field(default_factory=dict)
+
+
+def _build_index(vectors: sp.csr_matrix, kind: str, params: dict):
+    from pipeline.index import BlockedIndex, BlockedIndexConfig, ExactIndex
+
+    if kind == "exact":
+        return ExactIndex(vectors)
+    return BlockedIndex.build(vectors, BlockedIndexConfig(**params))
+
+
+def staged_vectors(table: pa.Table, vocab_size: int) -> sp.csr_matrix:
+    """The `indices`/`values` list columns of staged rows as a CSR matrix (sorted indices)."""
+    indices = table.column("indices").combine_chunks()
+    values = table.column("values").combine_chunks()
+    indptr = indices.offsets.to_numpy().astype(np.int64)
+    indptr = indptr - indptr[0]
+    vectors = sp.csr_matrix((values.values.to_numpy(zero_copy_only=False).astype(np.float32),
+                             indices.values.to_numpy(zero_copy_only=False).astype(np.int32), indptr),
+                            shape=(table.num_rows, vocab_size))
+    vectors.sort_indices()
+    return vectors
+
+
+def staged_postings(table: pa.Table, vocab_size: int) -> ShardPostings:
+    """Staged rows (doc_id, fingerprint, indices, values) as shard postings, in table order."""
+    return ShardPostings(doc_ids=np.asarray(table.column("doc_id").to_pylist(), dtype=object),
+                         fingerprints=table.column("fingerprint").to_numpy(),
+                         vectors=staged_vectors(table, vocab_size))
+
+
+def write_shard(layout: IndexLayout, name: str, postings: ShardPostings, *, index_kind: str,
+                index_params: dict, values_dtype: str, record: dict, threads: int) -> ShardResult:
+    """Write one whole shard: postings, then its index, then COMMITTED.json (`record` added).
+
+    The caller is the shard's only writer (one Ray task per shard).
+    """
+    import numba
+
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    started = time.perf_counter()
+    vectors = postings.vectors
+    nnz_per_doc = np.diff(vectors.indptr)
+    stats = {"nnz_per_doc_mean": float(nnz_per_doc.mean()), "nnz_per_doc_max": int(nnz_per_doc.max()),
+             "distinct_terms": int(np.unique(vectors.indices).size)}
+    checksum = write_postings(layout.postings(name), postings, values_dtype=values_dtype, stats=stats)
+    write_s = time.perf_counter() - started
+    started = time.perf_counter()
+    index = _build_index(vectors, index_kind, index_params)
+    index_loc = layout.index(name)
+    index.save(index_loc.url, storage_options=index_loc.storage_options)
+    build_s = time.perf_counter() - started
+    entry = ShardEntry(name=name, n_docs=postings.n_docs, nnz=int(vectors.nnz),
+                       postings_checksum=checksum, index_kind=index_kind,
+                       index_nbytes=int(index.nbytes))
+    write_json_atomic(layout.shard_commit(name), {
+        **record, **entry.__dict__, "committed_at": now_utc(), "stats": stats})
+    return ShardResult(entry=entry, build_s=build_s, write_s=write_s, stats=stats)
+
+
+@ray.remote
+def _assemble_shard(plan: JobPlan, layout: IndexLayout, shard: int, drop_rows: list[int],
+                    index_kind: str, index_params: dict, values_dtype: str, vocab_size: int,
+                    threads: int) -> ShardResult:
+    """The single writer of one shard: postings, index, commit record."""
+    started = time.perf_counter()
+    table = read_staged_shard(plan, layout, shard)
+    if drop_rows:
+        keep = np.ones(table.num_rows, dtype=bool)
+        keep[np.asarray(drop_rows, dtype=np.int64)] = False
+        table = table.filter(pa.array(keep))
+    if table.num_rows == 0:
+        return ShardResult(entry=None)
+    postings = staged_postings(table, vocab_size)
+    read_s = time.perf_counter() - started
+    result = write_shard(layout, plan.shards[shard].name, postings, index_kind=index_kind,
+                         index_params=index_params, values_dtype=values_dtype,
+                         record={"plan_id": plan.plan_id, "shard": shard}, threads=threads)
+    result.write_s += read_s
+    return result
+
+
+def reused_shard(record: dict) -> ShardResult:
+    fields = ShardEntry.__dataclass_fields__
+    return ShardResult(entry=ShardEntry(**{k: record[k] for k in fields}), reused=True,
+                       stats=record.get("stats", {}))
+
+
+@dataclass
+class CommitResult:
+    manifest: Manifest
+    shards_reused: int
+    build_s: float
+    assemble_write_s: float
+    duplicates: int
+    built_docs: int
+
+
+def commit_plan(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, states: list[ShardState],
+                encoder_settings: dict, timing: dict, build_threads: int,
+                manifest_extra: dict | None = None) -> CommitResult:
+    """Steps 1-4 of the module docstring. Returns the committed manifest."""
+    started = time.perf_counter()
+    dups, drop = check_duplicates(config, plan, layout, states)
     timing["dedup_s"] = time.perf_counter() - started
 
     vocab_size = int(encoder_settings["vocab_size"])
@@ -243,7 +276,7 @@ def commit_plan(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, stat
     results: dict[int, ShardResult] = {}
     for s, state in enumerate(states):
         if state.committed:
-            results[s] = _reused(state.committed)
+            results[s] = reused_shard(state.committed)
         else:
             futures[s] = _assemble_shard.options(num_cpus=config.resources.build_cpus).remote(
                 plan, layout, s, drop.get(s, []), config.index_kind, config.index_params,
@@ -253,25 +286,11 @@ def commit_plan(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, stat
         results[s] = result
     timing["assemble_wall_s"] = time.perf_counter() - started
 
-    counts = _gather_rejects(config, plan, layout, dups, results)
     shards = [results[s].entry for s in sorted(results) if results[s].entry is not None]
-    manifest = Manifest(
-        generation=plan.generation, created_at=now_utc(), encoder=encoder_settings,
-        index={"kind": config.index_kind, "params": _index_params(config)},
-        shards=shards,
-        corpus={"url": config.corpus, "format": config.format, "fingerprint": plan.corpus_fingerprint,
-                "files": [f.url for f in plan.files],
-                "fields": {"id": config.id_field, "title": config.title_field,
-                           "text": config.text_field}},
-        counts=counts, timing={k: round(v, 4) for k, v in timing.items()},
-        parent_generation=plan.parent_generation,
-        extra={"plan_id": plan.plan_id, "shard_size": config.shard_size,
-               "values_dtype": config.values_dtype},
-    )
-    commit_generation(layout, manifest)
-    remove(staging_paths(layout, plan.plan_id)["base"])
-    if not list_dir(layout.root.child("staging")):
-        remove(layout.root.child("staging"))
+    counts = gather_rejects(config, plan, layout, dups, sum(e.n_docs for e in shards),
+                            {s: (r.entry.n_docs if r.entry else 0) for s, r in results.items()})
+    manifest = new_manifest(config, plan, shards, encoder_settings, counts, timing, manifest_extra)
+    publish(layout, plan, manifest)
     return CommitResult(manifest=manifest, shards_reused=sum(r.reused for r in results.values()),
                         build_s=sum(r.build_s for r in results.values()),
                         assemble_write_s=sum(r.write_s for r in results.values()),
@@ -280,7 +299,39 @@ def commit_plan(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, stat
                                        if r.entry is not None and not r.reused))
 
 
-def _index_params(config: IndexJobConfig) -> dict:
+def new_manifest(config: IndexJobConfig, plan: JobPlan, shards: list[ShardEntry], encoder_settings: dict,
+                 counts: dict, timing: dict, extra: dict | None = None) -> Manifest:
+    """The manifest of `plan`'s generation: what the corpus, encoder and index were."""
+    return Manifest(
+        generation=plan.generation, created_at=now_utc(), encoder=encoder_settings,
+        index={"kind": config.index_kind, "params": index_params(config)},
+        shards=shards,
+        corpus={"url": config.corpus, "format": config.format, "fingerprint": plan.corpus_fingerprint,
+                "files": [f.url for f in plan.files],
+                "fields": {"id": config.id_field, "title": config.title_field,
+                           "text": config.text_field}},
+        counts=counts, timing={k: round(v, 4) for k, v in timing.items()},
+        parent_generation=plan.parent_generation,
+        extra={"plan_id": plan.plan_id, "shard_size": config.shard_size,
+               "values_dtype": config.values_dtype, **(extra or {})},
+    )
+
+
+def publish(layout: IndexLayout, plan: JobPlan, manifest: Manifest) -> None:
+    """Step 4: manifest, then CURRENT (the visible step); then the plan's staging goes."""
+    commit_generation(layout, manifest)
+    discard_staging(layout, plan)
+
+
+def discard_staging(layout: IndexLayout, plan: JobPlan) -> None:
+    """Remove the plan's staging (and the staging folder when nothing else is in it)."""
+    remove(staging_paths(layout, plan.plan_id)["base"])
+    if not list_dir(layout.root.child("staging")):
+        remove(layout.root.child("staging"))
+
+
+def index_params(config: IndexJobConfig) -> dict:
+    """The index parameters as the manifest records them (every default spelled out)."""
     if config.index_kind == "exact":
         return {}
     from dataclasses import asdict
@@ -290,9 +341,13 @@ def _index_params(config: IndexJobConfig) -> dict:
     return asdict(BlockedIndexConfig(**config.index_params))
 
 
-def _gather_rejects(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
-                    dups: list[Duplicate], results: dict[int, ShardResult]) -> dict:
-    """Write every rejected record with its reason; return the document counts."""
+def gather_rejects(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, dups: list[Duplicate],
+                   indexed: int, records_without_summary: dict[int, int] | None = None) -> dict:
+    """Write every rejected record with its reason; return the document counts.
+
+    `indexed`: documents the generation holds. `records_without_summary`: records of plan
+    shards committed by an earlier attempt whose read summary is gone.
+    """
     lines: list[str] = []
     docs_in = 0
     by_reason: dict[str, int] = {}
@@ -300,7 +355,10 @@ def _gather_rejects(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
         summary = read_json(read_loc(plan, layout, s)) if exists(read_loc(plan, layout, s)) else None
         if summary is None:
             # Committed by an earlier attempt whose staging is gone: its counts live in the record.
-            summary = {"n_records": results[s].entry.n_docs if results[s].entry else 0, "n_rejected": 0}
+            if s not in (records_without_summary or {}):
+                raise RuntimeError(f"read unit {s} of plan {plan.plan_id} has no read summary; "
+                                   f"re-run the job to redo it")
+            summary = {"n_records": records_without_summary[s], "n_rejected": 0}
         docs_in += summary["n_records"]
         if summary["n_rejected"]:
             text = read_bytes(rejects_loc(plan, layout, s)).decode("utf-8")
@@ -315,7 +373,6 @@ def _gather_rejects(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
     if lines:
         write_bytes_atomic(layout.rejects(plan.generation).child("rejects.jsonl"),
                            ("\n".join(lines) + "\n").encode("utf-8"))
-    indexed = sum(r.entry.n_docs for r in results.values() if r.entry is not None)
     rejected = len(lines)
     if docs_in != indexed + rejected:
         raise RuntimeError(f"document accounting failed: {docs_in} read != {indexed} indexed + "

@@ -14,12 +14,13 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
 
 from pipeline.data.records import FieldMap
 from pipeline.indexing.commit import commit_plan
 from pipeline.indexing.config import IndexJobConfig
 from pipeline.indexing.datasource import BadRecordError, CorpusDatasource
-from pipeline.indexing.plan import make_plan, scan_state
+from pipeline.indexing.plan import JobPlan, ShardState, discard_unfinished_blocks, make_plan, scan_state
 from pipeline.indexing.sink import StageTimes, StagingSink
 from pipeline.indexing.stages import EncodeActor, tokenize_batch
 from pipeline.store import IndexLayout
@@ -96,7 +97,7 @@ def connect_ray(address: str | None) -> None:
     ray.init(address=address, ignore_reinit_error=True, configure_logging=False)
 
 
-def _encoder_settings(config: IndexJobConfig) -> dict:
+def encoder_settings(config: IndexJobConfig) -> dict:
     from pipeline.encode import SpladeEncoder
 
     opts = config.encoder
@@ -109,25 +110,98 @@ def _encoder_settings(config: IndexJobConfig) -> dict:
     return settings
 
 
-def run_index_job(config: IndexJobConfig) -> JobSummary:
-    """Run (or resume) the indexing job described by `config`; returns its summary."""
+def pending_blocks(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> dict[int, set[int]]:
+    """Shards still to read, each with its read blocks already done (the rest are discarded)."""
+    discard_unfinished_blocks(plan, layout, states)
+    return {s: state.done_blocks(plan.block_rows) for s, state in enumerate(states)
+            if state.committed is None and not state.fully_staged(plan.block_rows)}
+
+
+# An optional stage between read and tokenize: (function over a pyarrow batch, its kwargs).
+ExtraStage = tuple[Callable[..., Any], dict[str, Any]]
+
+
+def encode_pending(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
+                   pending: dict[int, set[int]], placement: Placement,
+                   on_commit: Callable[[StageTimes], None], before_tokenize: ExtraStage | None = None,
+                   ) -> None:
+    """Read the pending blocks, tokenize, encode and stage them; `on_commit` at the sink's commit.
+
+    With nothing pending, `on_commit` runs at once with empty stage times. A bad record under
+    the "fail" policy is raised as itself, not inside Ray's wrappers.
+    """
     import ray
     from ray.data import ActorPoolStrategy
+
+    if not pending:
+        on_commit(StageTimes())
+        return
+    log.info("encoding %d shard(s) with %d encoder actor(s) (%.2g CPU, %.2g GPU each)",
+             len(pending), placement.num_encoders, placement.encoder_cpus, placement.encoder_gpus)
+    fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
+    source = CorpusDatasource(plan, layout, pending, fields, config.on_bad_record,
+                              config.storage_options)
+    ds = ray.data.read_datasource(source, ray_remote_args={"num_cpus": config.resources.read_cpus})
+    if before_tokenize is not None:
+        fn, kwargs = before_tokenize
+        ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=None, fn_kwargs=kwargs,
+                            num_cpus=config.resources.tokenize_cpus)
+    ds = ds.map_batches(tokenize_batch, batch_format="pyarrow", batch_size=None,
+                        fn_kwargs={"options": config.encoder},
+                        num_cpus=config.resources.tokenize_cpus)
+    ds = ds.map_batches(
+        EncodeActor, batch_format="pyarrow", batch_size=config.encoder.batch_size * 4,
+        compute=ActorPoolStrategy(size=placement.num_encoders),
+        fn_constructor_kwargs={"options": config.encoder,
+                               "device": "cuda" if placement.encoder_gpus > 0 else "cpu",
+                               "torch_threads": placement.torch_threads},
+        num_cpus=placement.encoder_cpus, num_gpus=placement.encoder_gpus or None)
+    try:
+        ds.write_datasink(StagingSink(plan, layout, on_commit),
+                          ray_remote_args={"num_cpus": config.resources.tokenize_cpus})
+    except Exception as exc:  # noqa: BLE001 - re-raised, unwrapped when it is the user's
+        cause = _user_error(exc)
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def stage_report(times: StageTimes, built_docs: int, build_s: float,
+                 placement: Placement) -> tuple[dict[str, dict], str | None]:
+    """Per-stage rows and busy time, and the stage that bounds throughput (busy time per unit
+    of capacity: the encoder pool has one unit per actor)."""
+    stages = {
+        "read": _stage(times.rows, times.read), "tokenize": _stage(times.encoded, times.tokenize),
+        "encode": _stage(times.encoded, times.encode), "write": _stage(times.rows, times.write),
+        "build": _stage(built_docs, build_s),
+    }
+    capacity = {"read": 1.0, "tokenize": 1.0, "write": 1.0, "build": 1.0,
+                "encode": float(placement.num_encoders)}
+    active = {k: v for k, v in stages.items() if v["busy_s"] > 0}
+    bound = max(active, key=lambda k: active[k]["busy_s"] / capacity[k]) if active else None
+    return stages, bound
+
+
+def run_index_job(config: IndexJobConfig, manifest_extra: dict | None = None) -> JobSummary:
+    """Run (or resume) the indexing job described by `config`; returns its summary.
+
+    `manifest_extra`: more entries for the manifest's `extra` (re-indexing says why it
+    rebuilt everything).
+    """
+    import ray
 
     started = time.perf_counter()
     layout = IndexLayout.at(config.output, config.storage_options)
     plan, resumed = make_plan(config, layout)
     states = scan_state(plan, layout)
-    pending = {s: state.done_blocks(plan.block_rows) for s, state in enumerate(states)
-               if state.committed is None and not state.fully_staged(plan.block_rows)}
+    pending = pending_blocks(plan, layout, states)
     n_committed = sum(1 for st in states if st.committed)
     if resumed:
         log.info("resume: %d of %d shards committed, %d need reading", n_committed,
                  len(plan.shards), len(pending))
     connect_ray(config.resources.address)
     placement = plan_resources(config, ray.cluster_resources())
-    settings = _encoder_settings(config)
-    fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
+    settings = encoder_settings(config)
     # Discovery, planning, Ray start-up and the model fingerprint.
     timing: dict[str, float] = {"setup_s": time.perf_counter() - started}
     committed = {}
@@ -139,48 +213,16 @@ def run_index_job(config: IndexJobConfig) -> JobSummary:
         timing.update({f"{name}_busy_s": getattr(times, name)
                        for name in ("read", "tokenize", "encode", "write")})
         timing["encode_pipeline_wall_s"] = time.perf_counter() - pipeline_started
-        result = commit_plan(config, plan, layout, fresh, settings, timing, placement.build_threads)
+        result = commit_plan(config, plan, layout, fresh, settings, timing, placement.build_threads,
+                             manifest_extra)
         committed.update(result=result, times=times)
 
-    if pending:
-        log.info("encoding %d shard(s) with %d encoder actor(s) (%.2g CPU, %.2g GPU each)",
-                 len(pending), placement.num_encoders, placement.encoder_cpus, placement.encoder_gpus)
-        source = CorpusDatasource(plan, layout, pending, fields, config.on_bad_record,
-                                  config.storage_options)
-        ds = ray.data.read_datasource(source, ray_remote_args={"num_cpus": config.resources.read_cpus})
-        ds = ds.map_batches(tokenize_batch, batch_format="pyarrow", batch_size=None,
-                            fn_kwargs={"options": config.encoder},
-                            num_cpus=config.resources.tokenize_cpus)
-        ds = ds.map_batches(
-            EncodeActor, batch_format="pyarrow", batch_size=config.encoder.batch_size * 4,
-            compute=ActorPoolStrategy(size=placement.num_encoders),
-            fn_constructor_kwargs={"options": config.encoder,
-                                   "device": "cuda" if placement.encoder_gpus > 0 else "cpu",
-                                   "torch_threads": placement.torch_threads},
-            num_cpus=placement.encoder_cpus, num_gpus=placement.encoder_gpus or None)
-        try:
-            ds.write_datasink(StagingSink(plan, layout, on_commit),
-                              ray_remote_args={"num_cpus": config.resources.tokenize_cpus})
-        except Exception as exc:  # noqa: BLE001 - re-raised, unwrapped when it is the user's
-            cause = _user_error(exc)
-            if cause is not None:
-                raise cause from None
-            raise
-    else:
-        on_commit(StageTimes())
+    encode_pending(config, plan, layout, pending, placement, on_commit)
     result, times = committed["result"], committed["times"]
     blocks_encoded = -(-times.rows // plan.block_rows) if times.rows else 0
     wall = time.perf_counter() - started
     manifest = result.manifest
-    stages = {
-        "read": _stage(times.rows, times.read), "tokenize": _stage(times.rows, times.tokenize),
-        "encode": _stage(times.rows, times.encode), "write": _stage(times.rows, times.write),
-        "build": _stage(result.built_docs, result.build_s),
-    }
-    capacity = {"read": 1.0, "tokenize": 1.0, "write": 1.0, "build": 1.0,
-                "encode": float(placement.num_encoders)}
-    active = {k: v for k, v in stages.items() if v["busy_s"] > 0}
-    bound = max(active, key=lambda k: active[k]["busy_s"] / capacity[k]) if active else None
+    stages, bound = stage_report(times, result.built_docs, result.build_s, placement)
     summary = JobSummary(
         output=layout.url, generation=manifest.generation, plan_id=plan.plan_id, resumed=resumed,
         docs_in=manifest.counts["docs_in"], docs_indexed=manifest.counts["docs_indexed"],

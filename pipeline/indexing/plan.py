@@ -1,7 +1,10 @@
 """The job plan (which chunk becomes which shard) and what earlier attempts left in staging.
 
-The plan is written once per (corpus snapshot, output-affecting settings, base generation)
-under `staging/<plan_id>/plan.json`; re-running the same command finds it and resumes.
+The plan is written once per (corpus snapshot, output-affecting settings, base generation,
+kind) under `staging/<plan_id>/plan.json`; re-running the same command finds it and resumes.
+An indexing plan's chunks become the shards of its generation. A re-indexing plan
+(kind "reindex") uses the same chunks only as read units: its shards are decided at commit
+from the base generation's shards (`pipeline.reindex`), so its units are never committed.
 
 Staging layout under `staging/<plan_id>/`:
 
@@ -12,8 +15,10 @@ Staging layout under `staging/<plan_id>/`:
     rejects/s00003.jsonl                        the shard's rejected records (skip policy)
 
 A read block is `block_rows` consecutive valid records of a shard; it is done when its
-parts cover all its rows. Shards are done when their COMMITTED.json matches this plan and
-their postings checksum verifies.
+parts cover all its rows. The parts of an unfinished block are discarded before it is read
+again (`discard_unfinished_blocks`): the new attempt may cut it into different parts.
+Shards are done when their COMMITTED.json matches this plan and their postings checksum
+verifies.
 """
 
 from __future__ import annotations
@@ -25,13 +30,14 @@ from dataclasses import asdict, dataclass, field
 
 from pipeline.data.corpus import Chunk, CorpusFile, corpus_fingerprint, discover, plan_chunks
 from pipeline.indexing.config import IndexJobConfig
-from pipeline.storage import Location, exists, list_dir, read_json, write_json_atomic
+from pipeline.storage import Location, exists, list_dir, read_json, remove, write_json_atomic
 from pipeline.store import IndexLayout, list_generations, read_current_generation, shard_name
 from pipeline.store.postings import PostingsFormatError, read_postings
 
 log = logging.getLogger(__name__)
 
 PART_RE = re.compile(r"^b(\d{6})-r(\d{10})-n(\d+)\.parquet$")
+PLAN_KINDS = ("index", "reindex")
 
 
 def part_name(seq: int, first_row: int, n_rows: int) -> str:
@@ -54,10 +60,11 @@ class JobPlan:
     files: list[CorpusFile]
     shards: list[ShardPlan]
     block_rows: int
+    kind: str = "index"
 
     def to_json(self) -> dict:
         return {
-            "plan_id": self.plan_id, "generation": self.generation,
+            "plan_id": self.plan_id, "kind": self.kind, "generation": self.generation,
             "parent_generation": self.parent_generation,
             "corpus_fingerprint": self.corpus_fingerprint, "block_rows": self.block_rows,
             "files": [asdict(f) for f in self.files],
@@ -71,7 +78,7 @@ class JobPlan:
             plan_id=obj["plan_id"], generation=obj["generation"],
             parent_generation=obj["parent_generation"],
             corpus_fingerprint=obj["corpus_fingerprint"], block_rows=obj["block_rows"],
-            files=[CorpusFile(**f) for f in obj["files"]],
+            kind=obj.get("kind", "index"), files=[CorpusFile(**f) for f in obj["files"]],
             shards=[ShardPlan(s["shard"], s["name"], Chunk.from_json(s["chunk"]))
                     for s in obj["shards"]])
 
@@ -86,13 +93,21 @@ def shard_dir_name(shard: int) -> str:
     return f"s{shard:05d}"
 
 
-def make_plan(config: IndexJobConfig, layout: IndexLayout) -> tuple[JobPlan, bool]:
+def unit_name(unit: int) -> str:
+    """Name of a re-indexing plan's read unit (never a shard directory)."""
+    return f"unit-{unit:05d}"
+
+
+def make_plan(config: IndexJobConfig, layout: IndexLayout, kind: str = "index") -> tuple[JobPlan, bool]:
     """Find the plan of an interrupted identical run, or make a new one. Returns (plan, resumed)."""
+    if kind not in PLAN_KINDS:
+        raise ValueError(f"plan kind must be one of {PLAN_KINDS}, got {kind!r}")
     files = discover(config.corpus, config.format, config.storage_options)
     fingerprint = corpus_fingerprint(files)
     parent = read_current_generation(layout)
+    salt = "" if kind == "index" else f"|{kind}"
     plan_id = hashlib.sha256(
-        f"{fingerprint}|{config.output_fingerprint()}|{parent}".encode()).hexdigest()[:16]
+        f"{fingerprint}|{config.output_fingerprint()}|{parent}{salt}".encode()).hexdigest()[:16]
     paths = staging_paths(layout, plan_id)
     if exists(paths["plan"]):
         plan = JobPlan.from_json(read_json(paths["plan"]))
@@ -101,12 +116,13 @@ def make_plan(config: IndexJobConfig, layout: IndexLayout) -> tuple[JobPlan, boo
         return plan, True
     chunks = plan_chunks(files, config.shard_size, config.storage_options)
     generation = max([parent or 0, *list_generations(layout)]) + 1
+    name = (lambda i: shard_name(generation, i)) if kind == "index" else unit_name
     plan = JobPlan(plan_id=plan_id, generation=generation, parent_generation=parent,
                    corpus_fingerprint=fingerprint, files=files, block_rows=config.block_rows,
-                   shards=[ShardPlan(i, shard_name(generation, i), c) for i, c in enumerate(chunks)])
+                   shards=[ShardPlan(i, name(i), c) for i, c in enumerate(chunks)], kind=kind)
     write_json_atomic(paths["plan"], plan.to_json())
-    log.info("planned %d shards from %d files (generation %d, plan %s)", len(plan.shards),
-             len(files), generation, plan_id)
+    log.info("planned %d %s from %d files (generation %d, plan %s)", len(plan.shards),
+             "shards" if kind == "index" else "read units", len(files), generation, plan_id)
     return plan, False
 
 
@@ -115,6 +131,7 @@ class ShardState:
     committed: dict | None = None                 # COMMITTED.json if valid for this plan
     read_summary: dict | None = None              # read/sXXXXX.json
     covered_rows: dict[int, int] = field(default_factory=dict)  # seq -> rows present in parts
+    parts: dict[int, list[str]] = field(default_factory=dict)   # seq -> part file names
 
     def done_blocks(self, block_rows: int) -> set[int]:
         """Read blocks whose parts hold all their rows."""
@@ -141,9 +158,9 @@ def scan_state(plan: JobPlan, layout: IndexLayout, verify_committed: bool = True
     for sp in plan.shards:
         state = ShardState()
         commit_loc = layout.shard_commit(sp.name)
-        if exists(commit_loc):
+        if plan.kind == "index" and exists(commit_loc):
             record = read_json(commit_loc)
-            if record.get("plan_id") == plan.plan_id and _verify_shard(layout, sp.name, record,
+            if record.get("plan_id") == plan.plan_id and verify_shard(layout, sp.name, record,
                                                                         verify_committed):
                 state.committed = record
         sdir = shard_dir_name(sp.shard)
@@ -155,11 +172,34 @@ def scan_state(plan: JobPlan, layout: IndexLayout, verify_committed: bool = True
                 if m:
                     seq, n = int(m.group(1)), int(m.group(3))
                     state.covered_rows[seq] = state.covered_rows.get(seq, 0) + n
+                    state.parts.setdefault(seq, []).append(name)
         states.append(state)
     return states
 
 
-def _verify_shard(layout: IndexLayout, name: str, record: dict, verify: bool) -> bool:
+def discard_unfinished_blocks(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> int:
+    """Remove the parts of read blocks that are not complete; returns how many were removed.
+
+    Such a block is read and encoded again, and the new attempt may batch it differently:
+    its parts must not overlap what a crashed attempt left.
+    """
+    removed = 0
+    for sp, state in zip(plan.shards, states):
+        done = state.done_blocks(plan.block_rows)
+        for seq, names in state.parts.items():
+            if seq in done:
+                continue
+            for name in names:
+                remove(parts_loc(plan, layout, sp.shard).child(name), recursive=False)
+                removed += 1
+            state.covered_rows.pop(seq, None)
+        state.parts = {seq: names for seq, names in state.parts.items() if seq in done}
+    if removed:
+        log.info("discarded %d staged part(s) of unfinished read blocks", removed)
+    return removed
+
+
+def verify_shard(layout: IndexLayout, name: str, record: dict, verify: bool) -> bool:
     if not verify:
         return True
     try:

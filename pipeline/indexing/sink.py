@@ -28,18 +28,27 @@ from pipeline.indexing.plan import JobPlan, part_name, parts_loc
 log = logging.getLogger(__name__)
 
 
+# Columns that only route rows or time stages: not staged.
+TRANSIENT_COLUMNS = ("shard", "seq", "t_read", "t_tokenize", "t_encode")
+
+
 @dataclass
 class StageTimes:
-    """Busy seconds summed over all workers, per stage, and the rows they covered."""
+    """Busy seconds summed over all workers, per stage, and the rows they covered.
+
+    `encoded` counts the rows the encoder actors actually encoded (the rest passed through
+    with vectors supplied elsewhere, see `stages`).
+    """
 
     rows: int = 0
+    encoded: int = 0
     read: float = 0.0
     tokenize: float = 0.0
     encode: float = 0.0
     write: float = 0.0
 
     def add(self, other: "StageTimes") -> None:
-        for name in ("rows", "read", "tokenize", "encode", "write"):
+        for name in ("rows", "encoded", "read", "tokenize", "encode", "write"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
@@ -47,10 +56,11 @@ def stage_part(table: pa.Table, plan: JobPlan, layout: IndexLayout) -> StageTime
     """Write one block's rows as parts, one per (shard, read block)."""
     started = time.perf_counter()
     times = StageTimes(rows=table.num_rows,
+                       encoded=int(pc.sum(table.column("encoded")).as_py() or 0),
                        read=float(pc.sum(table.column("t_read")).as_py() or 0.0),
                        tokenize=float(pc.sum(table.column("t_tokenize")).as_py() or 0.0),
                        encode=float(pc.sum(table.column("t_encode")).as_py() or 0.0))
-    keep = table.select(["row", "doc_id", "offset", "fingerprint", "indices", "values"])
+    keep = table.select([c for c in table.column_names if c not in TRANSIENT_COLUMNS])
     shard = table.column("shard").to_numpy()
     seq = table.column("seq").to_numpy()
     row = table.column("row").to_numpy()

@@ -5,6 +5,11 @@ output can be reassembled in corpus order whatever order Ray runs things in. Tok
 travel as variable-length lists (no padding in the object store); the encoder actor pads
 per length bucket. Each stage adds its busy time per row (t_read, t_tokenize, t_encode)
 so the summary can say which stage bounds throughput.
+
+A row whose `text` is null is not encoded: it passes through with no token ids, empty
+vectors and `encoded = false` (re-indexing nulls the text of documents whose stored vectors
+it reuses). Columns a stage does not consume pass through it unchanged, so an earlier stage
+can attach what the commit step needs (re-indexing attaches each row's base location).
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from pipeline.store.postings import fingerprint_texts
 
 log = logging.getLogger(__name__)
 
-ENCODED_SCHEMA = pa.schema([
-    ("shard", pa.int32()), ("seq", pa.int32()), ("row", pa.int64()),
-    ("doc_id", pa.string()), ("offset", pa.int64()), ("fingerprint", pa.uint64()),
-    ("indices", pa.list_(pa.int32())), ("values", pa.list_(pa.float32())),
-    ("t_read", pa.float64()), ("t_tokenize", pa.float64()), ("t_encode", pa.float64()),
-])
+def _replace_columns(batch: pa.Table, drop: list[str], add: dict[str, pa.Array]) -> pa.Table:
+    """`batch` without the `drop` columns, with `add` appended (replacing same-named ones)."""
+    keep = [c for c in batch.column_names if c not in drop and c not in add]
+    out = batch.select(keep)
+    for name, column in add.items():
+        out = out.append_column(name, column)
+    return out
 
 
 @lru_cache(maxsize=4)
@@ -39,26 +45,28 @@ def _tokenizer(model: str):
 
 
 def tokenize_batch(batch: pa.Table, options: EncoderOptions) -> pa.Table:
-    """Read rows -> token-id lists, with the document fingerprint; text is dropped here."""
+    """Read rows -> token-id lists, with the document fingerprint; text is dropped here.
+
+    A `fingerprint` column already present is kept; rows with null text get no token ids.
+    """
     started = time.perf_counter()
     texts = batch.column("text").to_pylist()
-    ids = _tokenizer(options.model)(texts, max_length=options.max_length, truncation=True,
-                                    padding=False, return_attention_mask=False,
-                                    return_token_type_ids=False)["input_ids"]
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-    offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+    todo = [i for i, text in enumerate(texts) if text is not None]
+    ids = _tokenizer(options.model)([texts[i] for i in todo], max_length=options.max_length,
+                                    truncation=True, padding=False, return_attention_mask=False,
+                                    return_token_type_ids=False)["input_ids"] if todo else []
+    n = len(texts)
+    lengths = np.zeros(n, dtype=np.int32)
+    lengths[todo] = [len(x) for x in ids]
+    offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
-    n = len(texts)
+    added = {"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))}
+    if "fingerprint" not in batch.column_names:
+        added["fingerprint"] = pa.array(fingerprint_texts(texts), pa.uint64())
     elapsed = (time.perf_counter() - started) / max(n, 1)
-    return pa.table({
-        "shard": batch.column("shard"), "seq": batch.column("seq"), "row": batch.column("row"),
-        "doc_id": batch.column("doc_id"), "offset": batch.column("offset"),
-        "fingerprint": pa.array(fingerprint_texts(texts), pa.uint64()),
-        "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
-        "t_read": batch.column("t_read"),
-        "t_tokenize": pa.array(np.full(n, elapsed), pa.float64()),
-    })
+    added["t_tokenize"] = pa.array(np.full(n, elapsed), pa.float64())
+    return _replace_columns(batch, ["text"], added)
 
 
 class EncodeActor:
@@ -85,12 +93,13 @@ class EncodeActor:
         flat = ids_col.values.to_numpy()
         lengths = np.diff(offsets)
         n = len(lengths)
-        order = np.argsort(-lengths, kind="stable")  # length buckets cut padding
+        todo = np.flatnonzero(lengths > 0)           # rows without token ids are not encoded
+        order = todo[np.argsort(-lengths[todo], kind="stable")]  # length buckets cut padding
         indptr = np.zeros(n + 1, dtype=np.int64)
-        row_indices: list[np.ndarray] = [None] * n  # type: ignore[list-item]
-        row_values: list[np.ndarray] = [None] * n   # type: ignore[list-item]
+        row_indices: list[np.ndarray] = [np.zeros(0, np.int32)] * n
+        row_values: list[np.ndarray] = [np.zeros(0, np.float32)] * n
         step = self.options.batch_size
-        for start in range(0, n, step):
+        for start in range(0, len(order), step):
             rows = order[start:start + step]
             width = int(lengths[rows].max())
             input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
@@ -108,13 +117,12 @@ class EncodeActor:
             indptr[r + 1] = indptr[r] + len(row_indices[r])
         flat_idx = np.concatenate(row_indices).astype(np.int32) if n else np.zeros(0, np.int32)
         flat_val = np.concatenate(row_values).astype(np.float32) if n else np.zeros(0, np.float32)
+        encoded = np.zeros(n, dtype=bool)
+        encoded[todo] = True
         elapsed = (time.perf_counter() - started) / max(n, 1)
-        return pa.table({
-            "shard": batch.column("shard"), "seq": batch.column("seq"), "row": batch.column("row"),
-            "doc_id": batch.column("doc_id"), "offset": batch.column("offset"),
-            "fingerprint": batch.column("fingerprint"),
+        return _replace_columns(batch, ["input_ids"], {
             "indices": pa.ListArray.from_arrays(pa.array(indptr.astype(np.int32)), pa.array(flat_idx)),
             "values": pa.ListArray.from_arrays(pa.array(indptr.astype(np.int32)), pa.array(flat_val)),
-            "t_read": batch.column("t_read"), "t_tokenize": batch.column("t_tokenize"),
+            "encoded": pa.array(encoded, pa.bool_()),
             "t_encode": pa.array(np.full(n, elapsed), pa.float64()),
-        }, schema=ENCODED_SCHEMA)
+        })

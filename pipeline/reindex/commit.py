@@ -1,0 +1,250 @@
+"""The commit step of a re-indexing run: staged rows + base shards -> a new generation.
+
+1. Duplicate ids in the new snapshot: the indexing job's check (same policy, same rejects).
+2. Routes and claims (`pipeline.reindex.diff`): kept, changed, deleted, added documents.
+3. The new generation's shard list (`pipeline.reindex.shards`).
+4. One Ray task per rebuilt or added shard (its only writer): the base shard's remaining
+   rows with their stored vectors, changed rows with their staged vectors, added rows;
+   postings, index and COMMITTED.json through the indexing job's `write_shard`. Shards
+   committed by an earlier attempt of the same plan are kept (checksums verified).
+5. Rejects gathered, counts checked; CURRENT still names the base generation (else some
+   other writer moved it: nothing is committed); manifest, then CURRENT.
+
+When no document was added, changed or deleted and no index setting changed, nothing is
+committed: the base generation stays live and the staging is removed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import ray
+import scipy.sparse as sp
+
+from pipeline.indexing.commit import (
+    ShardResult,
+    check_duplicates,
+    discard_staging,
+    gather_rejects,
+    new_manifest,
+    publish,
+    read_staged_shard,
+    reused_shard,
+    staged_postings,
+    write_shard,
+)
+from pipeline.indexing.config import IndexJobConfig
+from pipeline.indexing.plan import JobPlan, ShardState, verify_shard
+from pipeline.reindex.diff import Diff, ReindexError, resolve_claims, route_units
+from pipeline.reindex.shards import BaseShardChange, OutputShard, plan_output_shards
+from pipeline.storage import exists, read_json
+from pipeline.store import IndexLayout, Manifest, ShardPostings, read_current_generation, read_postings
+from pipeline.store.manifest import ShardEntry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BaseSegment:
+    """The remaining documents of one base shard, as they go into an output shard."""
+
+    entry: ShardEntry
+    keep_rows: np.ndarray        # int64: base rows kept, ascending
+    replaced_at: np.ndarray      # int64: positions in keep_rows whose vectors were re-encoded
+    replaced_by: np.ndarray      # int64 (k, 2): the (unit, row) of their staged rows
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """Everything one output shard is made of, in order: base segments, then added rows."""
+
+    name: str
+    position: int
+    segments: tuple[BaseSegment, ...]
+    added: np.ndarray            # int64 (k, 2): (unit, row) of added documents, corpus order
+
+
+class StagedRows:
+    """Staged rows of a plan fetched by (unit, row), one read per unit."""
+
+    COLUMNS = ["row", "doc_id", "fingerprint", "indices", "values", "encoded"]
+
+    def __init__(self, plan: JobPlan, layout: IndexLayout, vocab_size: int):
+        self.plan, self.layout, self.vocab_size = plan, layout, vocab_size
+        self._units: dict[int, pa.Table] = {}
+
+    def _unit(self, unit: int) -> pa.Table:
+        if unit not in self._units:
+            self._units[unit] = read_staged_shard(self.plan, self.layout, unit, columns=self.COLUMNS)
+        return self._units[unit]
+
+    def take(self, pairs: np.ndarray) -> ShardPostings:
+        """The postings of the staged rows `pairs` ((k, 2) unit/row), in that order."""
+        pieces, origin = [], []
+        for unit in np.unique(pairs[:, 0]):
+            at = np.flatnonzero(pairs[:, 0] == unit)
+            pieces.append(self._unit(int(unit)).take(pa.array(pairs[at, 1])))
+            origin.append(at)
+        table = pa.concat_tables(pieces).take(pa.array(np.argsort(np.concatenate(origin))))
+        if not table.column("encoded").to_numpy(zero_copy_only=False).all():
+            raise ReindexError("a staged row needed for its new vector was not encoded; "
+                               "re-run to redo the plan")
+        return staged_postings(table, self.vocab_size)
+
+
+def _base_part(layout: IndexLayout, segment: BaseSegment, staged: StagedRows) -> ShardPostings:
+    entry = segment.entry
+    base = read_postings(layout.postings(entry.name), verify=True)
+    if base.checksum != entry.postings_checksum:
+        raise ReindexError(f"shard {entry.name}: postings checksum differs from the base manifest")
+    keep = segment.keep_rows
+    vectors = base.vectors[keep]
+    doc_ids = base.doc_ids[keep]
+    fingerprints = base.fingerprints[keep].copy()
+    if len(segment.replaced_at):
+        new = staged.take(segment.replaced_by)
+        # Rows of the stack [kept base vectors; new vectors], the new ones at their places.
+        order = np.arange(len(keep))
+        order[segment.replaced_at] = len(keep) + np.arange(len(segment.replaced_at))
+        vectors = sp.vstack([vectors, new.vectors], format="csr")[order]
+        doc_ids[segment.replaced_at] = new.doc_ids
+        fingerprints[segment.replaced_at] = new.fingerprints
+    return ShardPostings(doc_ids=doc_ids, fingerprints=fingerprints, vectors=vectors)
+
+
+@ray.remote
+def _build_output_shard(plan: JobPlan, layout: IndexLayout, spec: BuildSpec, index_kind: str,
+                        index_params: dict, values_dtype: str, vocab_size: int,
+                        threads: int) -> ShardResult:
+    """Step 4 of the module docstring for one output shard."""
+    started = time.perf_counter()
+    staged = StagedRows(plan, layout, vocab_size)
+    parts = [_base_part(layout, segment, staged) for segment in spec.segments]
+    if len(spec.added):
+        parts.append(staged.take(spec.added))
+    vectors = sp.vstack([p.vectors for p in parts], format="csr")
+    vectors.sort_indices()
+    postings = ShardPostings(doc_ids=np.concatenate([p.doc_ids for p in parts]),
+                             fingerprints=np.concatenate([p.fingerprints for p in parts]),
+                             vectors=vectors)
+    read_s = time.perf_counter() - started
+    result = write_shard(layout, spec.name, postings, index_kind=index_kind,
+                         index_params=index_params, values_dtype=values_dtype,
+                         record={"plan_id": plan.plan_id, "position": spec.position},
+                         threads=threads)
+    result.write_s += read_s
+    return result
+
+
+def build_specs(base: Manifest, diff: Diff, outputs: list[OutputShard]) -> list[BuildSpec]:
+    """What each non-reused output shard is made of."""
+    specs = []
+    for position, out in enumerate(outputs):
+        if out.reused:
+            continue
+        segments = []
+        for b in out.base:
+            fate = diff.fates[b]
+            keep_rows = np.flatnonzero(fate.kept).astype(np.int64)
+            rows, by = fate.replacements()
+            segments.append(BaseSegment(base.shards[b], keep_rows,
+                                        np.searchsorted(keep_rows, rows).astype(np.int64), by))
+        start, stop = out.added
+        specs.append(BuildSpec(out.name, position, tuple(segments), diff.added[start:stop]))
+    return specs
+
+
+@dataclass
+class ReindexCommit:
+    manifest: Manifest | None        # None: nothing changed, nothing committed
+    diff: Diff
+    outputs: list[OutputShard]
+    docs_in: int
+    docs_rejected: int
+    shards_resumed: int
+    build_s: float
+    built_docs: int
+
+
+def _committed_earlier(layout: IndexLayout, plan: JobPlan, spec: BuildSpec) -> ShardResult | None:
+    loc = layout.shard_commit(spec.name)
+    if not exists(loc):
+        return None
+    record = read_json(loc)
+    if record.get("plan_id") != plan.plan_id or record.get("position") != spec.position \
+            or not verify_shard(layout, spec.name, record, verify=True):
+        return None
+    return reused_shard(record)
+
+
+def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, base: Manifest,
+                   states: list[ShardState], encoder_settings: dict, timing: dict,
+                   build_threads: int, rebuild_all: bool, report: dict,
+                   run_started: float) -> ReindexCommit:
+    """Steps 1-5 of the module docstring. `report` (the run's reindex report so far) is
+    completed with the diff and shard counts and stored in the manifest's `extra`;
+    `run_started` (perf_counter) dates the run for its wall time there."""
+    started = time.perf_counter()
+    dups, drop = check_duplicates(config, plan, layout, states)
+    routes = route_units(plan, layout, drop, cpus=config.resources.read_cpus)
+    diff = resolve_claims(base, routes)
+    changes = [BaseShardChange(i, e.name, e.n_docs, f.n_kept, f.n_changed)
+               for i, (e, f) in enumerate(zip(base.shards, diff.fates))]
+    outputs = plan_output_shards(changes, len(diff.added), config.shard_size, plan.generation,
+                                 rebuild_all)
+    timing["diff_s"] = time.perf_counter() - started
+    kinds = [o.kind for o in outputs]
+    report.update(docs_added=len(diff.added), docs_changed=diff.changed, docs_deleted=diff.deleted,
+                  docs_unchanged=diff.unchanged, shards_rebuilt=kinds.count("rebuilt"),
+                  shards_reused=kinds.count("reused"), shards_added=kinds.count("added"))
+    log.info("diff against generation %d: %d added, %d changed, %d deleted, %d unchanged; "
+             "shards: %d reused, %d rebuilt, %d added", base.generation, report["docs_added"],
+             report["docs_changed"], report["docs_deleted"], report["docs_unchanged"],
+             report["shards_reused"], report["shards_rebuilt"], report["shards_added"])
+    n_indexed = sum(o.n_docs for o in outputs)
+    if n_indexed != diff.unchanged + diff.changed + len(diff.added):
+        raise RuntimeError(f"document accounting failed: {n_indexed} placed != {diff.unchanged} "
+                           f"unchanged + {diff.changed} changed + {len(diff.added)} added")
+    if not (len(diff.added) or diff.changed or diff.deleted or rebuild_all):
+        counts = gather_rejects(config, plan, layout, dups, n_indexed)
+        discard_staging(layout, plan)
+        log.info("no document changed: generation %d stays live", base.generation)
+        return ReindexCommit(None, diff, outputs, counts["docs_in"], counts["docs_rejected"], 0, 0.0, 0)
+
+    specs = build_specs(base, diff, outputs)
+    results: dict[int, ShardResult] = {}
+    futures = {}
+    for spec in specs:
+        earlier = _committed_earlier(layout, plan, spec)
+        if earlier is not None:
+            results[spec.position] = earlier
+        else:
+            futures[spec.position] = _build_output_shard.options(
+                num_cpus=config.resources.build_cpus).remote(
+                plan, layout, spec, config.index_kind, config.index_params, config.values_dtype,
+                int(encoder_settings["vocab_size"]), build_threads)
+    started = time.perf_counter()
+    for position, result in zip(futures, ray.get(list(futures.values()))):
+        results[position] = result
+    timing["assemble_wall_s"] = time.perf_counter() - started
+    by_name = {e.name: e for e in base.shards}
+    entries = [by_name[o.name] if o.reused else results[i].entry for i, o in enumerate(outputs)]
+
+    counts = gather_rejects(config, plan, layout, dups, n_indexed)
+    live = read_current_generation(layout)
+    if live != base.generation:
+        raise ReindexError(f"{layout.url}: CURRENT moved from generation {base.generation} to "
+                           f"{live} during re-indexing (another writer?); nothing was committed")
+    report["wall_s"] = round(time.perf_counter() - run_started, 3)
+    manifest = new_manifest(config, plan, entries, encoder_settings, counts, timing,
+                            {"reindex": report})
+    publish(layout, plan, manifest)
+    built = [results[p] for p in futures]
+    return ReindexCommit(manifest, diff, outputs, counts["docs_in"], counts["docs_rejected"],
+                         shards_resumed=len(specs) - len(futures),
+                         build_s=sum(r.build_s for r in built),
+                         built_docs=sum(r.entry.n_docs for r in built))

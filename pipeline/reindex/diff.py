@@ -1,0 +1,235 @@
+"""Change detection: which documents of a new corpus snapshot are added, changed, unchanged,
+and which documents of the live (base) generation are gone.
+
+A document is identified by its id and compared by its content fingerprint (blake2b-64 of
+`document_text`, the same `fingerprint_texts` the postings store).
+
+1. `load_base_table`: one Ray task per base shard reads only its ids and fingerprints
+   (not its vectors); the driver sorts them by 64-bit id hash into a `BaseTable` of 24
+   bytes per document (id hash, fingerprint, shard, row), put once in the object store.
+2. `classify_batch` runs in the Ray Data pipeline between read and tokenize, block by
+   block: it fingerprints each row, looks its id hash up in the table, attaches the base
+   location (`base_shard`, `base_row`; -1 when the id is new) and nulls the text of
+   unchanged documents, so the encoder skips them (`pipeline.indexing.stages`).
+3. After staging, `route_units` (one Ray task per read unit) turns the staged rows into
+   claims on base slots; `resolve_claims` merges them: a base document is kept when some
+   row claims it, replaced when that row was re-encoded, deleted when none does. Ids are
+   compared by hash: two ids sharing a hash in the base generation stop the run (ask for
+   a full rebuild); a new id that shares a hash with another base id claims that slot only
+   if the slot is free, else it is indexed as an added document, so the index content is
+   right even then (only the added/changed counts could be off by one).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+
+from pipeline.indexing.commit import id_hashes, read_staged_shard
+from pipeline.indexing.plan import JobPlan
+from pipeline.store import IndexLayout, Manifest, fingerprint_texts
+from pipeline.store.manifest import ShardEntry
+
+log = logging.getLogger(__name__)
+
+
+class ReindexError(RuntimeError):
+    """Re-indexing cannot go on safely; nothing was committed. The message says what to do."""
+
+
+@dataclass(frozen=True)
+class BaseTable:
+    """The base generation's documents sorted by id hash: what `classify_batch` looks up."""
+
+    id_hash: np.ndarray       # uint64 (n,), ascending, unique
+    fingerprint: np.ndarray   # uint64 (n,)
+    shard: np.ndarray         # int32 (n,): position of the document's shard in the base manifest
+    row: np.ndarray           # int64 (n,): its row in that shard
+
+    def lookup(self, hashes: np.ndarray) -> np.ndarray:
+        """Positions in the table of `hashes`, -1 where absent."""
+        if not len(self.id_hash):
+            return np.full(len(hashes), -1, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(self.id_hash, hashes), len(self.id_hash) - 1)
+        return np.where(self.id_hash[pos] == hashes, pos, -1)
+
+
+def read_shard_keys(layout: IndexLayout, entry: ShardEntry) -> tuple[np.ndarray, np.ndarray]:
+    """(doc ids, fingerprints) of a committed shard, without reading its vectors."""
+    import zarr
+
+    from pipeline.storage import zarr_store
+
+    group = zarr.open_group(zarr_store(layout.postings(entry.name), read_only=True), mode="r")
+    ids = np.asarray(group["doc_ids"][:], dtype=object)
+    fingerprints = np.asarray(group["fingerprints"][:], dtype=np.uint64)
+    if len(ids) != entry.n_docs or len(fingerprints) != entry.n_docs:
+        raise ReindexError(f"shard {entry.name}: manifest says {entry.n_docs} documents, postings "
+                           f"hold {len(ids)} ids and {len(fingerprints)} fingerprints")
+    return ids, fingerprints
+
+
+@ray.remote
+def _shard_keys(layout: IndexLayout, entry: ShardEntry, position: int):
+    ids, fingerprints = read_shard_keys(layout, entry)
+    return (id_hashes(list(ids)), fingerprints, np.full(len(ids), position, dtype=np.int32),
+            np.arange(len(ids), dtype=np.int64))
+
+
+def load_base_table(layout: IndexLayout, base: Manifest, read_cpus: float = 0.25) -> BaseTable:
+    """Step 1 of the module docstring."""
+    parts = ray.get([_shard_keys.options(num_cpus=read_cpus).remote(layout, entry, i)
+                     for i, entry in enumerate(base.shards)])
+    if not parts:
+        empty = np.zeros(0, dtype=np.uint64)
+        return BaseTable(empty, empty, np.zeros(0, np.int32), np.zeros(0, np.int64))
+    hashes, fingerprints, shards, rows = (np.concatenate(p) for p in zip(*parts))
+    order = np.argsort(hashes, kind="stable")
+    table = BaseTable(hashes[order], fingerprints[order], shards[order], rows[order])
+    if len(table.id_hash) > 1 and bool(np.any(table.id_hash[1:] == table.id_hash[:-1])):
+        raise ReindexError(f"{layout.url} generation {base.generation}: two document ids share a "
+                           f"64-bit hash, so changes cannot be told apart by id; re-index with --full")
+    log.info("base generation %d: %d documents in %d shards", base.generation, len(table.id_hash),
+             len(base.shards))
+    return table
+
+
+def classify_batch(batch: pa.Table, table) -> pa.Table:
+    """Step 2 of the module docstring (a Ray Data stage between read and tokenize).
+
+    `table` is a `BaseTable` or an object ref to one (zero-copy from the object store).
+    """
+    if isinstance(table, ray.ObjectRef):
+        table = ray.get(table)
+    texts = batch.column("text").to_pylist()
+    fingerprints = fingerprint_texts(texts)
+    pos = table.lookup(id_hashes(batch.column("doc_id").to_pylist()))
+    found = pos >= 0
+    shard = np.full(len(pos), -1, dtype=np.int32)
+    row = np.full(len(pos), -1, dtype=np.int64)
+    unchanged = np.zeros(len(pos), dtype=bool)
+    shard[found], row[found] = table.shard[pos[found]], table.row[pos[found]]
+    unchanged[found] = table.fingerprint[pos[found]] == fingerprints[found]
+    text = pc.if_else(pa.array(unchanged), pa.scalar(None, pa.string()), batch.column("text"))
+    return (batch.set_column(batch.column_names.index("text"), "text", text)
+            .append_column("fingerprint", pa.array(fingerprints, pa.uint64()))
+            .append_column("base_shard", pa.array(shard, pa.int32()))
+            .append_column("base_row", pa.array(row, pa.int64())))
+
+
+@dataclass
+class UnitRoutes:
+    """Where the staged rows of one read unit go (duplicates already dropped)."""
+
+    unit: int
+    kept: tuple[np.ndarray, np.ndarray]               # unchanged: (base shard, base row)
+    changed: tuple[np.ndarray, np.ndarray, np.ndarray]  # (base shard, base row, unit row)
+    added: np.ndarray                                  # unit rows of new ids
+
+
+@ray.remote
+def _route_unit(plan: JobPlan, layout: IndexLayout, unit: int, drop_rows: list[int]) -> UnitRoutes:
+    table = read_staged_shard(plan, layout, unit, columns=["row", "base_shard", "base_row", "encoded"])
+    rows = table.column("row").to_numpy()
+    keep = np.ones(len(rows), dtype=bool)
+    keep[np.asarray(drop_rows, dtype=np.int64)] = False
+    shard = table.column("base_shard").to_numpy()[keep]
+    base_row = table.column("base_row").to_numpy()[keep]
+    encoded = table.column("encoded").to_numpy(zero_copy_only=False)[keep]
+    rows = rows[keep]
+    in_base = shard >= 0
+    if not encoded[~in_base].all():
+        raise ReindexError(f"read unit {unit}: a new document was staged without its vector; "
+                           f"re-run to redo the unit")
+    kept, changed = in_base & ~encoded, in_base & encoded
+    return UnitRoutes(unit, (shard[kept], base_row[kept]),
+                      (shard[changed], base_row[changed], rows[changed]), rows[~in_base])
+
+
+def route_units(plan: JobPlan, layout: IndexLayout, drop: dict[int, list[int]],
+                cpus: float = 0.25) -> list[UnitRoutes]:
+    """Step 3's map: the routes of every read unit, in unit order."""
+    return ray.get([_route_unit.options(num_cpus=cpus).remote(plan, layout, u, drop.get(u, []))
+                    for u in range(len(plan.shards))])
+
+
+@dataclass
+class BaseShardFate:
+    """What happens to the documents of one base shard."""
+
+    kept: np.ndarray                 # bool (n_docs,): still in the corpus (unchanged or changed)
+    replaced_rows: list[np.ndarray] = field(default_factory=list)   # base rows re-encoded...
+    replaced_by: list[np.ndarray] = field(default_factory=list)     # ...by (unit, row) pairs
+
+    @property
+    def n_kept(self) -> int:
+        return int(self.kept.sum())
+
+    @property
+    def n_changed(self) -> int:
+        return sum(len(r) for r in self.replaced_rows)
+
+    def replacements(self) -> tuple[np.ndarray, np.ndarray]:
+        """(base rows, (k, 2) unit/row pairs), by base row."""
+        if not self.replaced_rows:
+            return np.zeros(0, np.int64), np.zeros((0, 2), np.int64)
+        rows = np.concatenate(self.replaced_rows)
+        by = np.concatenate(self.replaced_by)
+        order = np.argsort(rows, kind="stable")
+        return rows[order], by[order]
+
+
+@dataclass
+class Diff:
+    fates: list[BaseShardFate]       # per base shard, base manifest order
+    added: np.ndarray                # (k, 2) int64 (unit, row) of added documents, corpus order
+    unchanged: int
+    changed: int
+
+    @property
+    def deleted(self) -> int:
+        return sum(len(f.kept) - f.n_kept for f in self.fates)
+
+
+def resolve_claims(base: Manifest, routes: list[UnitRoutes]) -> Diff:
+    """Step 3's merge: every base slot claimed at most once, in corpus order."""
+    fates = [BaseShardFate(kept=np.zeros(entry.n_docs, dtype=bool)) for entry in base.shards]
+    unchanged = 0
+    for r in routes:
+        shards, rows = r.kept
+        for s in np.unique(shards):
+            slots = rows[shards == s]
+            if fates[s].kept[slots].any() or len(np.unique(slots)) != len(slots):
+                raise ReindexError("two unchanged documents claim one base document (an id hash "
+                                   "collision); re-index with --full")
+            fates[s].kept[slots] = True
+        unchanged += len(rows)
+    added = [np.stack([np.full(len(r.added), r.unit, np.int64), r.added], axis=1) for r in routes]
+    changed = 0
+    for r in routes:
+        shards, rows, unit_rows = r.changed
+        for s in np.unique(shards):
+            sel = shards == s
+            slots, by_rows = rows[sel], unit_rows[sel]
+            free = np.zeros(len(slots), dtype=bool)
+            free[np.unique(slots, return_index=True)[1]] = True   # first claim in corpus order
+            free &= ~fates[s].kept[slots]
+            fates[s].kept[slots[free]] = True
+            fates[s].replaced_rows.append(slots[free])
+            fates[s].replaced_by.append(np.stack([np.full(int(free.sum()), r.unit, np.int64),
+                                                  by_rows[free]], axis=1))
+            changed += int(free.sum())
+            if not free.all():
+                # The slot is taken by an id sharing the hash: index this document as new.
+                log.warning("read unit %d: %d changed document(s) share an id hash with another "
+                            "base document; indexed as added", r.unit, int((~free).sum()))
+                added.append(np.stack([np.full(int((~free).sum()), r.unit, np.int64),
+                                       by_rows[~free]], axis=1))
+    pairs = np.concatenate(added) if added else np.zeros((0, 2), np.int64)
+    pairs = pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if len(pairs) else pairs.reshape(0, 2)
+    return Diff(fates=fates, added=pairs, unchanged=unchanged, changed=changed)

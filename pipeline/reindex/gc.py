@@ -1,0 +1,135 @@
+"""Garbage collection of an index root: old generations, unreferenced shards, stale staging.
+
+Rules (one writer per index root; readers go through CURRENT or a leased generation):
+
+* Kept generations: the newest `keep_generations` committed ones (<= CURRENT), CURRENT
+  itself, and every generation named by an unexpired server lease (`pipeline.serve.leases`:
+  a server leases what it answers from and what it is switching to or draining).
+* A manifest newer than CURRENT was written by a run that has not moved CURRENT yet (or
+  never will): kept until it is `min_age_s` old.
+* Deleted generations lose their manifest first, then their rejects. Shards go after the
+  manifests, so a crash half-way leaves only unreferenced shards, which the next run
+  deletes; never a manifest naming a missing shard.
+* A shard directory is deleted when no kept manifest names it. Shards named for a
+  generation newer than CURRENT may belong to a run still writing: deleted only when
+  nothing in them changed for `min_age_s`. Directories not named like shards are left alone.
+* `staging/<plan>/` of abandoned plans: deleted when nothing in it changed for `min_age_s`
+  (a long job keeps touching its staging; a crashed one does not).
+* Lease files belong to their servers and are never touched.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+from pipeline.serve.leases import leased_generations
+from pipeline.storage import Location, list_dir, remove, with_retries
+from pipeline.store import IndexLayout, list_generations, read_current_generation, read_manifest
+
+log = logging.getLogger(__name__)
+
+_SHARD_NAME = re.compile(r"^g(\d{6})-s(\d{5})$")
+
+
+@dataclass
+class GcReport:
+    current: int | None
+    kept_generations: list[int] = field(default_factory=list)
+    leased_generations: list[int] = field(default_factory=list)
+    deleted_generations: list[int] = field(default_factory=list)
+    deleted_shards: list[str] = field(default_factory=list)
+    deleted_staging: list[str] = field(default_factory=list)
+    deferred: list[str] = field(default_factory=list)     # too young to delete yet
+    dry_run: bool = False
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _mtime(info: dict) -> float | None:
+    value = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def age_s(loc: Location, now: float) -> float:
+    """Seconds since anything under `loc` (a file or a folder) last changed; inf if empty."""
+    def newest() -> float | None:
+        loc.fs.invalidate_cache(loc.path)
+        if loc.fs.isfile(loc.path):
+            return _mtime(loc.fs.info(loc.path))
+        times = [_mtime(i) for i in loc.fs.find(loc.path, detail=True, withdirs=False).values()]
+        times = [t for t in times if t is not None]
+        return max(times) if times else None
+
+    try:
+        latest = with_retries(newest, what=f"age of {loc.url}")
+    except FileNotFoundError:
+        return math.inf
+    return math.inf if latest is None else now - latest
+
+
+def collect_garbage(layout: IndexLayout, keep_generations: int, *, min_age_s: float = 24 * 3600.0,
+                    now: float | None = None, dry_run: bool = False) -> GcReport:
+    """Apply the module's rules; with `dry_run`, only report what would be deleted."""
+    if keep_generations < 1:
+        raise ValueError(f"keep_generations must be >= 1, got {keep_generations}")
+    now = time.time() if now is None else now
+    current = read_current_generation(layout)
+    report = GcReport(current=current, dry_run=dry_run)
+    generations = list_generations(layout)
+    committed = [g for g in generations if current is not None and g <= current]
+    leased = leased_generations(layout, now) & set(generations)
+    kept = set(committed[-keep_generations:]) | leased | ({current} if current is not None else set())
+    doomed = [g for g in committed if g not in kept]
+    for g in generations:
+        if current is None or g > current:
+            if age_s(layout.manifest(g), now) >= min_age_s:
+                doomed.append(g)
+            else:
+                kept.add(g)
+                report.deferred.append(f"manifests/{g:06d}.json")
+    referenced = {s.name for g in kept for s in read_manifest(layout, g).shards}
+    report.kept_generations = sorted(kept)
+    report.leased_generations = sorted(leased)
+    report.deleted_generations = sorted(doomed)
+
+    shards = []
+    for name in list_dir(layout.shards()):
+        m = _SHARD_NAME.match(name)
+        if m is None or name in referenced:
+            continue
+        in_flight = current is None or int(m.group(1)) > current
+        if in_flight and age_s(layout.shard(name), now) < min_age_s:
+            report.deferred.append(f"shards/{name}")
+            continue
+        shards.append(name)
+    report.deleted_shards = shards
+    staging = layout.root.child("staging")
+    for plan_id in list_dir(staging):
+        if age_s(staging.child(plan_id), now) >= min_age_s:
+            report.deleted_staging.append(plan_id)
+        else:
+            report.deferred.append(f"staging/{plan_id}")
+
+    if not dry_run:
+        for g in report.deleted_generations:       # manifests first: see the module docstring
+            remove(layout.manifest(g), recursive=False)
+        for g in report.deleted_generations:
+            remove(layout.rejects(g))
+        for name in report.deleted_shards:
+            remove(layout.shard(name))
+        for plan_id in report.deleted_staging:
+            remove(staging.child(plan_id))
+    log.info("gc %s: kept generations %s (leased %s); %s generations %s, %d shards, %d staging "
+             "folders; %d deferred as too young", layout.url, report.kept_generations,
+             report.leased_generations, "would delete" if dry_run else "deleted",
+             report.deleted_generations, len(report.deleted_shards), len(report.deleted_staging),
+             len(report.deferred))
+    return report

@@ -1,0 +1,209 @@
+"""Incremental re-indexing: a new corpus snapshot -> a new generation beside the live one.
+
+    read (Ray Data source, strict, read blocks; the indexing job's) -> classify (fingerprint,
+    look up the base generation; unchanged documents lose their text) -> tokenize -> encode
+    (actor pool; only added and changed documents) -> stage parts -> commit
+    (`pipeline.reindex.commit`: rebuild only shards that changed; manifest, then CURRENT)
+    -> garbage collection (`pipeline.reindex.gc`)
+
+A full rebuild (the indexing job on the new snapshot, a new generation beside the old one)
+happens instead when there is no live generation yet, when `full` is asked for, or when the
+requested vectors differ from the live ones (model fingerprint, lengths, pruning, dtype,
+stored value dtype): vectors of two models are never mixed. The reason is logged and
+reported. Changed index settings alone rebuild every shard's index from the stored vectors.
+
+Re-running after a crash resumes the same plan (same snapshot, settings and base
+generation): staged read blocks are not encoded again, output shards committed by the
+interrupted attempt are kept. CURRENT moves last, so until then the base generation serves.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+from pipeline.indexing.commit import index_params
+from pipeline.indexing.config import IndexJobConfig
+from pipeline.indexing.job import (
+    connect_ray,
+    encode_pending,
+    encoder_settings,
+    pending_blocks,
+    plan_resources,
+    run_index_job,
+    stage_report,
+)
+from pipeline.indexing.plan import make_plan, scan_state
+from pipeline.indexing.sink import StageTimes
+from pipeline.reindex.commit import commit_reindex
+from pipeline.reindex.config import ReindexConfig
+from pipeline.reindex.diff import ReindexError, classify_batch, load_base_table
+from pipeline.reindex.gc import collect_garbage
+from pipeline.store import IndexLayout, Manifest, read_current_generation, read_manifest
+
+log = logging.getLogger(__name__)
+
+# Encoder settings that determine the document vectors (and the query encoder that matches).
+VECTOR_SETTINGS = ("fingerprint", "vocab_size", "max_length", "query_max_length", "top_k",
+                   "threshold", "dtype")
+
+
+@dataclass
+class ReindexSummary:
+    """What a re-indexing run did. Diff counts are None for a full rebuild (nothing compared)."""
+
+    index: str
+    generation: int                  # the live generation after the run
+    base_generation: int | None
+    committed: bool                  # False: nothing changed, base generation still live
+    full_rebuild: bool
+    rebuild_reason: str | None
+    plan_id: str
+    resumed: bool
+    docs_in: int
+    docs_indexed: int
+    docs_rejected: int
+    docs_added: int | None
+    docs_changed: int | None
+    docs_deleted: int | None
+    docs_unchanged: int | None
+    docs_reencoded: int              # encoded by this run (the encoder actors' own count)
+    shards: int
+    shards_rebuilt: int
+    shards_reused: int
+    shards_added: int
+    wall_s: float
+    stages: dict[str, dict] = field(default_factory=dict)
+    gc: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Decision:
+    full: bool
+    reason: str | None               # why everything is re-encoded, or why every shard is rebuilt
+    rebuild_all: bool = False
+
+
+def vector_differences(recorded: dict, requested: dict) -> list[str]:
+    """Settings that make the requested vectors differ from the recorded ones."""
+    return [f"{key} {recorded.get(key)!r} -> {requested.get(key)!r}" for key in VECTOR_SETTINGS
+            if recorded.get(key) != requested.get(key)]
+
+
+def decide(config: ReindexConfig, job: IndexJobConfig, base: Manifest | None,
+           settings: dict) -> Decision:
+    """Full rebuild, all shards rebuilt, or incremental; with the reason."""
+    if base is None:
+        return Decision(True, "no committed generation at the index root yet")
+    if config.full:
+        return Decision(True, "full rebuild requested")
+    changed = vector_differences(base.encoder, settings)
+    recorded_values = base.extra.get("values_dtype", job.values_dtype)
+    if recorded_values != job.values_dtype:
+        changed.append(f"values_dtype {recorded_values!r} -> {job.values_dtype!r}")
+    if changed:
+        return Decision(True, "encoder settings changed: " + ", ".join(changed))
+    wanted = {"kind": job.index_kind, "params": index_params(job)}
+    if base.index != wanted:
+        return Decision(False, f"index settings changed: {base.index} -> {wanted}; every shard's "
+                               f"index is rebuilt from the stored vectors", rebuild_all=True)
+    return Decision(False, None)
+
+
+def run_reindex(config: ReindexConfig) -> ReindexSummary:
+    """Re-index `config.corpus` into `config.index` (resuming an interrupted identical run)."""
+    started = time.perf_counter()
+    layout = IndexLayout.at(config.index, config.storage_options)
+    base_generation = read_current_generation(layout)
+    base = read_manifest(layout, base_generation) if base_generation is not None else None
+    try:
+        job = config.job_config(base)
+    except ValueError as exc:  # an override the recorded settings make invalid
+        raise ReindexError(f"invalid re-indexing settings: {exc}") from None
+    connect_ray(job.resources.address)
+    settings = encoder_settings(job)
+    decision = decide(config, job, base, settings)
+    if decision.full:
+        summary = _full_rebuild(job, decision, base_generation)
+    else:
+        summary = _incremental(job, layout, base, settings, decision, started)
+    summary.gc = _collect(layout, config)
+    summary.wall_s = round(time.perf_counter() - started, 3)
+    log.info("re-indexed %s: generation %d (%s), %.1f s", layout.url, summary.generation,
+             "full rebuild" if summary.full_rebuild else
+             ("incremental" if summary.committed else "unchanged"), summary.wall_s)
+    return summary
+
+
+def _full_rebuild(job: IndexJobConfig, decision: Decision,
+                  base_generation: int | None) -> ReindexSummary:
+    log.warning("FULL REBUILD of %s: %s; every document is encoded again", job.output,
+                decision.reason)
+    report = {"base_generation": base_generation, "full_rebuild": True,
+              "rebuild_reason": decision.reason}
+    s = run_index_job(job, manifest_extra={"reindex": report})
+    return ReindexSummary(
+        index=s.output, generation=s.generation, base_generation=base_generation, committed=True,
+        full_rebuild=True, rebuild_reason=decision.reason, plan_id=s.plan_id, resumed=s.resumed,
+        docs_in=s.docs_in, docs_indexed=s.docs_indexed, docs_rejected=s.docs_rejected,
+        docs_added=None, docs_changed=None, docs_deleted=None, docs_unchanged=None,
+        docs_reencoded=s.stages["encode"]["rows"], shards=s.shards, shards_rebuilt=s.shards,
+        shards_reused=0, shards_added=0, wall_s=s.wall_s, stages=s.stages)
+
+
+def _incremental(job: IndexJobConfig, layout: IndexLayout, base: Manifest, settings: dict,
+                 decision: Decision, started: float) -> ReindexSummary:
+    import ray
+
+    if decision.reason:
+        log.warning("%s", decision.reason)
+    plan, resumed = make_plan(job, layout, kind="reindex")
+    states = scan_state(plan, layout)
+    pending = pending_blocks(plan, layout, states)
+    placement = plan_resources(job, ray.cluster_resources())
+    table = ray.put(load_base_table(layout, base, job.resources.read_cpus)) if pending else None
+    timing: dict[str, float] = {"setup_s": time.perf_counter() - started}
+    outcome: dict = {}
+    pipeline_started = time.perf_counter()
+
+    def on_commit(times: StageTimes) -> None:
+        fresh = scan_state(plan, layout, verify_committed=False)
+        timing.update({f"{name}_busy_s": getattr(times, name)
+                       for name in ("read", "tokenize", "encode", "write")})
+        timing["encode_pipeline_wall_s"] = time.perf_counter() - pipeline_started
+        report = {"base_generation": base.generation, "full_rebuild": False,
+                  "rebuild_reason": decision.reason, "docs_reencoded": times.encoded}
+        outcome.update(times=times, report=report, result=commit_reindex(
+            job, plan, layout, base, fresh, settings, timing, placement.build_threads,
+            decision.rebuild_all, report, started))
+
+    encode_pending(job, plan, layout, pending, placement, on_commit,
+                   before_tokenize=(classify_batch, {"table": table}))
+    times, report, result = outcome["times"], outcome["report"], outcome["result"]
+    stages, _ = stage_report(times, result.built_docs, result.build_s, placement)
+    manifest = result.manifest
+    return ReindexSummary(
+        index=layout.url, generation=manifest.generation if manifest else base.generation,
+        base_generation=base.generation, committed=manifest is not None, full_rebuild=False,
+        rebuild_reason=decision.reason, plan_id=plan.plan_id, resumed=resumed,
+        docs_in=result.docs_in, docs_indexed=sum(o.n_docs for o in result.outputs),
+        docs_rejected=result.docs_rejected, docs_added=report["docs_added"],
+        docs_changed=report["docs_changed"], docs_deleted=report["docs_deleted"],
+        docs_unchanged=report["docs_unchanged"], docs_reencoded=times.encoded,
+        shards=len(result.outputs), shards_rebuilt=report["shards_rebuilt"],
+        shards_reused=report["shards_reused"], shards_added=report["shards_added"],
+        wall_s=0.0, stages=stages)
+
+
+def _collect(layout: IndexLayout, config: ReindexConfig) -> dict:
+    """Garbage collection after the run; its failure is reported, not raised (the new
+    generation is committed either way)."""
+    try:
+        return collect_garbage(layout, config.keep_generations, min_age_s=config.gc_min_age_s).to_json()
+    except Exception as exc:  # noqa: BLE001 - reported in the summary and the log
+        log.error("garbage collection of %s failed: %s: %s", layout.url, type(exc).__name__, exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}
