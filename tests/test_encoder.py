@@ -217,6 +217,9 @@ def test_generic_masked_lm_matches_reference(random_models, arch):
     assert ours.nnz > 1000
     # Random weights put many maxima near 0: compare densely so a sign flip at 1e-7 cannot fail.
     np.testing.assert_allclose(ours.toarray(), reference.toarray(), rtol=1e-5, atol=1e-5)
+    # batch_size 4 < 6 texts: several length buckets, input order restored on both paths
+    split = encoder.encode_tokenized(**encoder.tokenize(SENTENCES))
+    np.testing.assert_allclose(split.toarray(), ours.toarray(), rtol=1e-5, atol=1e-6)
     settings = encoder.settings()
     assert settings["source"] == folder and settings["fingerprint"].startswith("sha256:")
 

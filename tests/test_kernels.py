@@ -189,6 +189,7 @@ INTERPRETER_CASES = {
     "negative-logits": (2, 16, 40, 16, [16, 9], (32, 16, 16), {"bias_shift": -1e3}),
     "no-bias": (2, 20, 70, 24, [20, 7], (32, 16, 8), {"no_bias": True}),
     "single-row-token": (1, 1, 33, 8, [1], (16, 16, 8), {}),
+    "hopper-sized-tiles": (2, 70, 300, 96, [70, 41], (128, 64, 64), {}),  # HOPPER_CONFIGS[0]'s tiles
 }
 INTERPRETER_DTYPES = ("float32", "float16")  # bf16 tl.dot is wrong under the interpreter: GPU only
 
@@ -253,6 +254,17 @@ def test_triton_interpreter_matches_plain(interpreter_results, name, dtype_name)
 def test_triton_dispatcher_forced_under_interpreter(interpreter_results):
     result = interpreter_results["dispatcher-forced"]
     assert result["shape"] == [3, 90] and result["max_abs_err"] <= 1e-5, result
+
+
+def test_autotune_pruning_fits_tiles_to_shapes():
+    from kernels.splade_triton import FP32_CONFIGS, HOPPER_CONFIGS, _prune_configs
+
+    short = _prune_configs(HOPPER_CONFIGS, {"L": 20, "H": 768})
+    assert short and all(c.kwargs["BLOCK_L"] == 32 for c in short)
+    assert _prune_configs(HOPPER_CONFIGS, {"L": 256, "H": 768}) == HOPPER_CONFIGS
+    narrow = _prune_configs(HOPPER_CONFIGS, {"L": 256, "H": 64})
+    assert narrow and all(c.kwargs["BLOCK_H"] <= 64 for c in narrow)
+    assert _prune_configs(FP32_CONFIGS, {"L": 8, "H": 16})  # never empty
 
 
 # ---------------------------------------------------------------------------------- Triton, sm_90 build

@@ -154,11 +154,18 @@ class SpladeEncoder:
 
     def _encode_texts(self, texts: Sequence[str], max_length: int) -> sp.csr_matrix:
         rows = self._token_ids(texts, max_length)
-        if not rows:
+        return self._encode_bucketed([len(r) for r in rows],
+                                     lambda bucket: self._pad([rows[i] for i in bucket]))
+
+    def _encode_bucketed(self, lengths: Sequence[int], batch_for) -> sp.csr_matrix:
+        """Encode rows in batches of similar length (`batch_for(indices)` -> (ids, mask)); input order out."""
+        if len(lengths) == 0:
             return sp.csr_matrix((0, self.vocab_size), dtype=np.float32)
-        buckets = length_buckets([len(r) for r in rows], self.config.batch_size)
-        parts = [self._encode_batch(*self._pad([rows[i] for i in bucket])) for bucket in buckets]
+        buckets = length_buckets(lengths, self.config.batch_size)
+        parts = [self._encode_batch(*batch_for(bucket)) for bucket in buckets]
         order = np.concatenate(buckets)
+        if (order[1:] > order[:-1]).all():  # already in input order
+            return sp.vstack(parts, format="csr")
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         return sp.vstack(parts, format="csr")[inverse]
@@ -167,7 +174,8 @@ class SpladeEncoder:
                          attention_mask: np.ndarray | torch.Tensor) -> sp.csr_matrix:
         """Token ids and mask (n, L), e.g. from `tokenize` -> CSR float32 (n, vocab_size), same row order.
 
-        Runs in batches of `batch_size` rows; each batch is trimmed to its last non-padding column.
+        Rows are batched by length like `encode` (batches of `batch_size`, each trimmed to its last
+        non-padding column), so a large, loosely padded input costs little padding work.
         """
         input_ids = torch.as_tensor(input_ids)
         attention_mask = torch.as_tensor(attention_mask)
@@ -181,14 +189,9 @@ class SpladeEncoder:
         limit = self.max_positions
         if limit is not None and input_ids.shape[1] > limit:
             raise ValueError(f"input has {input_ids.shape[1]} tokens per row; the model takes at most {limit}")
-        n_rows = input_ids.shape[0]
-        if n_rows == 0:
-            return sp.csr_matrix((0, self.vocab_size), dtype=np.float32)
-        parts = []
-        for start in range(0, n_rows, self.config.batch_size):
-            parts.append(self._encode_batch(input_ids[start:start + self.config.batch_size],
-                                            attention_mask[start:start + self.config.batch_size]))
-        return parts[0] if len(parts) == 1 else sp.vstack(parts, format="csr")
+        lengths = (attention_mask != 0).sum(dim=1).tolist()
+        return self._encode_bucketed(
+            lengths, lambda bucket: (input_ids[torch.from_numpy(bucket)], attention_mask[torch.from_numpy(bucket)]))
 
     @torch.inference_mode()
     def _encode_batch(self, input_ids: np.ndarray | torch.Tensor,
