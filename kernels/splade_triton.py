@@ -9,7 +9,8 @@ over raw logits. The (B, L, V) logits never leave registers.
   max(m0, max_l x_l) + bias == relu(max_l (x_l + bias)); the bias is added once and log1p
   applied once per output.
 - Token tiles whose mask is all zero (padding of shorter rows) are skipped.
-- Programs are ordered row-fastest so that consecutive programs share one weight tile (L2 reuse).
+- Programs run in groups of GROUP_ROWS rows that sweep the vocabulary together (row fastest),
+  so concurrent programs share weight tiles and hidden rows through L2.
 
 Hopper (H100/H200) habits: BLOCK_L and BLOCK_V multiples of 64 with 4 or 8 warps so that `tl.dot`
 lowers to warpgroup MMA (wgmma) on fp16/bf16; 3-4 pipeline stages over the hidden loop.
@@ -84,12 +85,19 @@ def _splade_max_kernel(
     stride_mb, stride_ml,
     stride_ob, stride_ov,
     L_BUCKET,  # next power of two of L: the autotuning key, unused in the body
-    BLOCK_V: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr,
+    BLOCK_V: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_ROWS: tl.constexpr,
     IEEE_FP32: tl.constexpr, LIBDEVICE: tl.constexpr,
 ):
+    # Grouped order: GROUP_ROWS rows walk the vocabulary together, so their hidden states and the
+    # current weight tiles stay in L2 (each row is read from memory once, the weight once per group).
     pid = tl.program_id(0)
-    row = (pid % B).to(tl.int64)
-    v_tile = pid // B
+    n_v_tiles = tl.cdiv(V, BLOCK_V)
+    programs_per_group = GROUP_ROWS * n_v_tiles
+    first_row = (pid // programs_per_group) * GROUP_ROWS
+    rows_in_group = tl.minimum(B - first_row, GROUP_ROWS)
+    local = pid % programs_per_group
+    row = (first_row + local % rows_in_group).to(tl.int64)
+    v_tile = local // rows_in_group
 
     offs_v = v_tile * BLOCK_V + tl.arange(0, BLOCK_V)
     v_ok = offs_v < V
@@ -136,6 +144,12 @@ _splade_max_16bit = _autotuned(HOPPER_CONFIGS)
 _splade_max_fp32 = _autotuned(FP32_CONFIGS)
 
 
+#: Rows per program group. 8 rows of (L=512, H=1024) bf16 hidden states are 8 MiB: with the
+#: weight tiles in flight they fit the 50 MiB L2 of an H100, so hidden states are read from HBM
+#: once and the weight B / 8 times (row-major order without groups re-reads every hidden row
+#: once per vocabulary tile when B x L x H outgrows L2).
+GROUP_ROWS = 8
+
 #: Tiles used under TRITON_INTERPRET=1 when none are given: small powers of two (the interpreter
 #: needs them) so tests stay fast; autotuning there would time the interpreter, not a GPU.
 INTERPRETER_BLOCKS = (32, 16, 16)
@@ -148,13 +162,13 @@ def interpreter_active() -> bool:
 
 def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       mask: torch.Tensor, *, blocks: tuple[int, int, int] | None = None,
-                      num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                      num_warps: int = 4, num_stages: int = 2, group_rows: int = GROUP_ROWS) -> torch.Tensor:
     """SPLADE weights (B, V) float32 through the fused Triton kernel.
 
     Inputs on a CUDA device (or on the CPU under TRITON_INTERPRET=1). `blocks=(BLOCK_V, BLOCK_L,
     BLOCK_H)` fixes the tile sizes and skips autotuning (powers of two; >= 16 on a GPU); without it
     the Hopper configurations are autotuned per (L bucket, V, H), or `INTERPRETER_BLOCKS` are used
-    under the interpreter. float32 inputs use IEEE float32
+    under the interpreter. `group_rows` rows sweep the vocabulary together (L2 reuse). float32 inputs use IEEE float32
     products (no TF32), so they match the plain expression to float32 rounding.
     """
     n_rows, seq_len, vocab_size, n_hidden = check_head_inputs(hidden, weight, bias, mask)
@@ -162,6 +176,8 @@ def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
         raise RuntimeError(
             f"the Triton SPLADE kernel needs CUDA tensors (got {hidden.device}); on CPU use "
             "kernels.splade_max_cpu, or set TRITON_INTERPRET=1 before importing triton to test it")
+    if group_rows < 1:
+        raise ValueError(f"group_rows must be >= 1, got {group_rows}")
     out = torch.empty((n_rows, vocab_size), dtype=torch.float32, device=hidden.device)
     if n_rows == 0 or vocab_size == 0:
         return out
@@ -176,7 +192,8 @@ def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     args = (hidden, weight, bias, mask, out, n_rows, seq_len, vocab_size, n_hidden,
             *hidden.stride(), *weight.stride(), *mask.stride(), *out.stride(),
             triton.next_power_of_2(max(seq_len, 1)))
-    flags = {"IEEE_FP32": hidden.dtype == torch.float32, "LIBDEVICE": not interpreter_active()}
+    flags = {"IEEE_FP32": hidden.dtype == torch.float32, "LIBDEVICE": not interpreter_active(),
+             "GROUP_ROWS": group_rows}
     if blocks is None and interpreter_active():
         blocks = INTERPRETER_BLOCKS
     if blocks is None:
@@ -216,9 +233,9 @@ def compile_ahead(dtype: torch.dtype, config: triton.Config, capability: int = 9
         "stride_wv": "i32", "stride_wh": "constexpr", "stride_mb": "i32", "stride_ml": "constexpr",
         "stride_ob": "i32", "stride_ov": "constexpr", "L_BUCKET": "i32",
         "BLOCK_V": "constexpr", "BLOCK_L": "constexpr", "BLOCK_H": "constexpr",
-        "IEEE_FP32": "constexpr", "LIBDEVICE": "constexpr",
+        "GROUP_ROWS": "constexpr", "IEEE_FP32": "constexpr", "LIBDEVICE": "constexpr",
     }
-    constants = dict(config.kwargs, stride_hh=1, stride_wh=1, stride_ml=1, stride_ov=1,
+    constants = dict(config.kwargs, stride_hh=1, stride_wh=1, stride_ml=1, stride_ov=1, GROUP_ROWS=GROUP_ROWS,
                      IEEE_FP32=dtype == torch.float32, LIBDEVICE=True)
     aligned = {"hidden_ptr", "weight_ptr", "bias_ptr", "mask_ptr", "out_ptr", "L", "H",
                "stride_hb", "stride_hl", "stride_wv", "stride_mb"}

@@ -190,6 +190,8 @@ INTERPRETER_CASES = {
     "no-bias": (2, 20, 70, 24, [20, 7], (32, 16, 8), {"no_bias": True}),
     "single-row-token": (1, 1, 33, 8, [1], (16, 16, 8), {}),
     "hopper-sized-tiles": (2, 70, 300, 96, [70, 41], (128, 64, 64), {}),  # HOPPER_CONFIGS[0]'s tiles
+    "row-groups": (19, 16, 70, 16, [16, 3, 0, 9, 16, 1, 2, 5, 8, 16, 11, 4, 7, 0, 16, 12, 6, 10, 13],
+                   (32, 16, 16), {}),  # groups of 8 rows: 8 + 8 + 3
 }
 INTERPRETER_DTYPES = ("float32", "float16")  # bf16 tl.dot is wrong under the interpreter: GPU only
 
