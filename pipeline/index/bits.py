@@ -1,0 +1,100 @@
+"""Low-level numba helpers: a scalar bit cast, a software prefetch, and the forward-entry codec.
+
+The forward index packs one (term, value) entry into one machine word so that scoring a
+document streams a single contiguous run of memory:
+
+* ``float16`` words (``uint32``): bits 0-15 term id, bits 16-31 the IEEE-754 half-precision
+  bits of the value (values are non-negative, so the half's sign bit is always 0).
+* ``float32`` words (``uint64``): bits 0-31 term id, bits 32-63 the IEEE-754 single bits.
+
+Both decode with one mask, two shifts and a bit cast, never a table lookup or a branch:
+``term = w & term_mask`` and ``value_bits = (w >> hi_shift) << lo_shift`` read as float32.
+For half words that float32 equals ``value * 2**-112`` (a half's exponent bias is 15, a
+single's 127), which is exact for every finite non-negative half, subnormals included; the
+search multiplies the query by ``2**112`` once instead, so every product is still exactly
+``round(q * value)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+@intrinsic
+def bits_to_f32(typingctx, bits):
+    """Reinterpret a 32-bit unsigned integer as float32 (no conversion)."""
+    if isinstance(bits, types.Integer) and bits.bitwidth == 32:
+        def codegen(context, builder, signature, args):
+            return builder.bitcast(args[0], ir.FloatType())
+        return types.float32(bits), codegen
+    return None
+
+
+@intrinsic
+def prefetch(typingctx, array, index):
+    """Hint the CPU to bring ``array[index]`` into cache; never faults, even out of bounds."""
+    if isinstance(array, types.Array) and isinstance(index, types.Integer):
+        def codegen(context, builder, signature, args):
+            aryty, _ = signature.args
+            ary = context.make_array(aryty)(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]],
+                                           wraparound=False)
+            i8p = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+            # read (0), high temporal locality (3), data cache (1)
+            builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0),
+                              ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            return context.get_dummy_value()
+        return types.void(array, index), codegen
+    return None
+
+
+HALF_TO_SINGLE_SCALE = np.float32(2.0 ** 112)
+"""Factor that turns a half word's decoded float32 back into the half's value."""
+
+HALF_MAX = 65504.0
+"""Largest finite float16: larger document weights need ``forward_values='float32'``."""
+
+
+@dataclass(frozen=True)
+class EntryCodec:
+    """How one forward-index word holds a (term, value) entry; see the module docstring."""
+
+    name: str                 # "float16" | "float32"
+    word_dtype: type          # np.uint32 | np.uint64
+    term_mask: int
+    hi_shift: int
+    lo_shift: int
+    query_scale: float        # the query is multiplied by this before scoring
+    max_vocab: int
+
+    def encode(self, terms: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Pack int term ids and float32 values (validated by the caller) into words."""
+        if self.name == "float16":
+            half = values.astype(np.float16).view(np.uint16).astype(np.uint32)
+            return terms.astype(np.uint32) | (half << np.uint32(16))
+        single = values.astype(np.float32).view(np.uint32).astype(np.uint64)
+        return terms.astype(np.uint64) | (single << np.uint64(32))
+
+    def decode(self, words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unpack words into (int32 term ids, float32 values); numpy, for tests and export."""
+        terms = (words & self.word_dtype(self.term_mask)).astype(np.int32)
+        if self.name == "float16":
+            values = (words >> np.uint32(16)).astype(np.uint16).view(np.float16).astype(np.float32)
+        else:
+            values = (words >> np.uint64(32)).astype(np.uint32).view(np.float32)
+        return terms, values
+
+
+CODECS: dict[str, EntryCodec] = {
+    "float16": EntryCodec("float16", np.uint32, 0xFFFF, 16, 13, 2.0 ** 112, 1 << 16),
+    "float32": EntryCodec("float32", np.uint64, 0xFFFFFFFF, 32, 0, 1.0, 1 << 31),
+}

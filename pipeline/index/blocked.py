@@ -1,0 +1,382 @@
+"""The Seismic-style blocked inverted index (Bruch, Nardini, Rulli, Venturini, SIGIR 2024).
+
+Build: static pruning (global threshold) -> per list, random-centroid clustering into
+contiguous blocks -> per block a u8-quantised summary (coordinate-wise max, pruned to
+``summary_energy`` of its L1 mass) -> a doc-major forward index for exact scoring.
+Search: see `pipeline.index.search_kernels`.
+
+Array layout (all little-endian numpy arrays; ``V`` vocabulary size, ``N`` documents,
+``B`` blocks, ``P`` postings, ``T`` (list, summary term) pairs, ``E`` summary entries):
+
+``fwd_words`` uint32 (float16 values) or uint64 (float32 values), ``2N + nnz``
+    Forward index, documents in corpus order. Document ``d`` starts at word
+    ``2d + nnz(docs[:d])``: a header ``[d, nnz(d)]`` then its entries in ascending term
+    order, one word each (bit layout in `pipeline.index.bits`).
+``list_block_ptr`` int64, ``V + 1``
+    The blocks of term ``t``'s posting list are ``list_block_ptr[t]:list_block_ptr[t+1]``.
+``block_post_ptr`` uint32, ``B + 1``
+    The postings of block ``b`` are ``postings[block_post_ptr[b]:block_post_ptr[b+1]]``.
+``postings`` uint32, ``P``
+    Word offset in ``fwd_words`` of each posting's document header (not a doc id: scoring
+    needs no second lookup). Inside a block, ascending document order.
+``block_min``, ``block_step`` float32, ``B``
+    Summary dequantisation: ``value = block_min[b] + block_step[b] * code``.
+``list_seg_ptr`` int64, ``V + 1``
+    Summaries are stored inverted (a query touches only the entries of its own terms), per
+    *segment* of up to 256 consecutive blocks of a list, so a block id inside a segment is
+    one byte. The segments of term ``t``'s list are ``list_seg_ptr[t]:list_seg_ptr[t+1]``;
+    its i-th segment covers the list's blocks ``256 i`` to ``256 i + 255``.
+``seg_pair_ptr`` int64, ``S + 1``
+    The (term, blocks) pairs of segment ``s`` are ``seg_pair_ptr[s]:seg_pair_ptr[s+1]``.
+``pair_terms`` uint16 (``V <= 65536``) or uint32, ``T``: the pair's term, ascending in a segment.
+``pair_counts`` uint8, ``T``: number of the pair's entries minus one.
+``pair_group_base`` uint32, ``ceil(T / 16)``
+    Entry offset of pair ``16 g``; pair ``p``'s first entry is ``pair_group_base[p // 16]``
+    plus the sizes of the pairs ``16 (p // 16) .. p - 1`` (4.25 bytes a pair, not 8).
+``entries`` uint16, ``E``: ``(segment-local block << 8) | code``, ascending block in a pair.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numba
+import numpy as np
+import scipy.sparse as sp
+
+from pipeline.index import build_kernels as bk
+from pipeline.index import search_kernels as sk
+from pipeline.index.bits import CODECS, HALF_MAX, EntryCodec
+from pipeline.index.config import BlockedIndexConfig
+from pipeline.index.topk import empty_results
+from pipeline.index.validate import (as_csr, check_float, check_int, check_k, check_queries,
+                                     check_threads)
+
+log = logging.getLogger(__name__)
+
+MAX_BLOCKS_PER_LIST = 1 << 16   # list-local block ids are uint16
+MAX_WORDS = 1 << 32             # postings are uint32 word offsets
+
+ARRAY_NAMES = ("fwd_words", "list_block_ptr", "block_post_ptr", "postings", "block_min",
+               "block_step", "list_seg_ptr", "seg_pair_ptr", "pair_terms", "pair_counts",
+               "pair_group_base", "entries")
+SEGMENT_BLOCKS = bk.SEGMENT_BLOCKS
+PAIR_GROUP = 16
+
+
+def forward_words(csr: sp.csr_matrix, codec: EntryCodec) -> np.ndarray:
+    """The forward index of a canonical CSR matrix (layout in the module docstring)."""
+    n_docs = csr.shape[0]
+    lengths = np.diff(csr.indptr)
+    words = np.empty(2 * n_docs + csr.nnz, dtype=codec.word_dtype)
+    starts = 2 * np.arange(n_docs, dtype=np.int64) + csr.indptr[:-1]
+    words[starts] = np.arange(n_docs, dtype=codec.word_dtype)
+    words[starts + 1] = lengths.astype(codec.word_dtype)
+    entry_pos = np.arange(csr.nnz, dtype=np.int64) + 2 * np.repeat(
+        np.arange(1, n_docs + 1, dtype=np.int64), lengths)
+    words[entry_pos] = codec.encode(csr.indices, csr.data)
+    return words
+
+
+def _global_keep(values: np.ndarray, budget: int) -> np.ndarray:
+    """Mask of the ``budget`` largest values (ties at the threshold: first in term order)."""
+    n = values.size
+    if budget >= n:
+        return np.ones(n, dtype=np.bool_)
+    threshold = np.partition(values, n - budget)[n - budget]
+    keep = values > threshold
+    n_ties = budget - int(keep.sum())
+    keep[np.flatnonzero(values == threshold)[:n_ties]] = True
+    return keep
+
+
+def _work_chunks(list_ptr: np.ndarray, centroid_fraction: float, n_chunks: int
+                 ) -> list[tuple[int, int]]:
+    """Split terms into contiguous ranges of about equal clustering + summary work."""
+    m = np.diff(list_ptr).astype(np.float64)
+    work = m * 256.0 + centroid_fraction * m * m + (m > 0)
+    cum = np.cumsum(work)
+    total = cum[-1] if cum.size else 0.0
+    if total == 0:
+        return [(0, len(m))]
+    cuts = np.searchsorted(cum, total * np.arange(1, n_chunks) / n_chunks)
+    bounds = np.unique(np.concatenate([[0], cuts, [len(m)]]))
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+class BlockedIndex:
+    """Approximate top-k by sparse dot product over a Seismic-style blocked inverted index.
+
+    Build with `BlockedIndex.build`; array layout in the module docstring.
+
+    Results of `search`: ``(doc_idx int64 (nq, k), scores float32 (nq, k))``, each row
+    sorted by score descending, ties by lower document index (corpus order). Scores are
+    exact dot products of the query with the returned documents (in the forward index's
+    precision: float16-rounded document weights unless ``forward_values='float32'``). Only
+    documents with a positive score are returned; empty slots hold doc -1 and score 0.0.
+    ``k`` may exceed ``n_docs``; a query with no terms returns only padding; an index of
+    zero documents returns only padding.
+    """
+
+    FORMAT = "lsr-pipeline/blocked-index"
+    FORMAT_VERSION = 1
+
+    def __init__(self, arrays: dict[str, np.ndarray], config: BlockedIndexConfig,
+                 n_docs: int, vocab_size: int, nnz: int) -> None:
+        """Wrap already-built arrays; use `build` or `load` instead of calling this."""
+        self._a = arrays
+        self._config = config
+        self._n_docs = int(n_docs)
+        self._vocab = int(vocab_size)
+        self._nnz = int(nnz)
+        self._codec = CODECS[config.forward_values]
+        wt = self._codec.word_dtype
+        self._decode = (wt(self._codec.term_mask), wt(self._codec.hi_shift),
+                        wt(self._codec.lo_shift), np.float32(self._codec.query_scale),
+                        self._codec.name == "float32")
+        lbp = arrays["list_block_ptr"]
+        self._max_list_blocks = int(np.diff(lbp).max()) if lbp.size > 1 else 0
+        self._local = threading.local()
+
+    # -- build -------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, docs, config: BlockedIndexConfig | None = None, **overrides
+              ) -> "BlockedIndex":
+        """Build the index over ``docs`` ((n_docs, vocab) matrix, anything scipy converts).
+
+        ``config`` defaults to `BlockedIndexConfig()`; keyword ``overrides`` replace single
+        fields (``BlockedIndex.build(docs, n_postings=500)``). Uses numba's thread count.
+        """
+        config = config if config is not None else BlockedIndexConfig()
+        if not isinstance(config, BlockedIndexConfig):
+            raise ValueError(f"config must be a BlockedIndexConfig, got {type(config).__name__}")
+        if overrides:
+            config = config.replace(**overrides)
+        csr = as_csr(docs, "docs")
+        n_docs, vocab = csr.shape
+        codec = CODECS[config.forward_values]
+        if vocab > codec.max_vocab:
+            raise ValueError(f"docs: vocabulary of {vocab} terms exceeds the {codec.max_vocab} "
+                             f"that forward_values={codec.name!r} can address; use 'float32'")
+        if codec.name == "float16" and csr.nnz and float(csr.data.max()) > HALF_MAX:
+            raise ValueError(f"docs: weight {float(csr.data.max())} exceeds float16's "
+                             f"{HALF_MAX}; use forward_values='float32'")
+        if 2 * n_docs + csr.nnz >= MAX_WORDS:
+            raise ValueError("docs: too many entries for one index (> 2**32 words); shard it")
+        cap = config.list_cap
+        if max(1, int(config.centroid_fraction * cap)) >= MAX_BLOCKS_PER_LIST:
+            raise ValueError("centroid_fraction * n_postings * max_fraction must stay below "
+                             f"{MAX_BLOCKS_PER_LIST} blocks per list; decrease centroid_fraction")
+        t0 = time.perf_counter()
+        threads = numba.get_num_threads()
+
+        words = forward_words(csr, codec)
+        doc_start = (2 * np.arange(n_docs, dtype=np.int64) + csr.indptr[:-1])
+
+        # static pruning: the vocab * n_postings globally heaviest entries, lists capped
+        csc = csr.tocsc()
+        csc.sort_indices()
+        col_ptr = csc.indptr.astype(np.int64)
+        keep = _global_keep(csc.data, vocab * config.n_postings)
+        lengths = bk.pruned_list_lengths(col_ptr, keep, cap)
+        list_ptr = np.zeros(vocab + 1, dtype=np.int64)
+        np.cumsum(lengths, out=list_ptr[1:])
+        list_docs = np.empty(int(list_ptr[-1]), dtype=np.int32)
+        bk.fill_pruned_lists(col_ptr, csc.indices.astype(np.int32), csc.data, keep,
+                             list_ptr, list_docs)
+        del csc, keep, col_ptr
+        t1 = time.perf_counter()
+
+        # blocking and summaries, chunks of lists in parallel (the kernel releases the GIL)
+        top_terms, top_weights = bk.heaviest_terms(csr.indptr, csr.indices, csr.data,
+                                                   config.doc_cut)
+        chunks = _work_chunks(list_ptr, config.centroid_fraction, 8 * threads)
+
+        def run(chunk: tuple[int, int]):
+            return bk.build_lists(chunk[0], chunk[1], config.seed, list_ptr, list_docs,
+                                  csr.indptr, csr.indices, csr.data, top_terms, top_weights,
+                                  vocab, config.centroid_fraction, config.min_cluster_size,
+                                  config.summary_energy)
+
+        if threads > 1 and len(chunks) > 1:
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                parts = list(pool.map(run, chunks))
+        else:
+            parts = [run(c) for c in chunks]
+        del top_terms, top_weights
+        t2 = time.perf_counter()
+
+        arrays = cls._assemble(parts, vocab, list_ptr, doc_start, words)
+        index = cls(arrays, config, n_docs, vocab, csr.nnz)
+        log.info("BlockedIndex: %d docs, %d postings, %d blocks, %.1f MB; pruning %.2fs, "
+                 "blocks+summaries %.2fs, total %.2fs", n_docs, arrays["postings"].size,
+                 arrays["block_min"].size, index.nbytes / 1e6, t1 - t0, t2 - t1,
+                 time.perf_counter() - t0)
+        return index
+
+    @staticmethod
+    def _assemble(parts, vocab, list_ptr, doc_start, words) -> dict[str, np.ndarray]:
+        def cat(i, dtype):
+            pieces = [p[i] for p in parts]
+            return np.concatenate(pieces).astype(dtype, copy=False) if pieces else \
+                np.zeros(0, dtype)
+
+        def ptr(counts):
+            out = np.zeros(counts.size + 1, np.int64)
+            np.cumsum(counts, out=out[1:])
+            return out
+
+        list_n_blocks = cat(0, np.int64)
+        if list_n_blocks.size != vocab:
+            raise AssertionError("build chunks do not cover the vocabulary")
+        block_post_ptr = ptr(cat(2, np.int64))
+        if block_post_ptr[-1] != list_ptr[-1]:
+            raise AssertionError("blocks do not hold every posting")
+        seg_n_pairs = cat(5, np.int64)
+        pair_counts = cat(7, np.uint8)
+        sizes = pair_counts.astype(np.int64) + 1
+        pair_start = ptr(sizes)
+        if pair_start[-1] >= MAX_WORDS:
+            raise ValueError("summaries too large for one index (> 2**32 entries); shard it")
+        list_seg_ptr = ptr((list_n_blocks + SEGMENT_BLOCKS - 1) // SEGMENT_BLOCKS)
+        if list_seg_ptr[-1] != seg_n_pairs.size:
+            raise AssertionError("segments do not match their lists")
+        return {
+            "fwd_words": words,
+            "list_block_ptr": ptr(list_n_blocks),
+            "block_post_ptr": block_post_ptr.astype(np.uint32),
+            "postings": doc_start[cat(1, np.int64)].astype(np.uint32),
+            "block_min": cat(3, np.float32),
+            "block_step": cat(4, np.float32),
+            "list_seg_ptr": list_seg_ptr,
+            "seg_pair_ptr": ptr(seg_n_pairs),
+            "pair_terms": cat(6, np.uint16 if vocab <= (1 << 16) else np.uint32),
+            "pair_counts": pair_counts,
+            "pair_group_base": pair_start[:-1][::PAIR_GROUP].astype(np.uint32),
+            "entries": cat(8, np.uint16),
+        }
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def n_docs(self) -> int:
+        return self._n_docs
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    @property
+    def nnz(self) -> int:
+        return self._nnz
+
+    @property
+    def config(self) -> BlockedIndexConfig:
+        return self._config
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The index arrays by name (layout in the module docstring); read-only by contract."""
+        return dict(self._a)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the index arrays (forward index, postings, summaries)."""
+        return int(sum(a.nbytes for a in self._a.values()))
+
+    def stats(self) -> dict[str, int]:
+        """Sizes of the parts of the index, for logs and benchmarks."""
+        a = self._a
+        return {"n_docs": self._n_docs, "vocab_size": self._vocab, "nnz": self._nnz,
+                "postings": int(a["postings"].size), "blocks": int(a["block_min"].size),
+                "segments": int(a["seg_pair_ptr"].size - 1),
+                "summary_pairs": int(a["pair_terms"].size),
+                "summary_entries": int(a["entries"].size),
+                "max_list_blocks": self._max_list_blocks,
+                "forward_bytes": int(a["fwd_words"].nbytes),
+                "posting_bytes": int(a["postings"].nbytes + a["block_post_ptr"].nbytes
+                                     + a["list_block_ptr"].nbytes),
+                "summary_bytes": int(sum(a[n].nbytes for n in (
+                    "block_min", "block_step", "list_seg_ptr", "seg_pair_ptr", "pair_terms",
+                    "pair_counts", "pair_group_base", "entries"))),
+                "nbytes": self.nbytes}
+
+    # -- search ------------------------------------------------------------------------------
+    def search(self, queries, k: int = 10, query_cut: int | None = None,
+               heap_factor: float | None = None, threads: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate top-k for each query row; result convention in the class docstring.
+
+        ``query_cut``/``heap_factor`` default to the config's. ``threads``: None uses every
+        core numba may use; a single query, or ``threads=1``, runs on the calling thread
+        with per-thread scratch and no thread pool (the low-latency path).
+        """
+        k = check_k(k)
+        query_cut = check_int(self._config.query_cut if query_cut is None else query_cut,
+                              "query_cut", 1)
+        heap_factor = check_float(self._config.heap_factor if heap_factor is None
+                                  else heap_factor, "heap_factor", 0.0, 1e9)
+        threads = check_threads(threads)
+        q = check_queries(queries, self._vocab)
+        nq = q.shape[0]
+        out_docs, out_scores = empty_results(nq, k)
+        if nq == 0 or self._n_docs == 0 or q.nnz == 0:
+            return out_docs, out_scores
+        capacity = min(k, self._n_docs)
+        a = self._a
+        term_mask, hi_shift, lo_shift, q_scale, ordered = self._decode
+        index_args = (a["fwd_words"], term_mask, hi_shift, lo_shift, q_scale, ordered,
+                      a["list_block_ptr"], a["block_post_ptr"], a["postings"], a["block_min"],
+                      a["block_step"], a["list_seg_ptr"], a["seg_pair_ptr"], a["pair_terms"],
+                      a["pair_counts"], a["pair_group_base"], a["entries"])
+        longest = int(np.diff(q.indptr).max())
+        n_candidates = min(query_cut, longest) * self._max_list_blocks
+        if nq == 1 or threads == 1:
+            scratch = self._scratch(n_candidates)
+            cut = np.empty(query_cut, np.int64)
+            h_scores = np.empty(capacity, np.float32)
+            h_docs = np.empty(capacity, np.int64)
+            sk.search_serial(q.indptr, q.indices, q.data, query_cut, heap_factor,
+                             *index_args, *scratch, cut, h_scores, h_docs,
+                             out_docs, out_scores)
+        else:
+            n_chunks = min(nq, 4 * threads)
+            previous = numba.get_num_threads()
+            numba.set_num_threads(threads)
+            try:
+                sk.search_parallel(q.indptr, q.indices, q.data, query_cut, heap_factor,
+                                   n_chunks, self._vocab, self._n_docs, n_candidates,
+                                   capacity, *index_args, out_docs, out_scores)
+            finally:
+                numba.set_num_threads(previous)
+        return out_docs, out_scores
+
+    def _scratch(self, n_candidates: int):
+        """This thread's scratch arrays (left clean by every query), grown on demand."""
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None or scratch[3].size < n_candidates:
+            full = sk.alloc_scratch(self._vocab, self._n_docs, n_candidates, 1, 1)
+            scratch = full[:8]
+            self._local.scratch = scratch
+        return scratch
+
+    # -- persistence -------------------------------------------------------------------------
+    def save(self, url: str, storage_options: dict | None = None) -> None:
+        """Write the index as a new Zarr v3 group at ``url`` (local path or s3://)."""
+        from pipeline.index.serialize import save_blocked
+
+        save_blocked(self, url, storage_options)
+
+    @classmethod
+    def load(cls, url: str, storage_options: dict | None = None) -> "BlockedIndex":
+        """Read an index written by `save`; raises `IndexFormatError` on a bad group."""
+        from pipeline.index.serialize import load_blocked
+
+        return load_blocked(url, storage_options)
+
+    def __repr__(self) -> str:
+        return (f"BlockedIndex(n_docs={self._n_docs}, vocab_size={self._vocab}, "
+                f"postings={self._a['postings'].size}, blocks={self._a['block_min'].size}, "
+                f"forward_values={self._config.forward_values!r})")

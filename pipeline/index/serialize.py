@@ -1,0 +1,243 @@
+"""Index persistence: one Zarr v3 group per index, on any fsspec URL (local path or s3://).
+
+Group attributes hold the format name and version, the sizes, the build parameters, and per
+array its dtype, shape and CRC-32. Arrays are written first and the attributes last, so a
+writer that died midway leaves a group without them, which `load` refuses. Loading checks
+presence, dtype, shape and checksum of every array (a missing chunk reads back as the fill
+value, so the checksum is what catches a truncated copy) and the pointer arrays' structure.
+Nothing is ever unpickled. Saving is write-once: the target must not exist yet.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.storage.fs import exists, list_dir, resolve, zarr_store
+
+if TYPE_CHECKING:
+    from pipeline.index.blocked import BlockedIndex
+    from pipeline.index.exact import ExactIndex
+
+CHUNK_BYTES = 64 * 1024 * 1024
+
+
+class IndexFormatError(ValueError):
+    """A stored index is missing, incomplete, corrupt, foreign, or of another version."""
+
+
+def _crc32(a: np.ndarray) -> int:
+    return zlib.crc32(memoryview(np.ascontiguousarray(a)).cast("B")) & 0xFFFFFFFF
+
+
+def _write_group(url: str, storage_options: dict | None, arrays: dict[str, np.ndarray],
+                 attrs: dict[str, Any]) -> None:
+    import zarr
+
+    loc = resolve(url, storage_options)
+    if exists(loc) and (not loc.is_local or list_dir(loc)):
+        raise FileExistsError(f"{loc.url} already exists: indexes are written once, "
+                              "to a fresh location")
+    root = zarr.create_group(store=zarr_store(loc, read_only=False), zarr_format=3)
+    meta = {}
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        chunk = max(1, min(a.size, CHUNK_BYTES // max(1, a.itemsize)))
+        z = root.create_array(name, shape=a.shape, dtype=a.dtype, chunks=(chunk,),
+                              fill_value=0)
+        if a.size:
+            z[:] = a
+        meta[name] = {"dtype": a.dtype.str, "shape": list(a.shape), "crc32": _crc32(a)}
+    root.attrs.update({**attrs, "arrays": meta})   # the commit point: attributes last
+
+
+def _open_group(url: str, storage_options: dict | None, fmt: str, version: int):
+    import zarr
+
+    loc = resolve(url, storage_options)
+    try:
+        root = zarr.open_group(store=zarr_store(loc, read_only=True), mode="r", zarr_format=3)
+        attrs = dict(root.attrs)
+    except FileNotFoundError as exc:
+        raise IndexFormatError(f"{loc.url}: no index here ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - zarr raises several types for foreign data
+        raise IndexFormatError(f"{loc.url}: not a Zarr v3 group ({type(exc).__name__}: "
+                               f"{exc})") from exc
+    found = attrs.get("format")
+    if found is None:
+        raise IndexFormatError(f"{loc.url}: group has no 'format' attribute: an incomplete "
+                               "write or not an lsr-pipeline index")
+    if found != fmt:
+        raise IndexFormatError(f"{loc.url}: holds {found!r}, expected {fmt!r}")
+    if attrs.get("format_version") != version:
+        raise IndexFormatError(f"{loc.url}: format version {attrs.get('format_version')!r}, "
+                               f"this code reads version {version}")
+    return loc, root, attrs
+
+
+def _read_arrays(loc, root, attrs: dict, expected: dict[str, tuple[tuple[str, ...], tuple]]
+                 ) -> dict[str, np.ndarray]:
+    """Read the named arrays, checking dtype (one of the allowed), shape and checksum."""
+    meta = attrs.get("arrays")
+    if not isinstance(meta, dict):
+        raise IndexFormatError(f"{loc.url}: 'arrays' attribute missing")
+    out = {}
+    for name, (dtypes, shape) in expected.items():
+        if name not in meta:
+            raise IndexFormatError(f"{loc.url}: array {name!r} not listed in the attributes")
+        try:
+            z = root[name]
+        except KeyError as exc:
+            raise IndexFormatError(f"{loc.url}: array {name!r} is missing") from exc
+        dtype = np.dtype(z.dtype) if not hasattr(z.dtype, "to_native_dtype") else \
+            np.dtype(z.dtype.to_native_dtype())
+        if dtype.str not in dtypes or meta[name].get("dtype") != dtype.str:
+            raise IndexFormatError(f"{loc.url}: array {name!r} has dtype {dtype.str}, "
+                                   f"expected one of {list(dtypes)}")
+        if tuple(z.shape) != tuple(shape) or list(shape) != meta[name].get("shape"):
+            raise IndexFormatError(f"{loc.url}: array {name!r} has shape {tuple(z.shape)}, "
+                                   f"expected {tuple(shape)}")
+        try:
+            a = np.asarray(z[:]) if z.size else np.zeros(shape, dtype)
+        except Exception as exc:  # noqa: BLE001 - a chunk that cannot be decoded
+            raise IndexFormatError(f"{loc.url}: array {name!r} cannot be read "
+                                   f"({type(exc).__name__}: {exc})") from exc
+        if _crc32(a) != meta[name].get("crc32"):
+            raise IndexFormatError(f"{loc.url}: array {name!r} fails its checksum "
+                                   "(truncated or corrupt copy)")
+        out[name] = a
+    return out
+
+
+def _int_attr(loc, attrs: dict, name: str) -> int:
+    v = attrs.get(name)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise IndexFormatError(f"{loc.url}: attribute {name!r} missing or invalid ({v!r})")
+    return v
+
+
+def _check_ptr(loc, name: str, ptr: np.ndarray, total: int) -> None:
+    if ptr.size == 0 or ptr[0] != 0 or int(ptr[-1]) != total or (np.diff(
+            ptr.astype(np.int64)) < 0).any():
+        raise IndexFormatError(f"{loc.url}: pointer array {name!r} is inconsistent")
+
+
+# ---------------------------------------------------------------------------------------------
+# ExactIndex
+# ---------------------------------------------------------------------------------------------
+
+def save_exact(index: "ExactIndex", url: str, storage_options: dict | None = None) -> None:
+    docs = index.docs
+    _write_group(url, storage_options,
+                 {"indptr": docs.indptr.astype(np.int64), "indices": docs.indices.astype(np.int32),
+                  "data": docs.data.astype(np.float32)},
+                 {"format": index.FORMAT, "format_version": index.FORMAT_VERSION,
+                  "n_docs": index.n_docs, "vocab_size": index.vocab_size, "nnz": int(docs.nnz)})
+
+
+def load_exact(url: str, storage_options: dict | None = None) -> "ExactIndex":
+    import scipy.sparse as sp
+
+    from pipeline.index.exact import ExactIndex
+
+    loc, root, attrs = _open_group(url, storage_options, ExactIndex.FORMAT,
+                                   ExactIndex.FORMAT_VERSION)
+    n, vocab, nnz = (_int_attr(loc, attrs, k) for k in ("n_docs", "vocab_size", "nnz"))
+    a = _read_arrays(loc, root, attrs, {"indptr": (("<i8",), (n + 1,)),
+                                        "indices": (("<i4",), (nnz,)),
+                                        "data": (("<f4",), (nnz,))})
+    _check_ptr(loc, "indptr", a["indptr"], nnz)
+    if nnz and (a["indices"].min() < 0 or a["indices"].max() >= vocab):
+        raise IndexFormatError(f"{loc.url}: term ids outside the vocabulary")
+    return ExactIndex(sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=(n, vocab)))
+
+
+# ---------------------------------------------------------------------------------------------
+# BlockedIndex
+# ---------------------------------------------------------------------------------------------
+
+def save_blocked(index: "BlockedIndex", url: str, storage_options: dict | None = None) -> None:
+    a = index.arrays
+    _write_group(url, storage_options, a, {
+        "format": index.FORMAT, "format_version": index.FORMAT_VERSION,
+        "n_docs": index.n_docs, "vocab_size": index.vocab_size, "nnz": index.nnz,
+        "n_blocks": int(a["block_min"].size), "n_postings_total": int(a["postings"].size),
+        "n_segments": int(a["seg_pair_ptr"].size - 1),
+        "n_summary_pairs": int(a["pair_terms"].size),
+        "n_summary_entries": int(a["entries"].size),
+        "config": index.config.to_dict(),
+    })
+
+
+def load_blocked(url: str, storage_options: dict | None = None) -> "BlockedIndex":
+    from pipeline.index.bits import CODECS
+    from pipeline.index.blocked import BlockedIndex
+    from pipeline.index.config import BlockedIndexConfig
+    from pipeline.index.search_kernels import check_structure
+
+    loc, root, attrs = _open_group(url, storage_options, BlockedIndex.FORMAT,
+                                   BlockedIndex.FORMAT_VERSION)
+    n, vocab, nnz, nb, npost, nseg, npairs, nent = (_int_attr(loc, attrs, k) for k in (
+        "n_docs", "vocab_size", "nnz", "n_blocks", "n_postings_total", "n_segments",
+        "n_summary_pairs", "n_summary_entries"))
+    try:
+        config = BlockedIndexConfig.from_dict(dict(attrs.get("config") or {}))
+    except (TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{loc.url}: invalid build parameters ({exc})") from exc
+    word = np.dtype(CODECS[config.forward_values].word_dtype).str
+    a = _read_arrays(loc, root, attrs, {
+        "fwd_words": ((word,), (2 * n + nnz,)),
+        "list_block_ptr": (("<i8",), (vocab + 1,)),
+        "block_post_ptr": (("<u4",), (nb + 1,)),
+        "postings": (("<u4",), (npost,)),
+        "block_min": (("<f4",), (nb,)),
+        "block_step": (("<f4",), (nb,)),
+        "list_seg_ptr": (("<i8",), (vocab + 1,)),
+        "seg_pair_ptr": (("<i8",), (nseg + 1,)),
+        "pair_terms": (("<u2", "<u4"), (npairs,)),
+        "pair_counts": (("|u1",), (npairs,)),
+        "pair_group_base": (("<u4",), ((npairs + 15) // 16,)),
+        "entries": (("<u2",), (nent,)),
+    })
+    _check_ptr(loc, "list_block_ptr", a["list_block_ptr"], nb)
+    _check_ptr(loc, "block_post_ptr", a["block_post_ptr"], npost)
+    _check_ptr(loc, "list_seg_ptr", a["list_seg_ptr"], nseg)
+    _check_ptr(loc, "seg_pair_ptr", a["seg_pair_ptr"], npairs)
+    n_blocks = np.diff(a["list_block_ptr"])
+    if not np.array_equal(np.diff(a["list_seg_ptr"]), (n_blocks + 255) // 256):
+        raise IndexFormatError(f"{loc.url}: segments do not match the lists' blocks")
+    sizes = a["pair_counts"].astype(np.int64) + 1
+    if int(sizes.sum()) != nent or not np.array_equal(
+            a["pair_group_base"].astype(np.int64),
+            np.concatenate([[0], np.cumsum(sizes)])[:-1][::16]):
+        raise IndexFormatError(f"{loc.url}: summary pair offsets are inconsistent")
+    codec = CODECS[config.forward_values]
+    problem = check_structure(n, vocab, a["fwd_words"], codec.word_dtype(codec.term_mask),
+                              a["list_block_ptr"], a["block_post_ptr"], a["postings"],
+                              a["list_seg_ptr"], a["seg_pair_ptr"], a["pair_terms"],
+                              a["pair_counts"], a["pair_group_base"], a["entries"])
+    if problem:
+        raise IndexFormatError(f"{loc.url}: {problem}")
+    return BlockedIndex(a, config, n, vocab, nnz)
+
+
+def load_index(url: str, storage_options: dict | None = None) -> "BlockedIndex | ExactIndex":
+    """Load whichever index type the group at ``url`` holds."""
+    from pipeline.index.blocked import BlockedIndex
+    from pipeline.index.exact import ExactIndex
+
+    import zarr
+
+    loc = resolve(url, storage_options)
+    try:
+        fmt = zarr.open_group(store=zarr_store(loc, read_only=True), mode="r",
+                              zarr_format=3).attrs.get("format")
+    except Exception as exc:  # noqa: BLE001
+        raise IndexFormatError(f"{loc.url}: not a Zarr v3 group ({exc})") from exc
+    if fmt == BlockedIndex.FORMAT:
+        return load_blocked(url, storage_options)
+    if fmt == ExactIndex.FORMAT:
+        return load_exact(url, storage_options)
+    raise IndexFormatError(f"{loc.url}: holds {fmt!r}, not an lsr-pipeline index")

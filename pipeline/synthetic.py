@@ -1,0 +1,251 @@
+"""Seeded synthetic SPLADE-like vectors, calibrated on real splade-tiny encodings.
+
+Model: documents and queries mix *topic* terms and *background* terms.
+
+* Background term popularity follows the document-frequency curve measured on the real
+  encodings (`DF_CURVE`): the probability of drawing rank ``r`` is ``-ln(1 - df(r)) / n``
+  (the per-draw probability that yields document frequency ``df(r)`` after ``n`` draws),
+  log-log interpolated between the measured ranks, with a power-law tail beyond them.
+  Ranks map to term ids through a seeded permutation of the vocabulary.
+* ``n_docs / DOCS_PER_TOPIC`` topics, each a set of `TOPIC_TERMS` terms drawn from the
+  background distribution flattened to the power `TOPIC_FLATTEN` (topics favour
+  mid-frequency terms), with Zipf weights inside the topic. Each document and query belongs
+  to one topic and draws `DOC_TOPIC_SHARE` / `QUERY_TOPIC_SHARE` of its terms from it: this
+  is what makes a query's best documents share its heavy terms, as real relevant documents do.
+* Number of distinct terms per vector: log-normal (`DOC_NNZ_LOG`, `QUERY_NNZ_LOG`).
+* Weights: the measured weight quantile function (`DOC_WEIGHT_QUANTILES`,
+  `QUERY_WEIGHT_QUANTILES`) at ``u ~ max(v1, v2)`` for topic terms and ``min(v1, v2)`` for
+  background terms, so topic terms are the heavy ones while the pooled distribution stays
+  close to the measured one.
+
+`describe` measures the statistics used for the calibration; ``jobs/bench_index.py``
+reports them for the real and the synthetic collections side by side.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+# --- calibration constants -------------------------------------------------------------------
+# Measured with `describe` on splade-tiny encodings (plain reference expression, documents
+# truncated at 256 tokens, queries at 64) of the BEIR collections cisi (1,460 docs, 112
+# queries), scifact (5,183 docs, 1,109 queries) and vaswani (11,429 docs, 93 queries);
+# numbers below are their document-weighted means unless noted.
+
+#: (rank, document frequency) of the rank-th most frequent term (fraction of documents).
+DF_CURVE = np.array([
+    [1, 0.955], [3, 0.84], [10, 0.627], [30, 0.42], [100, 0.253], [300, 0.13],
+    [1000, 0.0486], [3000, 0.013], [6000, 0.0042], [10000, 0.00068], [14000, 0.00012],
+])
+#: power-law exponent of the per-draw probability beyond the last measured rank
+DF_TAIL_EXPONENT = 2.5
+#: (mean, std) of ln(distinct terms per document / per query)
+DOC_NNZ_LOG = (5.315, 0.325)
+QUERY_NNZ_LOG = (4.427, 0.670)
+#: weight quantiles at `WEIGHT_PROBS`
+WEIGHT_PROBS = np.array([0.0, 0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99, 0.999, 1.0])
+DOC_WEIGHT_QUANTILES = np.array(
+    [3e-6, 0.007, 0.034, 0.070, 0.188, 0.444, 0.891, 1.369, 1.617, 1.985, 2.289, 2.75])
+QUERY_WEIGHT_QUANTILES = np.array(
+    [3e-6, 0.007, 0.035, 0.069, 0.182, 0.422, 0.868, 1.396, 1.670, 2.060, 2.362, 2.75])
+#: topic structure (tuned so `describe`'s overlap statistics match the real collections)
+DOCS_PER_TOPIC = 200
+TOPIC_TERMS = 400
+TOPIC_FLATTEN = 0.5
+TOPIC_ZIPF = 1.0
+DOC_TOPIC_SHARE = 0.5
+QUERY_TOPIC_SHARE = 0.5
+
+#: draws per target term (duplicates collapse; keeps the mean length on target)
+DRAW_FACTOR = 1.3
+
+_CHUNK_DOCS = 1 << 16
+
+
+def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vose's alias table for sampling index i with probability p[i]."""
+    n = p.size
+    scaled = p / p.sum() * n
+    prob = np.zeros(n, np.float32)
+    alias = np.zeros(n, np.int32)
+    small = list(np.flatnonzero(scaled < 1.0))
+    large = list(np.flatnonzero(scaled >= 1.0))
+    scaled = scaled.astype(np.float64)
+    while small and large:
+        s = small.pop()
+        g = large[-1]
+        prob[s] = scaled[s]
+        alias[s] = g
+        scaled[g] -= 1.0 - scaled[s]
+        if scaled[g] < 1.0:
+            large.pop()
+            small.append(g)
+    for i in large + small:
+        prob[i] = 1.0
+        alias[i] = i
+    return prob, alias
+
+
+def _draw(rng: np.random.Generator, table: tuple[np.ndarray, np.ndarray], n: int) -> np.ndarray:
+    prob, alias = table
+    idx = rng.integers(0, prob.size, size=n, dtype=np.int32)
+    keep = rng.random(n, dtype=np.float32) < prob[idx]
+    return np.where(keep, idx, alias[idx])
+
+
+def background_probabilities(vocab_size: int) -> np.ndarray:
+    """Per-draw probability of each popularity rank (rank 0 = most frequent)."""
+    ranks = np.arange(1, vocab_size + 1, dtype=np.float64)
+    # background draws per document: the non-topic share of the draws
+    draws = float(np.exp(DOC_NNZ_LOG[0] + DOC_NNZ_LOG[1] ** 2 / 2)) * DRAW_FACTOR
+    r, df = DF_CURVE[:, 0], DF_CURVE[:, 1]
+    p_known = -np.log1p(-df) / (draws * (1.0 - DOC_TOPIC_SHARE))
+    logp = np.interp(np.log(ranks), np.log(r), np.log(p_known))
+    tail = ranks > r[-1]
+    logp[tail] = np.log(p_known[-1]) - DF_TAIL_EXPONENT * (np.log(ranks[tail]) - np.log(r[-1]))
+    p = np.exp(logp)
+    return p / p.sum()
+
+
+def _weights(rng: np.random.Generator, topical: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
+    v1 = rng.random(topical.size, dtype=np.float32)
+    v2 = rng.random(topical.size, dtype=np.float32)
+    u = np.where(topical, np.maximum(v1, v2), np.minimum(v1, v2))
+    return np.interp(u, WEIGHT_PROBS, quantiles).astype(np.float32)
+
+
+def _vectors(rng: np.random.Generator, n: int, topics: np.ndarray, nnz_log: tuple[float, float],
+             topic_share: float, quantiles: np.ndarray, rank_to_term: np.ndarray,
+             bg_table, topic_pos_table, topic_terms: np.ndarray, vocab_size: int
+             ) -> sp.csr_matrix:
+    """``n`` sparse vectors of the given topics, generated in chunks of rows."""
+    lengths = np.clip(np.rint(rng.lognormal(nnz_log[0], nnz_log[1], n)), 1, vocab_size)
+    lengths = lengths.astype(np.int64)
+    data, indices, counts = [], [], []
+    for start in range(0, n, _CHUNK_DOCS):
+        stop = min(n, start + _CHUNK_DOCS)
+        m = stop - start
+        # duplicate draws collapse into one term: draw a few more than the target length
+        draws = np.rint(lengths[start:stop] * DRAW_FACTOR).astype(np.int64)
+        rows = np.repeat(np.arange(m, dtype=np.int64), draws)
+        total = rows.size
+        topical = rng.random(total, dtype=np.float32) < topic_share
+        terms = np.empty(total, np.int64)
+        n_top = int(topical.sum())
+        pos = _draw(rng, topic_pos_table, n_top)
+        terms[topical] = topic_terms[topics[start:stop][rows[topical]], pos]
+        terms[~topical] = rank_to_term[_draw(rng, bg_table, total - n_top)]
+        # key: row, term, background flag -> sorting groups a row's terms ascending and puts
+        # a term's topical draw first, so dedup keeps the topical copy
+        key = ((rows * vocab_size + terms) << 1) | (~topical).astype(np.int64)
+        key.sort()
+        base = key >> 1
+        first = np.ones(total, np.bool_)
+        first[1:] = base[1:] != base[:-1]
+        key = key[first]
+        base = base[first]
+        row = base // vocab_size
+        indices.append((key >> 1) % vocab_size)
+        data.append(_weights(rng, (key & 1) == 0, quantiles))
+        counts.append(np.bincount(row, minlength=m))
+    indptr = np.zeros(n + 1, np.int64)
+    if counts:
+        np.cumsum(np.concatenate(counts), out=indptr[1:])
+    return sp.csr_matrix(
+        (np.concatenate(data) if data else np.zeros(0, np.float32),
+         np.concatenate(indices).astype(np.int32) if indices else np.zeros(0, np.int32),
+         indptr), shape=(n, vocab_size))
+
+
+def generate(n_docs: int, n_queries: int, seed: int, vocab_size: int = 30522
+             ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Synthetic (docs, queries): float32 CSR matrices with ``vocab_size`` columns.
+
+    Deterministic in (n_docs, n_queries, seed, vocab_size). Queries share topics with the
+    documents, so each query has documents that match its heavy terms.
+    """
+    if n_docs < 0 or n_queries < 0 or vocab_size < 1:
+        raise ValueError("n_docs and n_queries must be >= 0 and vocab_size >= 1")
+    rng = np.random.default_rng(seed)
+    rank_to_term = rng.permutation(vocab_size).astype(np.int64)
+    p = background_probabilities(vocab_size)
+    bg_table = _alias_table(p)
+    n_topics = max(1, n_docs // DOCS_PER_TOPIC)
+    size = min(TOPIC_TERMS, vocab_size)
+    flat = p ** TOPIC_FLATTEN
+    flat /= flat.sum()
+    # topic vocabularies: weighted draws without replacement (Gumbel top-k per topic)
+    topic_terms = np.empty((n_topics, size), np.int64)
+    logf = np.log(flat)
+    for z in range(n_topics):
+        g = logf - np.log(-np.log(rng.random(vocab_size)))
+        topic_terms[z] = rank_to_term[np.argpartition(-g, size - 1)[:size]]
+    topic_pos_table = _alias_table(1.0 / np.arange(1, size + 1) ** TOPIC_ZIPF)
+    doc_topics = rng.integers(0, n_topics, n_docs)
+    query_topics = rng.integers(0, n_topics, n_queries)
+    docs = _vectors(rng, n_docs, doc_topics, DOC_NNZ_LOG, DOC_TOPIC_SHARE, DOC_WEIGHT_QUANTILES,
+                    rank_to_term, bg_table, topic_pos_table, topic_terms, vocab_size)
+    queries = _vectors(rng, n_queries, query_topics, QUERY_NNZ_LOG, QUERY_TOPIC_SHARE,
+                       QUERY_WEIGHT_QUANTILES, rank_to_term, bg_table, topic_pos_table,
+                       topic_terms, vocab_size)
+    return docs, queries
+
+
+def describe(docs: sp.csr_matrix, queries: sp.csr_matrix, *, max_docs: int = 20000,
+             max_queries: int = 200, seed: int = 0) -> dict[str, float]:
+    """The statistics the generator is calibrated on.
+
+    Term popularity (document frequency at fixed ranks, share of the vocabulary used),
+    vector lengths, weight quantiles, and query-document overlap: the share of a query's
+    terms found in its exact top-1 / mean top-10 documents / a random document, and the
+    ratio of the 10th to the 1st exact score. Overlap statistics use at most ``max_docs``
+    documents and ``max_queries`` queries (sampled with ``seed``).
+    """
+    docs = sp.csr_matrix(docs)
+    queries = sp.csr_matrix(queries)
+    n, vocab = docs.shape
+    dn = np.diff(docs.indptr)
+    qn = np.diff(queries.indptr)
+    df = np.bincount(docs.indices, minlength=vocab)
+    dfs = np.sort(df)[::-1] / max(1, n)
+    out: dict[str, float] = {
+        "n_docs": float(n), "n_queries": float(queries.shape[0]),
+        "doc_nnz_mean": float(dn.mean()) if n else 0.0,
+        "doc_nnz_log_mean": float(np.log(np.maximum(dn, 1)).mean()) if n else 0.0,
+        "doc_nnz_log_std": float(np.log(np.maximum(dn, 1)).std()) if n else 0.0,
+        "query_nnz_mean": float(qn.mean()) if qn.size else 0.0,
+        "query_nnz_log_mean": float(np.log(np.maximum(qn, 1)).mean()) if qn.size else 0.0,
+        "query_nnz_log_std": float(np.log(np.maximum(qn, 1)).std()) if qn.size else 0.0,
+        "vocab_used_share": float((df > 0).mean()),
+    }
+    for r in (1, 10, 100, 1000, 3000, 10000):
+        out[f"df_rank_{r}"] = float(dfs[r - 1]) if r <= vocab else 0.0
+    for prob in (0.1, 0.5, 0.9, 0.99):
+        out[f"doc_weight_q{int(prob * 100)}"] = float(np.quantile(docs.data, prob)) \
+            if docs.nnz else 0.0
+        out[f"query_weight_q{int(prob * 100)}"] = float(np.quantile(queries.data, prob)) \
+            if queries.nnz else 0.0
+    rng = np.random.default_rng(seed)
+    d_sel = np.sort(rng.choice(n, min(n, max_docs), replace=False)) if n else np.zeros(0, int)
+    q_sel = np.sort(rng.choice(queries.shape[0], min(queries.shape[0], max_queries),
+                               replace=False)) if queries.shape[0] else np.zeros(0, int)
+    sub, qs = docs[d_sel], queries[q_sel]
+    if sub.shape[0] >= 10 and qs.shape[0]:
+        scores = (qs @ sub.T).toarray()
+        qbin = (qs > 0).astype(np.float32)
+        dbin = (sub > 0).astype(np.float32)
+        common = (qbin @ dbin.T).toarray()
+        qlen = np.maximum(np.diff(qs.indptr), 1)[:, None]
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
+        rows = np.arange(qs.shape[0])[:, None]
+        share = common / qlen
+        out["overlap_top1"] = float(share[rows[:, 0], top[:, 0]].mean())
+        out["overlap_top10"] = float(share[rows, top].mean())
+        out["overlap_random"] = float(share.mean())
+        s1 = scores[rows[:, 0], top[:, 0]]
+        s10 = scores[rows[:, 0], top[:, 9]]
+        ok = s1 > 0
+        out["score10_over_score1"] = float((s10[ok] / s1[ok]).mean()) if ok.any() else 0.0
+        out["positive_score_share"] = float((scores > 0).mean())
+    return out
