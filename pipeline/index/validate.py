@@ -31,13 +31,20 @@ def as_csr(matrix, name: str) -> sp.csr_matrix:
                 arr = arr[None, :]
             if arr.ndim != 2:
                 raise TypeError(f"{arr.ndim}-dimensional array")
+            if arr.dtype == np.float16:   # scipy.sparse has no float16
+                arr = arr.astype(np.float32)
             csr = sp.csr_matrix(arr)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name}: cannot be read as a 2-D sparse matrix ({exc})") from exc
     if not (np.issubdtype(csr.dtype, np.floating) or np.issubdtype(csr.dtype, np.integer)
             or csr.dtype == np.bool_):
         raise ValueError(f"{name}: values must be real numbers, got dtype {csr.dtype}")
-    shared = csr.data is getattr(matrix, "data", None)  # never mutate the caller's arrays
+    # never mutate the caller's arrays (scipy may hand back views of them)
+    shared = sp.issparse(matrix) and any(
+        np.shares_memory(mine, theirs) for mine in (csr.data, csr.indices, csr.indptr)
+        for theirs in (getattr(matrix, "data", None), getattr(matrix, "indices", None),
+                       getattr(matrix, "indptr", None), getattr(matrix, "row", None),
+                       getattr(matrix, "col", None)) if isinstance(theirs, np.ndarray))
     data = csr.data
     if data.size and not np.isfinite(data).all():
         bad = int(np.flatnonzero(~np.isfinite(data))[0])
