@@ -18,6 +18,7 @@ lowers to warpgroup MMA (wgmma) on fp16/bf16; 3-4 pipeline stages over the hidde
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -167,9 +168,10 @@ def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 
     Inputs on a CUDA device (or on the CPU under TRITON_INTERPRET=1). `blocks=(BLOCK_V, BLOCK_L,
     BLOCK_H)` fixes the tile sizes and skips autotuning (powers of two; >= 16 on a GPU); without it
-    the Hopper configurations are autotuned per (L bucket, V, H), or `INTERPRETER_BLOCKS` are used
-    under the interpreter. `group_rows` rows sweep the vocabulary together (L2 reuse). float32 inputs use IEEE float32
-    products (no TF32), so they match the plain expression to float32 rounding.
+    the Hopper configurations are autotuned per (L bucket, V, H, dtype), or `INTERPRETER_BLOCKS`
+    are used under the interpreter. `group_rows` rows sweep the vocabulary together (L2 reuse).
+    float32 inputs use IEEE float32 products (no TF32), so they match the plain expression to
+    float32 rounding.
     """
     n_rows, seq_len, vocab_size, n_hidden = check_head_inputs(hidden, weight, bias, mask)
     if hidden.device.type != "cuda" and not interpreter_active():
@@ -196,19 +198,21 @@ def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
              "GROUP_ROWS": group_rows}
     if blocks is None and interpreter_active():
         blocks = INTERPRETER_BLOCKS
-    if blocks is None:
-        grid = lambda meta: (n_rows * triton.cdiv(vocab_size, meta["BLOCK_V"]),)  # noqa: E731
-        tuned = _splade_max_fp32 if hidden.dtype == torch.float32 else _splade_max_16bit
-        tuned[grid](*args, **flags, enable_fp_fusion=True)
-    else:
-        block_v, block_l, block_h = blocks
+    if blocks is not None:
         for name, size in zip(("BLOCK_V", "BLOCK_L", "BLOCK_H"), blocks):
             if size < 1 or size & (size - 1):
                 raise ValueError(f"{name} must be a power of two, got {size}")
-        grid = (n_rows * triton.cdiv(vocab_size, block_v),)
-        _splade_max_kernel[grid](*args, BLOCK_V=block_v, BLOCK_L=block_l, BLOCK_H=block_h,
-                                 num_warps=num_warps, num_stages=num_stages, enable_fp_fusion=True,
-                                 **flags)
+    # Launch on the inputs' GPU, not the current one ("cuda:1" encoders).
+    with torch.cuda.device(hidden.device) if hidden.device.type == "cuda" else contextlib.nullcontext():
+        if blocks is None:
+            grid = lambda meta: (n_rows * triton.cdiv(vocab_size, meta["BLOCK_V"]),)  # noqa: E731
+            tuned = _splade_max_fp32 if hidden.dtype == torch.float32 else _splade_max_16bit
+            tuned[grid](*args, **flags, enable_fp_fusion=True)
+        else:
+            block_v, block_l, block_h = blocks
+            _splade_max_kernel[(n_rows * triton.cdiv(vocab_size, block_v),)](
+                *args, BLOCK_V=block_v, BLOCK_L=block_l, BLOCK_H=block_h, num_warps=num_warps,
+                num_stages=num_stages, enable_fp_fusion=True, **flags)
     return out
 
 

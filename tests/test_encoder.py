@@ -107,6 +107,8 @@ def test_split_api_equals_encode(tiny):
         SENTENCES, truncation=True, max_length=256)["input_ids"]]
     direct = tiny.encode(SENTENCES)
     assert_same_vectors(tiny.encode_tokenized(ids, mask), direct, atol=1e-5)
+    hidden = tiny.hidden_states(ids[:2], mask[:2])
+    assert hidden.shape == (2, 256, 128) and hidden.dtype == torch.float32
     # extra padding columns and torch inputs change nothing
     wide_ids = np.pad(ids[:2], ((0, 0), (0, 7)), constant_values=tiny.tokenizer.pad_token_id)
     wide_mask = np.pad(mask[:2], ((0, 0), (0, 7)))
@@ -211,7 +213,7 @@ def random_models(tmp_path_factory) -> dict[str, Path]:
 def test_generic_masked_lm_matches_reference(random_models, arch):
     folder = str(random_models[arch])
     encoder = SpladeEncoder(folder, device="cpu", max_length=48, batch_size=4)
-    assert type(encoder._body.model).__name__ == ARCHITECTURES[arch]
+    assert type(encoder.model).__name__ == ARCHITECTURES[arch]
     ours = encoder.encode(SENTENCES)
     reference = encode_reference(folder, SENTENCES, max_length=48)
     assert ours.nnz > 1000

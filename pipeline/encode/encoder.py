@@ -47,8 +47,8 @@ class SpladeEncoder:
         threshold: drop weights <= threshold (0: drop only zeros).
     """
 
-    def __init__(self, model: str = "splade-tiny", device: str = "auto", max_length: int = 256,
-                 query_max_length: int = 64, dtype: str = "auto", batch_size: int = 32,
+    def __init__(self, model: str = "splade-tiny", device: str | torch.device = "auto", max_length: int = 256,
+                 query_max_length: int = 64, dtype: str | torch.dtype = "auto", batch_size: int = 32,
                  top_k: int | None = None, threshold: float = 0.0):
         if isinstance(dtype, torch.dtype):
             dtype = dtype_name(dtype)
@@ -75,6 +75,11 @@ class SpladeEncoder:
     def vocab_size(self) -> int:
         """Dimension of the vectors (rows of the vocabulary projection)."""
         return self._body.vocab_size
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The underlying Hugging Face masked-LM (eval mode, on `device`, in `dtype`)."""
+        return self._body.model
 
     @property
     def max_positions(self) -> int | None:
@@ -192,6 +197,15 @@ class SpladeEncoder:
         lengths = (attention_mask != 0).sum(dim=1).tolist()
         return self._encode_bucketed(
             lengths, lambda bucket: (input_ids[torch.from_numpy(bucket)], attention_mask[torch.from_numpy(bucket)]))
+
+    @torch.inference_mode()
+    def hidden_states(self, input_ids: np.ndarray | torch.Tensor,
+                      attention_mask: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Final hidden states (B, L, H) on `device`: the fused head's input (the model without its
+        vocabulary projection)."""
+        input_ids = torch.as_tensor(input_ids, dtype=torch.long).to(self.device)
+        attention_mask = torch.as_tensor(attention_mask, dtype=torch.long).to(self.device)
+        return self._body.hidden_states(input_ids, attention_mask)
 
     @torch.inference_mode()
     def _encode_batch(self, input_ids: np.ndarray | torch.Tensor,
