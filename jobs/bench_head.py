@@ -252,7 +252,7 @@ def bench_encoder(n_docs: int, args) -> None:
     t_body, _ = timed(body_only)
     same = (abs(ours - reference).max() if ours.nnz else 0.0)
     print(f"\nEnd-to-end encoding, splade-tiny, first {len(texts)} docs of {corpus.parent.name} "
-          f"(max_length 256, batch 32, device {encoder.device}, dtype {encoder.dtype}):")
+          f"(max_length 256, batch 32, device {encoder.device}, dtype {str(encoder.dtype).removeprefix('torch.')}):")
     c_ref, c_ours, c_body = cpu_seconds
     print(f"  plain pipeline (encode_reference, full B x L x V logits): {len(texts) / t_ref:8.1f} docs/s  "
           f"({t_ref:.1f} s wall, {c_ref:.1f} s cpu)")
@@ -291,7 +291,8 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)  # a benchmark process, not library code
-    shapes = [] if args.shapes == ["none"] else [tuple(int(x) for x in s.split(",")) for s in (args.shapes or DEFAULT_SHAPES)]
+    spelled = [] if args.shapes == ["none"] else (args.shapes or DEFAULT_SHAPES)
+    shapes = [tuple(int(x) for x in s.split(",")) for s in spelled]
     if any(len(s) != 4 for s in shapes):
         parser.error("each shape is B,L,V,H")
 
@@ -304,8 +305,8 @@ def main(argv=None) -> None:
     print(f"date:    {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}")
     if args.device == "cpu":
         print(f"load:    {os.getloadavg()[0]:.1f} (1-min load average at start; the machine is shared)")
-    print(f"dtype {args.dtype}, device {args.device}, masks {args.lengths}, median of {args.repeats} runs after a warm-up;"
-          " peak = extra memory over the inputs (CPU: max RSS; CUDA: max allocated)")
+    print(f"dtype {args.dtype}, device {args.device}, masks {args.lengths}, median of {args.repeats} runs "
+          "after a warm-up; peak = extra memory over the inputs (CPU: max RSS; CUDA: max allocated)")
     for shape in shapes:
         print(f"\nshape B={shape[0]} L={shape[1]} V={shape[2]} H={shape[3]}  "
               f"({2 * shape[0] * shape[1] * shape[2] * shape[3] / 1e9:.0f} GFLOP)")

@@ -167,6 +167,7 @@ class SpladeEncoder:
         if len(lengths) == 0:
             return sp.csr_matrix((0, self.vocab_size), dtype=np.float32)
         buckets = length_buckets(lengths, self.config.batch_size)
+        logger.debug("encoding %d rows in %d length buckets", len(lengths), len(buckets))
         parts = [self._encode_batch(*batch_for(bucket)) for bucket in buckets]
         order = np.concatenate(buckets)
         if (order[1:] > order[:-1]).all():  # already in input order
