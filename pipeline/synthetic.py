@@ -24,41 +24,60 @@ reports them for the real and the synthetic collections side by side.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import scipy.sparse as sp
 
 # --- calibration constants -------------------------------------------------------------------
-# Measured with `describe` on splade-tiny encodings (plain reference expression, documents
+# Targets measured with `describe` on splade-tiny encodings (reference settings: documents
 # truncated at 256 tokens, queries at 64) of the BEIR collections cisi (1,460 docs, 112
-# queries), scifact (5,183 docs, 1,109 queries) and vaswani (11,429 docs, 93 queries);
-# numbers below are their document-weighted means unless noted.
+# queries) and scifact (5,183 docs, 1,109 queries): the mean of the two unless noted.
+# The parameters of the topic model and the background curve were then fitted so that
+# `describe(generate(5000, 500, seed))` reproduces them (see `CALIBRATION_TARGETS`).
 
-#: (rank, document frequency) of the rank-th most frequent term (fraction of documents).
-DF_CURVE = np.array([
+#: (rank, document frequency) measured on the real encodings: the calibration target
+MEASURED_DF = np.array([
+    [1, 0.944], [10, 0.630], [100, 0.268], [1000, 0.054], [3000, 0.0148], [10000, 0.00082],
+])
+#: (rank, document frequency) of the *background* distribution, fitted so that background
+#: plus topic draws reproduce `MEASURED_DF`
+BACKGROUND_DF = np.array([
     [1, 0.955], [3, 0.84], [10, 0.627], [30, 0.42], [100, 0.253], [300, 0.13],
     [1000, 0.0486], [3000, 0.013], [6000, 0.0042], [10000, 0.00068], [14000, 0.00012],
 ])
-#: power-law exponent of the per-draw probability beyond the last measured rank
+#: power-law exponent of the per-draw probability beyond the last background rank
 DF_TAIL_EXPONENT = 2.5
-#: (mean, std) of ln(distinct terms per document / per query)
-DOC_NNZ_LOG = (5.315, 0.325)
-QUERY_NNZ_LOG = (4.427, 0.670)
-#: weight quantiles at `WEIGHT_PROBS`
+#: weight quantiles at `WEIGHT_PROBS` (documents, queries)
 WEIGHT_PROBS = np.array([0.0, 0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99, 0.999, 1.0])
 DOC_WEIGHT_QUANTILES = np.array(
-    [3e-6, 0.007, 0.034, 0.070, 0.188, 0.444, 0.891, 1.369, 1.617, 1.985, 2.289, 2.75])
+    [3e-6, 0.008, 0.038, 0.079, 0.213, 0.506, 0.994, 1.450, 1.678, 2.025, 2.312, 2.75])
 QUERY_WEIGHT_QUANTILES = np.array(
-    [3e-6, 0.007, 0.035, 0.069, 0.182, 0.422, 0.868, 1.396, 1.670, 2.060, 2.362, 2.75])
-#: topic structure (tuned so `describe`'s overlap statistics match the real collections)
-DOCS_PER_TOPIC = 200
-TOPIC_TERMS = 400
-TOPIC_FLATTEN = 0.5
-TOPIC_ZIPF = 1.0
-DOC_TOPIC_SHARE = 0.5
-QUERY_TOPIC_SHARE = 0.5
+    [3e-6, 0.008, 0.040, 0.080, 0.213, 0.503, 1.034, 1.558, 1.805, 2.158, 2.423, 2.80])
+#: the statistics the fit aims at (`describe` keys); reported beside the achieved ones
+CALIBRATION_TARGETS = {
+    "doc_nnz_mean": 231.0, "query_nnz_mean": 77.0,
+    "df_rank_1": 0.944, "df_rank_10": 0.630, "df_rank_100": 0.268, "df_rank_1000": 0.054,
+    "df_rank_3000": 0.0148, "df_rank_10000": 0.00082,
+    "overlap_top1": 0.520, "overlap_top10": 0.440, "overlap_random": 0.197,
+    "score10_over_score1": 0.716,
+}
 
-#: draws per target term (duplicates collapse; keeps the mean length on target)
-DRAW_FACTOR = 1.3
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    """Shape of the generator; the defaults are the calibrated values."""
+
+    doc_nnz_log: tuple[float, float] = (5.408, 0.25)     # (mean, std) of ln(distinct terms)
+    query_nnz_log: tuple[float, float] = (4.143, 0.58)
+    draw_factor: float = 1.3          # draws per target term (duplicates collapse)
+    docs_per_topic: int = 200
+    topic_terms: int = 400
+    topic_flatten: float = 0.5        # topics draw terms from background ** this
+    topic_zipf: float = 1.0           # Zipf exponent inside a topic
+    doc_topic_share: float = 0.5      # share of a document's draws from its topic
+    query_topic_share: float = 0.5
+
 
 _CHUNK_DOCS = 1 << 16
 
@@ -94,13 +113,15 @@ def _draw(rng: np.random.Generator, table: tuple[np.ndarray, np.ndarray], n: int
     return np.where(keep, idx, alias[idx])
 
 
-def background_probabilities(vocab_size: int) -> np.ndarray:
+def background_probabilities(vocab_size: int, params: SyntheticParams,
+                             background_df: np.ndarray = BACKGROUND_DF) -> np.ndarray:
     """Per-draw probability of each popularity rank (rank 0 = most frequent)."""
     ranks = np.arange(1, vocab_size + 1, dtype=np.float64)
     # background draws per document: the non-topic share of the draws
-    draws = float(np.exp(DOC_NNZ_LOG[0] + DOC_NNZ_LOG[1] ** 2 / 2)) * DRAW_FACTOR
-    r, df = DF_CURVE[:, 0], DF_CURVE[:, 1]
-    p_known = -np.log1p(-df) / (draws * (1.0 - DOC_TOPIC_SHARE))
+    mean_len = float(np.exp(params.doc_nnz_log[0] + params.doc_nnz_log[1] ** 2 / 2))
+    draws = mean_len * params.draw_factor * (1.0 - params.doc_topic_share)
+    r, df = background_df[:, 0], background_df[:, 1]
+    p_known = -np.log1p(-df) / draws
     logp = np.interp(np.log(ranks), np.log(r), np.log(p_known))
     tail = ranks > r[-1]
     logp[tail] = np.log(p_known[-1]) - DF_TAIL_EXPONENT * (np.log(ranks[tail]) - np.log(r[-1]))
@@ -117,8 +138,8 @@ def _weights(rng: np.random.Generator, topical: np.ndarray, quantiles: np.ndarra
 
 def _vectors(rng: np.random.Generator, n: int, topics: np.ndarray, nnz_log: tuple[float, float],
              topic_share: float, quantiles: np.ndarray, rank_to_term: np.ndarray,
-             bg_table, topic_pos_table, topic_terms: np.ndarray, vocab_size: int
-             ) -> sp.csr_matrix:
+             bg_table, topic_pos_table, topic_terms: np.ndarray, vocab_size: int,
+             draw_factor: float) -> sp.csr_matrix:
     """``n`` sparse vectors of the given topics, generated in chunks of rows."""
     lengths = np.clip(np.rint(rng.lognormal(nnz_log[0], nnz_log[1], n)), 1, vocab_size)
     lengths = lengths.astype(np.int64)
@@ -127,7 +148,7 @@ def _vectors(rng: np.random.Generator, n: int, topics: np.ndarray, nnz_log: tupl
         stop = min(n, start + _CHUNK_DOCS)
         m = stop - start
         # duplicate draws collapse into one term: draw a few more than the target length
-        draws = np.rint(lengths[start:stop] * DRAW_FACTOR).astype(np.int64)
+        draws = np.rint(lengths[start:stop] * draw_factor).astype(np.int64)
         rows = np.repeat(np.arange(m, dtype=np.int64), draws)
         total = rows.size
         topical = rng.random(total, dtype=np.float32) < topic_share
@@ -158,22 +179,25 @@ def _vectors(rng: np.random.Generator, n: int, topics: np.ndarray, nnz_log: tupl
          indptr), shape=(n, vocab_size))
 
 
-def generate(n_docs: int, n_queries: int, seed: int, vocab_size: int = 30522
-             ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def generate(n_docs: int, n_queries: int, seed: int, vocab_size: int = 30522, *,
+             params: SyntheticParams | None = None,
+             background_df: np.ndarray = BACKGROUND_DF) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Synthetic (docs, queries): float32 CSR matrices with ``vocab_size`` columns.
 
-    Deterministic in (n_docs, n_queries, seed, vocab_size). Queries share topics with the
-    documents, so each query has documents that match its heavy terms.
+    Deterministic in the arguments. Queries share topics with the documents, so each query
+    has documents that match its heavy terms. ``params``/``background_df`` exist for
+    calibration; the defaults are the calibrated values.
     """
     if n_docs < 0 or n_queries < 0 or vocab_size < 1:
         raise ValueError("n_docs and n_queries must be >= 0 and vocab_size >= 1")
+    params = params or SyntheticParams()
     rng = np.random.default_rng(seed)
     rank_to_term = rng.permutation(vocab_size).astype(np.int64)
-    p = background_probabilities(vocab_size)
+    p = background_probabilities(vocab_size, params, background_df)
     bg_table = _alias_table(p)
-    n_topics = max(1, n_docs // DOCS_PER_TOPIC)
-    size = min(TOPIC_TERMS, vocab_size)
-    flat = p ** TOPIC_FLATTEN
+    n_topics = max(1, n_docs // params.docs_per_topic)
+    size = min(params.topic_terms, vocab_size)
+    flat = p ** params.topic_flatten
     flat /= flat.sum()
     # topic vocabularies: weighted draws without replacement (Gumbel top-k per topic)
     topic_terms = np.empty((n_topics, size), np.int64)
@@ -181,14 +205,15 @@ def generate(n_docs: int, n_queries: int, seed: int, vocab_size: int = 30522
     for z in range(n_topics):
         g = logf - np.log(-np.log(rng.random(vocab_size)))
         topic_terms[z] = rank_to_term[np.argpartition(-g, size - 1)[:size]]
-    topic_pos_table = _alias_table(1.0 / np.arange(1, size + 1) ** TOPIC_ZIPF)
+    topic_pos_table = _alias_table(1.0 / np.arange(1, size + 1) ** params.topic_zipf)
     doc_topics = rng.integers(0, n_topics, n_docs)
     query_topics = rng.integers(0, n_topics, n_queries)
-    docs = _vectors(rng, n_docs, doc_topics, DOC_NNZ_LOG, DOC_TOPIC_SHARE, DOC_WEIGHT_QUANTILES,
-                    rank_to_term, bg_table, topic_pos_table, topic_terms, vocab_size)
-    queries = _vectors(rng, n_queries, query_topics, QUERY_NNZ_LOG, QUERY_TOPIC_SHARE,
-                       QUERY_WEIGHT_QUANTILES, rank_to_term, bg_table, topic_pos_table,
-                       topic_terms, vocab_size)
+    docs = _vectors(rng, n_docs, doc_topics, params.doc_nnz_log, params.doc_topic_share,
+                    DOC_WEIGHT_QUANTILES, rank_to_term, bg_table, topic_pos_table, topic_terms,
+                    vocab_size, params.draw_factor)
+    queries = _vectors(rng, n_queries, query_topics, params.query_nnz_log,
+                       params.query_topic_share, QUERY_WEIGHT_QUANTILES, rank_to_term, bg_table,
+                       topic_pos_table, topic_terms, vocab_size, params.draw_factor)
     return docs, queries
 
 

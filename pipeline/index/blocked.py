@@ -57,7 +57,6 @@ from pipeline.index.validate import (as_csr, check_float, check_int, check_k, ch
 
 log = logging.getLogger(__name__)
 
-MAX_BLOCKS_PER_LIST = 1 << 16   # list-local block ids are uint16
 MAX_WORDS = 1 << 32             # postings are uint32 word offsets
 
 ARRAY_NAMES = ("fwd_words", "list_block_ptr", "block_post_ptr", "postings", "block_min",
@@ -167,9 +166,6 @@ class BlockedIndex:
         if 2 * n_docs + csr.nnz >= MAX_WORDS:
             raise ValueError("docs: too many entries for one index (> 2**32 words); shard it")
         cap = config.list_cap
-        if max(1, int(config.centroid_fraction * cap)) >= MAX_BLOCKS_PER_LIST:
-            raise ValueError("centroid_fraction * n_postings * max_fraction must stay below "
-                             f"{MAX_BLOCKS_PER_LIST} blocks per list; decrease centroid_fraction")
         t0 = time.perf_counter()
         threads = numba.get_num_threads()
 

@@ -387,13 +387,10 @@ def build_lists(first_term, last_term, seed, list_ptr, list_docs, indptr, indice
                 d = block_docs[out0 + i]
                 for e in range(indptr[d], indptr[d + 1]):
                     t = indices[e]
-                    v = data[e]
-                    if dense[t] == 0:
-                        touched[n_touched] = t
-                        n_touched += 1
-                        dense[t] = v
-                    elif v > dense[t]:
-                        dense[t] = v
+                    old = dense[t]
+                    touched[n_touched] = t          # branch-free: kept only on first touch
+                    n_touched += old == 0
+                    dense[t] = max(old, data[e])
             union_t = touched[:n_touched].copy()
             union_v = np.empty(n_touched, np.float32)
             for j in range(n_touched):

@@ -1,0 +1,282 @@
+"""BlockedIndex: equal to ExactIndex with pruning off, recall@10 >= 0.95 with the defaults on
+real encodings, its summaries as specified, result conventions, and bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from pipeline.index import BlockedIndex, BlockedIndexConfig, ExactIndex
+from pipeline.index.bits import CODECS
+
+PRUNING_OFF = dict(n_postings=10**7, summary_energy=1.0, forward_values="float32")
+SEARCH_ALL = dict(query_cut=10**6, heap_factor=0.0)
+
+
+def recall_at_k(got: np.ndarray, truth: np.ndarray) -> float:
+    per_query = []
+    for g, t in zip(got, truth):
+        t = set(t[t >= 0].tolist())
+        if t:
+            per_query.append(len(t & set(g[g >= 0].tolist())) / len(t))
+    return float(np.mean(per_query))
+
+
+@pytest.fixture(scope="module")
+def cisi(encodings):
+    return encodings("cisi")
+
+
+@pytest.fixture(scope="module")
+def cisi_truth(cisi):
+    return ExactIndex(cisi.docs).search(cisi.queries, k=100)
+
+
+@pytest.fixture(scope="module")
+def cisi_full(cisi):
+    return BlockedIndex.build(cisi.docs, **PRUNING_OFF)
+
+
+@pytest.fixture(scope="module")
+def cisi_default(cisi):
+    return BlockedIndex.build(cisi.docs)
+
+
+@pytest.mark.parametrize("threads", [1, None])
+@pytest.mark.parametrize("k", [10, 100])
+def test_pruning_off_equals_exact(cisi, cisi_full, cisi_truth, threads, k):
+    d, s = cisi_full.search(cisi.queries, k=k, threads=threads, **SEARCH_ALL)
+    np.testing.assert_array_equal(d, cisi_truth[0][:, :k])
+    np.testing.assert_array_equal(s, cisi_truth[1][:, :k])
+
+
+def test_pruning_off_float16_forward_index_is_close(cisi, cisi_truth):
+    index = BlockedIndex.build(cisi.docs, **{**PRUNING_OFF, "forward_values": "float16"})
+    d, s = index.search(cisi.queries, k=10, **SEARCH_ALL)
+    assert recall_at_k(d, cisi_truth[0][:, :10]) >= 0.995   # only near-ties may swap
+    np.testing.assert_allclose(s, cisi_truth[1][:, :10], rtol=2e-3)
+
+
+def test_defaults_reach_recall_on_cisi(cisi, cisi_default, cisi_truth):
+    d, _ = cisi_default.search(cisi.queries, k=10)
+    assert recall_at_k(d, cisi_truth[0][:, :10]) >= 0.95
+
+
+@pytest.mark.slow
+def test_defaults_reach_recall_on_vaswani(encodings):
+    vaswani = encodings("vaswani")
+    truth, _ = ExactIndex(vaswani.docs).search(vaswani.queries, k=10)
+    d, _ = BlockedIndex.build(vaswani.docs).search(vaswani.queries, k=10)
+    assert recall_at_k(d, truth) >= 0.95
+
+
+def test_scores_are_exact_dot_products_of_returned_docs(cisi, cisi_default):
+    d, s = cisi_default.search(cisi.queries[:20], k=10)
+    docs16 = cisi.docs.copy()
+    docs16.data = docs16.data.astype(np.float16).astype(np.float32)
+    for i in range(20):
+        keep = d[i] >= 0
+        ref = (cisi.queries[i] @ docs16[d[i][keep]].T).toarray()[0]
+        np.testing.assert_allclose(s[i][keep], ref, rtol=1e-5)
+        assert np.all(np.diff(s[i][keep]) <= 0)
+
+
+def test_single_query_path_equals_batch(cisi, cisi_default):
+    batch_d, batch_s = cisi_default.search(cisi.queries, k=10)
+    serial_d, serial_s = cisi_default.search(cisi.queries, k=10, threads=1)
+    np.testing.assert_array_equal(batch_d, serial_d)
+    np.testing.assert_array_equal(batch_s, serial_s)
+    for i in range(0, cisi.queries.shape[0], 23):
+        d, s = cisi_default.search(cisi.queries[i], k=10)
+        np.testing.assert_array_equal(d[0], batch_d[i])
+        np.testing.assert_array_equal(s[0], batch_s[i])
+
+
+def test_search_parameters_trade_recall(cisi, cisi_default, cisi_truth):
+    truth = cisi_truth[0][:, :10]
+    narrow = recall_at_k(cisi_default.search(cisi.queries, query_cut=1, heap_factor=1.5)[0], truth)
+    wide = recall_at_k(cisi_default.search(cisi.queries, query_cut=30, heap_factor=0.5)[0], truth)
+    assert narrow < wide
+
+
+def test_build_is_deterministic(cisi):
+    docs = cisi.docs[:400]
+    a = BlockedIndex.build(docs, n_postings=20, seed=7).arrays
+    b = BlockedIndex.build(docs, n_postings=20, seed=7).arrays
+    c = BlockedIndex.build(docs, n_postings=20, seed=8).arrays
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+    assert not np.array_equal(a["postings"], c["postings"])
+
+
+# --- the index structure, checked against a direct reading of the specification -------------
+
+def _summaries(index: BlockedIndex) -> dict[int, dict[int, float]]:
+    """Global block id -> {term: dequantised summary value}, decoded from the arrays."""
+    a = index.arrays
+    out: dict[int, dict[int, float]] = {}
+    sizes = a["pair_counts"].astype(np.int64) + 1
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    for t in range(index.vocab_size):
+        b0 = a["list_block_ptr"][t]
+        for si, s in enumerate(range(a["list_seg_ptr"][t], a["list_seg_ptr"][t + 1])):
+            for p in range(a["seg_pair_ptr"][s], a["seg_pair_ptr"][s + 1]):
+                for e in range(starts[p], starts[p + 1]):
+                    blk = int(b0 + 256 * si + (a["entries"][e] >> 8))
+                    code = int(a["entries"][e] & 255)
+                    value = a["block_min"][blk] + a["block_step"][blk] * code
+                    out.setdefault(blk, {})[int(a["pair_terms"][p])] = float(value)
+    return out
+
+
+def _block_docs(index: BlockedIndex, docs: sp.csr_matrix) -> list[np.ndarray]:
+    a = index.arrays
+    start_to_doc = {int(2 * d + docs.indptr[d]): d for d in range(docs.shape[0])}
+    return [np.array([start_to_doc[int(o)] for o in
+                      a["postings"][a["block_post_ptr"][b]:a["block_post_ptr"][b + 1]]])
+            for b in range(a["block_min"].size)]
+
+
+def test_structure_follows_the_specification():
+    rng = np.random.default_rng(3)
+    dense = rng.random((300, 40)).astype(np.float32) * (rng.random((300, 40)) < 0.3)
+    docs = sp.csr_matrix(dense)
+    cfg = BlockedIndexConfig(n_postings=30, max_fraction=1.5, centroid_fraction=0.2,
+                             min_cluster_size=2, summary_energy=0.5)
+    index = BlockedIndex.build(docs, cfg)
+    a = index.arrays
+    # static pruning: the vocab * n_postings largest weights, lists capped at 45
+    kept = {(d, t) for b, ds in enumerate(_block_docs(index, docs))
+            for t in [int(np.searchsorted(a["list_block_ptr"], b, side="right") - 1)] for d in ds}
+    assert len(kept) == min(docs.nnz, 40 * 30)
+    values = np.array([dense[d, t] for d, t in kept])
+    dropped = [dense[d, t] for d, t in zip(*docs.nonzero()) if (d, t) not in kept]
+    list_len = np.diff(a["block_post_ptr"].astype(np.int64))
+    per_list = np.add.reduceat(list_len, a["list_block_ptr"][:-1][np.diff(a["list_block_ptr"]) > 0])
+    assert per_list.max() <= cfg.list_cap
+    if dropped and per_list.max() < cfg.list_cap:
+        assert min(values) >= max(dropped)
+    # blocks: a list's documents once each, ascending doc order inside a block, and
+    # max(1, centroid_fraction * len) clusters at most
+    blocks = _block_docs(index, docs)
+    summaries = _summaries(index)
+    for t in range(docs.shape[1]):
+        b0, b1 = a["list_block_ptr"][t], a["list_block_ptr"][t + 1]
+        members = np.concatenate([blocks[b] for b in range(b0, b1)]) if b1 > b0 else []
+        assert len(set(members)) == len(members)
+        assert b1 - b0 <= max(1, int(cfg.centroid_fraction * len(members)))
+        for b in range(b0, b1):
+            assert np.all(np.diff(blocks[b]) > 0) and dense[blocks[b], t].min() > 0
+            # summary: coordinate-wise max over the block, top components holding >= energy
+            true_max = dense[blocks[b]].max(axis=0)
+            summ = summaries[b]
+            step = a["block_step"][b]
+            for term, value in summ.items():
+                assert abs(value - true_max[term]) <= step / 2 + 1e-6
+            kept_mass = sum(true_max[term] for term in summ)
+            assert kept_mass >= cfg.summary_energy * true_max.sum() - 1e-5
+            smaller = [v for i, v in enumerate(true_max) if i not in summ]
+            if smaller:
+                assert min(true_max[term] for term in summ) >= max(smaller)
+
+
+def test_lists_longer_than_one_segment():
+    # one term shared by 2,000 docs, centroid_fraction 0.5: hundreds of blocks, 2+ segments
+    rng = np.random.default_rng(0)
+    dense = (rng.random((2000, 400)) < 0.02) * rng.random((2000, 400)).astype(np.float32)
+    dense[:, 0] = rng.random(2000) + 0.1
+    docs = sp.csr_matrix(dense.astype(np.float32))
+    index = BlockedIndex.build(docs, n_postings=10**5, centroid_fraction=0.5, min_cluster_size=0,
+                               summary_energy=1.0, forward_values="float32")
+    assert index.stats()["max_list_blocks"] > 256
+    q = sp.csr_matrix(((rng.random((30, 400)) < 0.05) * rng.random((30, 400))).astype(np.float32))
+    d, s = index.search(q, k=20, **SEARCH_ALL)
+    ed, es = ExactIndex(docs).search(q, k=20)
+    np.testing.assert_array_equal(d, ed)
+    np.testing.assert_array_equal(s, es)
+
+
+def test_forward_codec_round_trip():
+    terms = np.array([0, 5, 30521, 65535])
+    values = np.array([1e-7, 0.5, 2.75, 65504.0], np.float32)
+    for name, codec in CODECS.items():
+        t, v = codec.decode(codec.encode(terms, values))
+        np.testing.assert_array_equal(t, terms)
+        np.testing.assert_allclose(v, values, rtol=1e-3 if name == "float16" else 0, atol=1e-7)
+
+
+# --- result conventions and bad input ---------------------------------------------------------
+
+def test_padding_and_zero_scores():
+    docs = sp.csr_matrix(np.array([[1, 0, 0], [0, 2, 0], [0, 0, 3]], np.float32))
+    index = BlockedIndex.build(docs)
+    d, s = index.search(np.array([[0, 1, 0], [0, 0, 0]], np.float32), k=5)
+    assert d.tolist() == [[1, -1, -1, -1, -1], [-1] * 5]
+    assert s.tolist() == [[2.0, 0, 0, 0, 0], [0.0] * 5]
+    assert d.dtype == np.int64 and s.dtype == np.float32
+
+
+def test_ties_break_by_lower_doc_index():
+    docs = sp.csr_matrix(np.array([[0, 0, 1], [2, 0, 0], [2, 0, 0], [3, 0, 0], [1, 1, 0]],
+                                  np.float32))
+    index = BlockedIndex.build(docs, **PRUNING_OFF)
+    d, s = index.search(np.array([[1, 1, 0]], np.float32), k=4, **SEARCH_ALL)
+    assert d.tolist() == [[3, 1, 2, 4]] and s.tolist() == [[3.0, 2.0, 2.0, 2.0]]
+
+
+def test_empty_index():
+    index = BlockedIndex.build(sp.csr_matrix((0, 8), dtype=np.float32))
+    assert index.n_docs == 0 and index.vocab_size == 8 and index.nbytes >= 0
+    d, s = index.search(np.ones((2, 8), np.float32), k=3)
+    assert (d == -1).all() and (s == 0).all()
+
+
+def test_properties(cisi, cisi_default):
+    assert cisi_default.n_docs == cisi.docs.shape[0]
+    assert cisi_default.vocab_size == cisi.docs.shape[1]
+    assert cisi_default.nbytes == sum(a.nbytes for a in cisi_default.arrays.values())
+    assert cisi_default.config == BlockedIndexConfig()
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"n_postings": 0}, "n_postings"),
+    ({"centroid_fraction": 0.0}, "centroid_fraction"),
+    ({"centroid_fraction": 1.5}, "centroid_fraction"),
+    ({"summary_energy": 0.0}, "summary_energy"),
+    ({"summary_energy": 1.01}, "summary_energy"),
+    ({"max_fraction": -1.0}, "max_fraction"),
+    ({"heap_factor": -0.1}, "heap_factor"),
+    ({"query_cut": 0}, "query_cut"),
+    ({"forward_values": "int8"}, "forward_values"),
+    ({"doc_cut": 0}, "doc_cut"),
+    ({"seed": -1}, "seed"),
+    ({"n_postings": 2.5}, "n_postings"),
+])
+def test_config_is_validated(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        BlockedIndexConfig(**overrides)
+
+
+def test_bad_input():
+    docs = sp.csr_matrix(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="unknown BlockedIndexConfig"):
+        BlockedIndex.build(docs, n_posting=3)
+    for bad in (np.array([[1.0, np.nan]]), np.array([[1.0, -1.0]]), np.array([[np.inf, 1.0]])):
+        with pytest.raises(ValueError, match="docs: row 0"):
+            BlockedIndex.build(bad)
+    with pytest.raises(ValueError, match="exceeds float16"):
+        BlockedIndex.build(np.array([[1e5, 1.0]]))
+    BlockedIndex.build(np.array([[1e5, 1.0]]), forward_values="float32")
+    with pytest.raises(ValueError, match="vocabulary of 70000"):
+        BlockedIndex.build(sp.csr_matrix((2, 70000), dtype=np.float32))
+    index = BlockedIndex.build(docs)
+    with pytest.raises(ValueError, match="5 columns but the index vocabulary has 4"):
+        index.search(np.ones((1, 5)), k=1)
+    with pytest.raises(ValueError, match="queries: row 1"):
+        index.search(np.array([[1.0, 0, 0, 0], [np.nan, 0, 0, 0]]), k=1)
+    for kwargs, match in (({"k": 0}, "k must be"), ({"query_cut": 0}, "query_cut"),
+                          ({"heap_factor": float("nan")}, "heap_factor"),
+                          ({"threads": 0}, "threads")):
+        with pytest.raises(ValueError, match=match):
+            index.search(np.ones((1, 4)), **kwargs)
