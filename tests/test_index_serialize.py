@@ -1,0 +1,191 @@
+"""Index persistence: Zarr v3 round trips on local disk and on S3 (moto server), and clear
+`IndexFormatError`s for truncated, corrupt, foreign and other-version groups."""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from pipeline.index import BlockedIndex, ExactIndex, IndexFormatError, load_index
+from pipeline.storage.fs import resolve
+
+
+@pytest.fixture(scope="module")
+def docs_queries(encodings):
+    cisi = encodings("cisi")
+    return cisi.docs[:600], cisi.queries
+
+
+@pytest.fixture(scope="module")
+def blocked(docs_queries):
+    return BlockedIndex.build(docs_queries[0], n_postings=40)
+
+
+@pytest.fixture(scope="module")
+def exact(docs_queries):
+    return ExactIndex(docs_queries[0])
+
+
+def _same_results(a, b, queries):
+    for threads in (1, None):
+        da, sa = a.search(queries, k=10, threads=threads)
+        db, sb = b.search(queries, k=10, threads=threads)
+        np.testing.assert_array_equal(da, db)
+        np.testing.assert_array_equal(sa, sb)
+
+
+def test_local_round_trip(tmp_path, blocked, exact, docs_queries):
+    blocked.save(str(tmp_path / "blocked"))
+    exact.save(str(tmp_path / "exact"))
+    b2 = BlockedIndex.load(str(tmp_path / "blocked"))
+    e2 = ExactIndex.load(str(tmp_path / "exact"))
+    for name, arr in blocked.arrays.items():
+        np.testing.assert_array_equal(arr, b2.arrays[name])
+        assert arr.dtype == b2.arrays[name].dtype
+    assert b2.config == blocked.config and b2.n_docs == blocked.n_docs
+    assert b2.nbytes == blocked.nbytes and e2.nbytes == exact.nbytes
+    _same_results(blocked, b2, docs_queries[1])
+    _same_results(exact, e2, docs_queries[1])
+    assert isinstance(load_index(str(tmp_path / "blocked")), BlockedIndex)
+    assert isinstance(load_index("file://" + str(tmp_path / "exact")), ExactIndex)
+
+
+def test_s3_round_trip(s3_server, blocked, exact, docs_queries):
+    opts = s3_server["storage_options"]
+    base = f"s3://{s3_server['bucket']}/index-test"
+    blocked.save(f"{base}/blocked", storage_options=opts)
+    exact.save(f"{base}/exact", storage_options=opts)
+    _same_results(blocked, BlockedIndex.load(f"{base}/blocked", storage_options=opts),
+                  docs_queries[1])
+    _same_results(exact, ExactIndex.load(f"{base}/exact", storage_options=opts),
+                  docs_queries[1])
+    with pytest.raises(FileExistsError):
+        blocked.save(f"{base}/blocked", storage_options=opts)
+    loc = resolve(f"{base}/blocked/entries/zarr.json", opts)
+    loc.fs.rm(loc.path)
+    with pytest.raises(IndexFormatError, match="'entries' is missing"):
+        BlockedIndex.load(f"{base}/blocked", storage_options=opts)
+
+
+def test_empty_index_round_trip(tmp_path):
+    for index in (BlockedIndex.build(sp.csr_matrix((0, 5), dtype=np.float32)),
+                  ExactIndex(sp.csr_matrix((0, 5), dtype=np.float32))):
+        path = str(tmp_path / type(index).__name__)
+        index.save(path)
+        loaded = load_index(path)
+        assert loaded.n_docs == 0 and loaded.vocab_size == 5
+        assert (loaded.search(np.ones((1, 5)), k=2)[0] == -1).all()
+
+
+def test_save_is_write_once(tmp_path, blocked):
+    blocked.save(str(tmp_path / "x"))
+    with pytest.raises(FileExistsError):
+        blocked.save(str(tmp_path / "x"))
+    (tmp_path / "empty").mkdir()
+    blocked.save(str(tmp_path / "empty"))   # an empty directory is a fresh location
+
+
+def _saved(tmp_path, index, name="ix"):
+    path = tmp_path / name
+    index.save(str(path))
+    return path
+
+
+def _chunk_files(array_dir):
+    return [os.path.join(r, f) for r, _, fs in os.walk(array_dir) for f in fs if f != "zarr.json"]
+
+
+def test_truncated_group_is_refused(tmp_path, blocked):
+    path = _saved(tmp_path, blocked)
+    chunk = _chunk_files(path / "fwd_words")[0]
+    os.remove(chunk)   # zarr would read the fill value: the checksum notices
+    with pytest.raises(IndexFormatError, match="'fwd_words' fails its checksum"):
+        BlockedIndex.load(str(path))
+
+
+def test_interrupted_write_is_refused(tmp_path, blocked):
+    path = _saved(tmp_path, blocked)
+    meta_path = path / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"] = {}      # the writer died before the attributes (the commit point)
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match="no 'format' attribute"):
+        BlockedIndex.load(str(path))
+
+
+def test_corrupt_chunk_is_refused(tmp_path, exact):
+    path = _saved(tmp_path, exact)
+    chunk = _chunk_files(path / "data")[0]
+    with open(chunk, "r+b") as f:
+        f.seek(10)
+        f.write(b"\xff\xfe")
+    with pytest.raises(IndexFormatError, match="'data'"):
+        ExactIndex.load(str(path))
+
+
+def _set_attrs(path, **changes):
+    meta_path = path / "zarr.json"
+    meta = json.loads(meta_path.read_text())
+    meta["attributes"].update(changes)
+    meta_path.write_text(json.dumps(meta))
+
+
+def test_wrong_version_and_foreign_groups(tmp_path, blocked, exact):
+    import zarr
+
+    path = _saved(tmp_path, blocked, "v")
+    _set_attrs(path, format_version=99)
+    with pytest.raises(IndexFormatError, match="format version 99"):
+        BlockedIndex.load(str(path))
+    path = _saved(tmp_path, exact, "e")
+    with pytest.raises(IndexFormatError, match="expected 'lsr-pipeline/blocked-index'"):
+        BlockedIndex.load(str(path))
+    foreign = tmp_path / "foreign"
+    g = zarr.create_group(store=str(foreign), zarr_format=3)
+    g.attrs["format"] = "something-else"
+    g.create_array("x", shape=(3,), dtype="f4")
+    with pytest.raises(IndexFormatError, match="something-else"):
+        load_index(str(foreign))
+    with pytest.raises(IndexFormatError):
+        BlockedIndex.load(str(tmp_path / "does-not-exist"))
+    (tmp_path / "not-zarr").mkdir()
+    (tmp_path / "not-zarr" / "zarr.json").write_text("{not json")
+    with pytest.raises(IndexFormatError):
+        ExactIndex.load(str(tmp_path / "not-zarr"))
+
+
+def test_wrong_dtype_or_shape_is_refused(tmp_path, blocked):
+    import zarr
+
+    path = _saved(tmp_path, blocked, "d")
+    g = zarr.open_group(store=str(path), mode="r+", zarr_format=3)
+    del g["block_min"]
+    g.create_array("block_min", data=blocked.arrays["block_min"].astype(np.float64))
+    with pytest.raises(IndexFormatError, match="'block_min' has dtype"):
+        BlockedIndex.load(str(path))
+    path = _saved(tmp_path, blocked, "s")
+    _set_attrs(path, n_docs=blocked.n_docs + 1)
+    with pytest.raises(IndexFormatError, match="'fwd_words' has shape"):
+        BlockedIndex.load(str(path))
+
+
+def test_consistent_checksums_but_broken_structure_is_refused(tmp_path, blocked):
+    """A group whose checksums match but whose postings point into the middle of a
+    document: loading must refuse it rather than let the kernels read out of bounds."""
+    import zarr
+
+    path = _saved(tmp_path, blocked, "b")
+    g = zarr.open_group(store=str(path), mode="r+", zarr_format=3)
+    postings = blocked.arrays["postings"].copy()
+    postings[0] += 1
+    g["postings"][:] = postings
+    meta = dict(g.attrs["arrays"])
+    meta["postings"] = {**meta["postings"], "crc32": zlib.crc32(postings.tobytes()) & 0xFFFFFFFF}
+    g.attrs["arrays"] = meta
+    with pytest.raises(IndexFormatError, match="posting does not point at a document"):
+        BlockedIndex.load(str(path))
