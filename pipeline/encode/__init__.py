@@ -16,6 +16,10 @@ _EXPORTS = {
     "UnsupportedModel": "pipeline.encode.mlm",
     "prune_to_csr": "pipeline.encode.sparse",
     "encode_reference": "pipeline.encode.reference",
+    "encoder_from_settings": "pipeline.encode.settings",
+    "EncoderMismatch": "pipeline.encode.settings",
+    "load_tokenizer": "pipeline.encode.tokens",
+    "token_ids": "pipeline.encode.tokens",
     "splade_head_reference": "pipeline.encode.reference",
 }
 

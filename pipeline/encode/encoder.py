@@ -25,6 +25,7 @@ from pipeline.encode.fingerprint import model_fingerprint
 from pipeline.encode.mlm import load_masked_lm
 from pipeline.encode.models import resolve_model
 from pipeline.encode.sparse import prune_to_csr
+from pipeline.encode.tokens import token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -133,10 +134,7 @@ class SpladeEncoder:
         if isinstance(texts, np.ndarray):  # e.g. a Ray Data batch column
             texts = texts.tolist()
         _check_texts(texts)
-        if not texts:
-            return []
-        return self.tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
-                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        return token_ids(self.tokenizer, texts, max_length)
 
     def _pad(self, rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
         return pad_token_ids(rows, self.tokenizer.pad_token_id or 0,

@@ -104,10 +104,12 @@ class MaskedLMBody:
 
 def load_masked_lm(source: str, device: torch.device, dtype: torch.dtype):
     """(tokenizer, MaskedLMBody) for a local directory or hub id, in eval mode on `device`."""
-    from transformers import AutoModelForMaskedLM, AutoTokenizer
+    from transformers import AutoModelForMaskedLM
+
+    from pipeline.encode.tokens import load_tokenizer
 
     with _quiet_transformers():
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = load_tokenizer(source)
         model = AutoModelForMaskedLM.from_pretrained(source, dtype=dtype)
     model = model.to(device).eval()
     body = MaskedLMBody(model)

@@ -21,6 +21,7 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
+from pipeline.encode.tokens import token_ids
 from pipeline.indexing.config import EncoderOptions
 from pipeline.store.postings import fingerprint_texts
 
@@ -37,11 +38,10 @@ def _replace_columns(batch: pa.Table, drop: list[str], add: dict[str, pa.Array])
 
 @lru_cache(maxsize=4)
 def _tokenizer(model: str):
-    from transformers import AutoTokenizer
-
     from pipeline.encode.models import resolve_model
+    from pipeline.encode.tokens import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(resolve_model(model))
+    return load_tokenizer(resolve_model(model))
 
 
 def tokenize_batch(batch: pa.Table, options: EncoderOptions) -> pa.Table:
@@ -52,9 +52,7 @@ def tokenize_batch(batch: pa.Table, options: EncoderOptions) -> pa.Table:
     started = time.perf_counter()
     texts = batch.column("text").to_pylist()
     todo = [i for i, text in enumerate(texts) if text is not None]
-    ids = _tokenizer(options.model)([texts[i] for i in todo], max_length=options.max_length,
-                                    truncation=True, padding=False, return_attention_mask=False,
-                                    return_token_type_ids=False)["input_ids"] if todo else []
+    ids = token_ids(_tokenizer(options.model), [texts[i] for i in todo], options.max_length)
     n = len(texts)
     lengths = np.zeros(n, dtype=np.int32)
     lengths[todo] = [len(x) for x in ids]

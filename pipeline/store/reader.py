@@ -127,7 +127,7 @@ class ShardedIndex:
     def encoder(self):
         """The query encoder matching the manifest's encoder settings (loaded once)."""
         if self._encoder is None:
-            from pipeline.encode.settings import encoder_from_settings
+            from pipeline.encode import encoder_from_settings
 
             self._encoder = encoder_from_settings(self.manifest.encoder)
         return self._encoder
