@@ -168,6 +168,23 @@ def test_decide_full_rebuild_only_when_vectors_would_differ():
     blocked = ReindexConfig(corpus="/c", index="/i", index_kind="blocked")
     d = decide(blocked, blocked.job_config(base), base, ENCODER)
     assert not d.full and d.rebuild_all and "index settings changed" in d.reason
+    # Recorded blocked parameters are read with this build's defaults: one left implicit is no
+    # change, one changed is.
+    blocked_base = _manifest([4])
+    blocked_base.index.update(kind="blocked", params={"n_postings": 3000})
+    assert decide(config, config.job_config(blocked_base), blocked_base, ENCODER).rebuild_all is False
+    other = ReindexConfig(corpus="/c", index="/i", index_params={"n_postings": 2000})
+    assert decide(other, other.job_config(blocked_base), blocked_base, ENCODER).rebuild_all is True
+
+
+def test_recorded_dtype_is_the_one_the_encoder_actors_use():
+    from pipeline.indexing.job import Placement, encoder_settings
+
+    config = IndexJobConfig(corpus="/c", output="/i")
+    on_cpu = encoder_settings(config, Placement(1, 1.0, 0.0, 1, 1))
+    on_gpu = encoder_settings(config, Placement(1, 1.0, 1.0, 1, 1))
+    assert (on_cpu["dtype"], on_gpu["dtype"]) == ("float32", "bfloat16")
+    assert on_cpu["fingerprint"] == on_gpu["fingerprint"] and "device" not in on_cpu
 
 
 # --------------------------------------------------------------------------- garbage collection

@@ -342,11 +342,13 @@ def index_params(config: IndexJobConfig) -> dict:
 
 
 def gather_rejects(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, dups: list[Duplicate],
-                   indexed: int, records_without_summary: dict[int, int] | None = None) -> dict:
+                   indexed: int, records_without_summary: dict[int, int] | None = None,
+                   write: bool = True) -> dict:
     """Write every rejected record with its reason; return the document counts.
 
     `indexed`: documents the generation holds. `records_without_summary`: records of plan
-    shards committed by an earlier attempt whose read summary is gone.
+    shards committed by an earlier attempt whose read summary is gone. `write=False` only
+    counts (for a run that commits no generation the rejects could belong to).
     """
     lines: list[str] = []
     docs_in = 0
@@ -370,7 +372,7 @@ def gather_rejects(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, d
         lines.append(json.dumps({"source": f"shard {d.shard} row {d.row}", "doc_id": d.doc_id,
                                  "reason": f"duplicate id (first at shard {d.first_shard} row {d.first_row})"}))
         by_reason["duplicate id"] = by_reason.get("duplicate id", 0) + 1
-    if lines:
+    if lines and write:
         write_bytes_atomic(layout.rejects(plan.generation).child("rejects.jsonl"),
                            ("\n".join(lines) + "\n").encode("utf-8"))
     rejected = len(lines)

@@ -97,8 +97,16 @@ def connect_ray(address: str | None) -> None:
     ray.init(address=address, ignore_reinit_error=True, configure_logging=False)
 
 
-def encoder_settings(config: IndexJobConfig) -> dict:
+def encoder_settings(config: IndexJobConfig, placement: Placement | None = None) -> dict:
+    """What the encoder actors' vectors are (model fingerprint, lengths, pruning, dtype).
+
+    The model is loaded here on the CPU; the dtype recorded is the one the actors resolve on
+    their device ("auto" is bfloat16 on GPU actors, float32 on CPU ones).
+    """
+    import torch
+
     from pipeline.encode import SpladeEncoder
+    from pipeline.encode.config import dtype_name, resolve_dtype
 
     opts = config.encoder
     encoder = SpladeEncoder(opts.model, device="cpu", max_length=opts.max_length,
@@ -107,6 +115,8 @@ def encoder_settings(config: IndexJobConfig) -> dict:
     settings = encoder.settings()
     # The settings describe what the vectors are, not where they were computed.
     settings.pop("device", None)
+    on_gpu = placement is not None and placement.encoder_gpus > 0
+    settings["dtype"] = dtype_name(resolve_dtype(opts.dtype, torch.device("cuda" if on_gpu else "cpu")))
     return settings
 
 
@@ -122,19 +132,30 @@ ExtraStage = tuple[Callable[..., Any], dict[str, Any]]
 
 
 def encode_pending(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
-                   pending: dict[int, set[int]], placement: Placement,
-                   on_commit: Callable[[StageTimes], None], before_tokenize: ExtraStage | None = None,
-                   ) -> None:
-    """Read the pending blocks, tokenize, encode and stage them; `on_commit` at the sink's commit.
+                   pending: dict[int, set[int]], placement: Placement, timing: dict[str, float],
+                   on_commit: Callable[[StageTimes, list[ShardState]], None],
+                   before_tokenize: ExtraStage | None = None) -> None:
+    """Read the pending blocks, tokenize, encode and stage them, then commit.
 
-    With nothing pending, `on_commit` runs at once with empty stage times. A bad record under
-    the "fail" policy is raised as itself, not inside Ray's wrappers.
+    At the sink's commit point the stages' busy times and the pipeline's wall time go into
+    `timing`, and `on_commit` gets the stage times and the plan's staging state as it is then.
+    With nothing pending, that happens at once. A bad record under the "fail" policy is raised
+    as itself, not inside Ray's wrappers.
     """
     import ray
     from ray.data import ActorPoolStrategy
 
+    started = time.perf_counter()
+
+    def commit(times: StageTimes) -> None:
+        timing.update({f"{name}_busy_s": getattr(times, name)
+                       for name in ("read", "tokenize", "encode", "write")})
+        timing["encode_pipeline_wall_s"] = time.perf_counter() - started
+        # States are read again: the write just staged parts.
+        on_commit(times, scan_state(plan, layout, verify_committed=False))
+
     if not pending:
-        on_commit(StageTimes())
+        commit(StageTimes())
         return
     log.info("encoding %d shard(s) with %d encoder actor(s) (%.2g CPU, %.2g GPU each)",
              len(pending), placement.num_encoders, placement.encoder_cpus, placement.encoder_gpus)
@@ -157,7 +178,7 @@ def encode_pending(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
                                "torch_threads": placement.torch_threads},
         num_cpus=placement.encoder_cpus, num_gpus=placement.encoder_gpus or None)
     try:
-        ds.write_datasink(StagingSink(plan, layout, on_commit),
+        ds.write_datasink(StagingSink(plan, layout, commit),
                           ray_remote_args={"num_cpus": config.resources.tokenize_cpus})
     except Exception as exc:  # noqa: BLE001 - re-raised, unwrapped when it is the user's
         cause = _user_error(exc)
@@ -201,23 +222,17 @@ def run_index_job(config: IndexJobConfig, manifest_extra: dict | None = None) ->
                  len(plan.shards), len(pending))
     connect_ray(config.resources.address)
     placement = plan_resources(config, ray.cluster_resources())
-    settings = encoder_settings(config)
+    settings = encoder_settings(config, placement)
     # Discovery, planning, Ray start-up and the model fingerprint.
     timing: dict[str, float] = {"setup_s": time.perf_counter() - started}
     committed = {}
-    pipeline_started = time.perf_counter()
 
-    def on_commit(times: StageTimes) -> None:
-        # The datasink's commit point: states are re-read, since the write just staged parts.
-        fresh = scan_state(plan, layout, verify_committed=False)
-        timing.update({f"{name}_busy_s": getattr(times, name)
-                       for name in ("read", "tokenize", "encode", "write")})
-        timing["encode_pipeline_wall_s"] = time.perf_counter() - pipeline_started
+    def on_commit(times: StageTimes, fresh: list[ShardState]) -> None:
         result = commit_plan(config, plan, layout, fresh, settings, timing, placement.build_threads,
                              manifest_extra)
         committed.update(result=result, times=times)
 
-    encode_pending(config, plan, layout, pending, placement, on_commit)
+    encode_pending(config, plan, layout, pending, placement, timing, on_commit)
     result, times = committed["result"], committed["times"]
     blocks_encoded = -(-times.rows // plan.block_rows) if times.rows else 0
     wall = time.perf_counter() - started

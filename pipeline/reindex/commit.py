@@ -210,9 +210,13 @@ def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, b
         raise RuntimeError(f"document accounting failed: {n_indexed} placed != {diff.unchanged} "
                            f"unchanged + {diff.changed} changed + {len(diff.added)} added")
     if not (len(diff.added) or diff.changed or diff.deleted or rebuild_all):
-        counts = gather_rejects(config, plan, layout, dups, n_indexed)
+        counts = gather_rejects(config, plan, layout, dups, n_indexed, write=False)
         discard_staging(layout, plan)
         log.info("no document changed: generation %d stays live", base.generation)
+        if counts["docs_rejected"]:
+            log.warning("%d record(s) of %s were rejected (%s); nothing was committed, so they are "
+                        "not written to rejects/", counts["docs_rejected"], config.corpus,
+                        ", ".join(f"{k}: {v}" for k, v in counts.items() if k.startswith("rejected[")))
         return ReindexCommit(None, diff, outputs, counts["docs_in"], counts["docs_rejected"], 0, 0.0, 0)
 
     specs = build_specs(base, diff, outputs)

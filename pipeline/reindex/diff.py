@@ -135,6 +135,10 @@ class UnitRoutes:
 @ray.remote
 def _route_unit(plan: JobPlan, layout: IndexLayout, unit: int, drop_rows: list[int]) -> UnitRoutes:
     table = read_staged_shard(plan, layout, unit, columns=["row", "base_shard", "base_row", "encoded"])
+    if table.num_rows == 0:  # a unit without valid records stages no parts
+        empty = np.zeros(0, np.int64)
+        return UnitRoutes(unit, (empty.astype(np.int32), empty),
+                          (empty.astype(np.int32), empty, empty), empty)
     rows = table.column("row").to_numpy()
     keep = np.ones(len(rows), dtype=bool)
     keep[np.asarray(drop_rows, dtype=np.int64)] = False

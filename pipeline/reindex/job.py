@@ -19,6 +19,7 @@ interrupted attempt are kept. CURRENT moves last, so until then the base generat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pipeline.indexing.commit import index_params
 from pipeline.indexing.config import IndexJobConfig
 from pipeline.indexing.job import (
+    Placement,
     connect_ray,
     encode_pending,
     encoder_settings,
@@ -34,7 +36,7 @@ from pipeline.indexing.job import (
     run_index_job,
     stage_report,
 )
-from pipeline.indexing.plan import make_plan, scan_state
+from pipeline.indexing.plan import ShardState, make_plan, scan_state
 from pipeline.indexing.sink import StageTimes
 from pipeline.reindex.commit import commit_reindex
 from pipeline.reindex.config import ReindexConfig
@@ -108,14 +110,29 @@ def decide(config: ReindexConfig, job: IndexJobConfig, base: Manifest | None,
     if changed:
         return Decision(True, "encoder settings changed: " + ", ".join(changed))
     wanted = {"kind": job.index_kind, "params": index_params(job)}
-    if base.index != wanted:
+    if not _same_index(base.index, job):
         return Decision(False, f"index settings changed: {base.index} -> {wanted}; every shard's "
                                f"index is rebuilt from the stored vectors", rebuild_all=True)
     return Decision(False, None)
 
 
+def _same_index(recorded: dict, job: IndexJobConfig) -> bool:
+    """The recorded index kind and parameters, read with this build's defaults, are the job's.
+
+    (A parameter added since the base was built compares by its default.)"""
+    if recorded.get("kind") != job.index_kind:
+        return False
+    try:
+        as_recorded = index_params(dataclasses.replace(job, index_params=recorded.get("params") or {}))
+    except (TypeError, ValueError):   # a parameter this build no longer knows
+        return False
+    return as_recorded == index_params(job)
+
+
 def run_reindex(config: ReindexConfig) -> ReindexSummary:
     """Re-index `config.corpus` into `config.index` (resuming an interrupted identical run)."""
+    import ray
+
     started = time.perf_counter()
     layout = IndexLayout.at(config.index, config.storage_options)
     base_generation = read_current_generation(layout)
@@ -125,12 +142,13 @@ def run_reindex(config: ReindexConfig) -> ReindexSummary:
     except ValueError as exc:  # an override the recorded settings make invalid
         raise ReindexError(f"invalid re-indexing settings: {exc}") from None
     connect_ray(job.resources.address)
-    settings = encoder_settings(job)
+    placement = plan_resources(job, ray.cluster_resources())
+    settings = encoder_settings(job, placement)
     decision = decide(config, job, base, settings)
     if decision.full:
         summary = _full_rebuild(job, decision, base_generation)
     else:
-        summary = _incremental(job, layout, base, settings, decision, started)
+        summary = _incremental(job, layout, base, settings, decision, placement, started)
     summary.gc = _collect(layout, config)
     summary.wall_s = round(time.perf_counter() - started, 3)
     log.info("re-indexed %s: generation %d (%s), %.1f s", layout.url, summary.generation,
@@ -156,7 +174,7 @@ def _full_rebuild(job: IndexJobConfig, decision: Decision,
 
 
 def _incremental(job: IndexJobConfig, layout: IndexLayout, base: Manifest, settings: dict,
-                 decision: Decision, started: float) -> ReindexSummary:
+                 decision: Decision, placement: Placement, started: float) -> ReindexSummary:
     import ray
 
     if decision.reason:
@@ -164,24 +182,18 @@ def _incremental(job: IndexJobConfig, layout: IndexLayout, base: Manifest, setti
     plan, resumed = make_plan(job, layout, kind="reindex")
     states = scan_state(plan, layout)
     pending = pending_blocks(plan, layout, states)
-    placement = plan_resources(job, ray.cluster_resources())
     table = ray.put(load_base_table(layout, base, job.resources.read_cpus)) if pending else None
     timing: dict[str, float] = {"setup_s": time.perf_counter() - started}
     outcome: dict = {}
-    pipeline_started = time.perf_counter()
 
-    def on_commit(times: StageTimes) -> None:
-        fresh = scan_state(plan, layout, verify_committed=False)
-        timing.update({f"{name}_busy_s": getattr(times, name)
-                       for name in ("read", "tokenize", "encode", "write")})
-        timing["encode_pipeline_wall_s"] = time.perf_counter() - pipeline_started
+    def on_commit(times: StageTimes, fresh: list[ShardState]) -> None:
         report = {"base_generation": base.generation, "full_rebuild": False,
                   "rebuild_reason": decision.reason, "docs_reencoded": times.encoded}
         outcome.update(times=times, report=report, result=commit_reindex(
             job, plan, layout, base, fresh, settings, timing, placement.build_threads,
             decision.rebuild_all, report, started))
 
-    encode_pending(job, plan, layout, pending, placement, on_commit,
+    encode_pending(job, plan, layout, pending, placement, timing, on_commit,
                    before_tokenize=(classify_batch, {"table": table}))
     times, report, result = outcome["times"], outcome["report"], outcome["result"]
     stages, _ = stage_report(times, result.built_docs, result.build_s, placement)
