@@ -7,7 +7,8 @@ Per collection: documents encoded once with `SpladeEncoder` (splade-tiny, 256 / 
 `ExactIndex` and `BlockedIndex` (defaults) over the same encodings, and bm25s BM25 (k1=0.9, b=0.4,
 Lucene idf, lower-cased word tokens, English stop words, no stemming), all evaluated by
 `pipeline.evaluate.run_evaluation` with BEIR conventions at k=1000. Prints a Markdown table with the
-command, machine and date; writes every number to --out as JSON.
+command, machine and date; writes every number to --out as JSON. ``--render FILE`` prints the
+table again from such a JSON file without measuring anything.
 """
 
 from __future__ import annotations
@@ -54,13 +55,28 @@ def evaluate_collection(folder: Path, encoder, config: EvalConfig) -> tuple[list
     return results, timing
 
 
+def print_table(results: list[EvalResult], command: str, machine: str, date: str, k: int) -> None:
+    print(format_table(results, TABLE_METRICS))
+    print()
+    print(f"Command: `{command}`; {machine}; {date}. k={k}. Latency: one query at a time, end to end "
+          f"(query encoding + search) and search alone; QPS: all judged queries in one batch.")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data", type=Path, help="folder holding the BEIR collections")
+    parser.add_argument("data", type=Path, nargs="?", help="folder holding the BEIR collections")
     parser.add_argument("--collections", nargs="+", default=["scifact", "vaswani", "cisi"])
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None, help="write every number here as JSON")
+    parser.add_argument("--render", type=Path, default=None, help="print the table of a saved --out file")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        saved = json.loads(args.render.read_text())
+        print_table([EvalResult.from_dict(r) for r in saved["results"]], saved["command"], saved["machine"],
+                    saved["date"], saved["results"][0]["k"])
+        return 0
+    if args.data is None:
+        parser.error("the data folder is required unless --render is given")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from pipeline.encode import SpladeEncoder
@@ -76,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "flock /tmp/lsr-bench.lock .venv/bin/python jobs/eval_table.py " + " ".join(argv or sys.argv[1:])
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     machine = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, no GPU"
-    print(format_table(results, TABLE_METRICS))
-    print()
-    print(f"Command: `{command}`; {machine}; {date}. k={args.k}; latency: one query at a time "
-          f"(encode + search), QPS: all judged queries in one batch (encode + search).")
+    print_table(results, command, machine, date, args.k)
     if args.out is not None:
         args.out.write_text(json.dumps({"command": command, "date": date, "machine": machine,
                                         "encoder": encoder.settings(), "timing": timings,

@@ -94,6 +94,14 @@ class EvalResult:
     conventions: dict[str, Any]
     rankings: dict[str, Ranked] = field(repr=False, default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, obj: dict[str, Any]) -> "EvalResult":
+        """A result read back from `to_dict` output (without rankings), e.g. to re-render a table."""
+        return cls(dataset=obj["dataset"], split=obj["split"], system=obj["system"], k=obj["k"],
+                   metrics=obj["metrics"], efficiency=obj["efficiency"], counts=obj["counts"],
+                   settings={"model": obj.get("model", {}), "index": obj.get("index", {})},
+                   conventions=obj.get("conventions", {}))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "dataset": self.dataset, "split": self.split, "system": self.system, "k": self.k,
