@@ -115,18 +115,19 @@ def test_build_is_deterministic(cisi):
 def _summaries(index: BlockedIndex) -> dict[int, dict[int, float]]:
     """Global block id -> {term: dequantised summary value}, decoded from the arrays."""
     a = index.arrays
-    out: dict[int, dict[int, float]] = {}
-    sizes = a["pair_counts"].astype(np.int64) + 1
+    records = a["pair_records"].reshape(-1, 3)
+    terms = records[:, 0].astype(int) | (records[:, 1].astype(int) << 8)
+    sizes = records[:, 2].astype(int) + 1
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    for t in range(index.vocab_size):
-        b0 = a["list_block_ptr"][t]
-        for si, s in enumerate(range(a["list_seg_ptr"][t], a["list_seg_ptr"][t + 1])):
-            for p in range(a["seg_pair_ptr"][s], a["seg_pair_ptr"][s + 1]):
-                for e in range(starts[p], starts[p + 1]):
-                    blk = int(b0 + 256 * si + (a["entries"][e] >> 8))
-                    code = int(a["entries"][e] & 255)
-                    value = a["block_min"][blk] + a["block_step"][blk] * code
-                    out.setdefault(blk, {})[int(a["pair_terms"][p])] = float(value)
+    assert np.array_equal(a["pair_group_base"], starts[:-1][::16])
+    out: dict[int, dict[int, float]] = {}
+    for s in range(a["seg_pair_ptr"].size - 1):
+        for p in range(a["seg_pair_ptr"][s], a["seg_pair_ptr"][s + 1]):
+            for e in range(starts[p], starts[p + 1]):
+                blk = int(a["seg_block_ptr"][s] + (a["entries"][e] >> 8))
+                code = int(a["entries"][e] & 255)
+                value = a["block_min"][blk] + a["block_step"][blk] * code
+                out.setdefault(blk, {})[int(terms[p])] = float(value)
     return out
 
 

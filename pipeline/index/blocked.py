@@ -23,16 +23,18 @@ Array layout (all little-endian numpy arrays; ``V`` vocabulary size, ``N`` docum
     Summary dequantisation: ``value = block_min[b] + block_step[b] * code``.
 ``list_seg_ptr`` int64, ``V + 1``
     Summaries are stored inverted (a query touches only the entries of its own terms), per
-    *segment* of up to 256 consecutive blocks of a list, so a block id inside a segment is
-    one byte. The segments of term ``t``'s list are ``list_seg_ptr[t]:list_seg_ptr[t+1]``;
-    its i-th segment covers the list's blocks ``256 i`` to ``256 i + 255``.
-``seg_pair_ptr`` int64, ``S + 1``
-    The (term, blocks) pairs of segment ``s`` are ``seg_pair_ptr[s]:seg_pair_ptr[s+1]``.
-``pair_terms`` uint16 (``V <= 65536``) or uint32, ``T``: the pair's term, ascending in a segment.
-``pair_counts`` uint8, ``T``: number of the pair's entries minus one.
+    *segment* of at most 256 consecutive blocks of one list (so a block id inside a segment
+    is one byte). The segments of term ``t``'s list are ``list_seg_ptr[t]:list_seg_ptr[t+1]``.
+``seg_block_ptr``, ``seg_pair_ptr`` int64, ``S + 1``
+    Segment ``s`` covers blocks ``seg_block_ptr[s]:seg_block_ptr[s+1]`` and (term, blocks)
+    pairs ``seg_pair_ptr[s]:seg_pair_ptr[s+1]``, terms ascending.
+``pair_records`` uint8, ``R * T``
+    Pair ``p`` is the ``R``-byte record at ``R p``: its term (little-endian, 2 bytes when
+    ``V <= 65536``, else 4) then its number of entries minus one (1 byte): ``R`` is 3 or 5.
 ``pair_group_base`` uint32, ``ceil(T / 16)``
-    Entry offset of pair ``16 g``; pair ``p``'s first entry is ``pair_group_base[p // 16]``
-    plus the sizes of the pairs ``16 (p // 16) .. p - 1`` (4.25 bytes a pair, not 8).
+    Offset in ``entries`` of pair ``16 g``; the entries of pair ``p`` follow those of pair
+    ``p - 1``, so its offset is its group's base plus the sizes of the pairs before it in
+    the group (3.25 bytes a pair instead of 8 for a term and an offset).
 ``entries`` uint16, ``E``: ``(segment-local block << 8) | code``, ascending block in a pair.
 """
 
@@ -60,9 +62,8 @@ log = logging.getLogger(__name__)
 MAX_WORDS = 1 << 32             # postings are uint32 word offsets
 
 ARRAY_NAMES = ("fwd_words", "list_block_ptr", "block_post_ptr", "postings", "block_min",
-               "block_step", "list_seg_ptr", "seg_pair_ptr", "pair_terms", "pair_counts",
+               "block_step", "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr", "pair_records",
                "pair_group_base", "entries")
-SEGMENT_BLOCKS = bk.SEGMENT_BLOCKS
 PAIR_GROUP = 16
 
 
@@ -136,6 +137,7 @@ class BlockedIndex:
         self._decode = (wt(self._codec.term_mask), wt(self._codec.hi_shift),
                         wt(self._codec.lo_shift), np.float32(self._codec.query_scale),
                         self._codec.name == "float32")
+        self._record_size = (2 if vocab_size <= (1 << 16) else 4) + 1
         lbp = arrays["list_block_ptr"]
         self._max_list_blocks = int(np.diff(lbp).max()) if lbp.size > 1 else 0
         self._local = threading.local()
@@ -228,31 +230,33 @@ class BlockedIndex:
         list_n_blocks = cat(0, np.int64)
         if list_n_blocks.size != vocab:
             raise AssertionError("build chunks do not cover the vocabulary")
-        block_post_ptr = ptr(cat(2, np.int64))
+        block_post_ptr = ptr(cat(3, np.int64))
         if block_post_ptr[-1] != list_ptr[-1]:
             raise AssertionError("blocks do not hold every posting")
-        seg_n_pairs = cat(5, np.int64)
-        pair_counts = cat(7, np.uint8)
-        sizes = pair_counts.astype(np.int64) + 1
-        pair_start = ptr(sizes)
+        seg_sizes = np.concatenate([p[6] for p in parts]) if parts else np.zeros((0, 3), np.int64)
+        pair_terms = cat(7, np.int64)
+        pair_counts = cat(8, np.uint8)
+        pair_start = ptr(pair_counts.astype(np.int64) + 1)
         if pair_start[-1] >= MAX_WORDS:
             raise ValueError("summaries too large for one index (> 2**32 entries); shard it")
-        list_seg_ptr = ptr((list_n_blocks + SEGMENT_BLOCKS - 1) // SEGMENT_BLOCKS)
-        if list_seg_ptr[-1] != seg_n_pairs.size:
-            raise AssertionError("segments do not match their lists")
+        term_bytes = 2 if vocab <= (1 << 16) else 4
+        records = np.empty((pair_terms.size, term_bytes + 1), np.uint8)
+        records[:, :term_bytes] = pair_terms.astype(f"<u{term_bytes}").view(np.uint8).reshape(
+            -1, term_bytes)
+        records[:, term_bytes] = pair_counts
         return {
             "fwd_words": words,
             "list_block_ptr": ptr(list_n_blocks),
             "block_post_ptr": block_post_ptr.astype(np.uint32),
-            "postings": doc_start[cat(1, np.int64)].astype(np.uint32),
-            "block_min": cat(3, np.float32),
-            "block_step": cat(4, np.float32),
-            "list_seg_ptr": list_seg_ptr,
-            "seg_pair_ptr": ptr(seg_n_pairs),
-            "pair_terms": cat(6, np.uint16 if vocab <= (1 << 16) else np.uint32),
-            "pair_counts": pair_counts,
+            "postings": doc_start[cat(2, np.int64)].astype(np.uint32),
+            "block_min": cat(4, np.float32),
+            "block_step": cat(5, np.float32),
+            "list_seg_ptr": ptr(cat(1, np.int64)),
+            "seg_block_ptr": ptr(seg_sizes[:, 0]),
+            "seg_pair_ptr": ptr(seg_sizes[:, 1]),
+            "pair_records": records.reshape(-1),
             "pair_group_base": pair_start[:-1][::PAIR_GROUP].astype(np.uint32),
-            "entries": cat(8, np.uint16),
+            "entries": cat(9, np.uint16),
         }
 
     # -- properties --------------------------------------------------------------------------
@@ -288,15 +292,15 @@ class BlockedIndex:
         return {"n_docs": self._n_docs, "vocab_size": self._vocab, "nnz": self._nnz,
                 "postings": int(a["postings"].size), "blocks": int(a["block_min"].size),
                 "segments": int(a["seg_pair_ptr"].size - 1),
-                "summary_pairs": int(a["pair_terms"].size),
+                "summary_pairs": int(a["pair_records"].size // self._record_size),
                 "summary_entries": int(a["entries"].size),
                 "max_list_blocks": self._max_list_blocks,
                 "forward_bytes": int(a["fwd_words"].nbytes),
                 "posting_bytes": int(a["postings"].nbytes + a["block_post_ptr"].nbytes
                                      + a["list_block_ptr"].nbytes),
                 "summary_bytes": int(sum(a[n].nbytes for n in (
-                    "block_min", "block_step", "list_seg_ptr", "seg_pair_ptr", "pair_terms",
-                    "pair_counts", "pair_group_base", "entries"))),
+                    "block_min", "block_step", "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr",
+                    "pair_records", "pair_group_base", "entries"))),
                 "nbytes": self.nbytes}
 
     # -- search ------------------------------------------------------------------------------
@@ -325,8 +329,8 @@ class BlockedIndex:
         term_mask, hi_shift, lo_shift, q_scale, ordered = self._decode
         index_args = (a["fwd_words"], term_mask, hi_shift, lo_shift, q_scale, ordered,
                       a["list_block_ptr"], a["block_post_ptr"], a["postings"], a["block_min"],
-                      a["block_step"], a["list_seg_ptr"], a["seg_pair_ptr"], a["pair_terms"],
-                      a["pair_counts"], a["pair_group_base"], a["entries"])
+                      a["block_step"], a["list_seg_ptr"], a["seg_block_ptr"], a["seg_pair_ptr"],
+                      a["pair_records"], self._record_size, a["pair_group_base"], a["entries"])
         longest = int(np.diff(q.indptr).max())
         n_candidates = min(query_cut, longest) * self._max_list_blocks
         if nq == 1 or threads == 1:

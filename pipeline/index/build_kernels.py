@@ -193,7 +193,7 @@ def _cluster_list(docs, n_cent, indptr, indices, data, top_terms, top_weights,
         slot_of[slot_terms[s]] = -1
 
 
-SEGMENT_BLOCKS = 256          # blocks per summary segment: list-local block ids fit a byte
+SEGMENT_BLOCKS = 256          # blocks per summary segment: segment-local block ids fit a byte
 ENERGY_BUCKETS = 64
 
 
@@ -266,9 +266,12 @@ def _energy_summary(terms, vals, n, energy, out_terms, out_vals):
 
 
 @njit(cache=True, nogil=True)
-def _close_segment(trip_terms, trip_codes, n_trip, slot_count, touched, seg_n_pairs, pair_terms,
-                   pair_counts, entries, n_segs, n_pairs, n_entries):
-    """Invert a segment's (term, code word) triples into pairs and entries (counting sort)."""
+def _close_segment(trip_terms, trip_codes, n_trip, n_seg_blocks, slot_count, touched,
+                   seg_sizes, pair_terms, pair_counts, entries, n_segs, n_pairs, n_entries):
+    """Invert a segment's (term, code word) triples into pairs and entries (counting sort).
+
+    seg_sizes[n_segs] = (blocks, pairs, entries); pair_counts holds entries per pair - 1.
+    """
     n_distinct = 0
     for j in range(n_trip):
         t = trip_terms[j]
@@ -277,7 +280,7 @@ def _close_segment(trip_terms, trip_codes, n_trip, slot_count, touched, seg_n_pa
             n_distinct += 1
         slot_count[t] += 1
     distinct = np.sort(touched[:n_distinct])
-    seg_n_pairs = _reserve(seg_n_pairs, n_segs + 1)
+    seg_sizes = _reserve_rows(seg_sizes, n_segs + 1)
     pair_terms = _reserve(pair_terms, n_pairs + n_distinct)
     pair_counts = _reserve(pair_counts, n_pairs + n_distinct)
     entries = _reserve(entries, n_entries + n_trip)
@@ -289,15 +292,26 @@ def _close_segment(trip_terms, trip_codes, n_trip, slot_count, touched, seg_n_pa
         pair_counts[n_pairs + j] = cnt - 1
         slot_count[t] = start          # now the fill position
         start += cnt
-    for j in range(n_trip):           # triples come in block order
+    for j in range(n_trip):                       # triples come in block order
         t = trip_terms[j]
         entries[slot_count[t]] = trip_codes[j]
         slot_count[t] += 1
     for j in range(n_distinct):
         slot_count[distinct[j]] = 0
-    seg_n_pairs[n_segs] = n_distinct
-    return (seg_n_pairs, pair_terms, pair_counts, entries, n_segs + 1, n_pairs + n_distinct,
+    seg_sizes[n_segs, 0] = n_seg_blocks
+    seg_sizes[n_segs, 1] = n_distinct
+    seg_sizes[n_segs, 2] = n_trip
+    return (seg_sizes, pair_terms, pair_counts, entries, n_segs + 1, n_pairs + n_distinct,
             n_entries + n_trip)
+
+
+@njit(cache=True, nogil=True)
+def _reserve_rows(buf, need):
+    if need <= buf.shape[0]:
+        return buf
+    out = np.empty((max(need, 2 * buf.shape[0]), buf.shape[1]), buf.dtype)
+    out[:buf.shape[0]] = buf
+    return out
 
 
 @njit(cache=True, nogil=True)
@@ -308,18 +322,19 @@ def build_lists(first_term, last_term, seed, list_ptr, list_docs, indptr, indice
 
     A list's blocks are cut into segments of at most `SEGMENT_BLOCKS` consecutive blocks;
     each segment stores its summaries inverted: per summary term (ascending), the blocks
-    holding it with the term's u8 code there.
+    holding it with the term's u8 code.
 
     Returns, for those lists in term order:
       list_n_blocks int32 (n_lists)       blocks per list
+      list_n_segs   int32 (n_lists)       segments per list
       block_docs    int32 (n_postings)    the lists' documents, block after block, ascending
                                           doc index inside a block
       block_sizes   int32 (n_blocks)
       block_min     float32 (n_blocks)    summary dequantisation: value = min + step * code
       block_step    float32 (n_blocks)
-      seg_n_pairs   int32 (n_segments)    distinct summary terms per segment
+      seg_sizes     int64 (n_segs, 3)     blocks, pairs and entries of each segment
       pair_terms    int32 (n_pairs)       per segment, its summary terms ascending
-      pair_counts   uint8 (n_pairs)       blocks holding the term, minus one
+      pair_counts   uint8 (n_pairs)       entries of the pair, minus one
       entries       uint16 (n_entries)    per pair, ascending block: (segment-local block
                                           << 8) | code
     """
@@ -331,7 +346,8 @@ def build_lists(first_term, last_term, seed, list_ptr, list_docs, indptr, indice
     block_sizes = np.empty(max(16, n_post // 8), np.int32)
     block_min = np.empty(block_sizes.size, np.float32)
     block_step = np.empty(block_sizes.size, np.float32)
-    seg_n_pairs = np.empty(64, np.int32)
+    list_n_segs = np.zeros(n_lists, np.int32)
+    seg_sizes = np.empty((64, 3), np.int64)
     pair_terms = np.empty(1024, np.int32)
     pair_counts = np.empty(1024, np.uint8)
     entries = np.empty(4096, np.uint16)
@@ -375,9 +391,11 @@ def build_lists(first_term, last_term, seed, list_ptr, list_docs, indptr, indice
             block_docs[out0 + fill[c]] = docs[i]
             fill[c] += 1
 
-        # summaries, one segment of up to SEGMENT_BLOCKS blocks at a time
+        # summaries, one segment at a time
         n_trip = 0
         n_blk = 0
+        seg_blk = 0
+        segs_before = n_segs
         for c in range(n_cent):
             lo, hi = counts[c], counts[c + 1]
             if hi == lo:
@@ -397,6 +415,13 @@ def build_lists(first_term, last_term, seed, list_ptr, list_docs, indptr, indice
                 union_v[j] = dense[union_t[j]]
                 dense[union_t[j]] = 0
             kept = _energy_summary(union_t, union_v, n_touched, summary_energy, kept_t, kept_v)
+            if seg_blk == SEGMENT_BLOCKS:
+                (seg_sizes, pair_terms, pair_counts, entries, n_segs, n_pairs,
+                 n_entries) = _close_segment(trip_terms, trip_codes, n_trip, seg_blk,
+                                             slot_count, touched, seg_sizes, pair_terms,
+                                             pair_counts, entries, n_segs, n_pairs, n_entries)
+                n_trip = 0
+                seg_blk = 0
             hi_v = kept_v[0]
             lo_v = kept_v[0]
             for j in range(1, kept):
@@ -405,14 +430,13 @@ def build_lists(first_term, last_term, seed, list_ptr, list_docs, indptr, indice
             step = np.float32((hi_v - lo_v) / U8_LEVELS)
             trip_terms = _reserve(trip_terms, n_trip + kept)
             trip_codes = _reserve(trip_codes, n_trip + kept)
-            seg_block = n_blk % SEGMENT_BLOCKS
             for j in range(kept):
                 code = 0
                 if step > 0:
                     code = int(np.floor((kept_v[j] - lo_v) / step + 0.5))
                     code = min(max(code, 0), U8_LEVELS)
                 trip_terms[n_trip] = kept_t[j]
-                trip_codes[n_trip] = (seg_block << 8) | code
+                trip_codes[n_trip] = (seg_blk << 8) | code
                 n_trip += 1
             block_sizes = _reserve(block_sizes, n_blocks_total + 1)
             block_min = _reserve(block_min, n_blocks_total + 1)
@@ -422,20 +446,16 @@ def build_lists(first_term, last_term, seed, list_ptr, list_docs, indptr, indice
             block_step[n_blocks_total] = step
             n_blocks_total += 1
             n_blk += 1
-            if n_blk % SEGMENT_BLOCKS == 0:
-                (seg_n_pairs, pair_terms, pair_counts, entries, n_segs, n_pairs,
-                 n_entries) = _close_segment(trip_terms, trip_codes, n_trip, slot_count, touched,
-                                             seg_n_pairs, pair_terms, pair_counts, entries,
-                                             n_segs, n_pairs, n_entries)
-                n_trip = 0
+            seg_blk += 1
         if n_trip > 0:
-            (seg_n_pairs, pair_terms, pair_counts, entries, n_segs, n_pairs,
-             n_entries) = _close_segment(trip_terms, trip_codes, n_trip, slot_count, touched,
-                                         seg_n_pairs, pair_terms, pair_counts, entries,
+            (seg_sizes, pair_terms, pair_counts, entries, n_segs, n_pairs,
+             n_entries) = _close_segment(trip_terms, trip_codes, n_trip, seg_blk, slot_count,
+                                         touched, seg_sizes, pair_terms, pair_counts, entries,
                                          n_segs, n_pairs, n_entries)
         list_n_blocks[li] = n_blk
+        list_n_segs[li] = n_segs - segs_before
 
-    return (list_n_blocks, block_docs, block_sizes[:n_blocks_total].copy(),
+    return (list_n_blocks, list_n_segs, block_docs, block_sizes[:n_blocks_total].copy(),
             block_min[:n_blocks_total].copy(), block_step[:n_blocks_total].copy(),
-            seg_n_pairs[:n_segs].copy(), pair_terms[:n_pairs].copy(),
+            seg_sizes[:n_segs].copy(), pair_terms[:n_pairs].copy(),
             pair_counts[:n_pairs].copy(), entries[:n_entries].copy())

@@ -100,24 +100,49 @@ def _sift_down_max(heap, keys, n, i):
 
 
 @njit(inline="always")
-def _pair_offset(pair_group_base, pair_counts, p):
-    """First entry of summary pair p: its group's base plus the sizes of the pairs before it."""
-    off = np.int64(pair_group_base[p >> 4])
+def _pair_term(records, p, record_size):
+    """Term of summary pair p (little-endian, 2 or 4 bytes at the start of its record)."""
+    r = p * record_size
+    if record_size == 3:
+        return np.int64(records[r]) | (np.int64(records[r + 1]) << 8)
+    return (np.int64(records[r]) | (np.int64(records[r + 1]) << 8)
+            | (np.int64(records[r + 2]) << 16) | (np.int64(records[r + 3]) << 24))
+
+
+@njit(inline="always")
+def _pair_first(records, group_base, p, record_size):
+    """Offset in ``entries`` of pair p's first entry: its group's base plus the sizes of
+    the pairs before it in the group."""
+    off = np.int64(group_base[p >> 4])
     for j in range((p >> 4) << 4, p):
-        off += np.int64(pair_counts[j]) + 1
+        off += np.int64(records[j * record_size + record_size - 1]) + 1
     return off
+
+
+@njit(inline="always")
+def _grown(buf):
+    out = np.empty(2 * buf.size, buf.dtype)
+    out[:buf.size] = buf
+    return out
 
 
 @njit(cache=True, nogil=True)
 def search_query(q_terms, q_values, query_cut, heap_factor,
                  words, term_mask, hi_shift, lo_shift, q_scale, ordered,
                  list_block_ptr, block_post_ptr, postings, block_min, block_step,
-                 list_seg_ptr, seg_pair_ptr, pair_terms, pair_counts, pair_group_base, entries,
+                 list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
+                 pair_group_base, entries,
                  q_dense, visited, touched, cand_block, acc_code, acc_q, dots, heap, cut,
                  h_scores, h_docs, out_docs, out_scores):
     """Top-k of one query (terms ascending) into ``out_docs``/``out_scores`` (one row)."""
     nt = q_terms.size
     capacity = h_scores.size
+    # matched summary pairs of this query: at most |q| per segment of a cut list
+    n_alloc = max(16, min(query_cut, nt) * nt)
+    match_first = np.empty(n_alloc, np.int64)
+    match_last = np.empty(n_alloc, np.int64)
+    match_base = np.empty(n_alloc, np.int64)
+    match_w = np.empty(n_alloc, np.float32)
     for i in range(nt):
         q_dense[q_terms[i]] = q_values[i] * q_scale
 
@@ -136,8 +161,11 @@ def search_query(q_terms, q_values, query_cut, heap_factor,
         cut[c] = best
         prev = best
 
-    # phase 1: the summary score of every block of the cut lists
+    # phase 1: the summary score of every block of the cut lists, in two passes: find the
+    # (term, blocks) pairs of the query's terms and prefetch their entries, then read them
+    # (by then mostly in cache: the entries of ~60 pairs a list sit on ~60 cold lines)
     n_cand = 0
+    n_match = 0
     for c in range(n_cut):
         t = q_terms[cut[c]]
         b0 = list_block_ptr[t]
@@ -148,34 +176,57 @@ def search_query(q_terms, q_values, query_cut, heap_factor,
             cand_block[n_cand + j] = b0 + j
             acc_code[n_cand + j] = 0.0
             acc_q[n_cand + j] = 0.0
-        s0 = list_seg_ptr[t]
-        for s in range(s0, list_seg_ptr[t + 1]):
-            seg_base = n_cand + (s - s0) * 256
-            lo = seg_pair_ptr[s]
-            hi = seg_pair_ptr[s + 1]
+        for s in range(list_seg_ptr[t], list_seg_ptr[t + 1]):
+            seg_base = n_cand + (seg_block_ptr[s] - b0)
+            p_end = seg_pair_ptr[s + 1]
+            p = seg_pair_ptr[s]
+            # merge the ascending query terms into the ascending pair terms, galloping
+            # over the pairs: O(|q| log(pairs / |q|)) probes instead of a pass over all
             for i in range(nt):
                 qt = np.int64(q_terms[i])
-                a = lo
-                b = hi
-                while a < b:
-                    mid = (a + b) >> 1
-                    if np.int64(pair_terms[mid]) < qt:
-                        a = mid + 1
-                    else:
-                        b = mid
-                lo = a
-                if lo >= hi:
+                if p >= p_end:
                     break
-                if np.int64(pair_terms[lo]) == qt:
-                    w = q_values[i]
-                    off = _pair_offset(pair_group_base, pair_counts, lo)
-                    for e in range(off, off + np.int64(pair_counts[lo]) + 1):
-                        x = entries[e]
-                        bl = seg_base + (x >> 8)
-                        acc_code[bl] += w * np.float32(x & 255)
-                        acc_q[bl] += w
-                    lo += 1
+                if _pair_term(pair_records, p, record_size) < qt:
+                    step = 1
+                    while p + step < p_end and _pair_term(pair_records, p + step,
+                                                          record_size) < qt:
+                        step <<= 1
+                    lo = p + (step >> 1) + 1
+                    hi = min(p + step, p_end)
+                    while lo < hi:
+                        mid = (lo + hi) >> 1
+                        if _pair_term(pair_records, mid, record_size) < qt:
+                            lo = mid + 1
+                        else:
+                            hi = mid
+                    p = lo
+                    if p >= p_end:
+                        break
+                if _pair_term(pair_records, p, record_size) == qt:
+                    first = _pair_first(pair_records, pair_group_base, p, record_size)
+                    last = first + np.int64(pair_records[p * record_size + record_size - 1]) + 1
+                    prefetch(entries, first)
+                    prefetch(entries, last - 1)
+                    if n_match == match_first.size:
+                        match_first = _grown(match_first)
+                        match_last = _grown(match_last)
+                        match_base = _grown(match_base)
+                        match_w = _grown(match_w)
+                    match_first[n_match] = first
+                    match_last[n_match] = last
+                    match_base[n_match] = seg_base
+                    match_w[n_match] = q_values[i]
+                    n_match += 1
+                    p += 1
         n_cand += nb
+    for m in range(n_match):
+        w = match_w[m]
+        seg_base = match_base[m]
+        for j in range(match_first[m], match_last[m]):
+            x = entries[j]
+            bl = seg_base + (x >> 8)
+            acc_code[bl] += w * np.float32(x & 255)
+            acc_q[bl] += w
     for j in range(n_cand):
         blk = cand_block[j]
         dots[j] = block_step[blk] * acc_code[j] + block_min[blk] * acc_q[j]
@@ -230,7 +281,8 @@ def alloc_scratch(vocab, n_docs, n_candidates, capacity, query_cut):
 def search_serial(q_indptr, q_indices, q_data, query_cut, heap_factor,
                   words, term_mask, hi_shift, lo_shift, q_scale, ordered,
                   list_block_ptr, block_post_ptr, postings, block_min, block_step,
-                  list_seg_ptr, seg_pair_ptr, pair_terms, pair_counts, pair_group_base, entries,
+                  list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
+                  pair_group_base, entries,
                   q_dense, visited, touched, cand_block, acc_code, acc_q, dots, heap, cut,
                   h_scores, h_docs, out_docs, out_scores):
     """Queries one after another on the calling thread, with the caller's scratch."""
@@ -239,7 +291,8 @@ def search_serial(q_indptr, q_indices, q_data, query_cut, heap_factor,
         search_query(q_indices[a:b], q_data[a:b], query_cut, heap_factor,
                      words, term_mask, hi_shift, lo_shift, q_scale, ordered,
                      list_block_ptr, block_post_ptr, postings, block_min, block_step,
-                     list_seg_ptr, seg_pair_ptr, pair_terms, pair_counts, pair_group_base,
+                     list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
+                     pair_group_base,
                      entries, q_dense, visited, touched, cand_block, acc_code, acc_q, dots,
                      heap, cut, h_scores, h_docs, out_docs[qi], out_scores[qi])
 
@@ -249,7 +302,8 @@ def search_parallel(q_indptr, q_indices, q_data, query_cut, heap_factor, n_chunk
                     vocab, n_docs, n_candidates, capacity,
                     words, term_mask, hi_shift, lo_shift, q_scale, ordered,
                     list_block_ptr, block_post_ptr, postings, block_min, block_step,
-                    list_seg_ptr, seg_pair_ptr, pair_terms, pair_counts, pair_group_base, entries,
+                    list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
+                    pair_group_base, entries,
                     out_docs, out_scores):
     """Chunks of queries over numba's thread pool, one scratch set per chunk."""
     nq = q_indptr.size - 1
@@ -261,15 +315,16 @@ def search_parallel(q_indptr, q_indices, q_data, query_cut, heap_factor, n_chunk
             search_query(q_indices[a:b], q_data[a:b], query_cut, heap_factor,
                          words, term_mask, hi_shift, lo_shift, q_scale, ordered,
                          list_block_ptr, block_post_ptr, postings, block_min, block_step,
-                         list_seg_ptr, seg_pair_ptr, pair_terms, pair_counts, pair_group_base,
+                         list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
+                         pair_group_base,
                          entries, q_dense, visited, touched, cand_block, acc_code, acc_q, dots,
                          heap, cut, h_scores, h_docs, out_docs[qi], out_scores[qi])
 
 
 @njit(cache=True, nogil=True)
 def check_structure(n_docs, vocab, words, term_mask, list_block_ptr, block_post_ptr, postings,
-                    list_seg_ptr, seg_pair_ptr, pair_terms, pair_counts, pair_group_base,
-                    entries):
+                    list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
+                    pair_group_base, entries):
     """The invariants the search kernels index by without bounds checks; returns "" or the
     first violation. Run on every loaded index, so a foreign or damaged group fails cleanly
     instead of reading or writing out of bounds."""
@@ -295,19 +350,31 @@ def check_structure(n_docs, vocab, words, term_mask, list_block_ptr, block_post_
         i = np.searchsorted(doc_start, off)
         if i >= n_docs or doc_start[i] != off:
             return "posting does not point at a document"
-    # segments: pairs ascending by term, entries inside their segment's blocks
-    vocab_list = list_block_ptr.size - 1
-    for t in range(vocab_list):
-        nb = list_block_ptr[t + 1] - list_block_ptr[t]
+    # pair offsets: each group's base is the running total of the pairs' sizes
+    n_pairs = pair_records.size // record_size
+    total = np.int64(0)
+    for p in range(n_pairs):
+        if p % 16 == 0 and np.int64(pair_group_base[p >> 4]) != total:
+            return "summary pair offsets are inconsistent"
+        total += np.int64(pair_records[p * record_size + record_size - 1]) + 1
+    if total != entries.size:
+        return "summary pairs do not cover the entries"
+    # segments: inside their list's blocks; pairs ascending by term; entries inside the
+    # segment's blocks
+    for t in range(list_block_ptr.size - 1):
         for s in range(list_seg_ptr[t], list_seg_ptr[t + 1]):
-            seg_blocks = min(256, nb - 256 * (s - list_seg_ptr[t]))
+            b_lo, b_hi = seg_block_ptr[s], seg_block_ptr[s + 1]
+            if b_lo < list_block_ptr[t] or b_hi > list_block_ptr[t + 1] or b_hi - b_lo > 256:
+                return "segment blocks outside its list"
             for p in range(seg_pair_ptr[s], seg_pair_ptr[s + 1]):
-                if np.int64(pair_terms[p]) >= vocab:
+                term = _pair_term(pair_records, p, record_size)
+                if term >= vocab:
                     return "summary term outside the vocabulary"
-                if p > seg_pair_ptr[s] and pair_terms[p] <= pair_terms[p - 1]:
+                if p > seg_pair_ptr[s] and term <= _pair_term(pair_records, p - 1, record_size):
                     return "summary terms not ascending"
-                off = _pair_offset(pair_group_base, pair_counts, p)
-                for e in range(off, off + np.int64(pair_counts[p]) + 1):
-                    if e >= entries.size or np.int64(entries[e] >> 8) >= seg_blocks:
+                first = _pair_first(pair_records, pair_group_base, p, record_size)
+                for j in range(first, first + np.int64(pair_records[p * record_size
+                                                                    + record_size - 1]) + 1):
+                    if np.int64(entries[j] >> 8) >= b_hi - b_lo:
                         return "summary entry outside its segment"
     return ""

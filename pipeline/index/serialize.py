@@ -165,7 +165,7 @@ def save_blocked(index: "BlockedIndex", url: str, storage_options: dict | None =
         "n_docs": index.n_docs, "vocab_size": index.vocab_size, "nnz": index.nnz,
         "n_blocks": int(a["block_min"].size), "n_postings_total": int(a["postings"].size),
         "n_segments": int(a["seg_pair_ptr"].size - 1),
-        "n_summary_pairs": int(a["pair_terms"].size),
+        "n_summary_pairs": int(index.stats()["summary_pairs"]),
         "n_summary_entries": int(a["entries"].size),
         "config": index.config.to_dict(),
     })
@@ -187,6 +187,7 @@ def load_blocked(url: str, storage_options: dict | None = None) -> "BlockedIndex
     except (TypeError, ValueError) as exc:
         raise IndexFormatError(f"{loc.url}: invalid build parameters ({exc})") from exc
     word = np.dtype(CODECS[config.forward_values].word_dtype).str
+    record_size = (2 if vocab <= (1 << 16) else 4) + 1
     a = _read_arrays(loc, root, attrs, {
         "fwd_words": ((word,), (2 * n + nnz,)),
         "list_block_ptr": (("<i8",), (vocab + 1,)),
@@ -195,9 +196,9 @@ def load_blocked(url: str, storage_options: dict | None = None) -> "BlockedIndex
         "block_min": (("<f4",), (nb,)),
         "block_step": (("<f4",), (nb,)),
         "list_seg_ptr": (("<i8",), (vocab + 1,)),
+        "seg_block_ptr": (("<i8",), (nseg + 1,)),
         "seg_pair_ptr": (("<i8",), (nseg + 1,)),
-        "pair_terms": (("<u2", "<u4"), (npairs,)),
-        "pair_counts": (("|u1",), (npairs,)),
+        "pair_records": (("|u1",), (npairs * record_size,)),
         "pair_group_base": (("<u4",), ((npairs + 15) // 16,)),
         "entries": (("<u2",), (nent,)),
     })
@@ -205,19 +206,13 @@ def load_blocked(url: str, storage_options: dict | None = None) -> "BlockedIndex
     _check_ptr(loc, "block_post_ptr", a["block_post_ptr"], npost)
     _check_ptr(loc, "list_seg_ptr", a["list_seg_ptr"], nseg)
     _check_ptr(loc, "seg_pair_ptr", a["seg_pair_ptr"], npairs)
-    n_blocks = np.diff(a["list_block_ptr"])
-    if not np.array_equal(np.diff(a["list_seg_ptr"]), (n_blocks + 255) // 256):
-        raise IndexFormatError(f"{loc.url}: segments do not match the lists' blocks")
-    sizes = a["pair_counts"].astype(np.int64) + 1
-    if int(sizes.sum()) != nent or not np.array_equal(
-            a["pair_group_base"].astype(np.int64),
-            np.concatenate([[0], np.cumsum(sizes)])[:-1][::16]):
-        raise IndexFormatError(f"{loc.url}: summary pair offsets are inconsistent")
+    _check_ptr(loc, "seg_block_ptr", a["seg_block_ptr"], nb)
     codec = CODECS[config.forward_values]
     problem = check_structure(n, vocab, a["fwd_words"], codec.word_dtype(codec.term_mask),
                               a["list_block_ptr"], a["block_post_ptr"], a["postings"],
-                              a["list_seg_ptr"], a["seg_pair_ptr"], a["pair_terms"],
-                              a["pair_counts"], a["pair_group_base"], a["entries"])
+                              a["list_seg_ptr"], a["seg_block_ptr"], a["seg_pair_ptr"],
+                              a["pair_records"], record_size, a["pair_group_base"],
+                              a["entries"])
     if problem:
         raise IndexFormatError(f"{loc.url}: {problem}")
     return BlockedIndex(a, config, n, vocab, nnz)
