@@ -2,17 +2,17 @@
 
 Model: documents and queries mix *topic* terms and *background* terms.
 
-* Background term popularity follows the document-frequency curve measured on the real
-  encodings (`DF_CURVE`): the probability of drawing rank ``r`` is ``-ln(1 - df(r)) / n``
-  (the per-draw probability that yields document frequency ``df(r)`` after ``n`` draws),
-  log-log interpolated between the measured ranks, with a power-law tail beyond them.
-  Ranks map to term ids through a seeded permutation of the vocabulary.
-* ``n_docs / DOCS_PER_TOPIC`` topics, each a set of `TOPIC_TERMS` terms drawn from the
-  background distribution flattened to the power `TOPIC_FLATTEN` (topics favour
-  mid-frequency terms), with Zipf weights inside the topic. Each document and query belongs
-  to one topic and draws `DOC_TOPIC_SHARE` / `QUERY_TOPIC_SHARE` of its terms from it: this
-  is what makes a query's best documents share its heavy terms, as real relevant documents do.
-* Number of distinct terms per vector: log-normal (`DOC_NNZ_LOG`, `QUERY_NNZ_LOG`).
+* Background term popularity follows a document-frequency curve (`BACKGROUND_DF`): the
+  probability of drawing rank ``r`` is ``-ln(1 - df(r)) / n`` (the per-draw probability
+  that yields document frequency ``df(r)`` after ``n`` background draws), log-log
+  interpolated between anchor ranks, with a power-law tail beyond them. Ranks map to term
+  ids through a seeded permutation of the vocabulary.
+* ``n_docs / docs_per_topic`` topics, each a set of ``topic_terms`` terms drawn from the
+  background distribution flattened to the power ``topic_flatten``, with Zipf weights
+  inside the topic. Each document and query belongs to one topic and draws a share of its
+  terms from it (Beta-distributed around ``doc_topic_share`` / ``query_topic_share``): this
+  is what makes a query's best documents share its heavy terms, as relevant documents do.
+* Number of distinct terms per vector: log-normal (``doc_nnz_log``, ``query_nnz_log``).
 * Weights: the measured weight quantile function (`DOC_WEIGHT_QUANTILES`,
   `QUERY_WEIGHT_QUANTILES`) at ``u ~ max(v1, v2)`` for topic terms and ``min(v1, v2)`` for
   background terms, so topic terms are the heavy ones while the pooled distribution stays
@@ -43,11 +43,12 @@ MEASURED_DF = np.array([
 #: (rank, document frequency) of the *background* distribution, fitted so that background
 #: plus topic draws reproduce `MEASURED_DF`
 BACKGROUND_DF = np.array([
-    [1, 0.955], [3, 0.84], [10, 0.627], [30, 0.42], [100, 0.253], [300, 0.13],
-    [1000, 0.0486], [3000, 0.013], [6000, 0.0042], [10000, 0.00068], [14000, 0.00012],
+    [1, 0.995], [3, 0.862], [10, 0.751], [30, 0.466], [100, 0.2795], [300, 0.1384],
+    [1000, 0.0536], [3000, 0.01375], [6000, 0.00138], [10000, 0.0004], [14000, 0.00012],
 ])
-#: power-law exponent of the per-draw probability beyond the last background rank
-DF_TAIL_EXPONENT = 2.5
+#: power-law exponent of the per-draw probability beyond the last background rank (fitted
+#: to the share of the vocabulary the real collections use: ~0.45 at 5,000 documents)
+DF_TAIL_EXPONENT = 4.0
 #: weight quantiles at `WEIGHT_PROBS` (documents, queries)
 WEIGHT_PROBS = np.array([0.0, 0.01, 0.05, 0.10, 0.25, 0.50, 0.75, 0.90, 0.95, 0.99, 0.999, 1.0])
 DOC_WEIGHT_QUANTILES = np.array(
@@ -60,7 +61,7 @@ CALIBRATION_TARGETS = {
     "df_rank_1": 0.944, "df_rank_10": 0.630, "df_rank_100": 0.268, "df_rank_1000": 0.054,
     "df_rank_3000": 0.0148, "df_rank_10000": 0.00082,
     "overlap_top1": 0.520, "overlap_top10": 0.440, "overlap_random": 0.197,
-    "score10_over_score1": 0.716,
+    "score10_over_score1": 0.716, "vocab_used_share": 0.48,
 }
 
 
@@ -68,15 +69,17 @@ CALIBRATION_TARGETS = {
 class SyntheticParams:
     """Shape of the generator; the defaults are the calibrated values."""
 
-    doc_nnz_log: tuple[float, float] = (5.408, 0.25)     # (mean, std) of ln(distinct terms)
-    query_nnz_log: tuple[float, float] = (4.143, 0.58)
+    doc_nnz_log: tuple[float, float] = (5.63, 0.25)      # (mean, std) of ln(draws / 1.3)
+    query_nnz_log: tuple[float, float] = (4.205, 0.58)
     draw_factor: float = 1.3          # draws per target term (duplicates collapse)
-    docs_per_topic: int = 200
-    topic_terms: int = 400
-    topic_flatten: float = 0.5        # topics draw terms from background ** this
+    docs_per_topic: int = 100
+    topic_terms: int = 300
+    topic_flatten: float = 0.8        # topics draw terms from background ** this
     topic_zipf: float = 1.0           # Zipf exponent inside a topic
-    doc_topic_share: float = 0.5      # share of a document's draws from its topic
+    doc_topic_share: float = 0.5      # mean share of a document's draws from its topic
     query_topic_share: float = 0.5
+    share_concentration: float = 1.5  # per-vector shares ~ Beta with this a + b: some
+    #                                   documents are much more on-topic than others
 
 
 _CHUNK_DOCS = 1 << 16
@@ -107,10 +110,18 @@ def _alias_table(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _draw(rng: np.random.Generator, table: tuple[np.ndarray, np.ndarray], n: int) -> np.ndarray:
+    """n alias-method draws from one random 32-bit word each: the high bits pick the column,
+    the low 16 bits decide between the column and its alias."""
     prob, alias = table
-    idx = rng.integers(0, prob.size, size=n, dtype=np.int32)
-    keep = rng.random(n, dtype=np.float32) < prob[idx]
+    bits = rng.integers(0, 2 ** 32, size=n, dtype=np.uint32)
+    idx = ((bits >> np.uint32(16)).astype(np.uint64) * prob.size >> np.uint64(16)).astype(np.int32)
+    keep = (bits & np.uint32(0xFFFF)) < prob16_of(prob)[idx]
     return np.where(keep, idx, alias[idx])
+
+
+def prob16_of(prob: np.ndarray) -> np.ndarray:
+    """Alias acceptance probabilities as 16-bit thresholds."""
+    return np.minimum(np.rint(prob.astype(np.float64) * 65536), 65536).astype(np.uint32)
 
 
 def background_probabilities(vocab_size: int, params: SyntheticParams,
@@ -129,53 +140,78 @@ def background_probabilities(vocab_size: int, params: SyntheticParams,
     return p / p.sum()
 
 
-def _weights(rng: np.random.Generator, topical: np.ndarray, quantiles: np.ndarray) -> np.ndarray:
-    v1 = rng.random(topical.size, dtype=np.float32)
-    v2 = rng.random(topical.size, dtype=np.float32)
-    u = np.where(topical, np.maximum(v1, v2), np.minimum(v1, v2))
+_QUANTILE_TABLE = 4096
+
+
+def _weight_table(quantiles: np.ndarray) -> np.ndarray:
+    """The weight quantile function at u = max(v1, v2) (entries 0..4095: topical terms)
+    and u = min(v1, v2) (entries 4096..8191: background terms), v1, v2 uniform: one table
+    lookup per weight instead of two uniforms, a max/min and an interpolation."""
+    v = (np.arange(_QUANTILE_TABLE, dtype=np.float64) + 0.5) / _QUANTILE_TABLE
+    u = np.concatenate([np.sqrt(v), 1.0 - np.sqrt(1.0 - v)])
     return np.interp(u, WEIGHT_PROBS, quantiles).astype(np.float32)
+
+
+def _weights(rng: np.random.Generator, background: np.ndarray, table: np.ndarray) -> np.ndarray:
+    idx = rng.integers(0, _QUANTILE_TABLE, size=background.size, dtype=np.int32)
+    idx += background.astype(np.int32) * _QUANTILE_TABLE
+    return table[idx]
 
 
 def _vectors(rng: np.random.Generator, n: int, topics: np.ndarray, nnz_log: tuple[float, float],
              topic_share: float, quantiles: np.ndarray, rank_to_term: np.ndarray,
              bg_table, topic_pos_table, topic_terms: np.ndarray, vocab_size: int,
-             draw_factor: float) -> sp.csr_matrix:
+             draw_factor: float, share_concentration: float) -> sp.csr_matrix:
     """``n`` sparse vectors of the given topics, generated in chunks of rows."""
     lengths = np.clip(np.rint(rng.lognormal(nnz_log[0], nnz_log[1], n)), 1, vocab_size)
-    lengths = lengths.astype(np.int64)
+    shares = rng.beta(topic_share * share_concentration,
+                      (1.0 - topic_share) * share_concentration, n)
+    # duplicate draws collapse into one term: draw a few more than the target length
+    draws = np.rint(lengths * draw_factor).astype(np.int64)
+    n_topical = rng.binomial(draws, shares)
+    table = _weight_table(quantiles)
+    rank_to_term = rank_to_term.astype(np.uint32)
+    topic_terms = topic_terms.astype(np.uint32)
+    # keys fit uint32 when chunk rows * vocab * 2 < 2**32 (uint32 sorts much faster)
+    chunk = max(1, min(_CHUNK_DOCS, (2 ** 32 - 1) // (2 * vocab_size) - 1))
+    wide = chunk < 1024
+    key_type = np.uint64 if wide else np.uint32
+    if wide:
+        chunk = _CHUNK_DOCS
     data, indices, counts = [], [], []
-    for start in range(0, n, _CHUNK_DOCS):
-        stop = min(n, start + _CHUNK_DOCS)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
         m = stop - start
-        # duplicate draws collapse into one term: draw a few more than the target length
-        draws = np.rint(lengths[start:stop] * draw_factor).astype(np.int64)
-        rows = np.repeat(np.arange(m, dtype=np.int64), draws)
-        total = rows.size
-        topical = rng.random(total, dtype=np.float32) < topic_share
-        terms = np.empty(total, np.int64)
-        n_top = int(topical.sum())
-        pos = _draw(rng, topic_pos_table, n_top)
-        terms[topical] = topic_terms[topics[start:stop][rows[topical]], pos]
-        terms[~topical] = rank_to_term[_draw(rng, bg_table, total - n_top)]
+        local = np.arange(m, dtype=key_type)
+        n_top = n_topical[start:stop]
+        top_rows = np.repeat(local, n_top)
+        bg_rows = np.repeat(local, draws[start:stop] - n_top)
+        top_terms = topic_terms[np.repeat(topics[start:stop], n_top),
+                                _draw(rng, topic_pos_table, top_rows.size)]
+        bg_terms = rank_to_term[_draw(rng, bg_table, bg_rows.size)]
         # key: row, term, background flag -> sorting groups a row's terms ascending and puts
         # a term's topical draw first, so dedup keeps the topical copy
-        key = ((rows * vocab_size + terms) << 1) | (~topical).astype(np.int64)
+        v2 = key_type(2 * vocab_size)
+        key = np.concatenate([top_rows * v2 + top_terms.astype(key_type) * key_type(2),
+                              bg_rows * v2 + bg_terms.astype(key_type) * key_type(2)
+                              + key_type(1)])
         key.sort()
-        base = key >> 1
-        first = np.ones(total, np.bool_)
-        first[1:] = base[1:] != base[:-1]
+        base = key >> key_type(1)
+        first = np.empty(key.size, np.bool_)
+        first[:1] = True
+        np.not_equal(base[1:], base[:-1], out=first[1:])
         key = key[first]
         base = base[first]
-        row = base // vocab_size
-        indices.append((key >> 1) % vocab_size)
-        data.append(_weights(rng, (key & 1) == 0, quantiles))
-        counts.append(np.bincount(row, minlength=m))
+        row = base // key_type(vocab_size)
+        indices.append((base - row * key_type(vocab_size)).astype(np.int32))
+        data.append(_weights(rng, key & key_type(1), table))
+        counts.append(np.bincount(row.astype(np.int64), minlength=m))
     indptr = np.zeros(n + 1, np.int64)
     if counts:
         np.cumsum(np.concatenate(counts), out=indptr[1:])
     return sp.csr_matrix(
         (np.concatenate(data) if data else np.zeros(0, np.float32),
-         np.concatenate(indices).astype(np.int32) if indices else np.zeros(0, np.int32),
+         np.concatenate(indices) if indices else np.zeros(0, np.int32),
          indptr), shape=(n, vocab_size))
 
 
@@ -210,10 +246,11 @@ def generate(n_docs: int, n_queries: int, seed: int, vocab_size: int = 30522, *,
     query_topics = rng.integers(0, n_topics, n_queries)
     docs = _vectors(rng, n_docs, doc_topics, params.doc_nnz_log, params.doc_topic_share,
                     DOC_WEIGHT_QUANTILES, rank_to_term, bg_table, topic_pos_table, topic_terms,
-                    vocab_size, params.draw_factor)
+                    vocab_size, params.draw_factor, params.share_concentration)
     queries = _vectors(rng, n_queries, query_topics, params.query_nnz_log,
                        params.query_topic_share, QUERY_WEIGHT_QUANTILES, rank_to_term, bg_table,
-                       topic_pos_table, topic_terms, vocab_size, params.draw_factor)
+                       topic_pos_table, topic_terms, vocab_size, params.draw_factor,
+                       params.share_concentration)
     return docs, queries
 
 

@@ -53,6 +53,7 @@ from pipeline.index import build_kernels as bk
 from pipeline.index import search_kernels as sk
 from pipeline.index.bits import CODECS, HALF_MAX, EntryCodec
 from pipeline.index.config import BlockedIndexConfig
+from pipeline.index.fastcall import FastCall
 from pipeline.index.topk import empty_results
 from pipeline.index.validate import (as_csr, check_float, check_int, check_k, check_queries,
                                      check_threads)
@@ -127,7 +128,7 @@ class BlockedIndex:
     def __init__(self, arrays: dict[str, np.ndarray], config: BlockedIndexConfig,
                  n_docs: int, vocab_size: int, nnz: int) -> None:
         """Wrap already-built arrays; use `build` or `load` instead of calling this."""
-        self._a = arrays
+        self._a = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
         self._config = config
         self._n_docs = int(n_docs)
         self._vocab = int(vocab_size)
@@ -141,6 +142,7 @@ class BlockedIndex:
         lbp = arrays["list_block_ptr"]
         self._max_list_blocks = int(np.diff(lbp).max()) if lbp.size > 1 else 0
         self._local = threading.local()
+        self._serial = FastCall(sk.search_serial)
 
     # -- build -------------------------------------------------------------------------------
     @classmethod
@@ -320,6 +322,7 @@ class BlockedIndex:
                                   else heap_factor, "heap_factor", 0.0, 1e9)
         threads = check_threads(threads)
         q = check_queries(queries, self._vocab)
+        q_indptr = q.indptr.astype(np.int64, copy=False)
         nq = q.shape[0]
         out_docs, out_scores = empty_results(nq, k)
         if nq == 0 or self._n_docs == 0 or q.nnz == 0:
@@ -331,22 +334,21 @@ class BlockedIndex:
                       a["list_block_ptr"], a["block_post_ptr"], a["postings"], a["block_min"],
                       a["block_step"], a["list_seg_ptr"], a["seg_block_ptr"], a["seg_pair_ptr"],
                       a["pair_records"], self._record_size, a["pair_group_base"], a["entries"])
-        longest = int(np.diff(q.indptr).max())
+        longest = q.nnz if nq == 1 else int(np.diff(q_indptr).max())
         n_candidates = min(query_cut, longest) * self._max_list_blocks
         if nq == 1 or threads == 1:
             scratch = self._scratch(n_candidates)
             cut = np.empty(query_cut, np.int64)
             h_scores = np.empty(capacity, np.float32)
             h_docs = np.empty(capacity, np.int64)
-            sk.search_serial(q.indptr, q.indices, q.data, query_cut, heap_factor,
-                             *index_args, *scratch, cut, h_scores, h_docs,
-                             out_docs, out_scores)
+            self._serial("serial", q_indptr, q.indices, q.data, query_cut, heap_factor,
+                         *index_args, *scratch, cut, h_scores, h_docs, out_docs, out_scores)
         else:
             n_chunks = min(nq, 4 * threads)
             previous = numba.get_num_threads()
             numba.set_num_threads(threads)
             try:
-                sk.search_parallel(q.indptr, q.indices, q.data, query_cut, heap_factor,
+                sk.search_parallel(q_indptr, q.indices, q.data, query_cut, heap_factor,
                                    n_chunks, self._vocab, self._n_docs, n_candidates,
                                    capacity, *index_args, out_docs, out_scores)
             finally:

@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 
+from pipeline.index.fastcall import FastCall
 from pipeline.index.topk import empty_results, heap_push, heap_to_row
 from pipeline.index.validate import as_csr, check_k, check_queries, check_threads
 
@@ -95,6 +96,7 @@ class ExactIndex:
         self._term_docs = csc.indices.astype(np.int32)
         self._term_values = csc.data.astype(np.float32)
         self._local = threading.local()
+        self._serial = FastCall(_exact_serial)
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -128,6 +130,7 @@ class ExactIndex:
         k = check_k(k)
         threads = check_threads(threads)
         q = check_queries(queries, self.vocab_size)
+        q_indptr = q.indptr.astype(np.int64, copy=False)
         nq = q.shape[0]
         out_docs, out_scores = empty_results(nq, k)
         if nq == 0 or self.n_docs == 0 or q.nnz == 0:
@@ -137,7 +140,7 @@ class ExactIndex:
             acc, seen, touched = self._scratch()
             h_scores = np.empty(capacity, np.float32)
             h_docs = np.empty(capacity, np.int64)
-            _exact_serial(q.indptr, q.indices, q.data, self._term_ptr, self._term_docs,
+            self._serial("serial", q_indptr, q.indices, q.data, self._term_ptr, self._term_docs,
                           self._term_values, acc, seen, touched, h_scores, h_docs,
                           out_docs, out_scores)
         else:
@@ -145,7 +148,7 @@ class ExactIndex:
             previous = numba.get_num_threads()
             numba.set_num_threads(threads)
             try:
-                _exact_parallel(q.indptr, q.indices, q.data, self._term_ptr, self._term_docs,
+                _exact_parallel(q_indptr, q.indices, q.data, self._term_ptr, self._term_docs,
                                 self._term_values, self.n_docs, capacity, n_chunks,
                                 out_docs, out_scores)
             finally:

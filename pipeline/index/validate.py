@@ -14,12 +14,20 @@ def as_csr(matrix, name: str) -> sp.csr_matrix:
     """Coerce anything scipy can convert into a canonical float32 CSR matrix.
 
     Canonical: float32 values (numba has no float16), int32 column ids sorted within each
-    row, no duplicates (summed), no explicit zeros, int64 row pointers. Rejects NaN, inf
+    row, no duplicates (summed), no explicit zeros, C-contiguous arrays (the kernels are
+    called with fixed argument types, see `fastcall`). Rejects NaN, inf
     and negative weights: learned sparse weights are ``log1p(relu(.))``, never negative,
     and a negative weight would break the score bounds the blocked index relies on.
     """
     if matrix is None:
         raise ValueError(f"{name}: expected a sparse matrix, got None")
+    if (type(matrix) is sp.csr_matrix and matrix.dtype == np.float32
+            and matrix.indices.dtype == np.int32 and matrix.has_canonical_format):
+        data = matrix.data   # the common case, e.g. one query per request: check, no copy
+        if data.size and not (np.isfinite(data).all() and (data > 0).all()):
+            return as_csr(sp.csr_matrix(matrix, copy=True), name)   # the slow path explains
+        if data.flags.c_contiguous and matrix.indices.flags.c_contiguous:
+            return matrix
     try:
         if sp.issparse(matrix):
             csr = sp.csr_matrix(matrix)
@@ -41,7 +49,7 @@ def as_csr(matrix, name: str) -> sp.csr_matrix:
         raise ValueError(f"{name}: values must be real numbers, got dtype {csr.dtype}")
     # never mutate the caller's arrays (scipy may hand back views of them)
     shared = sp.issparse(matrix) and any(
-        np.shares_memory(mine, theirs) for mine in (csr.data, csr.indices, csr.indptr)
+        np.may_share_memory(mine, theirs) for mine in (csr.data, csr.indices, csr.indptr)
         for theirs in (getattr(matrix, "data", None), getattr(matrix, "indices", None),
                        getattr(matrix, "indptr", None), getattr(matrix, "row", None),
                        getattr(matrix, "col", None)) if isinstance(theirs, np.ndarray))
@@ -65,10 +73,10 @@ def as_csr(matrix, name: str) -> sp.csr_matrix:
             csr = csr.copy()
         csr.sum_duplicates()   # also sorts the column ids
         csr.eliminate_zeros()
-    if csr.indices.dtype != np.int32:
-        csr.indices = csr.indices.astype(np.int32)
-    if csr.indptr.dtype != np.int64:
-        csr.indptr = csr.indptr.astype(np.int64)
+    if csr.indices.dtype != np.int32 or not csr.indices.flags.c_contiguous:
+        csr.indices = np.ascontiguousarray(csr.indices, dtype=np.int32)
+    if not csr.data.flags.c_contiguous:
+        csr.data = np.ascontiguousarray(csr.data)
     return csr
 
 
@@ -88,6 +96,8 @@ def check_queries(queries, vocab_size: int) -> sp.csr_matrix:
 
 
 def check_k(k) -> int:
+    if type(k) is int and k > 0:   # fast path: this runs on every query
+        return k
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise ValueError(f"k must be a positive integer, got {k!r}")
     if k <= 0:
@@ -101,18 +111,24 @@ def check_threads(threads) -> int:
 
     if threads is None:
         return numba.config.NUMBA_NUM_THREADS
+    if type(threads) is int and 1 <= threads <= numba.config.NUMBA_NUM_THREADS:
+        return threads
     if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
         raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
     return int(min(threads, numba.config.NUMBA_NUM_THREADS, os.cpu_count() or 1))
 
 
 def check_int(value, name: str, minimum: int = 1) -> int:
+    if type(value) is int and value >= minimum:
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
 def check_float(value, name: str, low: float, high: float, *, low_open: bool = False) -> float:
+    if type(value) is float and (value > low if low_open else value >= low) and value <= high:
+        return value   # fast path (NaN fails the comparisons)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {value!r}")
     v = float(value)
