@@ -21,7 +21,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -39,24 +38,11 @@ IMPLEMENTATIONS = ("plain", "twin", "triton", "gemm")
 # ------------------------------------------------------------------------------------ machine
 
 def machine_description(device: str) -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import torch
 
-    text = f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-    if device == "cuda" and torch.cuda.is_available():
-        import triton
+    from pipeline.machine import machine_line
 
-        props = torch.cuda.get_device_properties(0)
-        text += (f"; GPU {props.name}, {props.total_memory / 2**30:.0f} GiB, "
-                 f"{props.multi_processor_count} SMs, triton {triton.__version__}")
-    return text
+    return f"{machine_line()}; torch threads {torch.get_num_threads()}; device {device}"
 
 
 def available_memory_bytes() -> int:

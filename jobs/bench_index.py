@@ -31,7 +31,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import platform
 import re
 import sys
 import tempfile
@@ -42,6 +41,8 @@ import numpy as np
 import scipy.sparse as sp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline.machine import describe_machine, machine_line
 
 RECALL_TARGETS = (0.90, 0.95, 0.98)
 
@@ -56,6 +57,7 @@ class Dataset:
     docs: sp.csr_matrix
     queries: sp.csr_matrix
     source: str
+    builds: str = ""
 
 
 def _load_npz(path: str) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -286,16 +288,14 @@ def bench_seismic(ds: Dataset, truth, build: dict, searches: list[dict], k: int,
 # grids and reporting
 # --------------------------------------------------------------------------------------------
 
-def build_grid(ds: Dataset, grid: str) -> list[dict]:
-    """Build configurations: n_postings as a share of the average full list length."""
-    avg = ds.docs.nnz / ds.docs.shape[1]
-    shares = {"tiny": (0.5,), "small": (0.25, 0.5), "full": (0.15, 0.3, 0.6)}[grid]
-    energies = {"tiny": (0.4,), "small": (0.25, 0.4), "full": (0.25, 0.4, 0.5)}[grid]
+def build_grid(spec: str) -> list[dict]:
+    """Build configurations from "n_postings:summary_energy,..." (centroid_fraction 0.1,
+    max_fraction 1.5, the Seismic defaults, throughout)."""
     out = []
-    for share in shares:
-        for energy in energies:
-            out.append({"n_postings": max(10, int(round(share * avg))), "centroid_fraction": 0.1,
-                        "summary_energy": energy, "max_fraction": 1.5})
+    for item in spec.split(","):
+        n_postings, energy = item.split(":")
+        out.append({"n_postings": int(n_postings), "centroid_fraction": 0.1,
+                    "summary_energy": float(energy), "max_fraction": 1.5})
     return out
 
 
@@ -405,28 +405,6 @@ def plot(ds: Dataset, points: list[Point], out_dir: str) -> None:
     plt.close(fig)
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            mem = f", {int(f.readline().split()[1]) / 2**20:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs{mem}, Python {platform.python_version()}"
-
-
-def versions() -> str:
-    from importlib.metadata import version
-
-    return ", ".join(f"{p} {version(p)}" for p in ("numpy", "scipy", "numba", "pyseismic-lsr"))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -439,7 +417,12 @@ def main() -> None:
     parser.add_argument("--cache", default="/work/cache")
     parser.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..",
                                                        "shared", "data"))
-    parser.add_argument("--grid", default="small", choices=("tiny", "small", "full"))
+    parser.add_argument("--grid", default="small", choices=("tiny", "small", "full"),
+                        help="search grid (query_cut x heap_factor)")
+    parser.add_argument("--synthetic-builds", default="1500:0.4,3000:0.4,3000:0.25",
+                        help="build grid for the synthetic collection, n_postings:energy,...")
+    parser.add_argument("--real-builds", default="300:0.4,1000:0.4,1000:0.25",
+                        help="build grid for the real collections")
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--latency-queries", type=int, default=300)
     parser.add_argument("--threads", type=int, default=None,
@@ -451,11 +434,12 @@ def main() -> None:
     import numba
 
     threads = args.threads or numba.config.NUMBA_NUM_THREADS
+    info = describe_machine()
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_line(info)}")
     print(f"date:    {dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"load:    {os.getloadavg()[0]:.2f} (1-min load average at start)")
-    print(f"libs:    {versions()}; threads for batches/builds: {threads}")
+    print(f"threads for batches/builds: {threads}")
 
     datasets: list[Dataset] = []
     if args.synthetic:
@@ -466,18 +450,21 @@ def main() -> None:
         print(f"synthetic: generated {d.shape[0]} docs / {q.shape[0]} queries in "
               f"{time.perf_counter() - t:.1f} s")
         datasets.append(Dataset(f"synthetic-{args.synthetic // 1000}k", d, q,
-                                f"pipeline.synthetic.generate(seed={args.seed})"))
+                                f"pipeline.synthetic.generate(seed={args.seed})",
+                                args.synthetic_builds))
     for name in [n for n in args.real.split(",") if n]:
-        datasets.append(load_real(name, args.cache, os.path.normpath(args.data)))
+        ds = load_real(name, args.cache, os.path.normpath(args.data))
+        ds.builds = args.real_builds
+        datasets.append(ds)
 
-    results = {"command": sys.argv, "machine": machine(), "date": dt.datetime.now().isoformat(),
+    results = {"command": sys.argv, "machine": info, "date": dt.datetime.now().isoformat(),
                "datasets": []}
     for ds in datasets:
         print(f"\n--- {ds.name} ---", flush=True)
         exact_point, truth = bench_exact(ds, args.k, args.latency_queries, threads)
         points = [exact_point, bench_scipy(ds, args.k, min(args.latency_queries, 100))]
         searches = search_grid(args.grid)
-        for build in build_grid(ds, args.grid):
+        for build in build_grid(ds.builds):
             print(f"  build {build}", flush=True)
             points += bench_blocked(ds, truth, build, searches, args.k, args.latency_queries,
                                     threads)

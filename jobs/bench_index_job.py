@@ -15,7 +15,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -23,23 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    gpu = ""
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = f", GPU {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    except ImportError:
-        pass
-    return f"{cpu}, {os.cpu_count()} CPUs{gpu}, Python {platform.python_version()}"
+from pipeline.machine import machine_line
 
 
 def main() -> None:
@@ -58,7 +41,12 @@ def main() -> None:
 
     import ray
 
-    from pipeline.indexing import EncoderOptions, IndexJobConfig, ResourceOptions, run_index_job
+    from pipeline.indexing import (
+        EncoderOptions,
+        IndexJobConfig,
+        ResourceOptions,
+        run_index_job,
+    )
     from pipeline.indexing.job import plan_resources
 
     started = time.perf_counter()
@@ -82,7 +70,7 @@ def main() -> None:
                      "docs_per_busy_s": rate, "workers": workers[name]})
     report = {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "machine": machine(), "date": dt.date.today().isoformat(),
+        "machine": machine_line(), "date": dt.date.today().isoformat(),
         "corpus": args.corpus, "model": args.model, "docs": summary.docs_indexed, "shards": summary.shards,
         "encoder_actors": placement.num_encoders, "torch_threads_per_actor": placement.torch_threads,
         "ray_start_s": round(ray_start_s, 2), "job_wall_s": summary.wall_s,
@@ -97,8 +85,8 @@ def main() -> None:
           f"encoder: {placement.num_encoders} actor(s) x {placement.torch_threads} torch thread(s)\n")
     print(f"end to end: {summary.wall_s:.1f} s job wall time (+{ray_start_s:.1f} s Ray start), "
           f"{summary.docs_per_s:.1f} docs/s\n")
-    print(f"| stage | docs | busy s (all workers) | docs / busy s | workers |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| stage | docs | busy s (all workers) | docs / busy s | workers |")
+    print("|---|---:|---:|---:|---:|")
     for r in rows:
         rate = f"{r['docs_per_busy_s']:.1f}" if r["docs_per_busy_s"] else "-"
         print(f"| {r['stage']} | {r['docs']} | {r['busy_s']:.2f} | {rate} | {r['workers'] or 'tasks'} |")

@@ -18,13 +18,14 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pipeline.machine import machine_line
 
 
 def _records(path: Path) -> list[dict]:
@@ -34,8 +35,7 @@ def _records(path: Path) -> list[dict]:
 
 def _write(path: Path, records: list[dict]) -> Path:
     with open(path, "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in records)
     return path
 
 
@@ -103,8 +103,8 @@ def main() -> None:
     in_first = [i for i, r in enumerate(records) if r["_id"] in first]
     concentrated = sorted(rng.choice(in_first, size=len(spread), replace=False).tolist())
     result = {
-        "command": " ".join(sys.argv), "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}",
+        "command": " ".join(sys.argv), "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine_line(),
         "collection": str(args.collection), "documents": len(records), "changed_documents": n_change,
         "full_index": {"wall_s": round(full_s, 2), "docs": full.docs_indexed, "shards": full.shards,
                        "encode_busy_s": full.stages["encode"]["busy_s"],

@@ -29,36 +29,21 @@ import asyncio
 import datetime as dt
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.machine import describe_machine
+
 TOPOLOGIES = {
     "split": {"encoder_placement": "deployment", "shards_per_replica": 1},
     "compact": {"encoder_placement": "ingress", "shards_per_replica": 0},
 }
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parents[1]).stdout.strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem_gib, 1),
-            "python": platform.python_version(), "platform": platform.platform(),
-            "load_avg_at_start": os.getloadavg(), "git": commit}
 
 
 def pct(values: list[float], q: float) -> float:
@@ -78,12 +63,18 @@ def encoder_settings() -> dict:
     return SpladeEncoder("splade-tiny", device="cpu").settings()
 
 
-def prepare_indexes(work: Path, n_docs: int, shard_counts: list[int], seed: int) -> dict[int, str]:
-    """One index root per shard count over the same documents; reused when already written."""
+def prepare_indexes(work: Path, n_docs: int, shard_counts: list[int], seed: int,
+                    n_postings_total: int) -> dict[int, str]:
+    """One index root per shard count over the same documents; reused when already written.
+
+    Each shard keeps ``vocab * n_postings_total / S`` postings (n_postings scaled by 1/S), so
+    every shard count holds the same number of postings in all: the sweep varies the fan-out,
+    not the amount of index.
+    """
     from pipeline.serve.direct_index import write_generation
     from pipeline.store import IndexLayout, read_current_generation, read_manifest
 
-    roots = {s: work / f"synthetic-{n_docs}-seed{seed}-s{s}" for s in shard_counts}
+    roots = {s: work / f"synthetic-{n_docs}-seed{seed}-np{n_postings_total}-s{s}" for s in shard_counts}
     todo = [s for s, root in roots.items()
             if read_current_generation(IndexLayout.at(str(root))) is None
             or read_manifest(IndexLayout.at(str(root))).n_docs != n_docs]
@@ -98,7 +89,8 @@ def prepare_indexes(work: Path, n_docs: int, shard_counts: list[int], seed: int)
         ids = [f"d{i}" for i in range(n_docs)]
         for s in todo:
             started = time.perf_counter()
-            write_generation(str(roots[s]), 1, ids, docs, s, settings)
+            write_generation(str(roots[s]), 1, ids, docs, s, settings,
+                             index_params={"n_postings": max(1, round(n_postings_total / s))})
             print(f"wrote {s}-shard index in {time.perf_counter() - started:.0f}s", flush=True)
     return {s: str(root) for s, root in roots.items()}
 
@@ -209,20 +201,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-queries", type=int, default=300)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-postings-total", type=int, default=1000,
+                        help="Blocked index n_postings of a 1-shard index; S shards use 1/S of it each.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lsr-bench-serve"))
     parser.add_argument("--out", type=Path, default=None, help="Write all results as JSON here.")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="Write the indexes and exit (untimed: no need for the bench lock).")
     args = parser.parse_args(argv)
 
     shard_counts = [int(s) for s in args.shards.split(",")]
     clients = [int(c) for c in args.clients.split(",")]
     topologies = args.topologies.split(",")
     report = {"command": " ".join([sys.executable, *sys.argv]), "date": dt.datetime.now(
-        dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine(), "args": {
+        dt.UTC).isoformat(timespec="seconds"), "machine": describe_machine(), "args": {
         k: str(v) for k, v in vars(args).items()}, "in_process": {}, "served": []}
     print(f"# {report['command']}\n# {report['date']}  {report['machine']}", flush=True)
 
     args.work.mkdir(parents=True, exist_ok=True)
-    roots = prepare_indexes(args.work, args.docs, shard_counts, args.seed)
+    roots = prepare_indexes(args.work, args.docs, shard_counts, args.seed, args.n_postings_total)
+    if args.prepare_only:
+        print({s: roots[s] for s in shard_counts})
+        return
     queries = read_queries(args.queries, args.n_queries)
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

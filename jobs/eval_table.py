@@ -17,8 +17,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,13 @@ from pathlib import Path
 from pipeline.evaluate.backends import SpladeBackend
 from pipeline.evaluate.bm25 import BM25Backend
 from pipeline.evaluate.report import format_table
-from pipeline.evaluate.runner import EvalConfig, EvalResult, load_collection, run_evaluation
+from pipeline.evaluate.runner import (
+    EvalConfig,
+    EvalResult,
+    load_collection,
+    run_evaluation,
+)
+from pipeline.machine import machine_line
 
 log = logging.getLogger("eval_table")
 
@@ -90,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         results += got
 
     command = "flock /tmp/lsr-bench.lock .venv/bin/python jobs/eval_table.py " + " ".join(argv or sys.argv[1:])
-    date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    machine = f"{os.cpu_count()} CPU cores, {platform.processor() or platform.machine()}, no GPU"
+    date = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    machine = machine_line()
     print_table(results, command, machine, date, args.k)
     if args.out is not None:
         args.out.write_text(json.dumps({"command": command, "date": date, "machine": machine,

@@ -75,7 +75,8 @@ def ray_local():
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
+        # address="local": never join a `ray start` cluster another test or process left behind.
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024**2,
                  log_to_driver=False, configure_logging=False)
     yield ray
     try:

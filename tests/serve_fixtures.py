@@ -7,7 +7,6 @@ built twice).
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,19 +19,16 @@ from conftest import free_port
 
 
 @pytest.fixture(scope="session")
-def scifact_index(scifact_dir: Path, ray_local, tmp_path_factory) -> str:
-    """scifact (5,183 docs) indexed by the real job into 3 shards; built once per session.
+def serve_index(request) -> str:
+    """Root of the session's scifact index (conftest `scifact_index`: the real job, 3 shards).
 
-    LSR_TEST_CACHE=/dir keeps the built index between local runs (never in CI).
+    Local runs only: LSR_TEST_CACHE=/dir with a copy of such an index under
+    /dir/serve-scifact-index skips the build (delete it when the index format changes).
     """
-    from pipeline.indexing import IndexJobConfig, run_index_job
-
     cache = os.environ.get("LSR_TEST_CACHE")
-    root = Path(cache) / "serve-scifact-index" if cache else tmp_path_factory.mktemp("serve") / "scifact"
-    if not (root / "CURRENT.json").exists():
-        if root.exists():
-            shutil.rmtree(root)
-        run_index_job(IndexJobConfig(corpus=str(scifact_dir), output=str(root), shard_size=2000))
+    if cache and (Path(cache) / "serve-scifact-index" / "CURRENT.json").exists():
+        return str(Path(cache) / "serve-scifact-index")
+    root, _summary = request.getfixturevalue("scifact_index")
     return str(root)
 
 

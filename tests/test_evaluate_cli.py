@@ -59,11 +59,11 @@ def test_evaluate_bad_input_exits_with_the_file_and_line(tiny: Path) -> None:
     with open(tiny / "queries.jsonl", "a", encoding="utf-8") as f:
         f.write('{"_id": "q9", "text": \n')
     result = runner.invoke(app, ["evaluate", str(tiny)])
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert f"{tiny / 'queries.jsonl'} line 5: not valid JSON" in result.output
     (tiny / "qrels" / "test.tsv").unlink()
     result = runner.invoke(app, ["evaluate", str(tiny)])
-    assert result.exit_code == 2 and f"{tiny / 'qrels' / 'test.tsv'}: file not found" in result.output
+    assert result.exit_code == 1 and f"{tiny / 'qrels' / 'test.tsv'}: file not found" in result.output
 
 
 @pytest.mark.slow  # the Ray indexing job: ~90 s for five documents on a busy 2-core box

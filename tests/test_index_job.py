@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import REPO, assert_same_ranking, tiny_encoder
+from conftest import assert_same_ranking, tiny_encoder
+from ray_procs import kill_when, ray_head, submit_job, subprocess_env
 from pipeline.index import ExactIndex
 from pipeline.indexing import IndexJobConfig, run_index_job
 from pipeline.indexing.datasource import BadRecordError
@@ -21,10 +20,7 @@ from pipeline.store import IndexLayout, ShardedIndex, read_manifest, read_postin
 LSR = [sys.executable, "-m", "pipeline.cli"]
 
 
-def _env(**extra) -> dict:
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
-    env.update(extra)
-    return env
+_env = subprocess_env
 
 
 def _exact_reference(docs, doc_ids, queries, k=10):
@@ -41,6 +37,14 @@ def _stored_vectors(root: str, storage_options=None):
     manifest = read_manifest(layout)
     parts = [read_postings(layout.postings(s.name), verify=True) for s in manifest.shards]
     return [i for p in parts for i in p.doc_ids], sp.vstack([p.vectors for p in parts], format="csr")
+
+
+def assert_same_vectors(got, want, atol: float = 1e-5) -> None:
+    """Equal sparse vectors up to float noise. Batches of other shapes round differently, so a
+    weight within `atol` of zero may exist on one side only; it must then be below `atol`."""
+    assert got.shape == want.shape
+    assert abs(got.nnz - want.nnz) <= max(2, want.nnz // 100_000), (got.nnz, want.nnz)
+    assert abs(got - want).max() <= atol
 
 
 def _write_corpus(path: Path, records) -> Path:
@@ -65,9 +69,7 @@ def test_scifact_job_equals_exact_search_over_reference_encodings(scifact_index,
     # The stored vectors are the reference encodings, document by document, in corpus order.
     ids, vectors = _stored_vectors(str(root))
     assert ids == encoded.doc_ids
-    assert np.array_equal(vectors.indptr, encoded.docs.indptr)
-    assert np.array_equal(vectors.indices, encoded.docs.indices)
-    assert np.allclose(vectors.data, encoded.docs.data, atol=1e-5)
+    assert_same_vectors(vectors, encoded.docs)
 
     want_ids, want_scores = _exact_reference(encoded.docs, encoded.doc_ids, encoded.queries)
     got = index.search_vectors(encoded.queries, k=10, exact=True)
@@ -108,7 +110,8 @@ def test_job_reads_and_writes_s3_from_the_standard_aws_environment(s3_server, da
                    capture_output=True, text=True, timeout=900)
     encoded = encodings("cisi")
     ids, vectors = _stored_vectors(output, s3_server["storage_options"])
-    assert ids == encoded.doc_ids and np.allclose(vectors.toarray()[:50], encoded.docs.toarray()[:50], atol=1e-5)
+    assert ids == encoded.doc_ids
+    assert_same_vectors(vectors, encoded.docs)
 
     queries = [json.loads(line)["text"] for line in open(data_dir / "cisi" / "queries.jsonl")][:5]
     out = subprocess.run([*LSR, "search", output, *queries, "--exact", "--json"], env=env, check=True,
@@ -181,19 +184,8 @@ def test_skip_policy_writes_every_rejected_record_and_accounts_for_all(ray_local
     assert top.doc_id == "d7"
 
 
-def _descendants(pid: int) -> list[int]:
-    import psutil
-
-    try:
-        return [p.pid for p in psutil.Process(pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return []
-
-
 def test_resume_after_kill_reencodes_only_what_was_lost(ray_local, data_dir, tmp_path):
     """Kill the job (and its own Ray) midway; the same command again resumes and completes."""
-    import psutil
-
     src = [json.loads(line) for line in open(data_dir / "cisi" / "corpus.jsonl")][:400]
     corpus = _write_corpus(tmp_path / "c.jsonl", src)
     output = tmp_path / "idx"
@@ -201,26 +193,7 @@ def test_resume_after_kill_reencodes_only_what_was_lost(ray_local, data_dir, tmp
             "--index-kind", "exact", "--json"]
     proc = subprocess.Popen(args, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    victims: set[int] = set()
-    try:
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            victims.update(_descendants(proc.pid))
-            parts = list((output / "staging").glob("*/parts/*/*.parquet"))
-            if len(parts) >= 4:
-                break
-            assert proc.poll() is None, "the job ended before it could be interrupted"
-            time.sleep(0.5)
-        else:
-            pytest.fail("no staged parts appeared")
-    finally:
-        victims.update(_descendants(proc.pid))
-        for pid in [proc.pid, *victims]:
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
-        proc.wait(timeout=60)
+    kill_when(proc, lambda: len(list((output / "staging").glob("*/parts/*/*.parquet"))) >= 4)
     assert not (output / "CURRENT.json").exists()
     staged_before = len(list((output / "staging").glob("*/parts/*/*.parquet")))
     assert 0 < staged_before < 20
@@ -232,49 +205,17 @@ def test_resume_after_kill_reencodes_only_what_was_lost(ray_local, data_dir, tmp
     ids, vectors = _stored_vectors(str(output))
     want = tiny_encoder().encode([(r["title"] + " " + r["text"]).strip() for r in src])
     assert ids == [r["_id"] for r in src]
-    assert np.array_equal(vectors.indices, want.indices) and np.allclose(vectors.data, want.data, atol=1e-5)
+    assert_same_vectors(vectors, want)
     assert not (output / "staging").exists()
 
 
 @pytest.mark.slow
 def test_ray_job_submit_against_a_head_node(data_dir, tmp_path):
     """`ray job submit` of jobs/index.py to a `ray start --head` cluster on 127.0.0.1, stopped by PID."""
-    import psutil
-
-    from conftest import free_port
-
-    gcs, dash = free_port(), free_port()
-    env = _env(RAY_ADDRESS="")
-    head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={gcs}", "--num-cpus=2",
-                             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-                             f"--dashboard-port={dash}", "--include-dashboard=true"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, cwd=REPO)
-    try:
-        import httpx
-
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{dash}/api/version", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        output = tmp_path / "idx"
-        out = subprocess.run(["ray", "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-                              "--working-dir", str(REPO), "--", "python", "jobs/index.py",
-                              str(data_dir / "cisi"), str(output), "--shard-size", "800", "--json"],
-                             env=env, capture_output=True, text=True, timeout=1200)
-        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        assert "succeeded" in out.stdout.lower()
-        manifest = read_manifest(IndexLayout.at(str(output)))
-        assert manifest.counts["docs_indexed"] == 1460 and len(manifest.shards) == 2
-    finally:
-        victims = [head.pid, *_descendants(head.pid)]
-        for pid in victims:
-            try:
-                psutil.Process(pid).terminate()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs([psutil.Process(p) for p in victims if psutil.pid_exists(p)], timeout=30)
+    output = tmp_path / "idx"
+    with ray_head() as address:
+        out = submit_job(address, ["python", "jobs/index.py", str(data_dir / "cisi"), str(output),
+                                   "--shard-size", "800", "--json"])
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    manifest = read_manifest(IndexLayout.at(str(output)))
+    assert manifest.counts["docs_indexed"] == 1460 and len(manifest.shards) == 2

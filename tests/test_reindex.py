@@ -113,7 +113,7 @@ def scifact_reindexed(scifact_index, scifact_dir, data_dir, tmp_path_factory, ra
             wait_until(lambda: loop.generations and loop.generations[-1] == 2, 180,
                        "answers from generation 2")
             loop.wait_for(10)
-        from pipeline.serve.leases import read_leases
+        from pipeline.store.leases import read_leases
 
         lease = {x.server_id: x for x in read_leases(layout)}["test-reindex"]
     finally:
@@ -216,7 +216,7 @@ def test_gc_keeps_shared_shards_and_leased_generations(scifact_reindexed):
     assert gc["kept_generations"] == [1, 2] and gc["deleted_generations"] == []
     assert gc["deleted_shards"] == []
     # A server still on generation 1 keeps it alive even with keep_generations=1...
-    from pipeline.serve.leases import release_lease, write_lease
+    from pipeline.store.leases import release_lease, write_lease
 
     write_lease(layout, "old-server", 1, ttl_s=300)
     assert collect_garbage(layout, keep_generations=1).deleted_generations == []

@@ -19,7 +19,7 @@ from pipeline.reindex import EncoderOverrides, ReindexConfig, collect_garbage
 from pipeline.reindex.diff import BaseTable, ReindexError, UnitRoutes, resolve_claims
 from pipeline.reindex.job import decide
 from pipeline.reindex.shards import BaseShardChange, plan_output_shards
-from pipeline.serve.leases import write_lease
+from pipeline.store.leases import write_lease
 from pipeline.storage import write_json_atomic
 from pipeline.store import IndexLayout, Manifest, ShardEntry, commit_generation, list_generations
 

@@ -4,7 +4,8 @@ Two endpoints run one after the other (each shared by the tests of its class):
 * `TestEndpoint`: API key on, QueryEncoder deployment, 3 shards in 2 groups (2 + 1), 2
   replicas per group; answers, validation, auth, stats/metrics, partial results, replica loss.
 * `TestGenerations`: no auth, encoder inside the ingress, CURRENT polled every second, on a
-  copy of the index; generation switches by `POST /admin/reload` and by polling under load.
+  copy of the index; generation switches by `POST /admin/reload` and by polling under load,
+  and a generation that cannot load refused while the old one keeps answering.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from serve_fixtures import LoadLoop, replica_actors, scifact_index, serve_http_port, wait_until  # noqa: F401
+from serve_fixtures import LoadLoop, replica_actors, serve_http_port, serve_index, wait_until  # noqa: F401
 
 N_SHARDS = 3          # scifact at shard_size=2000
 KEY_ENV = "LSR_TEST_SERVE_KEY"
@@ -45,20 +46,20 @@ def assert_same(served: dict, expected: tuple[list[str], list[float]]) -> None:
 
 
 @pytest.fixture(scope="module")
-def in_process(scifact_index):
+def in_process(serve_index):
     from pipeline.store import ShardedIndex
 
-    return ShardedIndex.open(scifact_index)
+    return ShardedIndex.open(serve_index)
 
 
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="class")
-def endpoint(scifact_index, ray_local):
+def endpoint(serve_index, ray_local):
     from pipeline.serve import ServeConfig
     from pipeline.serve.app import run_endpoint, stop_endpoint
 
     key = secrets.token_urlsafe(24)
-    config = ServeConfig(index=scifact_index, app_name="lsrt", route_prefix="/t",
+    config = ServeConfig(index=serve_index, app_name="lsrt", route_prefix="/t",
                          replicas_per_shard=2, shards_per_replica=2, api_key_env=KEY_ENV,
                          timeout_s=3.0, poll_s=0, max_queries=8, max_body_bytes=16_384,
                          server_id="test-endpoint")
@@ -212,13 +213,13 @@ def _metric(text: str, name: str) -> float:
 
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="class")
-def generations_endpoint(scifact_index, ray_local, tmp_path_factory):
+def generations_endpoint(serve_index, ray_local, tmp_path_factory):
     """A copy of the index served without auth, encoder in the ingress, CURRENT polled at 1 s."""
     from pipeline.serve import ServeConfig
     from pipeline.serve.app import run_endpoint, stop_endpoint
 
     root = tmp_path_factory.mktemp("generations") / "index"
-    shutil.copytree(scifact_index, root)
+    shutil.copytree(serve_index, root)
     config = ServeConfig(index=str(root), app_name="lsrg", route_prefix="/g",
                          encoder_placement="ingress", shards_per_replica=0, poll_s=1.0,
                          route_refresh_s=0.2, timeout_s=5.0, server_id="test-generations")
@@ -248,7 +249,7 @@ def write_modified_generation(root: str, generation: int, n_shards: int, drop: i
 
 class TestGenerations:
     def test_reload_switches_generation_under_load(self, generations_endpoint, scifact_dir):
-        from pipeline.serve.leases import read_leases
+        from pipeline.store.leases import read_leases
         from pipeline.store import IndexLayout, ShardedIndex
 
         client, root, config = generations_endpoint
@@ -280,16 +281,38 @@ class TestGenerations:
         lease = {x.server_id: x for x in read_leases(IndexLayout.at(root))}["test-generations"]
         assert lease.generation == 2 and lease.generations == (2,) and not lease.expired()
 
+    def test_generation_that_cannot_load_is_refused_and_old_keeps_serving(
+            self, generations_endpoint, scifact_dir):
+        from ray import serve
+
+        from pipeline.store import IndexLayout, read_manifest
+
+        client, root, _ = generations_endpoint
+        write_modified_generation(root, 3, n_shards=2, drop=0)
+        broken = read_manifest(IndexLayout.at(root), 3).shards[1].name
+        shutil.rmtree(Path(root) / "shards" / broken / "index")
+        with LoadLoop(httpx.Client(base_url=str(client.base_url), timeout=60.0), "/search",
+                      read_queries(scifact_dir, 30)) as loop:
+            loop.wait_for(5)
+            r = client.post("/admin/reload")
+            loop.wait_for(5)
+        assert r.status_code == 503 and "generation 3 could not be served" in r.json()["detail"]
+        assert loop.errors == [] and set(loop.generations) == {2} and loop.partial == 0
+        # Serve deletes the failed generation's applications asynchronously (a replica still
+        # retrying its constructor must stop first): they must be gone soon, not at once.
+        wait_until(lambda: not [a for a in serve.status().applications if a.startswith("lsrg-g000003")],
+                   90, "the failed generation's applications to be deleted", interval_s=1.0)
+
     def test_polling_picks_up_a_new_generation(self, generations_endpoint, scifact_dir):
         client, root, _ = generations_endpoint
         with LoadLoop(httpx.Client(base_url=str(client.base_url), timeout=60.0), "/search",
                       read_queries(scifact_dir, 30)) as loop:
             loop.wait_for(5)
-            write_modified_generation(root, 3, n_shards=4, drop=0)
-            wait_until(lambda: loop.generations and loop.generations[-1] == 3, 90,
-                       "responses from generation 3")
+            write_modified_generation(root, 4, n_shards=4, drop=0)
+            wait_until(lambda: loop.generations and loop.generations[-1] == 4, 90,
+                       "responses from generation 4")
             loop.wait_for(10)
         assert loop.errors == [] and set(loop.statuses) == {200} and loop.partial == 0
-        assert set(loop.generations) == {2, 3} and loop.generations == sorted(loop.generations)
+        assert set(loop.generations) == {2, 4} and loop.generations == sorted(loop.generations)
         stats = client.get("/stats").json()
-        assert stats["generation"] == 3 and stats["n_shards"] == 4 and stats["n_docs"] == 5183
+        assert stats["generation"] == 4 and stats["n_shards"] == 4 and stats["n_docs"] == 5183

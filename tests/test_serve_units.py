@@ -15,7 +15,7 @@ import yaml
 from pipeline.serve.api import SearchRequest
 from pipeline.serve.config import ServeConfig
 from pipeline.serve.controller import group_shards
-from pipeline.serve.leases import (
+from pipeline.store.leases import (
     lease_location,
     leased_generations,
     read_leases,

@@ -28,6 +28,8 @@ def index(
     values_dtype: str = typer.Option("float32", help="Stored postings values: float32 or float16."),
     on_bad_record: str = typer.Option("fail", help="fail: stop at the first bad record; skip: write it to OUTPUT/rejects/."),
     keep_generations: int = typer.Option(3, help="Generations kept for rollback and live readers."),
+    gc_min_age_s: float = typer.Option(24 * 3600.0, help="Staging and uncommitted shards are "
+                                                          "deleted only when idle this long."),
     address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
     num_encoders: int = typer.Option(None, help="Encoder actors (default: one per GPU, or by CPU count)."),
     encoder_cpus: float = typer.Option(None, help="CPUs reserved per encoder actor."),
@@ -45,7 +47,7 @@ def index(
             block_rows=block_rows,
             values_dtype=values_dtype, index_kind=index_kind,
             index_params=parse_key_values(index_param, "--index-param"),
-            on_bad_record=on_bad_record, keep_generations=keep_generations,
+            on_bad_record=on_bad_record, keep_generations=keep_generations, gc_min_age_s=gc_min_age_s,
             storage_options=parse_json_option(storage_options, "--storage-options"),
             encoder=EncoderOptions(model=model, max_length=max_length, query_max_length=query_max_length,
                                    dtype=dtype, batch_size=batch_size, top_k=top_k, threshold=threshold),

@@ -74,7 +74,7 @@ def evaluate(
                                      storage_options=options)
     except (DatasetError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(1) from None
     if index is not None:
         from pipeline.evaluate.backends import ShardedBackend
 

@@ -64,6 +64,7 @@ class IndexJobConfig:
     index_params: dict[str, Any] = field(default_factory=dict)   # BlockedIndexConfig overrides
     on_bad_record: str = "fail"
     keep_generations: int = 3
+    gc_min_age_s: float = 24 * 3600.0          # staging and uncommitted shards idle this long are removed
     storage_options: dict[str, Any] = field(default_factory=dict)
     encoder: EncoderOptions = field(default_factory=EncoderOptions)
     resources: ResourceOptions = field(default_factory=ResourceOptions)
@@ -82,9 +83,12 @@ class IndexJobConfig:
                              f"got {self.on_bad_record!r}")
         if self.keep_generations < 1:
             raise ValueError(f"keep_generations must be >= 1, got {self.keep_generations}")
+        if self.gc_min_age_s < 0:
+            raise ValueError(f"gc_min_age_s must be >= 0, got {self.gc_min_age_s}")
 
     def output_fingerprint(self) -> str:
         """Hash of every setting that changes what the job writes (not how fast)."""
         relevant = {k: v for k, v in asdict(self).items()
-                    if k not in ("resources", "storage_options", "keep_generations", "output")}
+                    if k not in ("resources", "storage_options", "keep_generations", "gc_min_age_s",
+                                 "output")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()

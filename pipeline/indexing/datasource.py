@@ -19,7 +19,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.data.corpus import read_chunk
-from pipeline.data.records import BadRecord, FieldMap
+from pipeline.data.records import FieldMap
 from pipeline.storage import write_bytes_atomic, write_json_atomic
 from pipeline.store import IndexLayout
 from pipeline.indexing.plan import JobPlan, read_loc, rejects_loc

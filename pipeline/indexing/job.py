@@ -23,6 +23,7 @@ from pipeline.indexing.datasource import BadRecordError, CorpusDatasource
 from pipeline.indexing.plan import JobPlan, ShardState, discard_unfinished_blocks, make_plan, scan_state
 from pipeline.indexing.sink import StageTimes, StagingSink
 from pipeline.indexing.stages import EncodeActor, tokenize_batch
+from pipeline.store.gc import collect_garbage_after_commit
 from pipeline.store import IndexLayout
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class JobSummary:
     docs_per_s: float
     stages: dict[str, dict] = field(default_factory=dict)
     bound_stage: str | None = None
+    gc: dict = field(default_factory=dict)     # what garbage collection kept and deleted
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -162,7 +164,7 @@ def encode_pending(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
     fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
     source = CorpusDatasource(plan, layout, pending, fields, config.on_bad_record,
                               config.storage_options)
-    ds = ray.data.read_datasource(source, ray_remote_args={"num_cpus": config.resources.read_cpus})
+    ds = ray.data.read_datasource(source, num_cpus=config.resources.read_cpus)
     if before_tokenize is not None:
         fn, kwargs = before_tokenize
         ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=None, fn_kwargs=kwargs,
@@ -244,7 +246,8 @@ def run_index_job(config: IndexJobConfig, manifest_extra: dict | None = None) ->
         docs_rejected=manifest.counts["docs_rejected"], shards=len(manifest.shards),
         shards_reused=result.shards_reused, blocks_encoded=blocks_encoded, nnz=manifest.nnz,
         wall_s=round(wall, 3), docs_per_s=round(manifest.counts["docs_in"] / wall, 2) if wall else 0.0,
-        stages=stages, bound_stage=bound)
+        stages=stages, bound_stage=bound,
+        gc=collect_garbage_after_commit(layout, config.keep_generations, config.gc_min_age_s))
     log.info("indexed %d docs (%d rejected) into %d shards, generation %d, in %.1fs (%.1f docs/s)",
              summary.docs_indexed, summary.docs_rejected, summary.shards, summary.generation,
              wall, summary.docs_per_s)

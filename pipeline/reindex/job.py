@@ -4,7 +4,7 @@
     look up the base generation; unchanged documents lose their text) -> tokenize -> encode
     (actor pool; only added and changed documents) -> stage parts -> commit
     (`pipeline.reindex.commit`: rebuild only shards that changed; manifest, then CURRENT)
-    -> garbage collection (`pipeline.reindex.gc`)
+    -> garbage collection (`pipeline.store.gc`)
 
 A full rebuild (the indexing job on the new snapshot, a new generation beside the old one)
 happens instead when there is no live generation yet, when `full` is asked for, or when the
@@ -41,7 +41,7 @@ from pipeline.indexing.sink import StageTimes
 from pipeline.reindex.commit import commit_reindex
 from pipeline.reindex.config import ReindexConfig
 from pipeline.reindex.diff import ReindexError, classify_batch, load_base_table
-from pipeline.reindex.gc import collect_garbage
+from pipeline.store.gc import collect_garbage_after_commit
 from pipeline.store import IndexLayout, Manifest, read_current_generation, read_manifest
 
 log = logging.getLogger(__name__)
@@ -212,10 +212,4 @@ def _incremental(job: IndexJobConfig, layout: IndexLayout, base: Manifest, setti
 
 
 def _collect(layout: IndexLayout, config: ReindexConfig) -> dict:
-    """Garbage collection after the run; its failure is reported, not raised (the new
-    generation is committed either way)."""
-    try:
-        return collect_garbage(layout, config.keep_generations, min_age_s=config.gc_min_age_s).to_json()
-    except Exception as exc:  # noqa: BLE001 - reported in the summary and the log
-        log.error("garbage collection of %s failed: %s: %s", layout.url, type(exc).__name__, exc)
-        return {"error": f"{type(exc).__name__}: {exc}"}
+    return collect_garbage_after_commit(layout, config.keep_generations, min_age_s=config.gc_min_age_s)

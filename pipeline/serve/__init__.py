@@ -6,7 +6,7 @@ points: `build_app` (Serve config), `run_endpoint` / `stop_endpoint`, `lsr serve
 """
 
 from pipeline.serve.config import ServeConfig
-from pipeline.serve.leases import Lease, leased_generations, read_leases, release_lease, write_lease
+from pipeline.store.leases import Lease, leased_generations, read_leases, release_lease, write_lease
 
 __all__ = ["ServeConfig", "Lease", "leased_generations", "read_leases", "release_lease",
            "write_lease", "build_app", "run_endpoint", "stop_endpoint"]

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ray import serve
 
 from pipeline.serve.config import ServeConfig
-from pipeline.serve.leases import write_lease
+from pipeline.store.leases import write_lease
 from pipeline.serve.protocol import Route, ShardGroup, encoder_key
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 Rules (one writer per index root; readers go through CURRENT or a leased generation):
 
 * Kept generations: the newest `keep_generations` committed ones (<= CURRENT), CURRENT
-  itself, and every generation named by an unexpired server lease (`pipeline.serve.leases`:
+  itself, and every generation named by an unexpired server lease (`pipeline.store.leases`:
   a server leases what it answers from and what it is switching to or draining).
 * A manifest newer than CURRENT was written by a run that has not moved CURRENT yet (or
   never will): kept until it is `min_age_s` old.
@@ -27,7 +27,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
-from pipeline.serve.leases import leased_generations
+from pipeline.store.leases import leased_generations
 from pipeline.storage import Location, list_dir, remove, with_retries
 from pipeline.store import IndexLayout, list_generations, read_current_generation, read_manifest
 
@@ -133,3 +133,16 @@ def collect_garbage(layout: IndexLayout, keep_generations: int, *, min_age_s: fl
              report.deleted_generations, len(report.deleted_shards), len(report.deleted_staging),
              len(report.deferred))
     return report
+
+
+def collect_garbage_after_commit(layout: IndexLayout, keep_generations: int,
+                                 min_age_s: float = 24 * 3600.0) -> dict:
+    """Garbage collection right after a job committed a generation.
+
+    Its failure is logged and reported, never raised: the new generation is committed either way.
+    """
+    try:
+        return collect_garbage(layout, keep_generations, min_age_s=min_age_s).to_json()
+    except Exception as exc:  # noqa: BLE001 - reported in the summary and the log
+        log.error("garbage collection of %s failed: %s: %s", layout.url, type(exc).__name__, exc)
+        return {"error": f"{type(exc).__name__}: {exc}"}

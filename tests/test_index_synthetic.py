@@ -1,0 +1,62 @@
+"""The synthetic SPLADE-like generator: deterministic, canonical, calibrated, fast enough."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from pipeline import synthetic
+
+
+@pytest.fixture(scope="module")
+def small():
+    return synthetic.generate(5000, 300, seed=1)
+
+
+def test_deterministic_and_seeded():
+    a = synthetic.generate(800, 20, seed=3)
+    b = synthetic.generate(800, 20, seed=3)
+    c = synthetic.generate(800, 20, seed=4)
+    for x, y in zip(a, b):
+        assert (x != y).nnz == 0
+    assert (a[0] != c[0]).nnz > 0
+
+
+def test_canonical_csr(small):
+    docs, queries = small
+    for m, rows in ((docs, 5000), (queries, 300)):
+        assert m.shape == (rows, 30522) and m.dtype == np.float32
+        assert m.indices.dtype == np.int32 and m.has_canonical_format
+        assert np.isfinite(m.data).all() and (m.data > 0).all()
+        assert np.diff(m.indptr).min() >= 1
+
+
+def test_vocab_size_and_empty():
+    docs, queries = synthetic.generate(50, 5, seed=0, vocab_size=1000)
+    assert docs.shape == (50, 1000) and queries.shape == (5, 1000)
+    assert docs.indices.max() < 1000
+    docs, queries = synthetic.generate(0, 0, seed=0)
+    assert docs.shape == (0, 30522) and queries.shape == (0, 30522)
+    with pytest.raises(ValueError):
+        synthetic.generate(-1, 1, seed=0)
+
+
+def test_statistics_near_the_calibration_targets(small):
+    stats = synthetic.describe(*small)
+    targets = synthetic.CALIBRATION_TARGETS
+    for key in ("doc_nnz_mean", "query_nnz_mean", "df_rank_1", "df_rank_10", "df_rank_100",
+                "df_rank_1000", "overlap_top1", "overlap_top10", "overlap_random"):
+        assert abs(stats[key] - targets[key]) <= 0.2 * targets[key], (key, stats[key])
+    # queries find documents sharing their terms far more than chance
+    assert stats["overlap_top1"] > 1.8 * stats["overlap_random"]
+
+
+@pytest.mark.slow
+def test_one_million_documents_in_under_a_minute():
+    t = time.perf_counter()
+    docs, queries = synthetic.generate(1_000_000, 1000, seed=0)
+    elapsed = time.perf_counter() - t
+    assert docs.shape[0] == 1_000_000 and queries.shape[0] == 1000
+    assert elapsed < 60, elapsed
