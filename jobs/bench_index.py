@@ -299,7 +299,11 @@ def build_grid(spec: str) -> list[dict]:
     return out
 
 
-def search_grid(grid: str) -> list[dict]:
+def search_grid(grid: str, spec: str = "") -> list[dict]:
+    """Search configurations: a named grid, or "query_cut:heap_factor,..." when `spec` is given."""
+    if spec:
+        return [{"query_cut": int(c), "heap_factor": float(h)}
+                for c, h in (item.split(":") for item in spec.split(","))]
     cuts = {"tiny": (5, 10), "small": (4, 6, 10), "full": (3, 5, 8, 10, 15)}[grid]
     factors = {"tiny": (0.9,), "small": (0.8, 1.0, 1.2), "full": (0.7, 0.8, 0.9, 1.0, 1.2)}[grid]
     return [{"query_cut": c, "heap_factor": h} for c in cuts for h in factors]
@@ -419,6 +423,8 @@ def main() -> None:
                                                        "shared", "data"))
     parser.add_argument("--grid", default="small", choices=("tiny", "small", "full"),
                         help="search grid (query_cut x heap_factor)")
+    parser.add_argument("--searches", default="",
+                        help="explicit search grid, query_cut:heap_factor,... (overrides --grid)")
     parser.add_argument("--synthetic-builds", default="1500:0.4,3000:0.4,3000:0.25",
                         help="build grid for the synthetic collection, n_postings:energy,...")
     parser.add_argument("--real-builds", default="300:0.4,1000:0.4,1000:0.25",
@@ -463,7 +469,7 @@ def main() -> None:
         print(f"\n--- {ds.name} ---", flush=True)
         exact_point, truth = bench_exact(ds, args.k, args.latency_queries, threads)
         points = [exact_point, bench_scipy(ds, args.k, min(args.latency_queries, 100))]
-        searches = search_grid(args.grid)
+        searches = search_grid(args.grid, args.searches)
         for build in build_grid(ds.builds):
             print(f"  build {build}", flush=True)
             points += bench_blocked(ds, truth, build, searches, args.k, args.latency_queries,

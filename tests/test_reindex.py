@@ -294,6 +294,7 @@ def _overrides(**kwargs):
     return EncoderOverrides(**kwargs)
 
 
+@pytest.mark.slow  # two more job runs (~70 s on 2 cores); the default run keeps the scifact re-index tests
 def test_unchanged_corpus_commits_nothing_and_a_changed_setting_rebuilds_everything(small_index, tmp_path):
     from pipeline.indexing.datasource import BadRecordError
 
