@@ -10,7 +10,7 @@ export RAY_AUTH_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-slow install install-test bench clean
+.PHONY: demo test test-slow install install-test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
