@@ -214,7 +214,8 @@ def test_ray_job_submit_against_a_head_node(data_dir, tmp_path):
     """`ray job submit` of jobs/index.py to a `ray start --head` cluster on 127.0.0.1, stopped by PID."""
     output = tmp_path / "idx"
     with ray_head() as address:
-        out = submit_job(address, ["python", "jobs/index.py", str(data_dir / "cisi"), str(output),
+        # This interpreter: `python` on PATH need not be the one with the project installed.
+        out = submit_job(address, [sys.executable, "jobs/index.py", str(data_dir / "cisi"), str(output),
                                    "--shard-size", "800", "--json"])
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     manifest = read_manifest(IndexLayout.at(str(output)))
