@@ -42,6 +42,7 @@ import scipy.sparse as sp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pipeline.index import recall_at_k
 from pipeline.machine import describe_machine, machine_line
 
 RECALL_TARGETS = (0.90, 0.95, 0.98)
@@ -121,13 +122,11 @@ class Point:
     extra: dict = field(default_factory=dict)
 
 
-def recall_at_k(got: np.ndarray, truth: np.ndarray) -> float:
-    vals = []
-    for g, t in zip(got, truth):
-        t = set(t[t >= 0].tolist())
-        if t:
-            vals.append(len(t & set(g[g >= 0].tolist())) / len(t))
-    return float(np.mean(vals)) if vals else 1.0
+def warm_up(search, threads: int) -> None:
+    """Run ``search(n_queries, threads)`` once on one thread and once on the thread pool, so
+    that no timed call pays for compiling, loading cached machine code or starting threads."""
+    search(4, 1)
+    search(2 * threads, threads)
 
 
 def per_call_latency(call, n: int, warmup: int = 5) -> np.ndarray:
@@ -181,6 +180,7 @@ def bench_exact(ds: Dataset, k: int, n_lat: int, threads: int):
     from pipeline.index import ExactIndex
 
     build_s, index = timed(lambda: ExactIndex(ds.docs))
+    warm_up(lambda n, t: index.search(ds.queries[:n], k=k, threads=t), threads)
     truth_s, (truth, _) = timed(lambda: index.search(ds.queries, k=k, threads=threads))
     rows = rows_of(ds.queries[:n_lat])
     lat = per_call_latency(lambda i: index.search(rows[i], k=k), len(rows))
@@ -216,7 +216,7 @@ def bench_blocked(ds: Dataset, truth, build: dict, searches: list[dict], k: int,
     sub = ds.queries[:n_lat]
     points = []
     for s in searches:
-        index.search(ds.queries[:4], k=k, threads=1, **s)
+        warm_up(lambda n, t: index.search(ds.queries[:n], k=k, threads=t, **s), threads)
         all_s, (got, _) = timed(lambda: index.search(ds.queries, k=k, threads=threads, **s))
         lat = per_call_latency(lambda i: index.search(rows[i], k=k, **s), len(rows))
         b1, _ = timed(lambda: index.search(sub, k=k, threads=1, **s))
@@ -272,7 +272,7 @@ def bench_seismic(ds: Dataset, truth, build: dict, searches: list[dict], k: int,
 
     points = []
     for s in searches:
-        batch(s, 4, 1)
+        warm_up(lambda n, t: batch(s, n, t), threads)
         all_s, got = timed(lambda: batch(s, q.shape[0], threads))
         lat = per_call_latency(lambda i: index.search(ids[i], comps[i], vals[i], k,
                                                       s["query_cut"], s["heap_factor"]), n_lat)

@@ -7,20 +7,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipeline.index import BlockedIndex, BlockedIndexConfig, ExactIndex
+from pipeline.index import BlockedIndex, BlockedIndexConfig, ExactIndex, recall_at_k
 from pipeline.index.bits import CODECS
 
 PRUNING_OFF = dict(n_postings=10**7, summary_energy=1.0, forward_values="float32")
 SEARCH_ALL = dict(query_cut=10**6, heap_factor=0.0)
-
-
-def recall_at_k(got: np.ndarray, truth: np.ndarray) -> float:
-    per_query = []
-    for g, t in zip(got, truth):
-        t = set(t[t >= 0].tolist())
-        if t:
-            per_query.append(len(t & set(g[g >= 0].tolist())) / len(t))
-    return float(np.mean(per_query))
 
 
 @pytest.fixture(scope="module")

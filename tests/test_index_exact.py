@@ -131,3 +131,28 @@ def test_bad_queries_and_arguments():
     for threads in (0, -1, 1.5):
         with pytest.raises(ValueError, match="threads"):
             index.search(np.ones((1, 4)), k=1, threads=threads)
+
+
+def test_numba_threads_is_scoped_and_restored():
+    import numba
+
+    from pipeline.index.fastcall import numba_threads
+
+    before = numba.get_num_threads()
+    with numba_threads(1):
+        assert numba.get_num_threads() == 1
+    assert numba.get_num_threads() == before
+    with pytest.raises(RuntimeError), numba_threads(1):
+        raise RuntimeError("the setting is restored on errors too")
+    assert numba.get_num_threads() == before
+    with numba_threads(10**6):   # capped at the pool's size, never an error
+        assert numba.get_num_threads() == numba.config.NUMBA_NUM_THREADS
+
+
+def test_recall_at_k_ignores_padding_and_empty_truth():
+    from pipeline.index import recall_at_k
+
+    truth = np.array([[3, 1, -1], [-1, -1, -1], [7, 8, 9]])
+    got = np.array([[1, -1, -1], [5, 6, -1], [9, 8, 7]])
+    assert recall_at_k(got, truth) == pytest.approx((0.5 + 1.0) / 2)
+    assert recall_at_k(got[1:2], truth[1:2]) == 1.0

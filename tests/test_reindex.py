@@ -24,7 +24,8 @@ import scipy.sparse as sp
 
 from conftest import REPO, tiny_encoder
 from pipeline.indexing import IndexJobConfig, run_index_job
-from pipeline.reindex import ReindexConfig, collect_garbage, run_reindex
+from pipeline.reindex import ReindexConfig, run_reindex
+from pipeline.store import collect_garbage
 from pipeline.store import IndexLayout, ShardedIndex, read_current_generation, read_manifest, read_postings
 from ray_procs import kill_when, ray_head, submit_job, subprocess_env
 from serve_fixtures import LoadLoop, serve_http_port, wait_until

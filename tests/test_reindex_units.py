@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from pipeline.indexing.config import IndexJobConfig
-from pipeline.reindex import EncoderOverrides, ReindexConfig, collect_garbage
+from pipeline.reindex import EncoderOverrides, ReindexConfig
+from pipeline.store import collect_garbage
 from pipeline.reindex.diff import BaseTable, ReindexError, UnitRoutes, resolve_claims
 from pipeline.reindex.job import decide
 from pipeline.reindex.shards import BaseShardChange, plan_output_shards

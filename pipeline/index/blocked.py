@@ -53,7 +53,7 @@ from pipeline.index import build_kernels as bk
 from pipeline.index import search_kernels as sk
 from pipeline.index.bits import CODECS, HALF_MAX, EntryCodec
 from pipeline.index.config import BlockedIndexConfig
-from pipeline.index.fastcall import FastCall
+from pipeline.index.fastcall import FastCall, numba_threads
 from pipeline.index.topk import empty_results
 from pipeline.index.validate import (as_csr, check_float, check_int, check_k, check_queries,
                                      check_threads)
@@ -345,14 +345,10 @@ class BlockedIndex:
                          *index_args, *scratch, cut, h_scores, h_docs, out_docs, out_scores)
         else:
             n_chunks = min(nq, 4 * threads)
-            previous = numba.get_num_threads()
-            numba.set_num_threads(threads)
-            try:
+            with numba_threads(threads):
                 sk.search_parallel(q_indptr, q.indices, q.data, query_cut, heap_factor,
                                    n_chunks, self._vocab, self._n_docs, n_candidates,
                                    capacity, *index_args, out_docs, out_scores)
-            finally:
-                numba.set_num_threads(previous)
         return out_docs, out_scores
 
     def _scratch(self, n_candidates: int):

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import threading
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 
-from pipeline.index.fastcall import FastCall
+from pipeline.index.fastcall import FastCall, numba_threads
 from pipeline.index.topk import empty_results, heap_push, heap_to_row
 from pipeline.index.validate import as_csr, check_k, check_queries, check_threads
 
@@ -65,10 +64,9 @@ def _exact_parallel(q_indptr, q_indices, q_data, term_ptr, term_docs, term_value
         touched = np.empty(n_docs, np.int32)
         h_scores = np.empty(capacity, np.float32)
         h_docs = np.empty(capacity, np.int64)
-        for qi in range(c * nq // n_chunks, (c + 1) * nq // n_chunks):
-            a, b = q_indptr[qi], q_indptr[qi + 1]
-            _exact_query(q_indices[a:b], q_data[a:b], term_ptr, term_docs, term_values,
-                         acc, seen, touched, h_scores, h_docs, out_docs[qi], out_scores[qi])
+        lo, hi = c * nq // n_chunks, (c + 1) * nq // n_chunks
+        _exact_serial(q_indptr[lo:hi + 1], q_indices, q_data, term_ptr, term_docs, term_values,
+                      acc, seen, touched, h_scores, h_docs, out_docs[lo:hi], out_scores[lo:hi])
 
 
 class ExactIndex:
@@ -145,14 +143,10 @@ class ExactIndex:
                           out_docs, out_scores)
         else:
             n_chunks = min(nq, 4 * threads)
-            previous = numba.get_num_threads()
-            numba.set_num_threads(threads)
-            try:
+            with numba_threads(threads):
                 _exact_parallel(q_indptr, q.indices, q.data, self._term_ptr, self._term_docs,
                                 self._term_values, self.n_docs, capacity, n_chunks,
                                 out_docs, out_scores)
-            finally:
-                numba.set_num_threads(previous)
         return out_docs, out_scores
 
     def _scratch(self):

@@ -1,4 +1,5 @@
-"""Call a numba kernel without re-resolving its argument types on every call.
+"""How the indexes call numba kernels: without re-resolving argument types on every call
+(`FastCall`), and on a scoped number of threads (`numba_threads`).
 
 A numba dispatcher types each argument of each call before running the compiled code:
 about 0.4 us an argument, so ~15 us for a search kernel's ~40 arrays, which is most of a
@@ -9,9 +10,23 @@ once through the dispatcher and then calls the compiled entry point directly.
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+import contextlib
+from typing import Any, Hashable, Iterator
 
 import numba
+
+
+@contextlib.contextmanager
+def numba_threads(threads: int) -> Iterator[None]:
+    """Run the body on ``threads`` numba threads (capped at the pool's size), then restore the
+    caller's setting: the count is per calling thread and outlives the call otherwise (a Ray
+    worker process runs many tasks)."""
+    previous = numba.get_num_threads()
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    try:
+        yield
+    finally:
+        numba.set_num_threads(previous)
 
 
 class FastCall:

@@ -310,15 +310,15 @@ def search_parallel(q_indptr, q_indices, q_data, query_cut, heap_factor, n_chunk
     for c in prange(n_chunks):
         (q_dense, visited, touched, cand_block, acc_code, acc_q, dots, heap, cut, h_scores,
          h_docs) = alloc_scratch(vocab, n_docs, n_candidates, capacity, query_cut)
-        for qi in range(c * nq // n_chunks, (c + 1) * nq // n_chunks):
-            a, b = q_indptr[qi], q_indptr[qi + 1]
-            search_query(q_indices[a:b], q_data[a:b], query_cut, heap_factor,
-                         words, term_mask, hi_shift, lo_shift, q_scale, ordered,
-                         list_block_ptr, block_post_ptr, postings, block_min, block_step,
-                         list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
-                         pair_group_base,
-                         entries, q_dense, visited, touched, cand_block, acc_code, acc_q, dots,
-                         heap, cut, h_scores, h_docs, out_docs[qi], out_scores[qi])
+        lo, hi = c * nq // n_chunks, (c + 1) * nq // n_chunks
+        # q_indptr's entries are absolute offsets into q_indices, so a slice of it is a batch
+        search_serial(q_indptr[lo:hi + 1], q_indices, q_data, query_cut, heap_factor,
+                      words, term_mask, hi_shift, lo_shift, q_scale, ordered,
+                      list_block_ptr, block_post_ptr, postings, block_min, block_step,
+                      list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
+                      pair_group_base, entries,
+                      q_dense, visited, touched, cand_block, acc_code, acc_q, dots, heap, cut,
+                      h_scores, h_docs, out_docs[lo:hi], out_scores[lo:hi])
 
 
 @njit(cache=True, nogil=True)

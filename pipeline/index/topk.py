@@ -83,3 +83,17 @@ def empty_results(n_queries: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Padded result arrays: doc -1, score 0.0."""
     return (np.full((n_queries, k), PAD_DOC, dtype=np.int64),
             np.zeros((n_queries, k), dtype=np.float32))
+
+
+def recall_at_k(got: np.ndarray, truth: np.ndarray) -> float:
+    """Mean over queries of |got ∩ truth| / |truth|, on result rows (padding ignored).
+
+    The measure of an approximate index against exact search. Queries whose exact result is
+    empty are left out; with none left, recall is 1.0 (nothing could be missed).
+    """
+    per_query = []
+    for g, t in zip(got, truth):
+        t = set(t[t != PAD_DOC].tolist())
+        if t:
+            per_query.append(len(t & set(g[g != PAD_DOC].tolist())) / len(t))
+    return float(np.mean(per_query)) if per_query else 1.0

@@ -202,9 +202,15 @@ def write_shard(layout: IndexLayout, name: str, postings: ShardPostings, *, inde
 
     The caller is the shard's only writer (one Ray task per shard).
     """
-    import numba
+    from pipeline.index.fastcall import numba_threads
 
-    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
+    with numba_threads(threads):
+        return _write_shard(layout, name, postings, index_kind=index_kind, index_params=index_params,
+                            values_dtype=values_dtype, record=record)
+
+
+def _write_shard(layout: IndexLayout, name: str, postings: ShardPostings, *, index_kind: str,
+                 index_params: dict, values_dtype: str, record: dict) -> ShardResult:
     started = time.perf_counter()
     vectors = postings.vectors
     nnz_per_doc = np.diff(vectors.indptr)

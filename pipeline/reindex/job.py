@@ -149,7 +149,8 @@ def run_reindex(config: ReindexConfig) -> ReindexSummary:
         summary = _full_rebuild(job, decision, base_generation)
     else:
         summary = _incremental(job, layout, base, settings, decision, placement, started)
-    summary.gc = _collect(layout, config)
+    summary.gc = collect_garbage_after_commit(layout, config.keep_generations,
+                                              min_age_s=config.gc_min_age_s)
     summary.wall_s = round(time.perf_counter() - started, 3)
     log.info("re-indexed %s: generation %d (%s), %.1f s", layout.url, summary.generation,
              "full rebuild" if summary.full_rebuild else
@@ -210,6 +211,3 @@ def _incremental(job: IndexJobConfig, layout: IndexLayout, base: Manifest, setti
         shards_reused=report["shards_reused"], shards_added=report["shards_added"],
         wall_s=0.0, stages=stages)
 
-
-def _collect(layout: IndexLayout, config: ReindexConfig) -> dict:
-    return collect_garbage_after_commit(layout, config.keep_generations, min_age_s=config.gc_min_age_s)

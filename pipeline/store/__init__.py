@@ -10,6 +10,7 @@ from pipeline.store.manifest import (
     read_current_generation,
     read_manifest,
 )
+from pipeline.store.gc import GcReport, collect_garbage
 from pipeline.store.leases import Lease, leased_generations, read_leases, release_lease, write_lease
 from pipeline.store.reader import Hit, LoadedShard, ShardedIndex, load_shard, merge_top_k
 from pipeline.store.postings import (
@@ -25,5 +26,5 @@ __all__ = [
     "list_generations", "read_current_generation", "read_manifest", "PostingsFormatError",
     "ShardPostings", "fingerprint_texts", "read_postings", "write_postings",
     "Hit", "LoadedShard", "ShardedIndex", "load_shard", "merge_top_k",
-    "Lease", "leased_generations", "read_leases", "release_lease", "write_lease",
+    "GcReport", "collect_garbage", "Lease", "leased_generations", "read_leases", "release_lease", "write_lease",
 ]
