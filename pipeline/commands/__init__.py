@@ -1,1 +1,0 @@
-"""Subcommands of the `lsr` CLI that belong to no single library module."""
