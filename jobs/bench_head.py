@@ -40,7 +40,7 @@ IMPLEMENTATIONS = ("plain", "twin", "triton", "gemm")
 def machine_description(device: str) -> str:
     import torch
 
-    from pipeline.machine import machine_line
+    from pipeline.testing.machine import machine_line
 
     return f"{machine_line()}; torch threads {torch.get_num_threads()}; device {device}"
 

@@ -43,7 +43,7 @@ import scipy.sparse as sp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pipeline.index import recall_at_k
-from pipeline.machine import describe_machine, machine_line
+from pipeline.testing.machine import describe_machine, machine_line
 
 RECALL_TARGETS = (0.90, 0.95, 0.98)
 
@@ -456,7 +456,7 @@ def main() -> None:
         print(f"synthetic: generated {d.shape[0]} docs / {q.shape[0]} queries in "
               f"{time.perf_counter() - t:.1f} s")
         datasets.append(Dataset(f"synthetic-{args.synthetic // 1000}k", d, q,
-                                f"pipeline.synthetic.generate(seed={args.seed})",
+                                f"pipeline.testing.synthetic.generate(seed={args.seed})",
                                 args.synthetic_builds))
     for name in [n for n in args.real.split(",") if n]:
         ds = load_real(name, args.cache, os.path.normpath(args.data))

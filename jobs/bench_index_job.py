@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.machine import machine_line
+from pipeline.testing.machine import machine_line
 
 
 def main() -> None:
@@ -41,13 +41,13 @@ def main() -> None:
 
     import ray
 
-    from pipeline.indexing import (
+    from pipeline.batch import (
         EncoderOptions,
         IndexJobConfig,
         ResourceOptions,
         run_index_job,
     )
-    from pipeline.indexing.job import plan_resources
+    from pipeline.batch.index_job import plan_resources
 
     started = time.perf_counter()
     ray.init(configure_logging=False, log_to_driver=False)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pipeline.machine import machine_line
+from pipeline.testing.machine import machine_line
 
 
 def _records(path: Path) -> list[dict]:
@@ -62,9 +62,10 @@ def main() -> None:
     import numpy as np
     import ray
 
-    from pipeline.indexing import IndexJobConfig, run_index_job
-    from pipeline.reindex import ReindexConfig, run_reindex
-    from pipeline.store import IndexLayout, read_manifest, read_postings
+    from pipeline.batch import IndexJobConfig, run_index_job
+    from pipeline.batch import ReindexConfig, run_reindex
+    from pipeline.catalog import IndexLayout, read_manifest
+    from pipeline.format import read_postings
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)

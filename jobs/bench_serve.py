@@ -1,6 +1,6 @@
 """Benchmark of the Ray Serve query endpoint on this machine (127.0.0.1 only).
 
-For each shard count S of a synthetic N-document index (`pipeline.synthetic.generate`,
+For each shard count S of a synthetic N-document index (`pipeline.testing.synthetic.generate`,
 written with the store APIs, cached under --work), and each topology:
 
 * in process: the same query texts, encoded by the index's encoder and searched with
@@ -38,7 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.machine import describe_machine
+from pipeline.testing.machine import describe_machine
 
 TOPOLOGIES = {
     "split": {"encoder_placement": "deployment", "shards_per_replica": 1},
@@ -71,8 +71,8 @@ def prepare_indexes(work: Path, n_docs: int, shard_counts: list[int], seed: int,
     every shard count holds the same number of postings in all: the sweep varies the fan-out,
     not the amount of index.
     """
-    from pipeline.serve.direct_index import write_generation
-    from pipeline.store import IndexLayout, read_current_generation, read_manifest
+    from pipeline.testing.direct_writer import write_generation
+    from pipeline.catalog import IndexLayout, read_current_generation, read_manifest
 
     roots = {s: work / f"synthetic-{n_docs}-seed{seed}-np{n_postings_total}-s{s}" for s in shard_counts}
     todo = [s for s, root in roots.items()
@@ -102,7 +102,7 @@ def read_queries(path: Path, n: int) -> list[str]:
 
 # -- in process -----------------------------------------------------------------------------------
 def in_process(url: str, queries: list[str], k: int) -> dict:
-    from pipeline.store import ShardedIndex
+    from pipeline.search import ShardedIndex
 
     index = ShardedIndex.open(url)
     encoder = index.encoder()

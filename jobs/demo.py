@@ -33,8 +33,8 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     from pipeline.data.demo import write_demo_corpus
-    from pipeline.indexing import IndexJobConfig, run_index_job
-    from pipeline.store import ShardedIndex
+    from pipeline.batch import IndexJobConfig, run_index_job
+    from pipeline.search import ShardedIndex
 
     corpus = os.path.join(args.output, "corpus.jsonl")
     n = write_demo_corpus(corpus, args.max_docs)

@@ -30,7 +30,7 @@ from pipeline.evaluate.runner import (
     load_collection,
     run_evaluation,
 )
-from pipeline.machine import machine_line
+from pipeline.testing.machine import machine_line
 
 log = logging.getLogger("eval_table")
 

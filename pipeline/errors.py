@@ -1,15 +1,18 @@
-"""Errors that are the user's to fix: the CLI prints them as one line, without a traceback."""
+"""Errors that are the user's to fix: the CLI prints them as one line, without a traceback.
+
+Every such error subclasses `UserError` where it is defined (a bad record, a bad manifest or
+stored group, an unknown model, a re-index that cannot proceed). This module imports nothing
+from the packages, so any of them can depend on it.
+"""
 
 from __future__ import annotations
 
 
-def is_user_error(exc: BaseException) -> bool:
-    from pipeline.data.records import BadRecord
-    from pipeline.encode.models import ModelNotFound
-    from pipeline.indexing.datasource import BadRecordError
-    from pipeline.reindex.diff import ReindexError
-    from pipeline.store.manifest import ManifestError
-    from pipeline.store.postings import PostingsFormatError
+class UserError(Exception):
+    """Raised for a problem in the user's input, data or setup, never for a bug of ours: the
+    message is complete and names what to fix."""
 
-    return isinstance(exc, (BadRecord, BadRecordError, ManifestError, PostingsFormatError,
-                            ModelNotFound, ReindexError, FileNotFoundError, PermissionError))
+
+def is_user_error(exc: BaseException) -> bool:
+    """A `UserError`, or a missing/forbidden path the user named."""
+    return isinstance(exc, (UserError, FileNotFoundError, PermissionError))

@@ -189,7 +189,7 @@ SCIFACT_SHARD_SIZE = 2000   # 5,183 documents -> 3 shards
 @pytest.fixture(scope="session")
 def scifact_index(ray_local, scifact_dir: Path, tmp_path_factory):
     """(index root path, JobSummary) of scifact indexed by `run_index_job` on the local Ray."""
-    from pipeline.indexing import IndexJobConfig, run_index_job
+    from pipeline.batch import IndexJobConfig, run_index_job
 
     root = tmp_path_factory.mktemp("scifact-index") / "index"
     summary = run_index_job(IndexJobConfig(corpus=str(scifact_dir), output=str(root),

@@ -69,7 +69,7 @@ def test_evaluate_bad_input_exits_with_the_file_and_line(tiny: Path) -> None:
 @pytest.mark.slow  # the Ray indexing job: ~90 s for five documents on a busy 2-core box
 def test_evaluate_index_written_by_the_indexing_job(tiny: Path, tmp_path: Path, ray_local) -> None:
     """`--index`: every shard searched and merged gives the in-process rankings (exact search)."""
-    from pipeline.indexing import IndexJobConfig, run_index_job
+    from pipeline.batch import IndexJobConfig, run_index_job
 
     root = tmp_path / "index"
     run_index_job(IndexJobConfig(corpus=str(tiny), output=str(root), shard_size=2))  # 3 shards

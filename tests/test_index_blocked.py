@@ -93,9 +93,9 @@ def test_search_parameters_trade_recall(cisi, cisi_default, cisi_truth):
 
 def test_build_is_deterministic(cisi):
     docs = cisi.docs[:400]
-    a = BlockedIndex.build(docs, n_postings=20, seed=7).arrays
-    b = BlockedIndex.build(docs, n_postings=20, seed=7).arrays
-    c = BlockedIndex.build(docs, n_postings=20, seed=8).arrays
+    a = BlockedIndex.build(docs, n_postings=20, seed=7).arrays()
+    b = BlockedIndex.build(docs, n_postings=20, seed=7).arrays()
+    c = BlockedIndex.build(docs, n_postings=20, seed=8).arrays()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name])
     assert not np.array_equal(a["postings"], c["postings"])
@@ -105,7 +105,7 @@ def test_build_is_deterministic(cisi):
 
 def _summaries(index: BlockedIndex) -> dict[int, dict[int, float]]:
     """Global block id -> {term: dequantised summary value}, decoded from the arrays."""
-    a = index.arrays
+    a = index.arrays()
     records = a["pair_records"].reshape(-1, 3)
     terms = records[:, 0].astype(int) | (records[:, 1].astype(int) << 8)
     sizes = records[:, 2].astype(int) + 1
@@ -123,7 +123,7 @@ def _summaries(index: BlockedIndex) -> dict[int, dict[int, float]]:
 
 
 def _block_docs(index: BlockedIndex, docs: sp.csr_matrix) -> list[np.ndarray]:
-    a = index.arrays
+    a = index.arrays()
     start_to_doc = {int(2 * d + docs.indptr[d]): d for d in range(docs.shape[0])}
     return [np.array([start_to_doc[int(o)] for o in
                       a["postings"][a["block_post_ptr"][b]:a["block_post_ptr"][b + 1]]])
@@ -137,7 +137,7 @@ def test_structure_follows_the_specification():
     cfg = BlockedIndexConfig(n_postings=30, max_fraction=1.5, centroid_fraction=0.2,
                              min_cluster_size=2, summary_energy=0.5)
     index = BlockedIndex.build(docs, cfg)
-    a = index.arrays
+    a = index.arrays()
     # static pruning: the vocab * n_postings largest weights, lists capped at 45
     kept = {(d, t) for b, ds in enumerate(_block_docs(index, docs))
             for t in [int(np.searchsorted(a["list_block_ptr"], b, side="right") - 1)] for d in ds}
@@ -227,7 +227,7 @@ def test_empty_index():
 def test_properties(cisi, cisi_default):
     assert cisi_default.n_docs == cisi.docs.shape[0]
     assert cisi_default.vocab_size == cisi.docs.shape[1]
-    assert cisi_default.nbytes == sum(a.nbytes for a in cisi_default.arrays.values())
+    assert cisi_default.nbytes == sum(a.nbytes for a in cisi_default.arrays().values())
     assert cisi_default.config == BlockedIndexConfig()
 
 

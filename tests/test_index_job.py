@@ -13,9 +13,11 @@ import pytest
 from conftest import assert_same_ranking, tiny_encoder
 from ray_procs import kill_when, ray_head, submit_job, subprocess_env
 from pipeline.index import ExactIndex
-from pipeline.indexing import IndexJobConfig, run_index_job
-from pipeline.indexing.datasource import BadRecordError
-from pipeline.store import IndexLayout, ShardedIndex, read_manifest, read_postings
+from pipeline.batch import IndexJobConfig, run_index_job
+from pipeline.batch.datasource import BadRecordError
+from pipeline.catalog import IndexLayout, read_manifest
+from pipeline.format import read_postings
+from pipeline.search import ShardedIndex
 
 LSR = [sys.executable, "-m", "pipeline.cli"]
 

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipeline.index import BlockedIndex, ExactIndex, IndexFormatError, load_index
-from pipeline.storage.fs import resolve
+from pipeline.format import IndexFormatError, load_blocked, load_exact, load_index, save_index
+from pipeline.index import BlockedIndex, ExactIndex
+from pipeline.objstore.fs import resolve
 
 
 @pytest.fixture(scope="module")
@@ -40,13 +41,13 @@ def _same_results(a, b, queries):
 
 
 def test_local_round_trip(tmp_path, blocked, exact, docs_queries):
-    blocked.save(str(tmp_path / "blocked"))
-    exact.save(str(tmp_path / "exact"))
-    b2 = BlockedIndex.load(str(tmp_path / "blocked"))
-    e2 = ExactIndex.load(str(tmp_path / "exact"))
-    for name, arr in blocked.arrays.items():
-        np.testing.assert_array_equal(arr, b2.arrays[name])
-        assert arr.dtype == b2.arrays[name].dtype
+    save_index(blocked, str(tmp_path / "blocked"))
+    save_index(exact, str(tmp_path / "exact"))
+    b2 = load_blocked(str(tmp_path / "blocked"))
+    e2 = load_exact(str(tmp_path / "exact"))
+    for name, arr in blocked.arrays().items():
+        np.testing.assert_array_equal(arr, b2.arrays()[name])
+        assert arr.dtype == b2.arrays()[name].dtype
     assert b2.config == blocked.config and b2.n_docs == blocked.n_docs
     assert b2.nbytes == blocked.nbytes and e2.nbytes == exact.nbytes
     _same_results(blocked, b2, docs_queries[1])
@@ -58,41 +59,41 @@ def test_local_round_trip(tmp_path, blocked, exact, docs_queries):
 def test_s3_round_trip(s3_server, blocked, exact, docs_queries):
     opts = s3_server["storage_options"]
     base = f"s3://{s3_server['bucket']}/index-test"
-    blocked.save(f"{base}/blocked", storage_options=opts)
-    exact.save(f"{base}/exact", storage_options=opts)
-    _same_results(blocked, BlockedIndex.load(f"{base}/blocked", storage_options=opts),
+    save_index(blocked, f"{base}/blocked", storage_options=opts)
+    save_index(exact, f"{base}/exact", storage_options=opts)
+    _same_results(blocked, load_blocked(f"{base}/blocked", storage_options=opts),
                   docs_queries[1])
-    _same_results(exact, ExactIndex.load(f"{base}/exact", storage_options=opts),
+    _same_results(exact, load_exact(f"{base}/exact", storage_options=opts),
                   docs_queries[1])
     with pytest.raises(FileExistsError):
-        blocked.save(f"{base}/blocked", storage_options=opts)
+        save_index(blocked, f"{base}/blocked", storage_options=opts)
     loc = resolve(f"{base}/blocked/entries/zarr.json", opts)
     loc.fs.rm(loc.path)
     with pytest.raises(IndexFormatError, match="'entries' is missing"):
-        BlockedIndex.load(f"{base}/blocked", storage_options=opts)
+        load_blocked(f"{base}/blocked", storage_options=opts)
 
 
 def test_empty_index_round_trip(tmp_path):
     for index in (BlockedIndex.build(sp.csr_matrix((0, 5), dtype=np.float32)),
                   ExactIndex(sp.csr_matrix((0, 5), dtype=np.float32))):
         path = str(tmp_path / type(index).__name__)
-        index.save(path)
+        save_index(index, path)
         loaded = load_index(path)
         assert loaded.n_docs == 0 and loaded.vocab_size == 5
         assert (loaded.search(np.ones((1, 5)), k=2)[0] == -1).all()
 
 
 def test_save_is_write_once(tmp_path, blocked):
-    blocked.save(str(tmp_path / "x"))
+    save_index(blocked, str(tmp_path / "x"))
     with pytest.raises(FileExistsError):
-        blocked.save(str(tmp_path / "x"))
+        save_index(blocked, str(tmp_path / "x"))
     (tmp_path / "empty").mkdir()
-    blocked.save(str(tmp_path / "empty"))   # an empty directory is a fresh location
+    save_index(blocked, str(tmp_path / "empty"))   # an empty directory is a fresh location
 
 
 def _saved(tmp_path, index, name="ix"):
     path = tmp_path / name
-    index.save(str(path))
+    save_index(index, str(path))
     return path
 
 
@@ -105,7 +106,7 @@ def test_truncated_group_is_refused(tmp_path, blocked):
     chunk = _chunk_files(path / "fwd_words")[0]
     os.remove(chunk)   # zarr would read the fill value: the checksum notices
     with pytest.raises(IndexFormatError, match="'fwd_words' fails its checksum"):
-        BlockedIndex.load(str(path))
+        load_blocked(str(path))
 
 
 def test_interrupted_write_is_refused(tmp_path, blocked):
@@ -115,7 +116,7 @@ def test_interrupted_write_is_refused(tmp_path, blocked):
     meta["attributes"] = {}      # the writer died before the attributes (the commit point)
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(IndexFormatError, match="no 'format' attribute"):
-        BlockedIndex.load(str(path))
+        load_blocked(str(path))
 
 
 def test_corrupt_chunk_is_refused(tmp_path, exact):
@@ -125,7 +126,7 @@ def test_corrupt_chunk_is_refused(tmp_path, exact):
         f.seek(10)
         f.write(b"\xff\xfe")
     with pytest.raises(IndexFormatError, match="'data'"):
-        ExactIndex.load(str(path))
+        load_exact(str(path))
 
 
 def _set_attrs(path, **changes):
@@ -141,10 +142,10 @@ def test_wrong_version_and_foreign_groups(tmp_path, blocked, exact):
     path = _saved(tmp_path, blocked, "v")
     _set_attrs(path, format_version=99)
     with pytest.raises(IndexFormatError, match="format version 99"):
-        BlockedIndex.load(str(path))
+        load_blocked(str(path))
     path = _saved(tmp_path, exact, "e")
     with pytest.raises(IndexFormatError, match="expected 'lsr-pipeline/blocked-index'"):
-        BlockedIndex.load(str(path))
+        load_blocked(str(path))
     foreign = tmp_path / "foreign"
     g = zarr.create_group(store=str(foreign), zarr_format=3)
     g.attrs["format"] = "something-else"
@@ -152,11 +153,11 @@ def test_wrong_version_and_foreign_groups(tmp_path, blocked, exact):
     with pytest.raises(IndexFormatError, match="something-else"):
         load_index(str(foreign))
     with pytest.raises(IndexFormatError):
-        BlockedIndex.load(str(tmp_path / "does-not-exist"))
+        load_blocked(str(tmp_path / "does-not-exist"))
     (tmp_path / "not-zarr").mkdir()
     (tmp_path / "not-zarr" / "zarr.json").write_text("{not json")
     with pytest.raises(IndexFormatError):
-        ExactIndex.load(str(tmp_path / "not-zarr"))
+        load_exact(str(tmp_path / "not-zarr"))
 
 
 def test_wrong_dtype_or_shape_is_refused(tmp_path, blocked):
@@ -165,13 +166,13 @@ def test_wrong_dtype_or_shape_is_refused(tmp_path, blocked):
     path = _saved(tmp_path, blocked, "d")
     g = zarr.open_group(store=str(path), mode="r+", zarr_format=3)
     del g["block_min"]
-    g.create_array("block_min", data=blocked.arrays["block_min"].astype(np.float64))
+    g.create_array("block_min", data=blocked.arrays()["block_min"].astype(np.float64))
     with pytest.raises(IndexFormatError, match="'block_min' has dtype"):
-        BlockedIndex.load(str(path))
+        load_blocked(str(path))
     path = _saved(tmp_path, blocked, "s")
     _set_attrs(path, n_docs=blocked.n_docs + 1)
     with pytest.raises(IndexFormatError, match="'fwd_words' has shape"):
-        BlockedIndex.load(str(path))
+        load_blocked(str(path))
 
 
 def test_consistent_checksums_but_broken_structure_is_refused(tmp_path, blocked):
@@ -181,11 +182,11 @@ def test_consistent_checksums_but_broken_structure_is_refused(tmp_path, blocked)
 
     path = _saved(tmp_path, blocked, "b")
     g = zarr.open_group(store=str(path), mode="r+", zarr_format=3)
-    postings = blocked.arrays["postings"].copy()
+    postings = blocked.arrays()["postings"].copy()
     postings[0] += 1
     g["postings"][:] = postings
     meta = dict(g.attrs["arrays"])
     meta["postings"] = {**meta["postings"], "crc32": zlib.crc32(postings.tobytes()) & 0xFFFFFFFF}
     g.attrs["arrays"] = meta
     with pytest.raises(IndexFormatError, match="posting does not point at a document"):
-        BlockedIndex.load(str(path))
+        load_blocked(str(path))

@@ -23,10 +23,12 @@ import pytest
 import scipy.sparse as sp
 
 from conftest import REPO, tiny_encoder
-from pipeline.indexing import IndexJobConfig, run_index_job
-from pipeline.reindex import ReindexConfig, run_reindex
-from pipeline.store import collect_garbage
-from pipeline.store import IndexLayout, ShardedIndex, read_current_generation, read_manifest, read_postings
+from pipeline.batch import IndexJobConfig, run_index_job
+from pipeline.batch import ReindexConfig, run_reindex
+from pipeline.catalog import collect_garbage
+from pipeline.catalog import IndexLayout, read_current_generation, read_manifest
+from pipeline.format import read_postings
+from pipeline.search import ShardedIndex
 from ray_procs import kill_when, ray_head, submit_job, subprocess_env
 from serve_fixtures import LoadLoop, serve_http_port, wait_until
 
@@ -114,7 +116,7 @@ def scifact_reindexed(scifact_index, scifact_dir, data_dir, tmp_path_factory, ra
             wait_until(lambda: loop.generations and loop.generations[-1] == 2, 180,
                        "answers from generation 2")
             loop.wait_for(10)
-        from pipeline.store.leases import read_leases
+        from pipeline.catalog.leases import read_leases
 
         lease = {x.server_id: x for x in read_leases(layout)}["test-reindex"]
     finally:
@@ -157,7 +159,7 @@ def test_only_added_and_changed_documents_are_encoded(scifact_reindexed):
     at2 = {doc_id: i for i, doc_id in enumerate(ids2)}
     rows = [at2[x["_id"]] for x in fresh]
     assert _same_rows(vectors2[rows], tiny_encoder().encode([_text(x) for x in fresh]))
-    from pipeline.store import fingerprint_texts
+    from pipeline.format import fingerprint_texts
 
     assert np.array_equal(fingerprints2[rows], fingerprint_texts([_text(x) for x in fresh]))
     # ...and every other document the very vectors generation 1 stored, in the same order.
@@ -217,7 +219,7 @@ def test_gc_keeps_shared_shards_and_leased_generations(scifact_reindexed):
     assert gc["kept_generations"] == [1, 2] and gc["deleted_generations"] == []
     assert gc["deleted_shards"] == []
     # A server still on generation 1 keeps it alive even with keep_generations=1...
-    from pipeline.store.leases import release_lease, write_lease
+    from pipeline.catalog.leases import release_lease, write_lease
 
     write_lease(layout, "old-server", 1, ttl_s=300)
     assert collect_garbage(layout, keep_generations=1).deleted_generations == []
@@ -290,14 +292,14 @@ def test_killed_reindex_leaves_the_old_generation_serving_and_a_rerun_completes(
 
 
 def _overrides(**kwargs):
-    from pipeline.reindex import EncoderOverrides
+    from pipeline.batch import EncoderOverrides
 
     return EncoderOverrides(**kwargs)
 
 
 @pytest.mark.slow  # two more job runs (~70 s on 2 cores); the default run keeps the scifact re-index tests
 def test_unchanged_corpus_commits_nothing_and_a_changed_setting_rebuilds_everything(small_index, tmp_path):
-    from pipeline.indexing.datasource import BadRecordError
+    from pipeline.batch.datasource import BadRecordError
 
     base_root, records = small_index
     root = tmp_path / "index"

@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.indexing.config import IndexJobConfig
-from pipeline.reindex import EncoderOverrides, ReindexConfig
-from pipeline.store import collect_garbage
-from pipeline.reindex.diff import BaseTable, ReindexError, UnitRoutes, resolve_claims
-from pipeline.reindex.job import decide
-from pipeline.reindex.shards import BaseShardChange, plan_output_shards
-from pipeline.store.leases import write_lease
-from pipeline.storage import write_json_atomic
-from pipeline.store import IndexLayout, Manifest, ShardEntry, commit_generation, list_generations
+from pipeline.batch.config import IndexJobConfig
+from pipeline.batch import EncoderOverrides, ReindexConfig
+from pipeline.catalog import collect_garbage
+from pipeline.batch.reindex_diff import BaseTable, ReindexError, UnitRoutes, resolve_claims
+from pipeline.batch.reindex_job import decide
+from pipeline.batch.reindex_shards import BaseShardChange, plan_output_shards
+from pipeline.catalog.leases import write_lease
+from pipeline.objstore import write_json_atomic
+from pipeline.catalog import IndexLayout, Manifest, ShardEntry, commit_generation, list_generations
 
 ENCODER = {"model": "splade-tiny", "source": "/x", "fingerprint": "sha256:abc", "max_length": 256,
            "query_max_length": 64, "top_k": None, "threshold": 0.0, "dtype": "float32",
@@ -179,7 +179,7 @@ def test_decide_full_rebuild_only_when_vectors_would_differ():
 
 
 def test_recorded_dtype_is_the_one_the_encoder_actors_use():
-    from pipeline.indexing.job import Placement, encoder_settings
+    from pipeline.batch.index_job import Placement, encoder_settings
 
     config = IndexJobConfig(corpus="/c", output="/i")
     on_cpu = encoder_settings(config, Placement(1, 1.0, 0.0, 1, 1))
@@ -299,7 +299,7 @@ def test_parts_of_unfinished_read_blocks_are_discarded_before_a_resume(tmp_path)
     """A crashed attempt staged half of read block 1; the next attempt may cut that block into
     other parts, so its old parts go (block 0, complete, stays)."""
     from pipeline.data.corpus import Chunk, CorpusFile
-    from pipeline.indexing.plan import (
+    from pipeline.batch.plan import (
         JobPlan,
         ShardPlan,
         discard_unfinished_blocks,
@@ -308,7 +308,7 @@ def test_parts_of_unfinished_read_blocks_are_discarded_before_a_resume(tmp_path)
         read_loc,
         scan_state,
     )
-    from pipeline.storage import write_bytes_atomic
+    from pipeline.objstore import write_bytes_atomic
 
     layout = IndexLayout.at(str(tmp_path / "idx"))
     chunk = Chunk(CorpusFile(str(tmp_path / "c.jsonl"), "jsonl", 100, "v1"), 0, 100)

@@ -47,7 +47,7 @@ def assert_same(served: dict, expected: tuple[list[str], list[float]]) -> None:
 
 @pytest.fixture(scope="module")
 def in_process(serve_index):
-    from pipeline.store import ShardedIndex
+    from pipeline.search import ShardedIndex
 
     return ShardedIndex.open(serve_index)
 
@@ -156,7 +156,7 @@ class TestEndpoint:
         """Both replicas of the last group stopped (SIGSTOP): its shard is missing."""
         from ray import serve
 
-        from pipeline.store import merge_top_k
+        from pipeline.search import merge_top_k
 
         client, auth, config = endpoint
         group = serve.get_deployment_handle("ShardSearcher-g000001-001", "lsrt-g000001-001")
@@ -234,8 +234,9 @@ def generations_endpoint(serve_index, ray_local, tmp_path_factory):
 def write_modified_generation(root: str, generation: int, n_shards: int, drop: int) -> None:
     """Generation `generation`: gen 1's vectors minus the first `drop` documents, with every
     weight of term ids below 2000 doubled, in `n_shards` shards."""
-    from pipeline.serve.direct_index import write_generation
-    from pipeline.store import IndexLayout, read_manifest, read_postings
+    from pipeline.testing.direct_writer import write_generation
+    from pipeline.catalog import IndexLayout, read_manifest
+    from pipeline.format import read_postings
 
     layout = IndexLayout.at(root)
     first = read_manifest(layout, 1)
@@ -249,8 +250,9 @@ def write_modified_generation(root: str, generation: int, n_shards: int, drop: i
 
 class TestGenerations:
     def test_reload_switches_generation_under_load(self, generations_endpoint, scifact_dir):
-        from pipeline.store.leases import read_leases
-        from pipeline.store import IndexLayout, ShardedIndex
+        from pipeline.catalog.leases import read_leases
+        from pipeline.catalog import IndexLayout
+        from pipeline.search import ShardedIndex
 
         client, root, config = generations_endpoint
         queries = read_queries(scifact_dir, 30)
@@ -285,7 +287,7 @@ class TestGenerations:
             self, generations_endpoint, scifact_dir):
         from ray import serve
 
-        from pipeline.store import IndexLayout, read_manifest
+        from pipeline.catalog import IndexLayout, read_manifest
 
         client, root, _ = generations_endpoint
         write_modified_generation(root, 3, n_shards=2, drop=0)

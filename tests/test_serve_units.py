@@ -15,7 +15,7 @@ import yaml
 from pipeline.serve.api import SearchRequest
 from pipeline.serve.config import ServeConfig
 from pipeline.serve.controller import group_shards
-from pipeline.store.leases import (
+from pipeline.catalog.leases import (
     lease_location,
     leased_generations,
     read_leases,
@@ -23,7 +23,7 @@ from pipeline.store.leases import (
     write_lease,
 )
 from pipeline.serve.protocol import QueryBatch, encoder_key
-from pipeline.store import IndexLayout
+from pipeline.catalog import IndexLayout
 
 REPO = Path(__file__).resolve().parents[1]
 

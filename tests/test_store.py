@@ -8,22 +8,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from pipeline.storage import resolve
-from pipeline.store import (
-    IndexLayout,
-    Manifest,
-    ManifestError,
-    PostingsFormatError,
-    ShardEntry,
-    ShardPostings,
-    commit_generation,
-    fingerprint_texts,
-    list_generations,
-    read_current_generation,
-    read_manifest,
-    read_postings,
-    write_postings,
-)
+from pipeline.objstore import resolve
+from pipeline.catalog import IndexLayout, Manifest, ManifestError, ShardEntry, commit_generation, list_generations, read_current_generation, read_manifest
+from pipeline.format import PostingsFormatError, ShardPostings, fingerprint_texts, read_postings, write_postings
 
 
 def _postings(n=50, vocab=1000, seed=0):

@@ -7,7 +7,7 @@
    built beside it; COMMITTED.json is written last. Shards committed by an earlier
    attempt of the same plan are kept as they are.
 3. Rejects are gathered into rejects/gNNNNNN/rejects.jsonl.
-4. The manifest is written, then CURRENT moves to it (`pipeline.store.commit_generation`).
+4. The manifest is written, then CURRENT moves to it (`pipeline.catalog.commit_generation`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ import ray
 import scipy.sparse as sp
 
 from pipeline.data.corpus import describe_position
-from pipeline.indexing.config import IndexJobConfig
-from pipeline.indexing.datasource import BadRecordError
-from pipeline.indexing.plan import (
+from pipeline.batch.config import IndexJobConfig
+from pipeline.batch.datasource import BadRecordError
+from pipeline.batch.plan import (
     PART_RE,
     JobPlan,
     ShardState,
@@ -36,17 +36,10 @@ from pipeline.indexing.plan import (
     rejects_loc,
     staging_paths,
 )
-from pipeline.storage import exists, list_dir, read_bytes, read_json, remove, write_bytes_atomic, write_json_atomic
-from pipeline.store import (
-    IndexLayout,
-    Manifest,
-    ShardEntry,
-    ShardPostings,
-    commit_generation,
-    read_postings,
-    write_postings,
-)
-from pipeline.store.manifest import now_utc
+from pipeline.objstore import exists, list_dir, read_bytes, read_json, remove, write_bytes_atomic, write_json_atomic
+from pipeline.catalog import IndexLayout, Manifest, ShardEntry, commit_generation
+from pipeline.format import ShardPostings, read_postings, save_index, write_postings
+from pipeline.catalog.manifest import now_utc
 
 log = logging.getLogger(__name__)
 
@@ -221,7 +214,7 @@ def _write_shard(layout: IndexLayout, name: str, postings: ShardPostings, *, ind
     started = time.perf_counter()
     index = _build_index(vectors, index_kind, index_params)
     index_loc = layout.index(name)
-    index.save(index_loc.url, storage_options=index_loc.storage_options)
+    save_index(index, index_loc.url, storage_options=index_loc.storage_options)
     build_s = time.perf_counter() - started
     entry = ShardEntry(name=name, n_docs=postings.n_docs, nnz=int(vectors.nnz),
                        postings_checksum=checksum, index_kind=index_kind,

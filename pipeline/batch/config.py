@@ -7,6 +7,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.data.corpus import FORMATS
 
 INDEX_KINDS = ("blocked", "exact")
@@ -63,8 +64,8 @@ class IndexJobConfig:
     index_kind: str = "blocked"
     index_params: dict[str, Any] = field(default_factory=dict)   # BlockedIndexConfig overrides
     on_bad_record: str = "fail"
-    keep_generations: int = 3
-    gc_min_age_s: float = 24 * 3600.0          # staging and uncommitted shards idle this long are removed
+    keep_generations: int = KEEP_GENERATIONS
+    gc_min_age_s: float = GC_MIN_AGE_S          # staging and uncommitted shards idle this long are removed
     storage_options: dict[str, Any] = field(default_factory=dict)
     encoder: EncoderOptions = field(default_factory=EncoderOptions)
     resources: ResourceOptions = field(default_factory=ResourceOptions)

@@ -20,9 +20,10 @@ from ray.data.datasource import Datasource, ReadTask
 
 from pipeline.data.corpus import read_chunk
 from pipeline.data.records import FieldMap
-from pipeline.storage import write_bytes_atomic, write_json_atomic
-from pipeline.store import IndexLayout
-from pipeline.indexing.plan import JobPlan, read_loc, rejects_loc
+from pipeline.errors import UserError
+from pipeline.objstore import write_bytes_atomic, write_json_atomic
+from pipeline.catalog import IndexLayout
+from pipeline.batch.plan import JobPlan, read_loc, rejects_loc
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ READ_SCHEMA = pa.schema([
 ])
 
 
-class BadRecordError(RuntimeError):
+class BadRecordError(UserError, RuntimeError):
     """The job met a bad record under the "fail" policy. The message names file and record."""
 
 

@@ -17,14 +17,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from pipeline.data.records import FieldMap
-from pipeline.indexing.commit import commit_plan
-from pipeline.indexing.config import IndexJobConfig
-from pipeline.indexing.datasource import BadRecordError, CorpusDatasource
-from pipeline.indexing.plan import JobPlan, ShardState, discard_unfinished_blocks, make_plan, scan_state
-from pipeline.indexing.sink import StageTimes, StagingSink
-from pipeline.indexing.stages import EncodeActor, tokenize_batch
-from pipeline.store.gc import collect_garbage_after_commit
-from pipeline.store import IndexLayout
+from pipeline.batch.commit import commit_plan
+from pipeline.batch.config import IndexJobConfig
+from pipeline.batch.datasource import BadRecordError, CorpusDatasource
+from pipeline.batch.plan import JobPlan, ShardState, discard_unfinished_blocks, make_plan, scan_state
+from pipeline.batch.sink import StageTimes, StagingSink
+from pipeline.batch.stages import EncodeActor, tokenize_batch
+from pipeline.catalog.gc import collect_garbage_after_commit
+from pipeline.catalog import IndexLayout
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ The plan is written once per (corpus snapshot, output-affecting settings, base g
 kind) under `staging/<plan_id>/plan.json`; re-running the same command finds it and resumes.
 An indexing plan's chunks become the shards of its generation. A re-indexing plan
 (kind "reindex") uses the same chunks only as read units: its shards are decided at commit
-from the base generation's shards (`pipeline.reindex`), so its units are never committed.
+from the base generation's shards (`pipeline.batch`), so its units are never committed.
 
 Staging layout under `staging/<plan_id>/`:
 
@@ -29,10 +29,10 @@ import re
 from dataclasses import asdict, dataclass, field
 
 from pipeline.data.corpus import Chunk, CorpusFile, corpus_fingerprint, discover, plan_chunks
-from pipeline.indexing.config import IndexJobConfig
-from pipeline.storage import Location, exists, list_dir, read_json, remove, write_json_atomic
-from pipeline.store import IndexLayout, list_generations, read_current_generation, shard_name
-from pipeline.store.postings import PostingsFormatError, read_postings
+from pipeline.batch.config import IndexJobConfig
+from pipeline.objstore import Location, exists, list_dir, read_json, remove, write_json_atomic
+from pipeline.catalog import IndexLayout, list_generations, read_current_generation, shard_name
+from pipeline.format.postings import PostingsFormatError, read_postings
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """The commit step of a re-indexing run: staged rows + base shards -> a new generation.
 
 1. Duplicate ids in the new snapshot: the indexing job's check (same policy, same rejects).
-2. Routes and claims (`pipeline.reindex.diff`): kept, changed, deleted, added documents.
-3. The new generation's shard list (`pipeline.reindex.shards`).
+2. Routes and claims (`pipeline.batch.reindex_diff`): kept, changed, deleted, added documents.
+3. The new generation's shard list (`pipeline.batch.reindex_shards`).
 4. One Ray task per rebuilt or added shard (its only writer): the base shard's remaining
    rows with their stored vectors, changed rows with their staged vectors, added rows;
    postings, index and COMMITTED.json through the indexing job's `write_shard`. Shards
@@ -25,7 +25,7 @@ import pyarrow as pa
 import ray
 import scipy.sparse as sp
 
-from pipeline.indexing.commit import (
+from pipeline.batch.commit import (
     ShardResult,
     check_duplicates,
     discard_staging,
@@ -37,13 +37,14 @@ from pipeline.indexing.commit import (
     staged_postings,
     write_shard,
 )
-from pipeline.indexing.config import IndexJobConfig
-from pipeline.indexing.plan import JobPlan, ShardState, verify_shard
-from pipeline.reindex.diff import Diff, ReindexError, resolve_claims, route_units
-from pipeline.reindex.shards import BaseShardChange, OutputShard, plan_output_shards
-from pipeline.storage import exists, read_json
-from pipeline.store import IndexLayout, Manifest, ShardPostings, read_current_generation, read_postings
-from pipeline.store.manifest import ShardEntry
+from pipeline.batch.config import IndexJobConfig
+from pipeline.batch.plan import JobPlan, ShardState, verify_shard
+from pipeline.batch.reindex_diff import Diff, ReindexError, resolve_claims, route_units
+from pipeline.batch.reindex_shards import BaseShardChange, OutputShard, plan_output_shards
+from pipeline.objstore import exists, read_json
+from pipeline.catalog import IndexLayout, Manifest, read_current_generation
+from pipeline.format import ShardPostings, read_postings
+from pipeline.catalog.manifest import ShardEntry
 
 log = logging.getLogger(__name__)
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.data.corpus import FORMATS
-from pipeline.indexing.config import EncoderOptions, IndexJobConfig, ResourceOptions
-from pipeline.store import Manifest
+from pipeline.batch.config import EncoderOptions, IndexJobConfig, ResourceOptions
+from pipeline.catalog import Manifest
 
-DEFAULT_GC_MIN_AGE_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ class ReindexConfig:
     corpus: str
     index: str
     full: bool = False
-    keep_generations: int = 3
-    gc_min_age_s: float = DEFAULT_GC_MIN_AGE_S
+    keep_generations: int = KEEP_GENERATIONS
+    gc_min_age_s: float = GC_MIN_AGE_S
     on_bad_record: str = "fail"
     block_rows: int = 256
     shard_size: int | None = None

@@ -10,7 +10,7 @@ A document is identified by its id and compared by its content fingerprint (blak
 2. `classify_batch` runs in the Ray Data pipeline between read and tokenize, block by
    block: it fingerprints each row, looks its id hash up in the table, attaches the base
    location (`base_shard`, `base_row`; -1 when the id is new) and nulls the text of
-   unchanged documents, so the encoder skips them (`pipeline.indexing.stages`).
+   unchanged documents, so the encoder skips them (`pipeline.batch.stages`).
 3. After staging, `route_units` (one Ray task per read unit) turns the staged rows into
    claims on base slots; `resolve_claims` merges them: a base document is kept when some
    row claims it, replaced when that row was re-encoded, deleted when none does. Ids are
@@ -30,15 +30,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from pipeline.indexing.commit import id_hashes, read_staged_shard
-from pipeline.indexing.plan import JobPlan
-from pipeline.store import IndexLayout, Manifest, fingerprint_texts
-from pipeline.store.manifest import ShardEntry
+from pipeline.batch.commit import id_hashes, read_staged_shard
+from pipeline.batch.plan import JobPlan
+from pipeline.catalog import IndexLayout, Manifest
+from pipeline.errors import UserError
+from pipeline.format import fingerprint_texts
+from pipeline.catalog.manifest import ShardEntry
 
 log = logging.getLogger(__name__)
 
 
-class ReindexError(RuntimeError):
+class ReindexError(UserError, RuntimeError):
     """Re-indexing cannot go on safely; nothing was committed. The message says what to do."""
 
 
@@ -63,7 +65,7 @@ def read_shard_keys(layout: IndexLayout, entry: ShardEntry) -> tuple[np.ndarray,
     """(doc ids, fingerprints) of a committed shard, without reading its vectors."""
     import zarr
 
-    from pipeline.storage import zarr_store
+    from pipeline.objstore import zarr_store
 
     group = zarr.open_group(zarr_store(layout.postings(entry.name), read_only=True), mode="r")
     ids = np.asarray(group["doc_ids"][:], dtype=object)

@@ -3,8 +3,8 @@
     read (Ray Data source, strict, read blocks; the indexing job's) -> classify (fingerprint,
     look up the base generation; unchanged documents lose their text) -> tokenize -> encode
     (actor pool; only added and changed documents) -> stage parts -> commit
-    (`pipeline.reindex.commit`: rebuild only shards that changed; manifest, then CURRENT)
-    -> garbage collection (`pipeline.store.gc`)
+    (`pipeline.batch.reindex_commit`: rebuild only shards that changed; manifest, then CURRENT)
+    -> garbage collection (`pipeline.catalog.gc`)
 
 A full rebuild (the indexing job on the new snapshot, a new generation beside the old one)
 happens instead when there is no live generation yet, when `full` is asked for, or when the
@@ -24,9 +24,9 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-from pipeline.indexing.commit import index_params
-from pipeline.indexing.config import IndexJobConfig
-from pipeline.indexing.job import (
+from pipeline.batch.commit import index_params
+from pipeline.batch.config import IndexJobConfig
+from pipeline.batch.index_job import (
     Placement,
     connect_ray,
     encode_pending,
@@ -36,13 +36,13 @@ from pipeline.indexing.job import (
     run_index_job,
     stage_report,
 )
-from pipeline.indexing.plan import ShardState, make_plan, scan_state
-from pipeline.indexing.sink import StageTimes
-from pipeline.reindex.commit import commit_reindex
-from pipeline.reindex.config import ReindexConfig
-from pipeline.reindex.diff import ReindexError, classify_batch, load_base_table
-from pipeline.store.gc import collect_garbage_after_commit
-from pipeline.store import IndexLayout, Manifest, read_current_generation, read_manifest
+from pipeline.batch.plan import ShardState, make_plan, scan_state
+from pipeline.batch.sink import StageTimes
+from pipeline.batch.reindex_commit import commit_reindex
+from pipeline.batch.reindex_config import ReindexConfig
+from pipeline.batch.reindex_diff import ReindexError, classify_batch, load_base_table
+from pipeline.catalog.gc import collect_garbage_after_commit
+from pipeline.catalog import IndexLayout, Manifest, read_current_generation, read_manifest
 
 log = logging.getLogger(__name__)
 

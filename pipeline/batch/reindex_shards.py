@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.store import shard_name
+from pipeline.catalog import shard_name
 
 
 @dataclass(frozen=True)

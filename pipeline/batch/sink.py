@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data import Datasink
 
-from pipeline.storage import write_bytes_atomic
-from pipeline.store import IndexLayout
-from pipeline.indexing.plan import JobPlan, part_name, parts_loc
+from pipeline.objstore import write_bytes_atomic
+from pipeline.catalog import IndexLayout
+from pipeline.batch.plan import JobPlan, part_name, parts_loc
 
 log = logging.getLogger(__name__)
 

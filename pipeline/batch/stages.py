@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.encode.tokens import token_ids
-from pipeline.indexing.config import EncoderOptions
-from pipeline.store.postings import fingerprint_texts
+from pipeline.batch.config import EncoderOptions
+from pipeline.format.postings import fingerprint_texts
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,15 @@
-"""The on-storage form of an index: layout, shard postings, manifests and generations."""
+"""The lifecycle of an index root: its layout, manifests and CURRENT, server leases, and
+garbage collection.
 
-from pipeline.store.layout import IndexLayout, shard_name
-from pipeline.store.manifest import (
+Knows where things live and when they are committed, not how a shard's bytes are encoded
+(`pipeline.format`) or searched (`pipeline.search`). Imports only `pipeline.objstore` and
+`pipeline.errors`; must never import `pipeline.search`, `pipeline.batch` or `pipeline.serve`.
+"""
+
+from pipeline.catalog.gc import GcReport, collect_garbage
+from pipeline.catalog.layout import IndexLayout, shard_name
+from pipeline.catalog.leases import Lease, leased_generations, read_leases, release_lease, write_lease
+from pipeline.catalog.manifest import (
     Manifest,
     ManifestError,
     ShardEntry,
@@ -10,21 +18,10 @@ from pipeline.store.manifest import (
     read_current_generation,
     read_manifest,
 )
-from pipeline.store.gc import GcReport, collect_garbage
-from pipeline.store.leases import Lease, leased_generations, read_leases, release_lease, write_lease
-from pipeline.store.reader import Hit, LoadedShard, ShardedIndex, load_shard, merge_top_k
-from pipeline.store.postings import (
-    PostingsFormatError,
-    ShardPostings,
-    fingerprint_texts,
-    read_postings,
-    write_postings,
-)
 
 __all__ = [
     "IndexLayout", "shard_name", "Manifest", "ManifestError", "ShardEntry", "commit_generation",
-    "list_generations", "read_current_generation", "read_manifest", "PostingsFormatError",
-    "ShardPostings", "fingerprint_texts", "read_postings", "write_postings",
-    "Hit", "LoadedShard", "ShardedIndex", "load_shard", "merge_top_k",
-    "GcReport", "collect_garbage", "Lease", "leased_generations", "read_leases", "release_lease", "write_lease",
+    "list_generations", "read_current_generation", "read_manifest",
+    "GcReport", "collect_garbage", "Lease", "leased_generations", "read_leases", "release_lease",
+    "write_lease",
 ]

@@ -3,7 +3,7 @@
 Rules (one writer per index root; readers go through CURRENT or a leased generation):
 
 * Kept generations: the newest `keep_generations` committed ones (<= CURRENT), CURRENT
-  itself, and every generation named by an unexpired server lease (`pipeline.store.leases`:
+  itself, and every generation named by an unexpired server lease (`pipeline.catalog.leases`:
   a server leases what it answers from and what it is switching to or draining).
 * A manifest newer than CURRENT was written by a run that has not moved CURRENT yet (or
   never will): kept until it is `min_age_s` old.
@@ -27,11 +27,20 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
-from pipeline.store.leases import leased_generations
-from pipeline.storage import Location, list_dir, remove, with_retries
-from pipeline.store import IndexLayout, list_generations, read_current_generation, read_manifest
+from pipeline.catalog.layout import IndexLayout
+from pipeline.catalog.leases import leased_generations
+from pipeline.catalog.manifest import list_generations, read_current_generation, read_manifest
+from pipeline.objstore import Location, list_dir, remove, with_retries
 
 log = logging.getLogger(__name__)
+
+KEEP_GENERATIONS = 3
+"""Committed generations kept by default: the live one, and two to roll back to or to drain."""
+
+GC_MIN_AGE_S = 24 * 3600.0
+"""How long staging and uncommitted shards must sit untouched before GC removes them. A day:
+far longer than a live run leaves its files untouched (it rewrites its staging every block),
+so only abandoned work is collected."""
 
 _SHARD_NAME = re.compile(r"^g(\d{6})-s(\d{5})$")
 
@@ -75,7 +84,7 @@ def age_s(loc: Location, now: float) -> float:
     return math.inf if latest is None else now - latest
 
 
-def collect_garbage(layout: IndexLayout, keep_generations: int, *, min_age_s: float = 24 * 3600.0,
+def collect_garbage(layout: IndexLayout, keep_generations: int, *, min_age_s: float = GC_MIN_AGE_S,
                     now: float | None = None, dry_run: bool = False) -> GcReport:
     """Apply the module's rules; with `dry_run`, only report what would be deleted."""
     if keep_generations < 1:
@@ -136,7 +145,7 @@ def collect_garbage(layout: IndexLayout, keep_generations: int, *, min_age_s: fl
 
 
 def collect_garbage_after_commit(layout: IndexLayout, keep_generations: int,
-                                 min_age_s: float = 24 * 3600.0) -> dict:
+                                 min_age_s: float = GC_MIN_AGE_S) -> dict:
     """Garbage collection right after a job committed a generation.
 
     Its failure is logged and reported, never raised: the new generation is committed either way.

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.storage import Location, resolve
+from pipeline.objstore import Location, resolve
 
 CURRENT_NAME = "CURRENT.json"
 

@@ -18,8 +18,8 @@ import re
 import time
 from dataclasses import dataclass
 
-from pipeline.storage import Location, StorageError, list_dir, read_json, remove, write_json_atomic
-from pipeline.store.layout import IndexLayout
+from pipeline.objstore import Location, StorageError, list_dir, read_json, remove, write_json_atomic
+from pipeline.catalog.layout import IndexLayout
 
 log = logging.getLogger(__name__)
 

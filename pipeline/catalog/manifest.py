@@ -13,8 +13,9 @@ import logging
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pipeline.storage import exists, read_json, write_json_atomic
-from pipeline.store.layout import IndexLayout
+from pipeline.errors import UserError
+from pipeline.objstore import exists, read_json, write_json_atomic
+from pipeline.catalog.layout import IndexLayout
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ MANIFEST_FORMAT = "lsr-index"
 MANIFEST_VERSION = 1
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """No index at a URL, or a manifest this build cannot read."""
 
 
@@ -110,7 +111,7 @@ def read_manifest(layout: IndexLayout, generation: int | None = None) -> Manifes
 
 def list_generations(layout: IndexLayout) -> list[int]:
     """Generations that have a manifest (committed or not yet pointed at), ascending."""
-    from pipeline.storage import list_dir
+    from pipeline.objstore import list_dir
 
     out = []
     for name in list_dir(layout.manifests()):

@@ -63,7 +63,7 @@ def evaluate(
 
     Without --index the collection is encoded and indexed in this process first.
     """
-    from pipeline.commands.common import parse_json_option
+    from pipeline.cli.common import parse_json_option
 
     options = parse_json_option(storage_options, "--storage-options")
     measures = tuple(m for m in DEFAULT_MEASURES if _cutoff(m) <= k)

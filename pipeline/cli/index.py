@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.commands.common import echo_json, parse_json_option, parse_key_values
+from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
+from pipeline.cli.common import echo_json, parse_json_option, parse_key_values
 
 
 def index(
@@ -27,8 +28,8 @@ def index(
     index_param: list[str] = typer.Option(None, help="Blocked index parameter KEY=VALUE (repeatable), e.g. n_postings=2000."),
     values_dtype: str = typer.Option("float32", help="Stored postings values: float32 or float16."),
     on_bad_record: str = typer.Option("fail", help="fail: stop at the first bad record; skip: write it to OUTPUT/rejects/."),
-    keep_generations: int = typer.Option(3, help="Generations kept for rollback and live readers."),
-    gc_min_age_s: float = typer.Option(24 * 3600.0, help="Staging and uncommitted shards are "
+    keep_generations: int = typer.Option(KEEP_GENERATIONS, help="Generations kept for rollback and live readers."),
+    gc_min_age_s: float = typer.Option(GC_MIN_AGE_S, help="Staging and uncommitted shards are "
                                                           "deleted only when idle this long."),
     address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
     num_encoders: int = typer.Option(None, help="Encoder actors (default: one per GPU, or by CPU count)."),
@@ -38,7 +39,7 @@ def index(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Encode a corpus with a SPLADE model on Ray, write sharded postings and indexes, commit a generation."""
-    from pipeline.indexing import EncoderOptions, IndexJobConfig, ResourceOptions, run_index_job
+    from pipeline.batch import EncoderOptions, IndexJobConfig, ResourceOptions, run_index_job
 
     try:
         config = IndexJobConfig(

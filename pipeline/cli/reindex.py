@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from pipeline.commands.common import echo_json, parse_json_option, parse_key_values
+from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
+from pipeline.cli.common import echo_json, parse_json_option, parse_key_values
 
 AS_RECORDED = "default: as the live generation recorded it"
 
@@ -12,7 +13,7 @@ AS_RECORDED = "default: as the live generation recorded it"
 def reindex(
     corpus: str = typer.Argument(..., help="The new corpus snapshot (same forms as `lsr index`)."),
     index: str = typer.Argument(..., help="Index root written by `lsr index` (local or s3://)."),
-    keep_generations: int = typer.Option(3, help="Generations kept by garbage collection "
+    keep_generations: int = typer.Option(KEEP_GENERATIONS, help="Generations kept by garbage collection "
                                                  "(besides those leased by servers)."),
     full: bool = typer.Option(False, "--full", help="Re-encode everything into fresh shards."),
     on_bad_record: str = typer.Option("fail", help="fail: stop at the first bad record; skip: "
@@ -35,7 +36,7 @@ def reindex(
     index_param: list[str] = typer.Option(None, help="Blocked index parameter KEY=VALUE "
                                                      "(repeatable), over the recorded ones."),
     values_dtype: str = typer.Option(None, help=f"Stored postings values ({AS_RECORDED})."),
-    gc_min_age_s: float = typer.Option(24 * 3600.0, help="Staging and uncommitted shards are "
+    gc_min_age_s: float = typer.Option(GC_MIN_AGE_S, help="Staging and uncommitted shards are "
                                                           "deleted only when idle this long."),
     address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
     num_encoders: int = typer.Option(None, help="Encoder actors (default: one per GPU, or by CPU count)."),
@@ -46,8 +47,8 @@ def reindex(
 ) -> None:
     """Re-index a changed corpus: re-encode only added and changed documents, rebuild only the
     shards that changed, commit a new generation (CURRENT moves last), collect garbage."""
-    from pipeline.indexing import ResourceOptions
-    from pipeline.reindex import EncoderOverrides, ReindexConfig, run_reindex
+    from pipeline.batch import ResourceOptions
+    from pipeline.batch import EncoderOverrides, ReindexConfig, run_reindex
 
     try:
         config = ReindexConfig(

@@ -6,7 +6,7 @@ import time
 
 import typer
 
-from pipeline.commands.common import echo_json, parse_json_option
+from pipeline.cli.common import echo_json, parse_json_option
 
 
 def search(
@@ -21,7 +21,7 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
     """Search a committed index from the command line."""
-    from pipeline.store import ShardedIndex
+    from pipeline.search import ShardedIndex
 
     if not 1 <= k <= 10_000:
         raise typer.BadParameter("k must be between 1 and 10000")

@@ -8,7 +8,7 @@ import threading
 
 import typer
 
-from pipeline.commands.common import parse_json_option
+from pipeline.cli.common import parse_json_option
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from typing import Iterator
 
 from pipeline.data.records import BadRecord, FieldMap, parse_record
-from pipeline.storage import Location, resolve, with_retries
+from pipeline.objstore import Location, resolve, with_retries
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from pipeline.errors import UserError
+
 
 @dataclass(frozen=True)
 class FieldMap:
@@ -28,7 +30,7 @@ class FieldMap:
         return cls(id=ids, title=title_field or None, text=text_field)
 
 
-class BadRecord(ValueError):
+class BadRecord(UserError, ValueError):
     """A corpus record that cannot be indexed; names where it came from and why."""
 
     def __init__(self, reason: str, source: str | None = None, position: int | None = None,

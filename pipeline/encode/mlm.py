@@ -15,10 +15,12 @@ import logging
 
 import torch
 
+from pipeline.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 
-class UnsupportedModel(ValueError):
+class UnsupportedModel(UserError, ValueError):
     """The model has no linear vocabulary projection whose output is the MLM logits."""
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from pipeline.errors import UserError
+
 # Aliases for models shipped inside Python packages: alias -> (package, subdirectory, extra).
 MODEL_ALIASES: dict[str, tuple[str, str, str]] = {
     "splade-tiny": ("cognition", "model", "tiny"),
 }
 
 
-class ModelNotFound(LookupError):
+class ModelNotFound(UserError, LookupError):
     """The model name is neither an installed alias, a local directory, nor a reachable hub id."""
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.errors import UserError
 
-class EncoderMismatch(ValueError):
+
+class EncoderMismatch(UserError, ValueError):
     """The model available here is not the one the index was built with."""
 
 

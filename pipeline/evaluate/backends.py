@@ -116,7 +116,7 @@ class SpladeBackend:
 
 
 class ShardedBackend:
-    """A committed index written by ``lsr index`` (`pipeline.store.ShardedIndex`): all shards, merged.
+    """A committed index written by ``lsr index`` (`pipeline.search.ShardedIndex`): all shards, merged.
 
     Queries are encoded with the encoder the index's manifest records. `exact=True` scores every
     shard's stored vectors exactly; otherwise each shard's own index kind is searched.
@@ -134,7 +134,7 @@ class ShardedBackend:
     @classmethod
     def open(cls, url: str, storage_options: dict | None = None, generation: int | None = None,
              **kwargs: Any) -> "ShardedBackend":
-        from pipeline.store import ShardedIndex
+        from pipeline.search import ShardedIndex
 
         return cls(ShardedIndex.open(url, storage_options, generation=generation), **kwargs)
 

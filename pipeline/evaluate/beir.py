@@ -20,14 +20,15 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from pipeline.data.records import BadRecord, parse_record
-from pipeline.storage.fs import Location, join_url, resolve
+from pipeline.errors import UserError
+from pipeline.objstore.fs import Location, join_url, resolve
 
 log = logging.getLogger(__name__)
 
 Qrels = dict[str, dict[str, int]]  # query id -> {doc id -> relevance}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A collection file is missing or holds a malformed line; names the file and the line."""
 
     def __init__(self, path: str, reason: str, line: int | None = None):

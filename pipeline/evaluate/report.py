@@ -8,7 +8,7 @@ from typing import Iterable, Mapping, Sequence
 
 from pipeline.evaluate.metrics import Ranked
 from pipeline.evaluate.runner import EvalResult
-from pipeline.storage.fs import resolve
+from pipeline.objstore.fs import resolve
 
 # Efficiency columns: (header, efficiency keys, format)
 # (end to end = query encoding + search; "search" = the index alone on encoded queries)

@@ -6,25 +6,29 @@ writer that died midway leaves a group without them, which `load` refuses. Loadi
 presence, dtype, shape and checksum of every array (a missing chunk reads back as the fill
 value, so the checksum is what catches a truncated copy) and the pointer arrays' structure.
 Nothing is ever unpickled. Saving is write-once: the target must not exist yet.
+
+This module imports the index classes (it saves their `arrays()` and rebuilds them with
+`from_arrays`); the classes never import it.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from pipeline.storage.fs import exists, list_dir, resolve, zarr_store
-
-if TYPE_CHECKING:
-    from pipeline.index.blocked import BlockedIndex
-    from pipeline.index.exact import ExactIndex
+from pipeline.errors import UserError
+from pipeline.index.bits import CODECS, PAIR_GROUP, summary_record_size
+from pipeline.index.blocked import BlockedIndex
+from pipeline.index.config import BlockedIndexConfig
+from pipeline.index.exact import ExactIndex
+from pipeline.objstore.fs import exists, list_dir, resolve, zarr_store
 
 CHUNK_BYTES = 64 * 1024 * 1024
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(UserError, ValueError):
     """A stored index is missing, incomplete, corrupt, foreign, or of another version."""
 
 
@@ -128,20 +132,14 @@ def _check_ptr(loc, name: str, ptr: np.ndarray, total: int) -> None:
 # ExactIndex
 # ---------------------------------------------------------------------------------------------
 
-def save_exact(index: "ExactIndex", url: str, storage_options: dict | None = None) -> None:
-    docs = index.docs
-    _write_group(url, storage_options,
-                 {"indptr": docs.indptr.astype(np.int64), "indices": docs.indices.astype(np.int32),
-                  "data": docs.data.astype(np.float32)},
+def save_exact(index: ExactIndex, url: str, storage_options: dict | None = None) -> None:
+    _write_group(url, storage_options, index.arrays(),
                  {"format": index.FORMAT, "format_version": index.FORMAT_VERSION,
-                  "n_docs": index.n_docs, "vocab_size": index.vocab_size, "nnz": int(docs.nnz)})
+                  "n_docs": index.n_docs, "vocab_size": index.vocab_size,
+                  "nnz": int(index.docs.nnz)})
 
 
-def load_exact(url: str, storage_options: dict | None = None) -> "ExactIndex":
-    import scipy.sparse as sp
-
-    from pipeline.index.exact import ExactIndex
-
+def load_exact(url: str, storage_options: dict | None = None) -> ExactIndex:
     loc, root, attrs = _open_group(url, storage_options, ExactIndex.FORMAT,
                                    ExactIndex.FORMAT_VERSION)
     n, vocab, nnz = (_int_attr(loc, attrs, k) for k in ("n_docs", "vocab_size", "nnz"))
@@ -149,17 +147,18 @@ def load_exact(url: str, storage_options: dict | None = None) -> "ExactIndex":
                                         "indices": (("<i4",), (nnz,)),
                                         "data": (("<f4",), (nnz,))})
     _check_ptr(loc, "indptr", a["indptr"], nnz)
-    if nnz and (a["indices"].min() < 0 or a["indices"].max() >= vocab):
-        raise IndexFormatError(f"{loc.url}: term ids outside the vocabulary")
-    return ExactIndex(sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=(n, vocab)))
+    try:
+        return ExactIndex.from_arrays(a, n, vocab)
+    except ValueError as exc:
+        raise IndexFormatError(f"{loc.url}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------------------------
 # BlockedIndex
 # ---------------------------------------------------------------------------------------------
 
-def save_blocked(index: "BlockedIndex", url: str, storage_options: dict | None = None) -> None:
-    a = index.arrays
+def save_blocked(index: BlockedIndex, url: str, storage_options: dict | None = None) -> None:
+    a = index.arrays()
     _write_group(url, storage_options, a, {
         "format": index.FORMAT, "format_version": index.FORMAT_VERSION,
         "n_docs": index.n_docs, "vocab_size": index.vocab_size, "nnz": index.nnz,
@@ -171,12 +170,7 @@ def save_blocked(index: "BlockedIndex", url: str, storage_options: dict | None =
     })
 
 
-def load_blocked(url: str, storage_options: dict | None = None) -> "BlockedIndex":
-    from pipeline.index.bits import CODECS
-    from pipeline.index.blocked import BlockedIndex
-    from pipeline.index.config import BlockedIndexConfig
-    from pipeline.index.search_kernels import check_structure
-
+def load_blocked(url: str, storage_options: dict | None = None) -> BlockedIndex:
     loc, root, attrs = _open_group(url, storage_options, BlockedIndex.FORMAT,
                                    BlockedIndex.FORMAT_VERSION)
     n, vocab, nnz, nb, npost, nseg, npairs, nent = (_int_attr(loc, attrs, k) for k in (
@@ -187,7 +181,7 @@ def load_blocked(url: str, storage_options: dict | None = None) -> "BlockedIndex
     except (TypeError, ValueError) as exc:
         raise IndexFormatError(f"{loc.url}: invalid build parameters ({exc})") from exc
     word = np.dtype(CODECS[config.forward_values].word_dtype).str
-    record_size = (2 if vocab <= (1 << 16) else 4) + 1
+    record_size = summary_record_size(vocab)
     a = _read_arrays(loc, root, attrs, {
         "fwd_words": ((word,), (2 * n + nnz,)),
         "list_block_ptr": (("<i8",), (vocab + 1,)),
@@ -199,7 +193,7 @@ def load_blocked(url: str, storage_options: dict | None = None) -> "BlockedIndex
         "seg_block_ptr": (("<i8",), (nseg + 1,)),
         "seg_pair_ptr": (("<i8",), (nseg + 1,)),
         "pair_records": (("|u1",), (npairs * record_size,)),
-        "pair_group_base": (("<u4",), ((npairs + 15) // 16,)),
+        "pair_group_base": (("<u4",), ((npairs + PAIR_GROUP - 1) // PAIR_GROUP,)),
         "entries": (("<u2",), (nent,)),
     })
     _check_ptr(loc, "list_block_ptr", a["list_block_ptr"], nb)
@@ -207,22 +201,14 @@ def load_blocked(url: str, storage_options: dict | None = None) -> "BlockedIndex
     _check_ptr(loc, "list_seg_ptr", a["list_seg_ptr"], nseg)
     _check_ptr(loc, "seg_pair_ptr", a["seg_pair_ptr"], npairs)
     _check_ptr(loc, "seg_block_ptr", a["seg_block_ptr"], nb)
-    codec = CODECS[config.forward_values]
-    problem = check_structure(n, vocab, a["fwd_words"], codec.word_dtype(codec.term_mask),
-                              a["list_block_ptr"], a["block_post_ptr"], a["postings"],
-                              a["list_seg_ptr"], a["seg_block_ptr"], a["seg_pair_ptr"],
-                              a["pair_records"], record_size, a["pair_group_base"],
-                              a["entries"])
-    if problem:
-        raise IndexFormatError(f"{loc.url}: {problem}")
-    return BlockedIndex(a, config, n, vocab, nnz)
+    try:
+        return BlockedIndex.from_arrays(a, config, n, vocab, nnz)
+    except ValueError as exc:
+        raise IndexFormatError(f"{loc.url}: {exc}") from exc
 
 
-def load_index(url: str, storage_options: dict | None = None) -> "BlockedIndex | ExactIndex":
+def load_index(url: str, storage_options: dict | None = None) -> BlockedIndex | ExactIndex:
     """Load whichever index type the group at ``url`` holds."""
-    from pipeline.index.blocked import BlockedIndex
-    from pipeline.index.exact import ExactIndex
-
     import zarr
 
     loc = resolve(url, storage_options)
@@ -236,3 +222,14 @@ def load_index(url: str, storage_options: dict | None = None) -> "BlockedIndex |
     if fmt == ExactIndex.FORMAT:
         return load_exact(url, storage_options)
     raise IndexFormatError(f"{loc.url}: holds {fmt!r}, not an lsr-pipeline index")
+
+
+def save_index(index: BlockedIndex | ExactIndex, url: str, storage_options: dict | None = None
+               ) -> None:
+    """Write either index type as a new Zarr v3 group at ``url`` (local path or s3://)."""
+    if isinstance(index, BlockedIndex):
+        save_blocked(index, url, storage_options)
+    elif isinstance(index, ExactIndex):
+        save_exact(index, url, storage_options)
+    else:
+        raise TypeError(f"cannot save a {type(index).__name__}")

@@ -20,14 +20,15 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline.storage import Location, with_retries, zarr_store
+from pipeline.errors import UserError
+from pipeline.objstore import Location, with_retries, zarr_store
 
 POSTINGS_FORMAT = "lsr-postings"
 POSTINGS_VERSION = 1
 _CHUNK = 1 << 22  # 4 Mi elements: objects of 8-16 MiB on S3 before compression
 
 
-class PostingsFormatError(ValueError):
+class PostingsFormatError(UserError, ValueError):
     """A postings group is missing, truncated, or not ours."""
 
 

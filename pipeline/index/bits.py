@@ -98,3 +98,24 @@ CODECS: dict[str, EntryCodec] = {
     "float16": EntryCodec("float16", np.uint32, 0xFFFF, 16, 13, 2.0 ** 112, 1 << 16),
     "float32": EntryCodec("float32", np.uint64, 0xFFFFFFFF, 32, 0, 1.0, 1 << 31),
 }
+
+
+# -- inverted summary records (layout documented in `pipeline.index.blocked`) ------------------
+
+SMALL_VOCAB = 1 << 16
+"""Vocabularies up to this size store a summary pair's term in 2 bytes, larger ones in 4."""
+
+PAIR_GROUP_SHIFT = 4
+PAIR_GROUP = 1 << PAIR_GROUP_SHIFT
+"""Pairs per ``pair_group_base`` entry: pair ``p``'s group is ``p >> PAIR_GROUP_SHIFT``. Sixteen
+keeps the base array at 4 bytes per 16 pairs while the in-group prefix sum stays short."""
+
+
+def summary_term_bytes(vocab_size: int) -> int:
+    """Bytes of a summary pair's little-endian term id."""
+    return 2 if vocab_size <= SMALL_VOCAB else 4
+
+
+def summary_record_size(vocab_size: int) -> int:
+    """Bytes of one (term, entry count - 1) pair record: the term, then one count byte."""
+    return summary_term_bytes(vocab_size) + 1

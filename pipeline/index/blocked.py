@@ -49,9 +49,10 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline.index import build_kernels as bk
-from pipeline.index import search_kernels as sk
-from pipeline.index.bits import CODECS, HALF_MAX, EntryCodec
+import pipeline.index.build_kernels as bk
+import pipeline.index.search_kernels as sk
+from pipeline.index.bits import (CODECS, HALF_MAX, PAIR_GROUP, EntryCodec, summary_record_size,
+                                 summary_term_bytes)
 from pipeline.index.config import BlockedIndexConfig
 from pipeline.index.fastcall import FastCall, numba_threads
 from pipeline.index.topk import empty_results
@@ -65,7 +66,6 @@ MAX_WORDS = 1 << 32             # postings are uint32 word offsets
 ARRAY_NAMES = ("fwd_words", "list_block_ptr", "block_post_ptr", "postings", "block_min",
                "block_step", "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr", "pair_records",
                "pair_group_base", "entries")
-PAIR_GROUP = 16
 
 
 def forward_words(csr: sp.csr_matrix, codec: EntryCodec) -> np.ndarray:
@@ -138,7 +138,7 @@ class BlockedIndex:
         self._decode = (wt(self._codec.term_mask), wt(self._codec.hi_shift),
                         wt(self._codec.lo_shift), np.float32(self._codec.query_scale),
                         self._codec.name == "float32")
-        self._record_size = (2 if vocab_size <= (1 << 16) else 4) + 1
+        self._record_size = summary_record_size(vocab_size)
         lbp = arrays["list_block_ptr"]
         self._max_list_blocks = int(np.diff(lbp).max()) if lbp.size > 1 else 0
         self._local = threading.local()
@@ -241,7 +241,7 @@ class BlockedIndex:
         pair_start = ptr(pair_counts.astype(np.int64) + 1)
         if pair_start[-1] >= MAX_WORDS:
             raise ValueError("summaries too large for one index (> 2**32 entries); shard it")
-        term_bytes = 2 if vocab <= (1 << 16) else 4
+        term_bytes = summary_term_bytes(vocab)
         records = np.empty((pair_terms.size, term_bytes + 1), np.uint8)
         records[:, :term_bytes] = pair_terms.astype(f"<u{term_bytes}").view(np.uint8).reshape(
             -1, term_bytes)
@@ -278,10 +278,26 @@ class BlockedIndex:
     def config(self) -> BlockedIndexConfig:
         return self._config
 
-    @property
     def arrays(self) -> dict[str, np.ndarray]:
         """The index arrays by name (layout in the module docstring); read-only by contract."""
         return dict(self._a)
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], config: BlockedIndexConfig,
+                    n_docs: int, vocab_size: int, nnz: int) -> "BlockedIndex":
+        """Wrap arrays read back from storage, after a structural check of every pointer and
+        offset (so a corrupt copy fails here, not as an out-of-bounds read in a kernel).
+        Raises ``ValueError`` naming the first problem found."""
+        codec = CODECS[config.forward_values]
+        a = arrays
+        problem = sk.check_structure(
+            n_docs, vocab_size, a["fwd_words"], codec.word_dtype(codec.term_mask),
+            a["list_block_ptr"], a["block_post_ptr"], a["postings"], a["list_seg_ptr"],
+            a["seg_block_ptr"], a["seg_pair_ptr"], a["pair_records"],
+            summary_record_size(vocab_size), a["pair_group_base"], a["entries"])
+        if problem:
+            raise ValueError(problem)
+        return cls(arrays, config, n_docs, vocab_size, nnz)
 
     @property
     def nbytes(self) -> int:
@@ -359,20 +375,6 @@ class BlockedIndex:
             scratch = full[:8]
             self._local.scratch = scratch
         return scratch
-
-    # -- persistence -------------------------------------------------------------------------
-    def save(self, url: str, storage_options: dict | None = None) -> None:
-        """Write the index as a new Zarr v3 group at ``url`` (local path or s3://)."""
-        from pipeline.index.serialize import save_blocked
-
-        save_blocked(self, url, storage_options)
-
-    @classmethod
-    def load(cls, url: str, storage_options: dict | None = None) -> "BlockedIndex":
-        """Read an index written by `save`; raises `IndexFormatError` on a bad group."""
-        from pipeline.index.serialize import load_blocked
-
-        return load_blocked(url, storage_options)
 
     def __repr__(self) -> str:
         return (f"BlockedIndex(n_docs={self._n_docs}, vocab_size={self._vocab}, "

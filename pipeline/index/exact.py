@@ -110,6 +110,22 @@ class ExactIndex:
         """The indexed documents (canonical float32 CSR); do not modify."""
         return self._docs
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The stored form: the documents' CSR (int64 pointers, int32 terms, float32 values)."""
+        d = self._docs
+        return {"indptr": d.indptr.astype(np.int64), "indices": d.indices.astype(np.int32),
+                "data": d.data.astype(np.float32)}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], n_docs: int, vocab_size: int
+                    ) -> "ExactIndex":
+        """Rebuild from `arrays()`; raises ``ValueError`` on term ids outside the vocabulary."""
+        indices = arrays["indices"]
+        if indices.size and (indices.min() < 0 or indices.max() >= vocab_size):
+            raise ValueError("term ids outside the vocabulary")
+        return cls(sp.csr_matrix((arrays["data"], indices, arrays["indptr"]),
+                                 shape=(n_docs, vocab_size)))
+
     @property
     def nbytes(self) -> int:
         """Bytes held by the index arrays (the CSR and its inverted copy)."""
@@ -157,20 +173,6 @@ class ExactIndex:
             scratch = (np.zeros(n, np.float32), np.zeros(n, np.bool_), np.empty(n, np.int32))
             self._local.scratch = scratch
         return scratch
-
-    # -- persistence -------------------------------------------------------------------------
-    def save(self, url: str, storage_options: dict | None = None) -> None:
-        """Write the index (its CSR) as a new Zarr v3 group at ``url``; see `serialize`."""
-        from pipeline.index.serialize import save_exact
-
-        save_exact(self, url, storage_options)
-
-    @classmethod
-    def load(cls, url: str, storage_options: dict | None = None) -> "ExactIndex":
-        """Read an index written by `save`; raises `IndexFormatError` on a bad group."""
-        from pipeline.index.serialize import load_exact
-
-        return load_exact(url, storage_options)
 
     def __repr__(self) -> str:
         return (f"ExactIndex(n_docs={self.n_docs}, vocab_size={self.vocab_size}, "

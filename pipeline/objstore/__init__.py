@@ -1,6 +1,6 @@
 """Object-storage access: fsspec URLs, Zarr v3 stores, atomic commits, retries."""
 
-from pipeline.storage.fs import (
+from pipeline.objstore.fs import (
     StorageError,
     Location,
     exists,

@@ -13,9 +13,9 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline.store.layout import IndexLayout
-from pipeline.store.manifest import Manifest, ShardEntry, read_manifest
-from pipeline.store.postings import read_postings
+from pipeline.catalog.layout import IndexLayout
+from pipeline.catalog.manifest import Manifest, ShardEntry, read_manifest
+from pipeline.format import load_blocked, load_exact, read_postings
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +60,16 @@ class LoadedShard:
 def _read_doc_ids(layout: IndexLayout, name: str) -> np.ndarray:
     import zarr
 
-    from pipeline.storage import zarr_store
+    from pipeline.objstore import zarr_store
 
     group = zarr.open_group(zarr_store(layout.postings(name), read_only=True), mode="r")
     return np.asarray(group["doc_ids"][:], dtype=object)
 
 
 def load_shard(layout: IndexLayout, entry: ShardEntry) -> LoadedShard:
-    from pipeline.index import BlockedIndex, ExactIndex
-
     loc = layout.index(entry.name)
-    cls = ExactIndex if entry.index_kind == "exact" else BlockedIndex
-    index = cls.load(loc.url, storage_options=loc.storage_options)
+    load = load_exact if entry.index_kind == "exact" else load_blocked
+    index = load(loc.url, storage_options=loc.storage_options)
     doc_ids = _read_doc_ids(layout, entry.name)
     if len(doc_ids) != entry.n_docs or index.n_docs != entry.n_docs:
         raise ValueError(f"shard {entry.name}: manifest says {entry.n_docs} docs, index has "

@@ -3,7 +3,7 @@
 Deployments: Ingress (FastAPI), IndexController (generation lifecycle, leases), QueryEncoder
 (batched SPLADE query encoding), ShardSearcher (one replica set per shard group). Entry
 points: `build_app` (Serve config), `run_endpoint` / `stop_endpoint`, `lsr serve`. The
-server leases it writes live with the storage layout, in `pipeline.store.leases`.
+server leases it writes live with the storage layout, in `pipeline.catalog.leases`.
 """
 
 from pipeline.serve.config import ServeConfig

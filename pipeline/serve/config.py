@@ -115,7 +115,7 @@ class ServeConfig:
         if self.api_key_env is not None and not self.api_key_env:
             raise ValueError("api_key_env must be an environment variable name or None")
         if self.server_id is not None:
-            from pipeline.store.leases import check_server_id
+            from pipeline.catalog.leases import check_server_id
 
             check_server_id(self.server_id)
 

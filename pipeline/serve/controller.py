@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from ray import serve
 
 from pipeline.serve.config import ServeConfig
-from pipeline.store.leases import write_lease
+from pipeline.catalog.leases import write_lease
 from pipeline.serve.protocol import Route, ShardGroup, encoder_key
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def group_shards(names: list[str], shards_per_replica: int) -> list[list[str]]:
                   health_check_period_s=10)
 class IndexController:
     async def __init__(self, config: dict) -> None:
-        from pipeline.store import IndexLayout
+        from pipeline.catalog import IndexLayout
 
         self.config = ServeConfig(**config)
         self.layout = IndexLayout.at(self.config.index, self.config.storage_options)
@@ -112,7 +112,7 @@ class IndexController:
 
     # -- the switch --------------------------------------------------------------------------
     def _current_generation(self) -> int | None:
-        from pipeline.store import read_current_generation
+        from pipeline.catalog import read_current_generation
 
         return read_current_generation(self.layout)
 
@@ -143,7 +143,7 @@ class IndexController:
     async def _bring_up(self, generation: int) -> Route:
         from pipeline.serve.encoder import QueryEncoder
         from pipeline.serve.searcher import ShardSearcher
-        from pipeline.store import read_manifest
+        from pipeline.catalog import read_manifest
 
         cfg = self.config
         manifest = await asyncio.to_thread(read_manifest, self.layout, generation)

@@ -2,7 +2,7 @@
 
 ``POST /search`` encodes the queries (QueryEncoder deployment, or in this replica), fans
 the encoded batch out to every ShardSearcher group of one generation at once, and merges
-the per-shard top-k with `pipeline.store.merge_top_k`, the same merge as in-process search.
+the per-shard top-k with `pipeline.search.merge_top_k`, the same merge as in-process search.
 
 Each request reads the active route once, so all its shards belong to one generation, and
 the response names it. Shards that do not answer within the request's time budget (or whose
@@ -277,7 +277,7 @@ class Ingress:
             self.metrics.error("shards_missing")
             raise HTTPException(503, detail={"error": "shards did not answer", "generation":
                                              route.generation, "missing_shards": missing})
-        from pipeline.store import merge_top_k
+        from pipeline.search import merge_top_k
 
         merged = merge_top_k([(a.doc_ids, a.scores) for a in answers], req.k)
         total = time.perf_counter()

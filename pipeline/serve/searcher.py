@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=8,
                   health_check_period_s=5, graceful_shutdown_timeout_s=10)
 class ShardSearcher:
-    """Loads its shards at start (`pipeline.store.load_shard`) and answers top-k per shard."""
+    """Loads its shards at start (`pipeline.search.load_shard`) and answers top-k per shard."""
 
     def __init__(self, index: str, storage_options: dict, generation: int,
                  shard_names: list[str], search_threads: int = 1) -> None:
-        from pipeline.store import IndexLayout, load_shard, read_manifest
+        from pipeline.catalog import IndexLayout, read_manifest
+        from pipeline.search import load_shard
 
         started = time.perf_counter()
         layout = IndexLayout.at(index, storage_options)

@@ -3,28 +3,25 @@
 For the endpoint's benchmark (a 1M-document synthetic index) and its tests (a second
 generation made of modified vectors). The production path is `lsr index`, which encodes a
 corpus; this writes the same on-storage layout (postings, index, COMMITTED.json, manifest,
-CURRENT) for vectors that did not come from a corpus.
+CURRENT) for vectors that did not come from a corpus, through the job's own shard writer
+(`pipeline.batch.commit.write_shard`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from dataclasses import asdict
 from typing import Any, Sequence
 
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline.storage import write_json_atomic
-from pipeline.store import (
-    IndexLayout,
-    Manifest,
-    ShardEntry,
-    ShardPostings,
-    commit_generation,
-    shard_name,
-    write_postings,
-)
-from pipeline.store.manifest import now_utc
+from pipeline.batch.commit import write_shard
+from pipeline.catalog import IndexLayout, Manifest, commit_generation, shard_name
+from pipeline.catalog.manifest import now_utc
+from pipeline.format import ShardPostings
+from pipeline.index import BlockedIndexConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +36,6 @@ def write_generation(url: str, generation: int, doc_ids: Sequence[str], vectors:
     Documents keep their order (shards are contiguous runs), so merged results break ties
     in corpus order exactly like a job-built index.
     """
-    from pipeline.index import BlockedIndex, BlockedIndexConfig, ExactIndex
-
     vectors = sp.csr_matrix(vectors, dtype=np.float32)
     n = vectors.shape[0]
     if len(doc_ids) != n:
@@ -60,23 +55,17 @@ def write_generation(url: str, generation: int, doc_ids: Sequence[str], vectors:
         part = vectors[lo:hi]
         postings = ShardPostings(doc_ids=ids[lo:hi], fingerprints=np.arange(lo, hi, dtype=np.uint64),
                                  vectors=part)
-        checksum = write_postings(layout.postings(name), postings, values_dtype="float32")
-        index = ExactIndex(part) if config is None else BlockedIndex.build(part, config)
-        loc = layout.index(name)
-        index.save(loc.url, storage_options=loc.storage_options)
-        entry = ShardEntry(name=name, n_docs=hi - lo, nnz=int(part.nnz), postings_checksum=checksum,
-                           index_kind=index_kind, index_nbytes=int(index.nbytes))
-        write_json_atomic(layout.shard_commit(name), {**entry.__dict__, "committed_at": now_utc()})
+        entry = write_shard(layout, name, postings, index_kind=index_kind,
+                            index_params=asdict(config) if config else {}, values_dtype="float32",
+                            record={}, threads=os.cpu_count() or 1).entry
         entries.append(entry)
         log.info("wrote shard %s (%d docs)", name, hi - lo)
-    from dataclasses import asdict
-
     manifest = Manifest(
         generation=generation, created_at=now_utc(), encoder=dict(encoder_settings),
         index={"kind": index_kind, "params": asdict(config) if config else {}},
         shards=entries, corpus={"url": None, "format": "vectors", "fingerprint": None, "files": []},
         counts={"docs_in": n, "docs_indexed": n, "docs_rejected": 0},
-        parent_generation=parent_generation, extra={"written_by": "pipeline.serve.direct_index"})
+        parent_generation=parent_generation, extra={"written_by": "pipeline.testing.direct_writer"})
     if commit:
         commit_generation(layout, manifest)
     return manifest
