@@ -449,7 +449,7 @@ def main() -> None:
 
     datasets: list[Dataset] = []
     if args.synthetic:
-        from pipeline import synthetic
+        from pipeline.testing import synthetic
 
         t = time.perf_counter()
         d, q = synthetic.generate(args.synthetic, args.synthetic_queries, args.seed)

@@ -79,7 +79,7 @@ def prepare_indexes(work: Path, n_docs: int, shard_counts: list[int], seed: int,
             if read_current_generation(IndexLayout.at(str(root))) is None
             or read_manifest(IndexLayout.at(str(root))).n_docs != n_docs]
     if todo:
-        from pipeline import synthetic
+        from pipeline.testing import synthetic
 
         started = time.perf_counter()
         docs, _ = synthetic.generate(n_docs, 0, seed)
