@@ -3,6 +3,9 @@
     collection = load_collection("/data/scifact")
     result = run_evaluation(collection, backend, EvalConfig(k=1000), exact_backend)
     print(format_table([result]))
+
+Reads indexes through `pipeline.search` and `pipeline.index`; must not import `pipeline.batch`,
+`pipeline.serve` or `pipeline.cli` (`lsr evaluate` lives in `pipeline.cli.evaluate`).
 """
 
 from pipeline.evaluate.backends import SearchBackend, SpladeBackend

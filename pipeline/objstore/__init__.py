@@ -1,4 +1,7 @@
-"""Object-storage access: fsspec URLs, Zarr v3 stores, atomic commits, retries."""
+"""Object-storage access: fsspec URLs, Zarr v3 stores, atomic commits, retries.
+
+The bottom layer: imports no other `pipeline` package except `pipeline.errors`.
+"""
 
 from pipeline.objstore.fs import (
     StorageError,
