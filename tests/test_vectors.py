@@ -84,3 +84,27 @@ def test_vocab_file_line_numbers_are_ids(tmp_path):
     path.write_text("[PAD]\nheart\ndisease\n", encoding="utf-8")
     vocab = Vocabulary.from_file(str(path))
     assert vocab.size == 3 and vocab.token_to_id["disease"] == 2
+
+
+def test_export_writes_every_stored_vector_once(tmp_path):
+    import scipy.sparse as sp
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.testing.direct_writer import write_generation
+
+    rng = np.random.default_rng(3)
+    vectors = sp.random(40, 300, density=0.05, format="csr", dtype=np.float32, random_state=rng)
+    vectors.data = np.abs(vectors.data) + np.float32(0.01)
+    ids = [f"doc-{i}" for i in range(40)]
+    write_generation(str(tmp_path / "idx"), 1, ids, vectors, n_shards=3,
+                     encoder_settings={"model": "none"}, index_kind="exact")
+    out = tmp_path / "vectors.jsonl"
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "idx"), str(out)])
+    assert result.exit_code == 0, result.output
+    lines = [loads_vector_line(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in lines] == ids
+    got = sp.vstack([sp.csr_matrix((parse_vector(r, r["id"], keys="ids").values,
+                                    parse_vector(r, r["id"], keys="ids").indices,
+                                    [0, len(r["vector"])]), shape=(1, 300)) for r in lines])
+    np.testing.assert_array_equal(got.toarray(), vectors.toarray())

@@ -8,6 +8,7 @@ import logging
 import typer
 
 from pipeline.cli.evaluate import evaluate
+from pipeline.cli.export import export
 from pipeline.cli.index import index
 from pipeline.cli.reindex import reindex
 from pipeline.cli.search import search
@@ -29,6 +30,7 @@ app.command("search")(search)
 app.command("reindex")(reindex)
 app.command("evaluate")(evaluate)
 app.command("serve")(serve_command)
+app.command("export")(export)
 
 
 def run() -> None:
