@@ -156,3 +156,23 @@ def test_filter_key_is_canonical():
     a = compile_filter({"range": {"year": {"lt": 3, "gte": 1}}}, SCHEMA)
     b = compile_filter({"range": {"year": {"gte": 1, "lt": 3}}}, SCHEMA)
     assert a.key == b.key
+
+
+def test_explain_contributions_sum_to_the_dot_product():
+    import scipy.sparse as sp
+
+    from pipeline.search.explain import explain
+
+    rng = np.random.default_rng(5)
+    docs = sp.random(30, 500, density=0.05, format="csr", dtype=np.float32, random_state=rng)
+    query = sp.random(1, 500, density=0.08, format="csr", dtype=np.float32, random_state=rng)
+    tokens = [f"t{i}" for i in range(500)]
+    scores = (docs @ query.T).toarray().ravel()
+    for d in range(30):
+        lo, hi = docs.indptr[d], docs.indptr[d + 1]
+        parts = explain(query.indices, query.data, docs.indices[lo:hi], docs.data[lo:hi], tokens,
+                        max_terms=500)
+        assert sum(p.contribution for p in parts) == pytest.approx(scores[d], rel=1e-5, abs=1e-6)
+        assert all(p.token == f"t{p.term_id}" for p in parts)
+        assert [p.contribution for p in parts] == sorted((p.contribution for p in parts),
+                                                         reverse=True)
