@@ -43,6 +43,3 @@ def run() -> None:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
 
-
-if __name__ == "__main__":
-    run()
