@@ -179,7 +179,7 @@ def test_decide_full_rebuild_only_when_vectors_would_differ():
 
 
 def test_recorded_dtype_is_the_one_the_encoder_actors_use():
-    from pipeline.batch.index_job import Placement, encoder_settings
+    from pipeline.batch.runtime import Placement, encoder_settings
 
     config = IndexJobConfig(corpus="/c", output="/i")
     on_cpu = encoder_settings(config, Placement(1, 1.0, 0.0, 1, 1))
@@ -299,28 +299,21 @@ def test_parts_of_unfinished_read_blocks_are_discarded_before_a_resume(tmp_path)
     """A crashed attempt staged half of read block 1; the next attempt may cut that block into
     other parts, so its old parts go (block 0, complete, stays)."""
     from pipeline.data.corpus import Chunk, CorpusFile
-    from pipeline.batch.plan import (
-        JobPlan,
-        ShardPlan,
-        discard_unfinished_blocks,
-        part_name,
-        parts_loc,
-        read_loc,
-        scan_state,
-    )
+    from pipeline.batch.plan import JobPlan, ShardPlan
+    from pipeline.batch.staging import (discard_unfinished_blocks, part_name, parts_loc, read_loc,
+                                        scan_staging)
     from pipeline.objstore import write_bytes_atomic
 
     layout = IndexLayout.at(str(tmp_path / "idx"))
     chunk = Chunk(CorpusFile(str(tmp_path / "c.jsonl"), "jsonl", 100, "v1"), 0, 100)
-    plan = JobPlan("plan1", 2, 1, "f", [chunk.file], [ShardPlan(0, "unit-00000", chunk)], block_rows=4,
-                   kind="reindex")
+    plan = JobPlan("plan1", 2, 1, "f", [chunk.file], [ShardPlan(0, None, chunk)], block_rows=4)
     for seq, first, n in [(0, 0, 2), (0, 2, 2), (1, 4, 2)]:
         write_bytes_atomic(parts_loc(plan, layout, 0).child(part_name(seq, first, n)), b"staged")
     write_json_atomic(read_loc(plan, layout, 0), {"shard": 0, "n_records": 7, "n_valid": 7,
                                                   "n_rejected": 0, "block_rows": 4})
-    states = scan_state(plan, layout)
+    states = scan_staging(plan, layout)
     assert states[0].done_blocks(4) == {0} and states[0].committed is None
     assert discard_unfinished_blocks(plan, layout, states) == 1
     left = sorted(p.name for p in (tmp_path / "idx" / "staging" / "plan1" / "parts" / "s00000").iterdir())
     assert left == [part_name(0, 0, 2), part_name(0, 2, 2)]
-    assert scan_state(plan, layout)[0].covered_rows == {0: 4}
+    assert scan_staging(plan, layout)[0].covered_rows == {0: 4}

@@ -23,7 +23,8 @@ from pipeline.data.records import FieldMap
 from pipeline.errors import UserError
 from pipeline.objstore import write_bytes_atomic, write_json_atomic
 from pipeline.catalog import IndexLayout
-from pipeline.batch.plan import JobPlan, read_loc, rejects_loc
+from pipeline.batch.plan import JobPlan
+from pipeline.batch.staging import read_loc, rejects_loc
 
 log = logging.getLogger(__name__)
 

@@ -1,30 +1,28 @@
 """The indexing job: corpus -> encoded, sharded, indexed, committed generation.
 
     read (Ray Data source, CPU tasks) -> tokenize (CPU tasks) -> encode (actor pool,
-    one GPU each, or CPU threads) -> stage parts (Datasink) -> commit (per-shard Ray
-    tasks build postings + index; manifest last)
+    one GPU each, or CPU threads) -> stage parts (Datasink) -> commit phase (the job's own
+    Ray tasks after staging: one writer per shard builds postings + index; manifest last)
 
 Re-running the same command after a crash resumes: staged read blocks are not encoded
-again and committed shards are kept (their checksums verified).
+again and committed shards are kept (their checksums verified in parallel Ray tasks).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
 
-from pipeline.data.records import FieldMap
-from pipeline.batch.commit import commit_plan
+from pipeline.batch.commit import commit_plan, shard_record
 from pipeline.batch.config import IndexJobConfig
-from pipeline.batch.datasource import BadRecordError, CorpusDatasource
-from pipeline.batch.plan import JobPlan, ShardState, discard_unfinished_blocks, make_plan, scan_state
-from pipeline.batch.sink import StageTimes, StagingSink
-from pipeline.batch.stages import EncodeActor, tokenize_batch
+from pipeline.batch.plan import JobPlan, make_plan
+from pipeline.batch.runtime import (connect_ray, encoder_settings, pending_blocks, plan_resources,
+                                    stage_pending, stage_report)
+from pipeline.batch.shard_writer import committed_shards
+from pipeline.batch.staging import ShardState, scan_staging
+from pipeline.catalog import IndexLayout, shard_name
 from pipeline.catalog.gc import collect_garbage_after_commit
-from pipeline.catalog import IndexLayout
 
 log = logging.getLogger(__name__)
 
@@ -52,157 +50,12 @@ class JobSummary:
         return asdict(self)
 
 
-@dataclass(frozen=True)
-class Placement:
-    """How many encoder actors, and what each one reserves."""
-
-    num_encoders: int
-    encoder_cpus: float
-    encoder_gpus: float
-    torch_threads: int
-    build_threads: int
-
-
-def plan_resources(config: IndexJobConfig, cluster: dict) -> Placement:
-    """Size the encoder pool from the cluster; explicit options win."""
-    opts = config.resources
-    cpus = float(cluster.get("CPU", os.cpu_count() or 1))
-    gpus = float(cluster.get("GPU", 0))
-    encoder_gpus = opts.encoder_gpus if opts.encoder_gpus is not None else (1.0 if gpus >= 1 else 0.0)
-    if opts.num_encoders is not None:
-        num = opts.num_encoders
-    elif encoder_gpus > 0:
-        num = max(1, int(gpus // encoder_gpus))
-    else:
-        num = max(1, int(cpus // 8)) if cpus >= 8 else 1
-    if opts.encoder_cpus is not None:
-        enc_cpus = opts.encoder_cpus
-    elif encoder_gpus > 0:
-        enc_cpus = min(2.0, max(0.5, (cpus - 1) / num))
-    else:
-        # Leave room for the read, tokenize and write tasks: whole CPUs for every actor
-        # on a 2-core machine would deadlock the read stage (field notes).
-        enc_cpus = max(0.5, min(cpus / num - 1.0, 7.0))
-    torch_threads = max(1, int(cpus // num)) if encoder_gpus == 0 else 1
-    return Placement(num, enc_cpus, encoder_gpus, torch_threads,
-                     build_threads=max(1, int(config.resources.build_cpus)))
-
-
-def connect_ray(address: str | None) -> None:
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if ray.is_initialized():
-        return
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        log.info("starting a local Ray instance (pass --address to use a cluster)")
-    ray.init(address=address, ignore_reinit_error=True, configure_logging=False)
-
-
-def encoder_settings(config: IndexJobConfig, placement: Placement | None = None) -> dict:
-    """What the encoder actors' vectors are (model fingerprint, lengths, pruning, dtype).
-
-    The model is loaded here on the CPU; the dtype recorded is the one the actors resolve on
-    their device ("auto" is bfloat16 on GPU actors, float32 on CPU ones).
-    """
-    import torch
-
-    from pipeline.encode import SpladeEncoder
-    from pipeline.encode.config import dtype_name, resolve_dtype
-
-    opts = config.encoder
-    encoder = SpladeEncoder(opts.model, device="cpu", max_length=opts.max_length,
-                            query_max_length=opts.query_max_length, dtype=opts.dtype,
-                            batch_size=opts.batch_size, top_k=opts.top_k, threshold=opts.threshold)
-    settings = encoder.settings()
-    # The settings describe what the vectors are, not where they were computed.
-    settings.pop("device", None)
-    on_gpu = placement is not None and placement.encoder_gpus > 0
-    settings["dtype"] = dtype_name(resolve_dtype(opts.dtype, torch.device("cuda" if on_gpu else "cpu")))
-    return settings
-
-
-def pending_blocks(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> dict[int, set[int]]:
-    """Shards still to read, each with its read blocks already done (the rest are discarded)."""
-    discard_unfinished_blocks(plan, layout, states)
-    return {s: state.done_blocks(plan.block_rows) for s, state in enumerate(states)
-            if state.committed is None and not state.fully_staged(plan.block_rows)}
-
-
-# An optional stage between read and tokenize: (function over a pyarrow batch, its kwargs).
-ExtraStage = tuple[Callable[..., Any], dict[str, Any]]
-
-
-def encode_pending(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
-                   pending: dict[int, set[int]], placement: Placement, timing: dict[str, float],
-                   on_commit: Callable[[StageTimes, list[ShardState]], None],
-                   before_tokenize: ExtraStage | None = None) -> None:
-    """Read the pending blocks, tokenize, encode and stage them, then commit.
-
-    At the sink's commit point the stages' busy times and the pipeline's wall time go into
-    `timing`, and `on_commit` gets the stage times and the plan's staging state as it is then.
-    With nothing pending, that happens at once. A bad record under the "fail" policy is raised
-    as itself, not inside Ray's wrappers.
-    """
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    started = time.perf_counter()
-
-    def commit(times: StageTimes) -> None:
-        timing.update({f"{name}_busy_s": getattr(times, name)
-                       for name in ("read", "tokenize", "encode", "write")})
-        timing["encode_pipeline_wall_s"] = time.perf_counter() - started
-        # States are read again: the write just staged parts.
-        on_commit(times, scan_state(plan, layout, verify_committed=False))
-
-    if not pending:
-        commit(StageTimes())
-        return
-    log.info("encoding %d shard(s) with %d encoder actor(s) (%.2g CPU, %.2g GPU each)",
-             len(pending), placement.num_encoders, placement.encoder_cpus, placement.encoder_gpus)
-    fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
-    source = CorpusDatasource(plan, layout, pending, fields, config.on_bad_record,
-                              config.storage_options)
-    ds = ray.data.read_datasource(source, num_cpus=config.resources.read_cpus)
-    if before_tokenize is not None:
-        fn, kwargs = before_tokenize
-        ds = ds.map_batches(fn, batch_format="pyarrow", batch_size=None, fn_kwargs=kwargs,
-                            num_cpus=config.resources.tokenize_cpus)
-    ds = ds.map_batches(tokenize_batch, batch_format="pyarrow", batch_size=None,
-                        fn_kwargs={"options": config.encoder},
-                        num_cpus=config.resources.tokenize_cpus)
-    ds = ds.map_batches(
-        EncodeActor, batch_format="pyarrow", batch_size=config.encoder.batch_size * 4,
-        compute=ActorPoolStrategy(size=placement.num_encoders),
-        fn_constructor_kwargs={"options": config.encoder,
-                               "device": "cuda" if placement.encoder_gpus > 0 else "cpu",
-                               "torch_threads": placement.torch_threads},
-        num_cpus=placement.encoder_cpus, num_gpus=placement.encoder_gpus or None)
-    try:
-        ds.write_datasink(StagingSink(plan, layout, commit),
-                          ray_remote_args={"num_cpus": config.resources.tokenize_cpus})
-    except Exception as exc:  # noqa: BLE001 - re-raised, unwrapped when it is the user's
-        cause = _user_error(exc)
-        if cause is not None:
-            raise cause from None
-        raise
-
-
-def stage_report(times: StageTimes, built_docs: int, build_s: float,
-                 placement: Placement) -> tuple[dict[str, dict], str | None]:
-    """Per-stage rows and busy time, and the stage that bounds throughput (busy time per unit
-    of capacity: the encoder pool has one unit per actor)."""
-    stages = {
-        "read": _stage(times.rows, times.read), "tokenize": _stage(times.encoded, times.tokenize),
-        "encode": _stage(times.encoded, times.encode), "write": _stage(times.rows, times.write),
-        "build": _stage(built_docs, build_s),
-    }
-    capacity = {"read": 1.0, "tokenize": 1.0, "write": 1.0, "build": 1.0,
-                "encode": float(placement.num_encoders)}
-    active = {k: v for k, v in stages.items() if v["busy_s"] > 0}
-    bound = max(active, key=lambda k: active[k]["busy_s"] / capacity[k]) if active else None
-    return stages, bound
+def scan_state(plan: JobPlan, layout: IndexLayout, verify: bool = True) -> list[ShardState]:
+    """What earlier attempts of this plan left: committed shards (checked in parallel Ray
+    tasks; Ray must be connected) and staged parts."""
+    committed = committed_shards(layout, [(sp.name, shard_record(plan, sp.shard)) for sp in plan.shards],
+                                 verify=verify)
+    return scan_staging(plan, layout, committed)
 
 
 def run_index_job(config: IndexJobConfig, manifest_extra: dict | None = None) -> JobSummary:
@@ -215,27 +68,23 @@ def run_index_job(config: IndexJobConfig, manifest_extra: dict | None = None) ->
 
     started = time.perf_counter()
     layout = IndexLayout.at(config.output, config.storage_options)
-    plan, resumed = make_plan(config, layout)
+    connect_ray(config.resources.address)
+    plan, resumed = make_plan(config, layout, name_unit=shard_name)
     states = scan_state(plan, layout)
     pending = pending_blocks(plan, layout, states)
     n_committed = sum(1 for st in states if st.committed)
     if resumed:
         log.info("resume: %d of %d shards committed, %d need reading", n_committed,
                  len(plan.shards), len(pending))
-    connect_ray(config.resources.address)
     placement = plan_resources(config, ray.cluster_resources())
     settings = encoder_settings(config, placement)
     # Discovery, planning, Ray start-up and the model fingerprint.
     timing: dict[str, float] = {"setup_s": time.perf_counter() - started}
-    committed = {}
-
-    def on_commit(times: StageTimes, fresh: list[ShardState]) -> None:
-        result = commit_plan(config, plan, layout, fresh, settings, timing, placement.build_threads,
-                             manifest_extra)
-        committed.update(result=result, times=times)
-
-    encode_pending(config, plan, layout, pending, placement, timing, on_commit)
-    result, times = committed["result"], committed["times"]
+    times = stage_pending(config, plan, layout, pending, placement, timing)
+    # Staging is complete: read the state again (the stages just staged parts), then commit.
+    fresh = scan_staging(plan, layout, [st.committed for st in states])
+    result = commit_plan(config, plan, layout, fresh, settings, timing, placement.build_threads,
+                         manifest_extra)
     blocks_encoded = -(-times.rows // plan.block_rows) if times.rows else 0
     wall = time.perf_counter() - started
     manifest = result.manifest
@@ -252,26 +101,3 @@ def run_index_job(config: IndexJobConfig, manifest_extra: dict | None = None) ->
              summary.docs_indexed, summary.docs_rejected, summary.shards, summary.generation,
              wall, summary.docs_per_s)
     return summary
-
-
-def _user_error(exc: BaseException) -> BaseException | None:
-    """The task's own bad-record error inside Ray's wrappers, if that is what stopped the job."""
-    from ray.exceptions import RayError
-
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if isinstance(e, BadRecordError) and not isinstance(e, RayError):
-            return e
-        # RayTaskError keeps the exception the task raised in `.cause`.
-        stack.extend([e.__context__, e.__cause__, getattr(e, "cause", None)])
-    return None
-
-
-def _stage(rows: int, busy_s: float) -> dict:
-    return {"rows": rows, "busy_s": round(busy_s, 4),
-            "docs_per_busy_s": round(rows / busy_s, 2) if busy_s > 0 else None}

@@ -25,23 +25,14 @@ import pyarrow as pa
 import ray
 import scipy.sparse as sp
 
-from pipeline.batch.commit import (
-    ShardResult,
-    check_duplicates,
-    discard_staging,
-    gather_rejects,
-    new_manifest,
-    publish,
-    read_staged_shard,
-    reused_shard,
-    staged_postings,
-    write_shard,
-)
 from pipeline.batch.config import IndexJobConfig
-from pipeline.batch.plan import JobPlan, ShardState, verify_shard
+from pipeline.batch.dedup import check_duplicates
+from pipeline.batch.generation import gather_rejects, new_manifest, publish
+from pipeline.batch.plan import JobPlan
+from pipeline.batch.shard_writer import ShardResult, committed_shards, reused_shard, write_shard
+from pipeline.batch.staging import ShardState, discard_staging, read_staged_unit, staged_postings
 from pipeline.batch.reindex_diff import Diff, ReindexError, resolve_claims, route_units
 from pipeline.batch.reindex_shards import BaseShardChange, OutputShard, plan_output_shards
-from pipeline.objstore import exists, read_json
 from pipeline.catalog import IndexLayout, Manifest, read_current_generation
 from pipeline.format import ShardPostings, read_postings
 from pipeline.catalog.manifest import ShardEntry
@@ -80,7 +71,7 @@ class StagedRows:
 
     def _unit(self, unit: int) -> pa.Table:
         if unit not in self._units:
-            self._units[unit] = read_staged_shard(self.plan, self.layout, unit, columns=self.COLUMNS)
+            self._units[unit] = read_staged_unit(self.plan, self.layout, unit, columns=self.COLUMNS)
         return self._units[unit]
 
     def take(self, pairs: np.ndarray) -> ShardPostings:
@@ -135,7 +126,7 @@ def _build_output_shard(plan: JobPlan, layout: IndexLayout, spec: BuildSpec, ind
     read_s = time.perf_counter() - started
     result = write_shard(layout, spec.name, postings, index_kind=index_kind,
                          index_params=index_params, values_dtype=values_dtype,
-                         record={"plan_id": plan.plan_id, "position": spec.position},
+                         record=output_record(plan, spec),
                          threads=threads)
     result.write_s += read_s
     return result
@@ -171,15 +162,9 @@ class ReindexCommit:
     built_docs: int
 
 
-def _committed_earlier(layout: IndexLayout, plan: JobPlan, spec: BuildSpec) -> ShardResult | None:
-    loc = layout.shard_commit(spec.name)
-    if not exists(loc):
-        return None
-    record = read_json(loc)
-    if record.get("plan_id") != plan.plan_id or record.get("position") != spec.position \
-            or not verify_shard(layout, spec.name, record, verify=True):
-        return None
-    return reused_shard(record)
+def output_record(plan: JobPlan, spec: BuildSpec) -> dict:
+    """What a re-indexing output shard's COMMITTED.json must hold to belong to `plan`."""
+    return {"plan_id": plan.plan_id, "position": spec.position}
 
 
 def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, base: Manifest,
@@ -211,7 +196,7 @@ def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, b
         raise RuntimeError(f"document accounting failed: {n_indexed} placed != {diff.unchanged} "
                            f"unchanged + {diff.changed} changed + {len(diff.added)} added")
     if not (len(diff.added) or diff.changed or diff.deleted or rebuild_all):
-        counts = gather_rejects(config, plan, layout, dups, n_indexed, write=False)
+        counts = gather_rejects(config, plan, layout, dups, n_indexed, states, write=False)
         discard_staging(layout, plan)
         log.info("no document changed: generation %d stays live", base.generation)
         if counts["docs_rejected"]:
@@ -223,10 +208,10 @@ def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, b
     specs = build_specs(base, diff, outputs)
     results: dict[int, ShardResult] = {}
     futures = {}
-    for spec in specs:
-        earlier = _committed_earlier(layout, plan, spec)
-        if earlier is not None:
-            results[spec.position] = earlier
+    earlier = committed_shards(layout, [(spec.name, output_record(plan, spec)) for spec in specs])
+    for spec, record in zip(specs, earlier):
+        if record is not None:
+            results[spec.position] = reused_shard(record)
         else:
             futures[spec.position] = _build_output_shard.options(
                 num_cpus=config.resources.build_cpus).remote(
@@ -239,7 +224,7 @@ def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, b
     by_name = {e.name: e for e in base.shards}
     entries = [by_name[o.name] if o.reused else results[i].entry for i, o in enumerate(outputs)]
 
-    counts = gather_rejects(config, plan, layout, dups, n_indexed)
+    counts = gather_rejects(config, plan, layout, dups, n_indexed, states)
     live = read_current_generation(layout)
     if live != base.generation:
         raise ReindexError(f"{layout.url}: CURRENT moved from generation {base.generation} to "

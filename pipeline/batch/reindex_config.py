@@ -15,7 +15,8 @@ from typing import Any
 
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.data.corpus import FORMATS
-from pipeline.batch.config import EncoderOptions, IndexJobConfig, ResourceOptions
+from pipeline.batch.config import (BLOCK_ROWS, ENCODE_BATCH_SIZE, EncoderOptions, IndexJobConfig,
+                                   ResourceOptions)
 from pipeline.catalog import Manifest
 
 
@@ -33,7 +34,7 @@ class EncoderOverrides:
     dtype: str | None = None
     top_k: int | None = None
     threshold: float | None = None
-    batch_size: int = 32          # how, not what: never recorded, never a reason to rebuild
+    batch_size: int = ENCODE_BATCH_SIZE  # how, not what: never recorded, never a reason to rebuild
 
     def options(self, recorded: dict[str, Any]) -> EncoderOptions:
         """The encoder options of this run: overrides over the recorded settings."""
@@ -67,7 +68,7 @@ class ReindexConfig:
     keep_generations: int = KEEP_GENERATIONS
     gc_min_age_s: float = GC_MIN_AGE_S
     on_bad_record: str = "fail"
-    block_rows: int = 256
+    block_rows: int = BLOCK_ROWS
     shard_size: int | None = None
     format: str | None = None
     id_field: str | None = None

@@ -30,11 +30,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
-from pipeline.batch.commit import id_hashes, read_staged_shard
 from pipeline.batch.plan import JobPlan
+from pipeline.batch.staging import read_staged_unit
 from pipeline.catalog import IndexLayout, Manifest
 from pipeline.errors import UserError
-from pipeline.format import fingerprint_texts
+from pipeline.format.postings import fingerprint_texts, hash_strings as id_hashes
 from pipeline.catalog.manifest import ShardEntry
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class UnitRoutes:
 
 @ray.remote
 def _route_unit(plan: JobPlan, layout: IndexLayout, unit: int, drop_rows: list[int]) -> UnitRoutes:
-    table = read_staged_shard(plan, layout, unit, columns=["row", "base_shard", "base_row", "encoded"])
+    table = read_staged_unit(plan, layout, unit, columns=["row", "base_shard", "base_row", "encoded"])
     if table.num_rows == 0:  # a unit without valid records stages no parts
         empty = np.zeros(0, np.int64)
         return UnitRoutes(unit, (empty.astype(np.int32), empty),

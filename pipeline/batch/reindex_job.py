@@ -24,23 +24,16 @@ import logging
 import time
 from dataclasses import asdict, dataclass, field
 
-from pipeline.batch.commit import index_params
 from pipeline.batch.config import IndexJobConfig
-from pipeline.batch.index_job import (
-    Placement,
-    connect_ray,
-    encode_pending,
-    encoder_settings,
-    pending_blocks,
-    plan_resources,
-    run_index_job,
-    stage_report,
-)
-from pipeline.batch.plan import ShardState, make_plan, scan_state
-from pipeline.batch.sink import StageTimes
+from pipeline.batch.generation import index_params
+from pipeline.batch.index_job import run_index_job
+from pipeline.batch.plan import make_plan
 from pipeline.batch.reindex_commit import commit_reindex
 from pipeline.batch.reindex_config import ReindexConfig
 from pipeline.batch.reindex_diff import ReindexError, classify_batch, load_base_table
+from pipeline.batch.runtime import (Placement, connect_ray, encoder_settings, pending_blocks,
+                                    plan_resources, stage_pending, stage_report)
+from pipeline.batch.staging import scan_staging
 from pipeline.catalog.gc import collect_garbage_after_commit
 from pipeline.catalog import IndexLayout, Manifest, read_current_generation, read_manifest
 
@@ -180,23 +173,17 @@ def _incremental(job: IndexJobConfig, layout: IndexLayout, base: Manifest, setti
 
     if decision.reason:
         log.warning("%s", decision.reason)
-    plan, resumed = make_plan(job, layout, kind="reindex")
-    states = scan_state(plan, layout)
+    plan, resumed = make_plan(job, layout, purpose="reindex")
+    states = scan_staging(plan, layout)
     pending = pending_blocks(plan, layout, states)
     table = ray.put(load_base_table(layout, base, job.resources.read_cpus)) if pending else None
     timing: dict[str, float] = {"setup_s": time.perf_counter() - started}
-    outcome: dict = {}
-
-    def on_commit(times: StageTimes, fresh: list[ShardState]) -> None:
-        report = {"base_generation": base.generation, "full_rebuild": False,
-                  "rebuild_reason": decision.reason, "docs_reencoded": times.encoded}
-        outcome.update(times=times, report=report, result=commit_reindex(
-            job, plan, layout, base, fresh, settings, timing, placement.build_threads,
-            decision.rebuild_all, report, started))
-
-    encode_pending(job, plan, layout, pending, placement, timing, on_commit,
-                   before_tokenize=(classify_batch, {"table": table}))
-    times, report, result = outcome["times"], outcome["report"], outcome["result"]
+    times = stage_pending(job, plan, layout, pending, placement, timing,
+                          before_tokenize=(classify_batch, {"table": table}))
+    report = {"base_generation": base.generation, "full_rebuild": False,
+              "rebuild_reason": decision.reason, "docs_reencoded": times.encoded}
+    result = commit_reindex(job, plan, layout, base, scan_staging(plan, layout), settings, timing,
+                            placement.build_threads, decision.rebuild_all, report, started)
     stages, _ = stage_report(times, result.built_docs, result.build_s, placement)
     manifest = result.manifest
     return ReindexSummary(

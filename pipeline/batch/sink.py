@@ -1,10 +1,11 @@
-"""Ray Data sink for encoded rows, named for its commit protocol.
+"""Ray Data sink that stages encoded rows; it commits nothing.
 
-`write` (per write task) stages rows as Parquet parts keyed by shard, read block and first
-row; each part is written whole (atomic rename locally, one PUT on S3), so a retried or
-resumed task rewrites the same names. `on_write_complete` is the commit point: it hands
-over to `commit.commit_plan`, which assembles each shard with one writer, builds its
-index, and writes the manifest last. `on_write_failed` leaves staging in place for resume.
+Its protocol: `write` (per write task) stages rows as Parquet parts keyed by unit, read
+block and first row; each part is written whole (atomic rename locally, one PUT on S3), so
+a retried or resumed task rewrites the same names. `on_write_complete` only adds up what
+the tasks staged (`StagingSink.staged`); `on_write_failed` leaves staging in place for
+resume. The job runs the commit phase itself, as its own Ray tasks, after
+`write_datasink` returns (`pipeline.batch.commit`, `pipeline.batch.reindex_commit`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import io
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -23,7 +24,8 @@ from ray.data import Datasink
 
 from pipeline.objstore import write_bytes_atomic
 from pipeline.catalog import IndexLayout
-from pipeline.batch.plan import JobPlan, part_name, parts_loc
+from pipeline.batch.plan import JobPlan
+from pipeline.batch.staging import part_name, parts_loc
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +79,15 @@ def stage_part(table: pa.Table, plan: JobPlan, layout: IndexLayout) -> StageTime
 
 
 class StagingSink(Datasink[StageTimes]):
-    def __init__(self, plan: JobPlan, layout: IndexLayout, on_commit: Callable[[StageTimes], None]):
+    """Stages encoded rows under the plan's staging folder; `staged` totals what it wrote."""
+
+    def __init__(self, plan: JobPlan, layout: IndexLayout):
         self._plan = plan
         self._layout = layout
-        self._on_commit = on_commit
+        self.staged: StageTimes | None = None     # set when every write task has finished
 
     def get_name(self) -> str:
-        return "ShardedIndex"
+        return "StagedParts"
 
     def on_write_start(self, schema=None) -> None:
         log.info("staging encoded rows under %s", self._layout.staging(self._plan.plan_id).url)
@@ -97,11 +101,12 @@ class StagingSink(Datasink[StageTimes]):
         return total
 
     def on_write_complete(self, write_result) -> None:
+        """Every part is staged: add up the write tasks' stage times. No commit here."""
         total = StageTimes()
         for times in write_result.write_returns:
             total.add(times)
-        self._on_commit(total)
+        self.staged = total
 
     def on_write_failed(self, error: Exception) -> None:
-        log.error("indexing failed before commit: %s; staged work is kept for resume under %s",
+        log.error("staging failed: %s; staged work is kept for resume under %s",
                   error, self._layout.staging(self._plan.plan_id).url)

@@ -7,7 +7,7 @@ Knows where things live and when they are committed, not how a shard's bytes are
 """
 
 from pipeline.catalog.gc import GcReport, collect_garbage
-from pipeline.catalog.layout import IndexLayout, shard_name
+from pipeline.catalog.layout import IndexLayout, parse_shard_name, shard_name
 from pipeline.catalog.leases import Lease, leased_generations, read_leases, release_lease, write_lease
 from pipeline.catalog.manifest import (
     Manifest,
@@ -20,7 +20,7 @@ from pipeline.catalog.manifest import (
 )
 
 __all__ = [
-    "IndexLayout", "shard_name", "Manifest", "ManifestError", "ShardEntry", "commit_generation",
+    "IndexLayout", "parse_shard_name", "shard_name", "Manifest", "ManifestError", "ShardEntry", "commit_generation",
     "list_generations", "read_current_generation", "read_manifest",
     "GcReport", "collect_garbage", "Lease", "leased_generations", "read_leases", "release_lease",
     "write_lease",

@@ -23,11 +23,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 
-from pipeline.catalog.layout import IndexLayout
+from pipeline.catalog.layout import IndexLayout, generation_file_name, parse_shard_name
 from pipeline.catalog.leases import leased_generations
 from pipeline.catalog.manifest import list_generations, read_current_generation, read_manifest
 from pipeline.objstore import Location, list_dir, remove, with_retries
@@ -41,8 +40,6 @@ GC_MIN_AGE_S = 24 * 3600.0
 """How long staging and uncommitted shards must sit untouched before GC removes them. A day:
 far longer than a live run leaves its files untouched (it rewrites its staging every block),
 so only abandoned work is collected."""
-
-_SHARD_NAME = re.compile(r"^g(\d{6})-s(\d{5})$")
 
 
 @dataclass
@@ -103,7 +100,7 @@ def collect_garbage(layout: IndexLayout, keep_generations: int, *, min_age_s: fl
                 doomed.append(g)
             else:
                 kept.add(g)
-                report.deferred.append(f"manifests/{g:06d}.json")
+                report.deferred.append(f"manifests/{generation_file_name(g)}")
     referenced = {s.name for g in kept for s in read_manifest(layout, g).shards}
     report.kept_generations = sorted(kept)
     report.leased_generations = sorted(leased)
@@ -111,10 +108,10 @@ def collect_garbage(layout: IndexLayout, keep_generations: int, *, min_age_s: fl
 
     shards = []
     for name in list_dir(layout.shards()):
-        m = _SHARD_NAME.match(name)
-        if m is None or name in referenced:
+        parsed = parse_shard_name(name)
+        if parsed is None or name in referenced:
             continue
-        in_flight = current is None or int(m.group(1)) > current
+        in_flight = current is None or parsed[0] > current
         if in_flight and age_s(layout.shard(name), now) < min_age_s:
             report.deferred.append(f"shards/{name}")
             continue

@@ -17,15 +17,39 @@ collection removes a shard only when no kept manifest names it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pipeline.objstore import Location, resolve
 
 CURRENT_NAME = "CURRENT.json"
 
+# Numbers are zero-padded to a minimum width (names sort by number up to it) and grow
+# beyond it: generation 1,234,567 is g1234567, shard 100,000 is s100000. Every name is
+# written by one function and parsed by its inverse below; nothing else matches them.
+_SHARD_NAME = re.compile(r"^g(\d{6,})-s(\d{5,})$")
+
 
 def shard_name(generation: int, shard: int) -> str:
+    """The folder name of shard `shard` written by generation `generation`."""
+    if generation < 0 or shard < 0:
+        raise ValueError(f"generation and shard must be >= 0, got {generation}, {shard}")
     return f"g{generation:06d}-s{shard:05d}"
+
+
+def parse_shard_name(name: str) -> tuple[int, int] | None:
+    """(generation, shard) of a name `shard_name` wrote, or None for any other name."""
+    m = _SHARD_NAME.match(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def generation_file_name(generation: int) -> str:
+    return f"{generation:06d}.json"
+
+
+def parse_generation_file_name(name: str) -> int | None:
+    stem = name.removesuffix(".json")
+    return int(stem) if name.endswith(".json") and stem.isdigit() and len(stem) >= 6 else None
 
 
 @dataclass(frozen=True)
@@ -49,7 +73,7 @@ class IndexLayout:
         return self.root.child("manifests")
 
     def manifest(self, generation: int) -> Location:
-        return self.root.child("manifests", f"{generation:06d}.json")
+        return self.root.child("manifests", generation_file_name(generation))
 
     def shards(self) -> Location:
         return self.root.child("shards")

@@ -15,7 +15,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.objstore import exists, read_json, write_json_atomic
-from pipeline.catalog.layout import IndexLayout
+from pipeline.catalog.layout import IndexLayout, generation_file_name, parse_generation_file_name
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,8 @@ def list_generations(layout: IndexLayout) -> list[int]:
     """Generations that have a manifest (committed or not yet pointed at), ascending."""
     from pipeline.objstore import list_dir
 
-    out = []
-    for name in list_dir(layout.manifests()):
-        stem = name.removesuffix(".json")
-        if name.endswith(".json") and stem.isdigit():
-            out.append(int(stem))
-    return sorted(out)
+    parsed = (parse_generation_file_name(name) for name in list_dir(layout.manifests()))
+    return sorted(g for g in parsed if g is not None)
 
 
 def commit_generation(layout: IndexLayout, manifest: Manifest) -> None:
@@ -127,7 +123,7 @@ def commit_generation(layout: IndexLayout, manifest: Manifest) -> None:
     write_json_atomic(layout.current(), {
         "format": MANIFEST_FORMAT,
         "generation": manifest.generation,
-        "manifest": f"manifests/{manifest.generation:06d}.json",
+        "manifest": f"manifests/{generation_file_name(manifest.generation)}",
         "committed_at": now_utc(),
     })
     log.info("committed generation %d at %s (%d shards, %d docs)",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import typer
 
+from pipeline.batch.config import (BLOCK_ROWS, ENCODE_BATCH_SIZE, MAX_LENGTH, MODEL, QUERY_MAX_LENGTH,
+                                   SHARD_SIZE)
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.cli.common import echo_json, parse_json_option, parse_key_values
 
@@ -15,15 +17,15 @@ def index(
     id_field: str = typer.Option(None, help="Id field (default: _id, id, docid or doc_id)."),
     title_field: str = typer.Option("title", help="Title field ('' for none)."),
     text_field: str = typer.Option("text", help="Text field."),
-    model: str = typer.Option("splade-tiny", help="SPLADE model: alias, local directory or Hugging Face id."),
-    max_length: int = typer.Option(256, help="Document truncation, in tokens."),
-    query_max_length: int = typer.Option(64, help="Query truncation, in tokens (recorded for search)."),
+    model: str = typer.Option(MODEL, help="SPLADE model: alias, local directory or Hugging Face id."),
+    max_length: int = typer.Option(MAX_LENGTH, help="Document truncation, in tokens."),
+    query_max_length: int = typer.Option(QUERY_MAX_LENGTH, help="Query truncation, in tokens (recorded for search)."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, float16, bfloat16."),
-    batch_size: int = typer.Option(32, help="Documents per encoder forward pass."),
+    batch_size: int = typer.Option(ENCODE_BATCH_SIZE, help="Documents per encoder forward pass."),
     top_k: int = typer.Option(None, help="Keep at most this many terms per document."),
     threshold: float = typer.Option(0.0, help="Drop term weights <= this."),
-    shard_size: int = typer.Option(250_000, help="Target documents per shard."),
-    block_rows: int = typer.Option(256, help="Documents per read block: the unit of resume after a crash."),
+    shard_size: int = typer.Option(SHARD_SIZE, help="Target documents per shard."),
+    block_rows: int = typer.Option(BLOCK_ROWS, help="Documents per read block: the unit of resume after a crash."),
     index_kind: str = typer.Option("blocked", help="blocked (Seismic-style) or exact."),
     index_param: list[str] = typer.Option(None, help="Blocked index parameter KEY=VALUE (repeatable), e.g. n_postings=2000."),
     values_dtype: str = typer.Option("float32", help="Stored postings values: float32 or float16."),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from pipeline.batch.config import BLOCK_ROWS, ENCODE_BATCH_SIZE
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.cli.common import echo_json, parse_json_option, parse_key_values
 
@@ -18,7 +19,7 @@ def reindex(
     full: bool = typer.Option(False, "--full", help="Re-encode everything into fresh shards."),
     on_bad_record: str = typer.Option("fail", help="fail: stop at the first bad record; skip: "
                                                    "write it to INDEX/rejects/."),
-    block_rows: int = typer.Option(256, help="Documents per read block: the unit of resume."),
+    block_rows: int = typer.Option(BLOCK_ROWS, help="Documents per read block: the unit of resume."),
     shard_size: int = typer.Option(None, help=f"Target documents per shard ({AS_RECORDED})."),
     format: str = typer.Option(None, help=f"auto, jsonl, parquet or beir ({AS_RECORDED})."),
     id_field: str = typer.Option(None, help=f"Id field ({AS_RECORDED})."),
@@ -31,7 +32,7 @@ def reindex(
     dtype: str = typer.Option(None, help=f"Encoder dtype ({AS_RECORDED})."),
     top_k: int = typer.Option(None, help=f"Terms kept per document, 0 for all ({AS_RECORDED})."),
     threshold: float = typer.Option(None, help=f"Drop weights <= this ({AS_RECORDED})."),
-    batch_size: int = typer.Option(32, help="Documents per encoder forward pass."),
+    batch_size: int = typer.Option(ENCODE_BATCH_SIZE, help="Documents per encoder forward pass."),
     index_kind: str = typer.Option(None, help=f"blocked or exact ({AS_RECORDED})."),
     index_param: list[str] = typer.Option(None, help="Blocked index parameter KEY=VALUE "
                                                      "(repeatable), over the recorded ones."),

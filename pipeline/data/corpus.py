@@ -17,6 +17,7 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Iterator
 
+from pipeline.data.jsonl import parse_json_line
 from pipeline.data.records import BadRecord, FieldMap, parse_record
 from pipeline.objstore import Location, resolve, with_retries
 
@@ -221,14 +222,7 @@ def read_chunk(chunk: Chunk, fields: FieldMap = FieldMap(),
         if not raw.strip():
             continue  # blank lines are not records
         try:
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise ValueError(f"invalid UTF-8 at byte {exc.start} of the line") from None
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"not valid JSON ({exc.msg} at column {exc.colno})") from None
+            obj = parse_json_line(raw, at_file_start=offset == 0)
             doc_id, text = parse_record(obj, fields)
             yield RawRecord(offset, doc_id, text, None)
         except ValueError as exc:

@@ -14,11 +14,11 @@ raises `DatasetError` naming the file and the line. Corpus records go through
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from typing import Iterator
 
+from pipeline.data.jsonl import decode_line, parse_json
 from pipeline.data.records import BadRecord, parse_record
 from pipeline.errors import UserError
 from pipeline.objstore.fs import Location, join_url, resolve
@@ -87,20 +87,18 @@ def _lines(loc: Location) -> Iterator[tuple[int, str]]:
     with loc.fs.open(loc.path, "rb") as f:
         for number, raw in enumerate(f, 1):
             try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DatasetError(loc.url, f"invalid UTF-8 ({exc.reason} at byte {exc.start})",
-                                   number) from None
-            line = line.rstrip("\r\n")
+                line = decode_line(raw, at_file_start=number == 1)
+            except ValueError as exc:
+                raise DatasetError(loc.url, str(exc), number) from None
             if line.strip():
                 yield number, line
 
 
 def _json_object(loc: Location, number: int, line: str) -> dict:
     try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DatasetError(loc.url, f"not valid JSON ({exc.msg} at column {exc.colno})", number) from None
+        record = parse_json(line)
+    except ValueError as exc:
+        raise DatasetError(loc.url, str(exc), number) from None
     if not isinstance(record, dict):
         raise DatasetError(loc.url, f"expected a JSON object, got {type(record).__name__}", number)
     return record

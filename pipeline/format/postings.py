@@ -32,12 +32,18 @@ class PostingsFormatError(UserError, ValueError):
     """A postings group is missing, truncated, or not ours."""
 
 
-def fingerprint_texts(texts) -> np.ndarray:
-    """64-bit content fingerprints (blake2b) of document texts, for change detection."""
-    out = np.empty(len(texts), dtype=np.uint64)
-    for i, text in enumerate(texts):
+def hash_strings(strings) -> np.ndarray:
+    """64-bit hashes (blake2b-64 of the UTF-8 bytes, little-endian) of strings: the project's
+    one string hasher, for id partitioning and lookups and for content fingerprints."""
+    out = np.empty(len(strings), dtype=np.uint64)
+    for i, text in enumerate(strings):
         out[i] = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
     return out
+
+
+def fingerprint_texts(texts) -> np.ndarray:
+    """Content fingerprints of document texts, for change detection (`hash_strings`)."""
+    return hash_strings(texts)
 
 
 @dataclass
@@ -111,6 +117,31 @@ def write_postings(loc: Location, postings: ShardPostings, *, values_dtype: str 
 
     with_retries(_write, what=f"write postings {loc.url}")
     return checksum
+
+
+def read_doc_ids(loc: Location) -> np.ndarray:
+    """Only the document ids of a postings group (not its vectors)."""
+    return read_columns(loc, ("doc_ids",))["doc_ids"]
+
+
+def read_columns(loc: Location, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Some arrays of a postings group (e.g. doc_ids, fingerprints), checked against n_docs."""
+    import zarr
+
+    try:
+        group = zarr.open_group(zarr_store(loc, read_only=True), mode="r")
+        attrs = dict(group.attrs)
+        if attrs.get("format") != POSTINGS_FORMAT:
+            raise PostingsFormatError(f"{loc.url}: not a postings group")
+        out = {name: group[name][:] for name in names}
+    except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
+        raise PostingsFormatError(f"{loc.url}: postings group or array missing ({exc})") from exc
+    for name, arr in out.items():
+        if len(arr) != attrs["n_docs"] + (1 if name == "indptr" else 0):
+            raise PostingsFormatError(f"{loc.url}: {name} has {len(arr)} entries, n_docs={attrs['n_docs']}")
+    if "doc_ids" in out:
+        out["doc_ids"] = np.asarray(out["doc_ids"], dtype=object)
+    return out
 
 
 def read_postings(loc: Location, *, verify: bool = False) -> ShardPostings:

@@ -4,7 +4,7 @@ For the endpoint's benchmark (a 1M-document synthetic index) and its tests (a se
 generation made of modified vectors). The production path is `lsr index`, which encodes a
 corpus; this writes the same on-storage layout (postings, index, COMMITTED.json, manifest,
 CURRENT) for vectors that did not come from a corpus, through the job's own shard writer
-(`pipeline.batch.commit.write_shard`).
+(`pipeline.batch.shard_writer.write_shard`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.sparse as sp
 
-from pipeline.batch.commit import write_shard
+from pipeline.batch.shard_writer import write_shard
 from pipeline.catalog import IndexLayout, Manifest, commit_generation, shard_name
 from pipeline.catalog.manifest import now_utc
 from pipeline.format import ShardPostings

@@ -1,0 +1,108 @@
+"""Duplicate ids across a whole plan, found by hash-partitioned Ray tasks that read only ids.
+
+The first occurrence in corpus order (units ascending, rows ascending) is kept. Ids are
+hashed only to partition them; within a partition they are compared exactly, so a hash
+collision can never merge two different ids.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+
+from pipeline.batch.config import IndexJobConfig
+from pipeline.batch.datasource import BadRecordError
+from pipeline.batch.plan import JobPlan
+from pipeline.batch.staging import ShardState, read_staged_unit
+from pipeline.catalog import IndexLayout
+from pipeline.data.corpus import describe_position
+from pipeline.format.postings import hash_strings, read_doc_ids
+
+
+@dataclass
+class Duplicate:
+    shard: int
+    row: int
+    doc_id: str
+    first_shard: int
+    first_row: int
+
+
+@ray.remote
+def _bucket_ids(plan: JobPlan, layout: IndexLayout, unit: int, committed: bool, n_buckets: int):
+    """One unit's ids split by hash bucket: per bucket (unit, rows, ids)."""
+    if committed:
+        ids = [str(x) for x in read_doc_ids(layout.postings(plan.shards[unit].name))]
+        rows = np.arange(len(ids), dtype=np.int64)  # committed shards hold no duplicates any more
+    else:
+        table = read_staged_unit(plan, layout, unit, columns=["row", "doc_id"])
+        ids = table.column("doc_id").to_pylist()
+        rows = table.column("row").to_numpy()
+    bucket = (hash_strings(ids) % np.uint64(n_buckets)).astype(np.int64)
+    id_arr = np.asarray(ids, dtype=object)
+    out = [(unit, rows[bucket == b], id_arr[bucket == b]) for b in range(n_buckets)]
+    return out if n_buckets > 1 else out[0]
+
+
+@ray.remote
+def _find_duplicates(*parts) -> list[Duplicate]:
+    first: dict[str, tuple[int, int]] = {}
+    dups = []
+    # Visit in corpus order: units ascending, rows ascending within a unit.
+    for unit, rows, ids in sorted(parts, key=lambda p: p[0]):
+        for row, doc_id in zip(rows.tolist(), ids.tolist()):
+            seen = first.get(doc_id)
+            if seen is None:
+                first[doc_id] = (unit, row)
+            else:
+                dups.append(Duplicate(unit, row, doc_id, *seen))
+    return dups
+
+
+MAX_DEDUP_BUCKETS = 64
+"""Reduce tasks of the duplicate search: enough to spread a billion ids over a cluster
+(~16 M ids, ~1 GiB, per reducer) without a flood of tiny objects on small plans."""
+
+
+def find_duplicates(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> list[Duplicate]:
+    units = [s for s in range(len(plan.shards))
+             if states[s].committed or (states[s].read_summary or {}).get("n_valid", 0)]
+    if not units:
+        return []
+    n_buckets = max(1, min(len(units), MAX_DEDUP_BUCKETS))
+    maps = [_bucket_ids.options(num_returns=n_buckets, num_cpus=0.25).remote(
+        plan, layout, s, bool(states[s].committed), n_buckets) for s in units]
+    if n_buckets == 1:
+        maps = [[m] for m in maps]
+    reduces = [_find_duplicates.options(num_cpus=0.25).remote(*[m[b] for m in maps])
+               for b in range(n_buckets)]
+    return sorted((d for r in ray.get(reduces) for d in r), key=lambda d: (d.shard, d.row))
+
+
+def record_position(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
+                    states: list[ShardState], unit: int, row: int) -> str:
+    """Where a staged row came from: "FILE line N" (JSONL) or "FILE row N" (Parquet)."""
+    if states[unit].committed:
+        return f"{plan.shards[unit].chunk.file.url} (document {row + 1} of shard {plan.shards[unit].name})"
+    table = read_staged_unit(plan, layout, unit, columns=["row", "offset"])
+    return describe_position(plan.shards[unit].chunk.file, int(table.column("offset")[row].as_py()),
+                             config.storage_options)
+
+
+def check_duplicates(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
+                     states: list[ShardState]) -> tuple[list[Duplicate], dict[int, list[int]]]:
+    """The duplicates and, per unit, the rows to drop; raises under policy "fail"."""
+    dups = find_duplicates(plan, layout, states)
+    if dups and config.on_bad_record == "fail":
+        d = dups[0]
+        raise BadRecordError(
+            f"bad record: duplicate id {d.doc_id!r} at "
+            f"{record_position(config, plan, layout, states, d.shard, d.row)} (first seen at "
+            f"{record_position(config, plan, layout, states, d.first_shard, d.first_row)}); "
+            f"{len(dups)} duplicate(s) in all (use --on-bad-record skip to keep the first of each)")
+    drop: dict[int, list[int]] = {}
+    for d in dups:
+        drop.setdefault(d.shard, []).append(d.row)
+    return dups, drop

@@ -1,0 +1,128 @@
+"""The one shard writer of every path (indexing, re-indexing, the direct generation writer),
+and the check that a shard an earlier attempt committed is whole.
+
+A shard folder holds `postings/`, `index/` and `COMMITTED.json`, written in that order by
+exactly one writer. COMMITTED.json is the shard's commit point: a folder without it (or
+whose record does not verify) is an unfinished attempt that the next writer replaces.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+import scipy.sparse as sp
+
+from pipeline.catalog import IndexLayout, ShardEntry
+from pipeline.catalog.manifest import now_utc
+from pipeline.format import ShardPostings, save_index, write_postings
+from pipeline.format.postings import PostingsFormatError, read_postings
+from pipeline.objstore import exists, read_json, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardResult:
+    entry: ShardEntry | None          # None when every row of the shard was rejected
+    build_s: float = 0.0
+    write_s: float = 0.0
+    reused: bool = False
+    stats: dict = field(default_factory=dict)
+
+
+def build_index(vectors: sp.csr_matrix, kind: str, params: dict):
+    from pipeline.index import BlockedIndex, BlockedIndexConfig, ExactIndex
+
+    if kind == "exact":
+        return ExactIndex(vectors)
+    return BlockedIndex.build(vectors, BlockedIndexConfig(**params))
+
+
+def write_shard(layout: IndexLayout, name: str, postings: ShardPostings, *, index_kind: str,
+                index_params: dict, values_dtype: str, record: dict, threads: int) -> ShardResult:
+    """Write one whole shard: postings, then its index, then COMMITTED.json (`record` added).
+
+    The caller is the shard's only writer (one Ray task per shard).
+    """
+    from pipeline.index.fastcall import numba_threads
+
+    with numba_threads(threads):
+        return _write_shard(layout, name, postings, index_kind=index_kind, index_params=index_params,
+                            values_dtype=values_dtype, record=record)
+
+
+def _write_shard(layout: IndexLayout, name: str, postings: ShardPostings, *, index_kind: str,
+                 index_params: dict, values_dtype: str, record: dict) -> ShardResult:
+    started = time.perf_counter()
+    vectors = postings.vectors
+    nnz_per_doc = np.diff(vectors.indptr)
+    stats = {"nnz_per_doc_mean": float(nnz_per_doc.mean()) if len(nnz_per_doc) else 0.0,
+             "nnz_per_doc_max": int(nnz_per_doc.max()) if len(nnz_per_doc) else 0,
+             "distinct_terms": int(np.unique(vectors.indices).size)}
+    checksum = write_postings(layout.postings(name), postings, values_dtype=values_dtype, stats=stats)
+    write_s = time.perf_counter() - started
+    started = time.perf_counter()
+    index = build_index(vectors, index_kind, index_params)
+    index_loc = layout.index(name)
+    save_index(index, index_loc.url, storage_options=index_loc.storage_options)
+    build_s = time.perf_counter() - started
+    entry = ShardEntry(name=name, n_docs=postings.n_docs, nnz=int(vectors.nnz),
+                       postings_checksum=checksum, index_kind=index_kind,
+                       index_nbytes=int(index.nbytes))
+    write_json_atomic(layout.shard_commit(name), {
+        **record, **entry.__dict__, "committed_at": now_utc(), "stats": stats})
+    return ShardResult(entry=entry, build_s=build_s, write_s=write_s, stats=stats)
+
+
+def reused_shard(record: dict) -> ShardResult:
+    """The result of a shard an earlier attempt committed, from its commit record."""
+    fields = ShardEntry.__dataclass_fields__
+    return ShardResult(entry=ShardEntry(**{k: record[k] for k in fields}), reused=True,
+                       stats=record.get("stats", {}))
+
+
+def verify_shard(layout: IndexLayout, name: str, record: dict) -> bool:
+    """The shard's stored postings and index agree with its commit record."""
+    try:
+        stored = read_postings(layout.postings(name), verify=True)
+    except PostingsFormatError as exc:
+        log.warning("shard %s: committed record present but postings fail verification (%s); "
+                    "rebuilding it", name, exc)
+        return False
+    if stored.checksum != record.get("postings_checksum") or stored.n_docs != record.get("n_docs") \
+            or not exists(layout.index(name)):
+        log.warning("shard %s: commit record disagrees with stored data; rebuilding it", name)
+        return False
+    return True
+
+
+def committed_record(layout: IndexLayout, name: str, expect: dict, verify: bool) -> dict | None:
+    """The shard's commit record when it exists, holds every key/value of `expect` and (with
+    `verify`) the stored data agrees with it; else None (the shard is to be written)."""
+    loc = layout.shard_commit(name)
+    if not exists(loc):
+        return None
+    record = read_json(loc)
+    if any(record.get(k) != v for k, v in expect.items()):
+        return None
+    if verify and not verify_shard(layout, name, record):
+        return None
+    return record
+
+
+@ray.remote
+def _committed_record_task(layout: IndexLayout, name: str, expect: dict, verify: bool):
+    return committed_record(layout, name, expect, verify)
+
+
+def committed_shards(layout: IndexLayout, wanted: list[tuple[str, dict]], *, verify: bool = True,
+                     cpus: float = 0.25) -> list[dict | None]:
+    """`committed_record` of many shards, checked in parallel Ray tasks (one per shard)."""
+    if not wanted:
+        return []
+    return ray.get([_committed_record_task.options(num_cpus=cpus).remote(layout, name, expect, verify)
+                    for name, expect in wanted])

@@ -1,0 +1,188 @@
+"""Staging: what the read/encode stages leave under `staging/<plan_id>/`, and how a resumed
+run reads it back.
+
+    plan.json                                   the plan (`pipeline.batch.plan`)
+    parts/s00003/b000017-r0000004352-n256.parquet
+                                                encoded rows [4352, 4352+256) of unit 3, read block 17
+    read/s00003.json                            the unit's read summary (records, valid, rejected)
+    rejects/s00003.jsonl                        the unit's rejected records (skip policy)
+
+A read block is `block_rows` consecutive valid records of a unit; it is done when its
+parts cover all its rows. The parts of an unfinished block are discarded before it is read
+again (`discard_unfinished_blocks`): the new attempt may cut it into different parts.
+Numbers in names are zero-padded to a minimum width and grow past it; `part_name` and
+`parse_part_name` are the only writer and reader of part names, `unit_dir_name` of folders.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from pipeline.batch.plan import JobPlan, plan_location
+from pipeline.catalog import IndexLayout
+from pipeline.format.postings import ShardPostings
+from pipeline.objstore import Location, list_dir, read_bytes, read_json, remove
+
+log = logging.getLogger(__name__)
+
+_PART_NAME = re.compile(r"^b(\d{6,})-r(\d{10,})-n(\d+)\.parquet$")
+
+
+def part_name(seq: int, first_row: int, n_rows: int) -> str:
+    """The file name of `n_rows` staged rows of read block `seq`, starting at `first_row`."""
+    return f"b{seq:06d}-r{first_row:010d}-n{n_rows}.parquet"
+
+
+def parse_part_name(name: str) -> tuple[int, int, int] | None:
+    """(read block, first row, rows) of a name `part_name` wrote; None for any other file."""
+    m = _PART_NAME.match(name)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3))) if m else None
+
+
+def unit_dir_name(unit: int) -> str:
+    return f"s{unit:05d}"
+
+
+def staging_base(layout: IndexLayout, plan: JobPlan | str) -> Location:
+    return layout.staging(plan if isinstance(plan, str) else plan.plan_id)
+
+
+def read_loc(plan: JobPlan, layout: IndexLayout, unit: int) -> Location:
+    return staging_base(layout, plan).child("read", f"{unit_dir_name(unit)}.json")
+
+
+def rejects_loc(plan: JobPlan, layout: IndexLayout, unit: int) -> Location:
+    return staging_base(layout, plan).child("rejects", f"{unit_dir_name(unit)}.jsonl")
+
+
+def parts_loc(plan: JobPlan, layout: IndexLayout, unit: int) -> Location:
+    return staging_base(layout, plan).child("parts", unit_dir_name(unit))
+
+
+@dataclass
+class ShardState:
+    committed: dict | None = None                 # COMMITTED.json if valid for this plan
+    read_summary: dict | None = None              # read/sXXXXX.json
+    covered_rows: dict[int, int] = field(default_factory=dict)  # seq -> rows present in parts
+    parts: dict[int, list[str]] = field(default_factory=dict)   # seq -> part file names
+
+    def done_blocks(self, block_rows: int) -> set[int]:
+        """Read blocks whose parts hold all their rows."""
+        n_valid = self.read_summary["n_valid"] if self.read_summary else None
+        done = set()
+        for seq, rows in self.covered_rows.items():
+            expected = block_rows if n_valid is None else min(block_rows, n_valid - seq * block_rows)
+            if rows == expected:
+                done.add(seq)
+        return done
+
+    def fully_staged(self, block_rows: int) -> bool:
+        if self.read_summary is None:
+            return False
+        n_blocks = -(-self.read_summary["n_valid"] // block_rows)
+        return self.done_blocks(block_rows) >= set(range(n_blocks))
+
+
+def scan_staging(plan: JobPlan, layout: IndexLayout,
+                 committed: list[dict | None] | None = None) -> list[ShardState]:
+    """What earlier attempts of this plan staged, unit by unit. `committed`: per unit, the
+    valid commit record of its shard (`pipeline.batch.shard_writer.committed_shards`);
+    the parts of committed units are not listed."""
+    read_done = set(list_dir(staging_base(layout, plan).child("read")))
+    states = []
+    for sp_ in plan.shards:
+        state = ShardState(committed=committed[sp_.shard] if committed else None)
+        sdir = unit_dir_name(sp_.shard)
+        if f"{sdir}.json" in read_done:
+            state.read_summary = read_json(read_loc(plan, layout, sp_.shard))
+        if state.committed is None:
+            for name in list_dir(parts_loc(plan, layout, sp_.shard)):
+                parsed = parse_part_name(name)
+                if parsed:
+                    seq, _, n = parsed
+                    state.covered_rows[seq] = state.covered_rows.get(seq, 0) + n
+                    state.parts.setdefault(seq, []).append(name)
+        states.append(state)
+    return states
+
+
+def discard_unfinished_blocks(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> int:
+    """Remove the parts of read blocks that are not complete; returns how many were removed.
+
+    Such a block is read and encoded again, and the new attempt may batch it differently:
+    its parts must not overlap what a crashed attempt left.
+    """
+    removed = 0
+    for sp_, state in zip(plan.shards, states):
+        done = state.done_blocks(plan.block_rows)
+        for seq, names in state.parts.items():
+            if seq in done:
+                continue
+            for name in names:
+                remove(parts_loc(plan, layout, sp_.shard).child(name), recursive=False)
+                removed += 1
+            state.covered_rows.pop(seq, None)
+        state.parts = {seq: names for seq, names in state.parts.items() if seq in done}
+    if removed:
+        log.info("discarded %d staged part(s) of unfinished read blocks", removed)
+    return removed
+
+
+def read_staged_unit(plan: JobPlan, layout: IndexLayout, unit: int,
+                     columns: list[str] | None = None) -> pa.Table:
+    """All staged parts of a unit, in row order, checked to cover rows 0..n_valid-1 once."""
+    summary = read_json(read_loc(plan, layout, unit))
+    loc = parts_loc(plan, layout, unit)
+    tables = []
+    for name in list_dir(loc):
+        if parse_part_name(name):
+            tables.append(pq.read_table(io.BytesIO(read_bytes(loc.child(name))), columns=columns))
+    if tables:
+        table = pa.concat_tables(tables).sort_by("row")
+    else:
+        table = pa.table({"row": pa.array([], pa.int64())})
+    rows = table.column("row").to_numpy()
+    if len(rows) != summary["n_valid"] or (len(rows) and not np.array_equal(rows, np.arange(len(rows)))):
+        raise RuntimeError(f"read unit {unit}: staged rows do not cover 0..{summary['n_valid'] - 1} "
+                           f"exactly ({len(rows)} rows staged); re-run the job to redo it")
+    return table
+
+
+def staged_vectors(table: pa.Table, vocab_size: int) -> sp.csr_matrix:
+    """The `indices`/`values` list columns of staged rows as a CSR matrix (sorted indices)."""
+    indices = table.column("indices").combine_chunks()
+    values = table.column("values").combine_chunks()
+    indptr = indices.offsets.to_numpy().astype(np.int64)
+    indptr = indptr - indptr[0]
+    vectors = sp.csr_matrix((values.values.to_numpy(zero_copy_only=False).astype(np.float32),
+                             indices.values.to_numpy(zero_copy_only=False).astype(np.int32), indptr),
+                            shape=(table.num_rows, vocab_size))
+    vectors.sort_indices()
+    return vectors
+
+
+def staged_postings(table: pa.Table, vocab_size: int) -> ShardPostings:
+    """Staged rows (doc_id, fingerprint, indices, values) as shard postings, in table order."""
+    return ShardPostings(doc_ids=np.asarray(table.column("doc_id").to_pylist(), dtype=object),
+                         fingerprints=table.column("fingerprint").to_numpy(),
+                         vectors=staged_vectors(table, vocab_size))
+
+
+def discard_staging(layout: IndexLayout, plan: JobPlan) -> None:
+    """Remove the plan's staging (and the staging folder when nothing else is in it)."""
+    remove(staging_base(layout, plan))
+    if not list_dir(layout.root.child("staging")):
+        remove(layout.root.child("staging"))
+
+
+__all__ = ["ShardState", "discard_staging", "discard_unfinished_blocks", "parse_part_name",
+           "part_name", "parts_loc", "plan_location", "read_loc", "read_staged_unit",
+           "rejects_loc", "scan_staging", "staged_postings", "staged_vectors", "unit_dir_name"]
