@@ -79,17 +79,42 @@ def test_rebuild_all_rebuilds_every_kept_shard():
 
 
 # --------------------------------------------------------------------------- claims
-def _table(hashes, fingerprints, shards, rows):
-    order = np.argsort(np.asarray(hashes, np.uint64))
-    return BaseTable(np.asarray(hashes, np.uint64)[order], np.asarray(fingerprints, np.uint64)[order],
+def _table(keys, fingerprints, shards, rows):
+    keys = np.asarray(keys, np.uint64).reshape(-1, 2)
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    return BaseTable(keys[order, 0], keys[order, 1], np.asarray(fingerprints, np.uint64)[order],
                      np.asarray(shards, np.int32)[order], np.asarray(rows, np.int64)[order])
 
 
-def test_base_table_lookup():
-    table = _table([50, 10, 30], [1, 2, 3], [0, 0, 1], [0, 1, 0])
-    assert table.lookup(np.asarray([10, 20, 30, 50, 60], np.uint64)).tolist() == [0, -1, 1, 2, -1]
+def test_base_table_lookup_tells_apart_ids_whose_first_64_bits_collide():
+    table = _table([(50, 1), (10, 7), (30, 2), (10, 3)], [1, 2, 3, 4], [0, 0, 1, 1], [0, 1, 0, 1])
+    queries = np.asarray([(10, 3), (10, 7), (10, 5), (20, 0), (30, 2), (50, 1), (60, 0)], np.uint64)
+    assert table.lookup(queries).tolist() == [0, 1, -1, -1, 2, 3, -1]
     empty = _table([], [], [], [])
-    assert empty.lookup(np.asarray([1], np.uint64)).tolist() == [-1]
+    assert empty.lookup(np.asarray([(1, 1)], np.uint64)).tolist() == [-1]
+
+
+def test_forced_id_hash_collisions_never_confuse_documents(monkeypatch):
+    """With the first hash word cut to 1 bit every id collides with half the others there;
+    classification must still find each document's own base slot, and new ids none."""
+    import pyarrow as pa
+
+    from pipeline.batch.reindex_diff import TEST_HASH_BITS_ENV, classify_batch, id_keys
+    from pipeline.format.postings import fingerprint_texts
+
+    monkeypatch.setenv(TEST_HASH_BITS_ENV, "1")
+    base_ids = [f"doc-{i}" for i in range(200)]
+    texts = [f"text {i}" for i in range(200)]
+    keys = id_keys(base_ids)
+    assert len(np.unique(keys[:, 0])) <= 2       # the collisions are really there
+    table = _table(keys, fingerprint_texts(texts), np.zeros(200), np.arange(200))
+    new_ids = base_ids[::-1] + ["new-1", "new-2"]
+    new_texts = texts[::-1][:-1] + ["changed"] + ["x", "y"]
+    out = classify_batch(pa.table({"doc_id": new_ids, "text": new_texts}), table)
+    rows = out.column("base_row").to_pylist()
+    assert rows[:200] == list(range(199, -1, -1)) and rows[200:] == [-1, -1]
+    unchanged = [t is None for t in out.column("text").to_pylist()]
+    assert unchanged == [True] * 199 + [False] * 3
 
 
 def _manifest(shard_sizes, generation=1):

@@ -18,6 +18,7 @@ from pipeline.batch.stages import EncodeActor, tokenize_batch
 from pipeline.batch.staging import ShardState, discard_unfinished_blocks
 from pipeline.catalog import IndexLayout
 from pipeline.data.records import FieldMap
+from pipeline.faults import DRIVER_PID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ def connect_ray(address: str | None) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Crash tests: a fault point reached in a local worker kills this driver too.
+    os.environ[DRIVER_PID_ENV] = str(os.getpid())
     if ray.is_initialized():
         return
     if address is None and not os.environ.get("RAY_ADDRESS"):

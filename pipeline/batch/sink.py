@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data import Datasink
 
+from pipeline.faults import fault_point
 from pipeline.objstore import write_bytes_atomic
 from pipeline.catalog import IndexLayout
 from pipeline.batch.plan import JobPlan
@@ -74,6 +75,7 @@ def stage_part(table: pa.Table, plan: JobPlan, layout: IndexLayout) -> StageTime
         pq.write_table(part, buf, compression="zstd")
         name = part_name(int(b), int(row[sel].min()), len(sel))
         write_bytes_atomic(parts_loc(plan, layout, int(s)).child(name), buf.getvalue())
+        fault_point("stage:after-part")
     times.write = time.perf_counter() - started
     return times
 

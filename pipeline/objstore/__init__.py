@@ -3,6 +3,7 @@
 from pipeline.objstore.fs import (
     StorageError,
     Location,
+    create_exclusive,
     exists,
     join_url,
     list_dir,
@@ -19,6 +20,7 @@ from pipeline.objstore.fs import (
 __all__ = [
     "StorageError",
     "Location",
+    "create_exclusive",
     "exists",
     "join_url",
     "list_dir",
