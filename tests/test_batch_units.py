@@ -136,3 +136,25 @@ def test_renewal_thread_keeps_a_live_lock(tmp_path):
             acquire_writer_lock(layout, "other")
     finally:
         lock.release()
+
+
+def test_shards_are_sized_at_plan_time_to_fit_the_per_shard_postings_limit(tmp_path):
+    import json
+
+    from pipeline.batch.config import IndexJobConfig
+    from pipeline.batch.plan import MAX_SHARD_POSTINGS, make_plan, max_docs_per_shard
+
+    assert max_docs_per_shard(130.0) == MAX_SHARD_POSTINGS // 260
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": f"d{i}", "text": f"t {i}"}) + "\n" for i in range(30)))
+    config = IndexJobConfig(corpus=str(corpus), output=str(tmp_path / "idx"), shard_size=1000)
+    layout = IndexLayout.at(config.output)
+    # Documents of 2^29 postings each: 3 per shard by the limit (with its safety factor of 2);
+    # byte-range chunks are cut from the mean record length, so a shard may hold a few more,
+    # never more than the limit itself (7).
+    plan, _ = make_plan(config, layout, name_unit=shard_name, postings_per_doc=lambda files: 2.0**29)
+    assert max_docs_per_shard(2.0**29) == 3
+    assert len(plan.shards) >= 10
+    from pipeline.data.corpus import read_chunk
+    sizes = [sum(1 for _ in read_chunk(sp.chunk)) for sp in plan.shards]
+    assert sum(sizes) == 30 and max(sizes) * 2**29 <= MAX_SHARD_POSTINGS

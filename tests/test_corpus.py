@@ -81,6 +81,21 @@ def test_bom_empty_documents_verbatim_ids_and_readable_reasons(tmp_path):
     assert parse_record({"_id": "x", "title": "", "text": "  "}) == ("x", "")
 
 
+def test_gzip_file_is_split_by_record_count(tmp_path):
+    plain = tmp_path / "c.jsonl"
+    _write_jsonl(plain, 100, {40: b"\n", 41: b'{"_id": "d41", "text": "bad \xff"}\n'})
+    path = tmp_path / "c.jsonl.gz"
+    path.write_bytes(gzip.compress(plain.read_bytes()))
+    files = discover(str(path))
+    chunks = plan_chunks(files, 7)
+    assert len(chunks) == 15 and chunks[0].start == 0       # 99 records (one line is blank)
+    records = _records(chunks)
+    assert [r.doc_id for r in records if r.error is None] == [f"d{i}" for i in range(100) if i not in (40, 41)]
+    bad = [r for r in records if r.error]
+    assert len(bad) == 1 and bad[0].error.source.endswith("c.jsonl.gz line 42")
+    assert describe_position(files[0], records[50].offset) == f"{path} line {52}"
+
+
 def test_blank_lines_are_not_records(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_text('{"_id": "a", "text": "x"}\n\n   \n{"_id": "b", "text": "y"}\n')

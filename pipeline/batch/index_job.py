@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pipeline.batch.commit import commit_plan, shard_record
 from pipeline.batch.config import IndexJobConfig
 from pipeline.batch.plan import JobPlan, make_plan
-from pipeline.batch.runtime import (connect_ray, encoder_settings, pending_blocks, plan_resources,
-                                    stage_pending, stage_report)
+from pipeline.batch.runtime import (connect_ray, encoder_settings, load_encoder, pending_blocks,
+                                    plan_resources, postings_estimator, stage_pending, stage_report)
 from pipeline.batch.shard_writer import committed_shards
 from pipeline.batch.staging import ShardState, scan_staging
 from pipeline.catalog import IndexLayout, WriterLock, acquire_writer_lock, shard_name
@@ -80,15 +80,18 @@ def _run(config: IndexJobConfig, layout: IndexLayout, manifest_extra: dict | Non
 
     started = time.perf_counter()
     connect_ray(config.resources.address)
-    plan, resumed = make_plan(config, layout, name_unit=shard_name)
+    placement = plan_resources(config, ray.cluster_resources())
+    encoder = load_encoder(config)
+    settings = encoder_settings(config, placement, encoder)
+    plan, resumed = make_plan(config, layout, name_unit=shard_name,
+                              postings_per_doc=postings_estimator(config, encoder))
+    del encoder
     states = scan_state(plan, layout)
     pending = pending_blocks(plan, layout, states)
     n_committed = sum(1 for st in states if st.committed)
     if resumed:
         log.info("resume: %d of %d shards committed, %d need reading", n_committed,
                  len(plan.shards), len(pending))
-    placement = plan_resources(config, ray.cluster_resources())
-    settings = encoder_settings(config, placement)
     # Discovery, planning, Ray start-up and the model fingerprint.
     timing: dict[str, float] = {"setup_s": time.perf_counter() - started}
     times = stage_pending(config, plan, layout, pending, placement, timing)

@@ -28,7 +28,7 @@ import scipy.sparse as sp
 from pipeline.batch.config import IndexJobConfig
 from pipeline.batch.dedup import check_duplicates
 from pipeline.batch.generation import count_empty, gather_rejects, new_manifest, publish
-from pipeline.batch.plan import JobPlan
+from pipeline.batch.plan import JobPlan, max_docs_per_shard
 from pipeline.batch.shard_writer import ShardResult, committed_shards, reused_shard, write_shard
 from pipeline.batch.staging import ShardState, discard_staging, read_staged_unit, staged_postings
 from pipeline.batch.reindex_diff import Diff, ReindexError, resolve_claims, route_units
@@ -180,7 +180,10 @@ def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, b
     diff = resolve_claims(base, routes)
     changes = [BaseShardChange(i, e.name, e.n_docs, f.n_kept, f.n_changed)
                for i, (e, f) in enumerate(zip(base.shards, diff.fates))]
-    outputs = plan_output_shards(changes, len(diff.added), config.shard_size, plan.generation,
+    # Per-shard limit from the base generation's own postings per document (checked before
+    # any shard is written, not found when one overflows).
+    shard_size = min(config.shard_size, max_docs_per_shard(base.nnz / max(1, base.n_docs)))
+    outputs = plan_output_shards(changes, len(diff.added), shard_size, plan.generation,
                                  rebuild_all)
     timing["diff_s"] = time.perf_counter() - started
     kinds = [o.kind for o in outputs]

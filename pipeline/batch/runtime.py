@@ -72,21 +72,46 @@ def connect_ray(address: str | None) -> None:
     ray.init(address=address, ignore_reinit_error=True, configure_logging=False)
 
 
-def encoder_settings(config: IndexJobConfig, placement: Placement | None = None) -> dict:
+def load_encoder(config: IndexJobConfig):
+    """The job's encoder, on the driver's CPU (settings, plan-time estimates)."""
+    from pipeline.encode import SpladeEncoder
+
+    opts = config.encoder
+    return SpladeEncoder(opts.model, device="cpu", max_length=opts.max_length,
+                         query_max_length=opts.query_max_length, dtype=opts.dtype,
+                         batch_size=opts.batch_size, top_k=opts.top_k, threshold=opts.threshold)
+
+
+SAMPLE_DOCS = 32
+"""Documents encoded on the driver at plan time to estimate postings per document: one
+encoder batch (a few seconds on a CPU), enough for the mean within a few percent."""
+
+
+def postings_estimator(config: IndexJobConfig, encoder):
+    """`make_plan`'s estimate: mean postings per document of the corpus's first documents."""
+    from pipeline.data.corpus import sample_texts
+
+    def estimate(files) -> float | None:
+        fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
+        texts = sample_texts(files, fields, SAMPLE_DOCS, config.storage_options)
+        return encoder.encode(texts).nnz / len(texts) if texts else None
+
+    return estimate
+
+
+def encoder_settings(config: IndexJobConfig, placement: Placement | None = None,
+                     encoder=None) -> dict:
     """What the encoder actors' vectors are (model fingerprint, lengths, pruning, dtype).
 
-    The model is loaded here on the CPU; the dtype recorded is the one the actors resolve on
-    their device ("auto" is bfloat16 on GPU actors, float32 on CPU ones).
+    The model is loaded here on the CPU unless given; the dtype recorded is the one the
+    actors resolve on their device ("auto" is bfloat16 on GPU actors, float32 on CPU ones).
     """
     import torch
 
-    from pipeline.encode import SpladeEncoder
     from pipeline.encode.config import dtype_name, resolve_dtype
 
     opts = config.encoder
-    encoder = SpladeEncoder(opts.model, device="cpu", max_length=opts.max_length,
-                            query_max_length=opts.query_max_length, dtype=opts.dtype,
-                            batch_size=opts.batch_size, top_k=opts.top_k, threshold=opts.threshold)
+    encoder = encoder or load_encoder(config)
     settings = encoder.settings()
     # The settings describe what the vectors are, not where they were computed.
     settings.pop("device", None)

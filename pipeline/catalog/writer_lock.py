@@ -11,7 +11,9 @@ growing past its width). The record with the highest n is the lock:
   other looks again and finds it held.
 * renew: the holder rewrites its own record with a later expiry, from a background thread
   every `ttl_s / 3`. A record nobody renews (its run died) expires after `ttl_s`, and the
-  next run takes over by creating the next record.
+  next run takes over by creating the next record. A holder on this very host whose process
+  is gone (no such pid, or a pid started after the record) is dead for sure: its record is
+  taken over at once, so re-running a killed command on the same machine needs no wait.
 * fence: before every step that makes something visible (manifest, CURRENT) and before
   garbage collection deletes anything, the holder checks that its record is still the
   highest and has at least `ttl_s / 3` left; if not, it stops without committing.
@@ -84,8 +86,30 @@ def describe(record: dict) -> str:
             f"started {started.isoformat(timespec='seconds')}")
 
 
+def _process_gone(record: dict) -> bool:
+    """The holder ran on this host and its process no longer exists."""
+    if record.get("host") != socket.gethostname() or not isinstance(record.get("pid"), int):
+        return False
+    try:
+        import psutil
+
+        proc = psutil.Process(record["pid"])
+        return proc.create_time() > float(record.get("started_at", 0)) + 1.0  # pid reused
+    except ImportError:
+        try:
+            os.kill(record["pid"], 0)
+            return False
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess and friends: the process is gone
+        return True
+
+
 def _held(record: dict | None, now: float) -> bool:
-    return record is not None and not record.get("released") and now < float(record.get("expires_at", 0))
+    return (record is not None and not record.get("released")
+            and now < float(record.get("expires_at", 0)) and not _process_gone(record))
 
 
 @dataclass
