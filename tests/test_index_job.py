@@ -153,6 +153,11 @@ def test_bad_record_fails_fast_naming_file_and_line(ray_local, tmp_path):
                          env=_env(), timeout=300)
     assert out.returncode == 1
     assert "error: bad record:" in out.stderr and "c.jsonl line 4" in out.stderr
+    # One line says it all: no traceback, no Ray retry advice (those come with -v).
+    errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: bad record: "), out.stderr[-3000:]
+    assert "invalid UTF-8 at byte" in errors[0]
+    assert "Traceback" not in out.stderr and "DataContext" not in out.stderr, out.stderr[-3000:]
 
 
 def test_duplicate_ids_fail_naming_both_records(ray_local, tmp_path):

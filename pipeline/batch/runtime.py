@@ -69,7 +69,13 @@ def connect_ray(address: str | None) -> None:
         return
     if address is None and not os.environ.get("RAY_ADDRESS"):
         log.info("starting a local Ray instance (pass --address to use a cluster)")
-    ray.init(address=address, ignore_reinit_error=True, configure_logging=False)
+    # Workers' own output (tracebacks of a failed task, Ray's retry advice) reaches the
+    # driver only with debug logging (`lsr -v`): the job reports what stopped it itself.
+    verbose = log.isEnabledFor(logging.DEBUG)
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    ray.init(address=address, ignore_reinit_error=True, configure_logging=False,
+             log_to_driver=verbose)
 
 
 def load_encoder(config: IndexJobConfig):
@@ -208,7 +214,9 @@ def user_error(exc: BaseException) -> BaseException | None:
             continue
         seen.add(id(e))
         if isinstance(e, BadRecordError) and not isinstance(e, RayError):
-            return e
+            # Ray Data appends its retry advice to the task's message: keep our line only.
+            message = str(e.args[0] if e.args else e).split("\n", 1)[0]
+            return BadRecordError(message)
         # RayTaskError keeps the exception the task raised in `.cause`.
         stack.extend([e.__context__, e.__cause__, getattr(e, "cause", None)])
     return None

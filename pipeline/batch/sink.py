@@ -110,5 +110,7 @@ class StagingSink(Datasink[StageTimes]):
         self.staged = total
 
     def on_write_failed(self, error: Exception) -> None:
-        log.error("staging failed: %s; staged work is kept for resume under %s",
-                  error, self._layout.staging(self._plan.plan_id).url)
+        # The job re-raises the error (a bad record as one line); Ray's own text is for -v.
+        log.info("staging stopped; staged work is kept for resume under %s",
+                 self._layout.staging(self._plan.plan_id).url)
+        log.debug("staging failed: %s", error)
