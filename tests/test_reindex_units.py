@@ -320,25 +320,43 @@ def test_gc_refuses_an_unreadable_lease(history):
 
 
 # --------------------------------------------------------------------------- resume
-def test_parts_of_unfinished_read_blocks_are_discarded_before_a_resume(tmp_path):
-    """A crashed attempt staged half of read block 1; the next attempt may cut that block into
-    other parts, so its old parts go (block 0, complete, stays)."""
-    from pipeline.data.corpus import Chunk, CorpusFile
+def test_parts_of_unfinished_read_blocks_are_kept_and_only_missing_rows_are_read_again(tmp_path):
+    """A crashed attempt staged block 0 whole and part of block 1 (plus a part overlapping it,
+    as a retried task may leave): block 0 is done, block 1 keeps its first part, the overlapping
+    one goes, and a resumed read yields only block 1's rows no kept part holds."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.batch.datasource import UnitResume, read_shard
     from pipeline.batch.plan import JobPlan, ShardPlan
-    from pipeline.batch.staging import (discard_unfinished_blocks, part_name, parts_loc, read_loc,
-                                        scan_staging)
+    from pipeline.batch.staging import parts_loc, part_name, read_loc, scan_staging, settle_unfinished_blocks
+    from pipeline.data.corpus import Chunk, CorpusFile
+    from pipeline.data.records import FieldMap
     from pipeline.objstore import write_bytes_atomic
 
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(f'{{"_id": "d{i}", "text": "t {i}"}}\n' for i in range(7)))
     layout = IndexLayout.at(str(tmp_path / "idx"))
-    chunk = Chunk(CorpusFile(str(tmp_path / "c.jsonl"), "jsonl", 100, "v1"), 0, 100)
+    chunk = Chunk(CorpusFile(str(corpus), "jsonl", corpus.stat().st_size, "v1"), 0, corpus.stat().st_size)
     plan = JobPlan("plan1", 2, 1, "f", [chunk.file], [ShardPlan(0, None, chunk)], block_rows=4)
-    for seq, first, n in [(0, 0, 2), (0, 2, 2), (1, 4, 2)]:
-        write_bytes_atomic(parts_loc(plan, layout, 0).child(part_name(seq, first, n)), b"staged")
+
+    def part(seq, rows):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"row": pa.array(rows, pa.int64())}), buf)
+        write_bytes_atomic(parts_loc(plan, layout, 0).child(part_name(seq, rows[0], len(rows))), buf.getvalue())
+
+    part(0, [0, 1]), part(0, [2, 3]), part(1, [4]), part(1, [4, 5])     # the last overlaps
     write_json_atomic(read_loc(plan, layout, 0), {"shard": 0, "n_records": 7, "n_valid": 7,
                                                   "n_rejected": 0, "block_rows": 4})
     states = scan_staging(plan, layout)
     assert states[0].done_blocks(4) == {0} and states[0].committed is None
-    assert discard_unfinished_blocks(plan, layout, states) == 1
+    assert settle_unfinished_blocks(plan, layout, states) == 1
     left = sorted(p.name for p in (tmp_path / "idx" / "staging" / "plan1" / "parts" / "s00000").iterdir())
-    assert left == [part_name(0, 0, 2), part_name(0, 2, 2)]
-    assert scan_staging(plan, layout)[0].covered_rows == {0: 4}
+    assert left == [part_name(0, 0, 2), part_name(0, 2, 2), part_name(1, 4, 1)]
+    assert states[0].staged_rows == {1: frozenset({4})} and states[0].covered_rows == {0: 4, 1: 1}
+    resume = UnitResume(frozenset(states[0].done_blocks(4)), states[0].staged_rows)
+    blocks = list(read_shard(plan, layout, 0, resume, FieldMap(), "fail", {}))
+    assert [b.column("row").to_pylist() for b in blocks] == [[5, 6]]
+    assert [b.column("doc_id").to_pylist() for b in blocks] == [["d5", "d6"]]

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipeline.batch.config import IndexJobConfig
-from pipeline.batch.datasource import BadRecordError, CorpusDatasource
+from pipeline.batch.datasource import BadRecordError, CorpusDatasource, UnitResume
 from pipeline.batch.plan import JobPlan
 from pipeline.batch.sink import StageTimes, StagingSink
 from pipeline.batch.stages import EncodeActor, tokenize_batch
-from pipeline.batch.staging import ShardState, discard_unfinished_blocks
+from pipeline.batch.staging import ShardState, settle_unfinished_blocks
 from pipeline.catalog import IndexLayout
 from pipeline.data.records import FieldMap
 from pipeline.faults import DRIVER_PID_ENV
@@ -126,10 +126,12 @@ def encoder_settings(config: IndexJobConfig, placement: Placement | None = None,
     return settings
 
 
-def pending_blocks(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> dict[int, set[int]]:
-    """Units still to read, each with its read blocks already done (the rest are discarded)."""
-    discard_unfinished_blocks(plan, layout, states)
-    return {s: state.done_blocks(plan.block_rows) for s, state in enumerate(states)
+def pending_blocks(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> dict[int, UnitResume]:
+    """Units still to read, each with what is staged already: read blocks done, and the rows
+    kept of unfinished blocks."""
+    settle_unfinished_blocks(plan, layout, states)
+    return {s: UnitResume(frozenset(state.done_blocks(plan.block_rows)), dict(state.staged_rows))
+            for s, state in enumerate(states)
             if state.committed is None and not state.fully_staged(plan.block_rows)}
 
 
@@ -138,7 +140,7 @@ ExtraStage = tuple[Callable[..., Any], dict[str, Any]]
 
 
 def stage_pending(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
-                  pending: dict[int, set[int]], placement: Placement, timing: dict[str, float],
+                  pending: dict[int, UnitResume], placement: Placement, timing: dict[str, float],
                   before_tokenize: ExtraStage | None = None) -> StageTimes:
     """Read the pending blocks, tokenize, encode and stage them; returns the stage times.
 
