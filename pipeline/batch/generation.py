@@ -8,7 +8,7 @@ import logging
 from dataclasses import asdict
 
 from pipeline.batch.config import IndexJobConfig
-from pipeline.batch.dedup import Duplicate, record_position
+from pipeline.batch.dedup import Duplicate, record_positions
 from pipeline.batch.plan import JobPlan
 from pipeline.batch.staging import ShardState, discard_staging, read_loc, rejects_loc
 from pipeline.catalog import IndexLayout, Manifest, ShardEntry, commit_generation
@@ -97,10 +97,11 @@ def gather_rejects(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, d
                 lines.append(line)
                 reason = json.loads(line)["reason"].split(" (")[0]
                 by_reason[reason] = by_reason.get(reason, 0) + 1
+    where = record_positions(config, plan, layout, states,
+                             [p for d in dups for p in ((d.shard, d.row), (d.first_shard, d.first_row))])
     for d in dups:
-        first = record_position(config, plan, layout, states, d.first_shard, d.first_row)
-        lines.append(json.dumps({"source": record_position(config, plan, layout, states, d.shard, d.row),
-                                 "doc_id": d.doc_id, "reason": f"duplicate id (first at {first})"}))
+        lines.append(json.dumps({"source": where[(d.shard, d.row)], "doc_id": d.doc_id,
+                                 "reason": f"duplicate id (first at {where[(d.first_shard, d.first_row)]})"}))
         by_reason["duplicate id"] = by_reason.get("duplicate id", 0) + 1
     if lines and write:
         write_bytes_atomic(layout.rejects(plan.generation).child("rejects.jsonl"),

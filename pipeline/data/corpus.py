@@ -235,6 +235,32 @@ def line_number(url: str, offset: int, storage_options: dict | None = None) -> i
     return count
 
 
+def line_numbers(url: str, offsets: list[int], storage_options: dict | None = None) -> dict[int, int]:
+    """1-based line numbers of many byte offsets of one (possibly gzip) JSONL file, in one pass."""
+    loc = resolve(url, storage_options)
+    out: dict[int, int] = {}
+    count, seen = 1, 0
+    with loc.fs.open(loc.path, "rb") as raw:
+        stream = gzip.open(raw) if url.endswith(".gz") else raw
+        for offset in sorted(set(offsets)):
+            while seen < offset:
+                block = stream.read(min(1 << 22, offset - seen))
+                if not block:
+                    break
+                count += block.count(b"\n")
+                seen += len(block)
+            out[offset] = count
+    return out
+
+
+def describe_positions(file: CorpusFile, offsets: list[int],
+                       storage_options: dict | None = None) -> dict[int, str]:
+    """`describe_position` of many offsets of one file, reading it once."""
+    if file.format != "jsonl":
+        return {o: f"{file.url} row {o + 1}" for o in offsets}
+    return {o: f"{file.url} line {n}" for o, n in line_numbers(file.url, offsets, storage_options).items()}
+
+
 def describe_position(file: CorpusFile, offset: int, storage_options: dict | None = None) -> str:
     if file.format == "jsonl":
         return f"{file.url} line {line_number(file.url, offset, storage_options)}"
