@@ -158,3 +158,19 @@ def test_shards_are_sized_at_plan_time_to_fit_the_per_shard_postings_limit(tmp_p
     from pipeline.data.corpus import read_chunk
     sizes = [sum(1 for _ in read_chunk(sp.chunk)) for sp in plan.shards]
     assert sum(sizes) == 30 and max(sizes) * 2**29 <= MAX_SHARD_POSTINGS
+
+
+def test_evaluation_encodes_an_empty_document_as_an_empty_vector():
+    from pipeline.evaluate.runner import encode_documents
+
+    class Fake:
+        def encode(self, texts):
+            return sp.csr_matrix(np.asarray([[len(t), 1.0, 0.0] for t in texts], np.float32))
+
+        def settings(self):
+            return {"vocab_size": 3}
+
+    vectors = encode_documents(Fake(), ["ab", "", "abcd", ""])
+    assert vectors.shape == (4, 3) and vectors.getrow(1).nnz == 0 and vectors.getrow(3).nnz == 0
+    assert vectors.toarray()[[0, 2]].tolist() == [[2.0, 1.0, 0.0], [4.0, 1.0, 0.0]]
+    assert encode_documents(Fake(), ["", ""]).nnz == 0
