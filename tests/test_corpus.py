@@ -47,7 +47,7 @@ def test_bad_records_are_named_by_file_and_line(tmp_path):
         20: b'{"_id": "y", "text": \n',
         30: b'{"text": "no id"}\n',
         40: b'{"_id": "z", "text": 12}\n',
-        50: b'{"_id": "e", "title": "", "text": "   "}\n',
+        50: b'{"_id": " e", "title": "t", "text": "x"}\n',
         60: b'["not", "an", "object"]\n',
         70: b'{"_id": "s", "text": "lone \\ud800 surrogate"}\n',
     }
@@ -59,10 +59,41 @@ def test_bad_records_are_named_by_file_and_line(tmp_path):
     assert "not valid JSON" in errors[21]
     assert "missing id" in errors[31]
     assert "must be a string" in errors[41]
-    assert "empty text" in errors[51]
+    assert "id ' e' has leading or trailing whitespace" in errors[51]
     assert "JSON object" in errors[61]
     assert "not valid Unicode" in errors[71]
     assert len([r for r in records if r.error is None]) == 93
+
+
+def test_bom_empty_documents_verbatim_ids_and_readable_reasons(tmp_path):
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"_id": "a", "text": "x"}\n'          # a BOM at file start is fine
+                     b'{"_id": "e", "title": " ", "text": ""}\n'          # an empty document
+                     b'{"_id": "c", "text": "tab\there"}\n'               # a raw control character
+                     b'{"_id": "d ", "text": "y"}\n'
+                     b'\xef\xbb\xbf{"_id": "f", "text": "z"}\n')        # a BOM elsewhere is not
+    records = _records(plan_chunks(discover(str(path)), 10))
+    assert [(r.doc_id, r.text) for r in records[:2]] == [("a", "x"), ("e", "")]
+    reasons = {r.error.source.rsplit(" ", 2)[-1]: r.error.reason for r in records if r.error}
+    assert reasons["3"] == "not valid JSON (Invalid control character at column 26)"
+    assert "'d ' has leading or trailing whitespace" in reasons["4"]
+    assert reasons["5"].startswith("not valid JSON (Unexpected UTF-8 BOM") or "column 1" in reasons["5"]
+    assert parse_record({"_id": "x", "title": "", "text": "  "}) == ("x", "")
+
+
+def test_gzip_file_is_split_by_record_count(tmp_path):
+    plain = tmp_path / "c.jsonl"
+    _write_jsonl(plain, 100, {40: b"\n", 41: b'{"_id": "d41", "text": "bad \xff"}\n'})
+    path = tmp_path / "c.jsonl.gz"
+    path.write_bytes(gzip.compress(plain.read_bytes()))
+    files = discover(str(path))
+    chunks = plan_chunks(files, 7)
+    assert len(chunks) == 15 and chunks[0].start == 0       # 99 records (one line is blank)
+    records = _records(chunks)
+    assert [r.doc_id for r in records if r.error is None] == [f"d{i}" for i in range(100) if i not in (40, 41)]
+    bad = [r for r in records if r.error]
+    assert len(bad) == 1 and bad[0].error.source.endswith("c.jsonl.gz line 42")
+    assert describe_position(files[0], records[50].offset) == f"{path} line {52}"
 
 
 def test_blank_lines_are_not_records(tmp_path):

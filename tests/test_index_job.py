@@ -64,7 +64,7 @@ def test_scifact_job_equals_exact_search_over_reference_encodings(scifact_index,
 
     index = ShardedIndex.open(str(root))
     manifest = index.manifest
-    assert manifest.counts == {"docs_in": 5183, "docs_indexed": 5183, "docs_rejected": 0}
+    assert manifest.counts == {"docs_in": 5183, "docs_indexed": 5183, "docs_rejected": 0, "docs_empty": 0}
     assert sum(s.n_docs for s in manifest.shards) == 5183
     assert manifest.encoder["fingerprint"] == tiny_encoder().settings()["fingerprint"]
 
@@ -153,6 +153,11 @@ def test_bad_record_fails_fast_naming_file_and_line(ray_local, tmp_path):
                          env=_env(), timeout=300)
     assert out.returncode == 1
     assert "error: bad record:" in out.stderr and "c.jsonl line 4" in out.stderr
+    # One line says it all: no traceback, no Ray retry advice (those come with -v).
+    errors = [line for line in out.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith("error: bad record: "), out.stderr[-3000:]
+    assert "invalid UTF-8 at byte" in errors[0]
+    assert "Traceback" not in out.stderr and "DataContext" not in out.stderr, out.stderr[-3000:]
 
 
 def test_duplicate_ids_fail_naming_both_records(ray_local, tmp_path):
@@ -170,16 +175,24 @@ def test_skip_policy_writes_every_rejected_record_and_accounts_for_all(ray_local
     corpus = _bad_corpus(tmp_path / "c.jsonl")
     summary = run_index_job(IndexJobConfig(corpus=str(corpus), output=str(tmp_path / "idx"), index_kind="exact",
                                            on_bad_record="skip", shard_size=12))
-    assert summary.docs_in == 40 and summary.docs_rejected == 6 and summary.docs_indexed == 34
+    # Line 15 (blank title and text) is an empty document: indexed, counted, not rejected.
+    assert summary.docs_in == 40 and summary.docs_rejected == 5 and summary.docs_indexed == 35
+    assert summary.docs_empty == 1
     rejects = [json.loads(line) for line in open(tmp_path / "idx" / "rejects" / "g000001" / "rejects.jsonl")]
     reasons = sorted(r["reason"].split(" (")[0] for r in rejects)
     expected = sorted(["invalid UTF-8", "not valid JSON", "missing id", "field 'text' must be a string",
-                       "empty text", "duplicate id"])
-    assert len(reasons) == 6 and all(r.startswith(e) for r, e in zip(reasons, expected)), reasons
+                       "duplicate id"])
+    assert len(reasons) == 5 and all(r.startswith(e) for r, e in zip(reasons, expected)), reasons
+    # Every reject names its file and line, duplicates included.
+    by_reason = {r["reason"].split(" (")[0]: r for r in rejects}
+    assert by_reason["duplicate id"]["source"].endswith("c.jsonl line 18"), by_reason["duplicate id"]
+    assert "c.jsonl line 8" in by_reason["duplicate id"]["reason"]
     manifest = read_manifest(IndexLayout.at(str(tmp_path / "idx")))
     assert manifest.counts["docs_in"] == manifest.counts["docs_indexed"] + manifest.counts["docs_rejected"]
-    ids, _ = _stored_vectors(str(tmp_path / "idx"))
-    assert "d7" in ids and ids.count("d7") == 1 and len(ids) == 34
+    assert manifest.counts["docs_empty"] == 1
+    ids, vectors = _stored_vectors(str(tmp_path / "idx"))
+    assert "d7" in ids and ids.count("d7") == 1 and len(ids) == 35
+    assert vectors[ids.index("e")].nnz == 0
     # The kept d7 is the first one (its own text), not the duplicate's.
     index = ShardedIndex.open(str(tmp_path / "idx"))
     top = index.search(["about topic number 7 and more"], k=1, exact=True)[0][0]

@@ -79,17 +79,42 @@ def test_rebuild_all_rebuilds_every_kept_shard():
 
 
 # --------------------------------------------------------------------------- claims
-def _table(hashes, fingerprints, shards, rows):
-    order = np.argsort(np.asarray(hashes, np.uint64))
-    return BaseTable(np.asarray(hashes, np.uint64)[order], np.asarray(fingerprints, np.uint64)[order],
+def _table(keys, fingerprints, shards, rows):
+    keys = np.asarray(keys, np.uint64).reshape(-1, 2)
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    return BaseTable(keys[order, 0], keys[order, 1], np.asarray(fingerprints, np.uint64)[order],
                      np.asarray(shards, np.int32)[order], np.asarray(rows, np.int64)[order])
 
 
-def test_base_table_lookup():
-    table = _table([50, 10, 30], [1, 2, 3], [0, 0, 1], [0, 1, 0])
-    assert table.lookup(np.asarray([10, 20, 30, 50, 60], np.uint64)).tolist() == [0, -1, 1, 2, -1]
+def test_base_table_lookup_tells_apart_ids_whose_first_64_bits_collide():
+    table = _table([(50, 1), (10, 7), (30, 2), (10, 3)], [1, 2, 3, 4], [0, 0, 1, 1], [0, 1, 0, 1])
+    queries = np.asarray([(10, 3), (10, 7), (10, 5), (20, 0), (30, 2), (50, 1), (60, 0)], np.uint64)
+    assert table.lookup(queries).tolist() == [0, 1, -1, -1, 2, 3, -1]
     empty = _table([], [], [], [])
-    assert empty.lookup(np.asarray([1], np.uint64)).tolist() == [-1]
+    assert empty.lookup(np.asarray([(1, 1)], np.uint64)).tolist() == [-1]
+
+
+def test_forced_id_hash_collisions_never_confuse_documents(monkeypatch):
+    """With the first hash word cut to 1 bit every id collides with half the others there;
+    classification must still find each document's own base slot, and new ids none."""
+    import pyarrow as pa
+
+    from pipeline.batch.reindex_diff import TEST_HASH_BITS_ENV, classify_batch, id_keys
+    from pipeline.format.postings import fingerprint_texts
+
+    monkeypatch.setenv(TEST_HASH_BITS_ENV, "1")
+    base_ids = [f"doc-{i}" for i in range(200)]
+    texts = [f"text {i}" for i in range(200)]
+    keys = id_keys(base_ids)
+    assert len(np.unique(keys[:, 0])) <= 2       # the collisions are really there
+    table = _table(keys, fingerprint_texts(texts), np.zeros(200), np.arange(200))
+    new_ids = base_ids[::-1] + ["new-1", "new-2"]
+    new_texts = texts[::-1][:-1] + ["changed"] + ["x", "y"]
+    out = classify_batch(pa.table({"doc_id": new_ids, "text": new_texts}), table)
+    rows = out.column("base_row").to_pylist()
+    assert rows[:200] == list(range(199, -1, -1)) and rows[200:] == [-1, -1]
+    unchanged = [t is None for t in out.column("text").to_pylist()]
+    assert unchanged == [True] * 199 + [False] * 3
 
 
 def _manifest(shard_sizes, generation=1):
@@ -295,25 +320,43 @@ def test_gc_refuses_an_unreadable_lease(history):
 
 
 # --------------------------------------------------------------------------- resume
-def test_parts_of_unfinished_read_blocks_are_discarded_before_a_resume(tmp_path):
-    """A crashed attempt staged half of read block 1; the next attempt may cut that block into
-    other parts, so its old parts go (block 0, complete, stays)."""
-    from pipeline.data.corpus import Chunk, CorpusFile
+def test_parts_of_unfinished_read_blocks_are_kept_and_only_missing_rows_are_read_again(tmp_path):
+    """A crashed attempt staged block 0 whole and part of block 1 (plus a part overlapping it,
+    as a retried task may leave): block 0 is done, block 1 keeps its first part, the overlapping
+    one goes, and a resumed read yields only block 1's rows no kept part holds."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.batch.datasource import UnitResume, read_shard
     from pipeline.batch.plan import JobPlan, ShardPlan
-    from pipeline.batch.staging import (discard_unfinished_blocks, part_name, parts_loc, read_loc,
-                                        scan_staging)
+    from pipeline.batch.staging import parts_loc, part_name, read_loc, scan_staging, settle_unfinished_blocks
+    from pipeline.data.corpus import Chunk, CorpusFile
+    from pipeline.data.records import FieldMap
     from pipeline.objstore import write_bytes_atomic
 
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(f'{{"_id": "d{i}", "text": "t {i}"}}\n' for i in range(7)))
     layout = IndexLayout.at(str(tmp_path / "idx"))
-    chunk = Chunk(CorpusFile(str(tmp_path / "c.jsonl"), "jsonl", 100, "v1"), 0, 100)
+    chunk = Chunk(CorpusFile(str(corpus), "jsonl", corpus.stat().st_size, "v1"), 0, corpus.stat().st_size)
     plan = JobPlan("plan1", 2, 1, "f", [chunk.file], [ShardPlan(0, None, chunk)], block_rows=4)
-    for seq, first, n in [(0, 0, 2), (0, 2, 2), (1, 4, 2)]:
-        write_bytes_atomic(parts_loc(plan, layout, 0).child(part_name(seq, first, n)), b"staged")
+
+    def part(seq, rows):
+        buf = io.BytesIO()
+        pq.write_table(pa.table({"row": pa.array(rows, pa.int64())}), buf)
+        write_bytes_atomic(parts_loc(plan, layout, 0).child(part_name(seq, rows[0], len(rows))), buf.getvalue())
+
+    part(0, [0, 1]), part(0, [2, 3]), part(1, [4]), part(1, [4, 5])     # the last overlaps
     write_json_atomic(read_loc(plan, layout, 0), {"shard": 0, "n_records": 7, "n_valid": 7,
                                                   "n_rejected": 0, "block_rows": 4})
     states = scan_staging(plan, layout)
     assert states[0].done_blocks(4) == {0} and states[0].committed is None
-    assert discard_unfinished_blocks(plan, layout, states) == 1
+    assert settle_unfinished_blocks(plan, layout, states) == 1
     left = sorted(p.name for p in (tmp_path / "idx" / "staging" / "plan1" / "parts" / "s00000").iterdir())
-    assert left == [part_name(0, 0, 2), part_name(0, 2, 2)]
-    assert scan_staging(plan, layout)[0].covered_rows == {0: 4}
+    assert left == [part_name(0, 0, 2), part_name(0, 2, 2), part_name(1, 4, 1)]
+    assert states[0].staged_rows == {1: frozenset({4})} and states[0].covered_rows == {0: 4, 1: 1}
+    resume = UnitResume(frozenset(states[0].done_blocks(4)), states[0].staged_rows)
+    blocks = list(read_shard(plan, layout, 0, resume, FieldMap(), "fail", {}))
+    assert [b.column("row").to_pylist() for b in blocks] == [[5, 6]]
+    assert [b.column("doc_id").to_pylist() for b in blocks] == [["d5", "d6"]]

@@ -21,11 +21,11 @@ import ray
 
 from pipeline.batch.config import IndexJobConfig
 from pipeline.batch.dedup import check_duplicates
-from pipeline.batch.generation import gather_rejects, new_manifest, publish
+from pipeline.batch.generation import count_empty, gather_rejects, new_manifest, publish
 from pipeline.batch.plan import JobPlan
 from pipeline.batch.shard_writer import ShardResult, reused_shard, write_shard
 from pipeline.batch.staging import ShardState, read_staged_unit, staged_postings
-from pipeline.catalog import IndexLayout, Manifest
+from pipeline.catalog import IndexLayout, Manifest, WriterLock
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class CommitResult:
 
 
 def commit_plan(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, states: list[ShardState],
-                encoder_settings: dict, timing: dict, build_threads: int,
+                encoder_settings: dict, timing: dict, build_threads: int, lock: WriterLock,
                 manifest_extra: dict | None = None) -> CommitResult:
     """Steps 1-4 of the module docstring. Returns the committed manifest."""
     started = time.perf_counter()
@@ -92,8 +92,10 @@ def commit_plan(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, stat
 
     shards = [results[s].entry for s in sorted(results) if results[s].entry is not None]
     counts = gather_rejects(config, plan, layout, dups, sum(e.n_docs for e in shards), states)
+    counts["docs_empty"] = count_empty(layout, shards, {
+        r.entry.name: int(r.stats.get("empty_docs", 0)) for r in results.values() if r.entry})
     manifest = new_manifest(config, plan, shards, encoder_settings, counts, timing, manifest_extra)
-    publish(layout, plan, manifest)
+    publish(layout, plan, manifest, lock)
     return CommitResult(manifest=manifest, shards_reused=sum(r.reused for r in results.values()),
                         build_s=sum(r.build_s for r in results.values()),
                         assemble_write_s=sum(r.write_s for r in results.values()),

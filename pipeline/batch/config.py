@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
+from pipeline.catalog.writer_lock import LOCK_TTL_S
 from pipeline.data.corpus import FORMATS
 
 INDEX_KINDS = ("blocked", "exact")
@@ -83,6 +84,7 @@ class IndexJobConfig:
     on_bad_record: str = "fail"
     keep_generations: int = KEEP_GENERATIONS
     gc_min_age_s: float = GC_MIN_AGE_S          # staging and uncommitted shards idle this long are removed
+    lock_ttl_s: float = LOCK_TTL_S               # writer lock lifetime without renewal
     storage_options: dict[str, Any] = field(default_factory=dict)
     encoder: EncoderOptions = field(default_factory=EncoderOptions)
     resources: ResourceOptions = field(default_factory=ResourceOptions)
@@ -103,10 +105,12 @@ class IndexJobConfig:
             raise ValueError(f"keep_generations must be >= 1, got {self.keep_generations}")
         if self.gc_min_age_s < 0:
             raise ValueError(f"gc_min_age_s must be >= 0, got {self.gc_min_age_s}")
+        if self.lock_ttl_s <= 0:
+            raise ValueError(f"lock_ttl_s must be > 0, got {self.lock_ttl_s}")
 
     def output_fingerprint(self) -> str:
         """Hash of every setting that changes what the job writes (not how fast)."""
         relevant = {k: v for k, v in asdict(self).items()
                     if k not in ("resources", "storage_options", "keep_generations", "gc_min_age_s",
-                                 "output")}
+                                 "lock_ttl_s", "output")}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()

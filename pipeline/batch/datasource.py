@@ -1,8 +1,8 @@
 """Ray Data source: the pending shards of a plan, read strictly, in read blocks.
 
 One read task per pending shard. It parses its chunk in corpus order, cuts the valid
-records into read blocks of `block_rows`, and yields the blocks that earlier attempts
-did not finish. Bad records fail the task (policy "fail") or go to the shard's rejects
+records into read blocks of `block_rows`, and yields what earlier attempts did not stage:
+blocks not done, and of a block partly staged only its rows no kept part holds. Bad records fail the task (policy "fail") or go to the shard's rejects
 file (policy "skip"). At the end it writes the shard's read summary, which tells the
 commit step how many rows the shard must have.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import pyarrow as pa
@@ -39,12 +40,27 @@ class BadRecordError(UserError, RuntimeError):
     """The job met a bad record under the "fail" policy. The message names file and record."""
 
 
-def _block(shard: int, seq: int, first_row: int, records, seconds: float) -> pa.Table:
+@dataclass(frozen=True)
+class UnitResume:
+    """What earlier attempts staged of one unit: read blocks done, and per unfinished block
+    the rows its kept parts hold."""
+
+    done: frozenset[int] = frozenset()
+    staged_rows: dict[int, frozenset[int]] = field(default_factory=dict)
+
+
+def _block(shard: int, seq: int, first_row: int, records, seconds: float,
+           skip: frozenset[int] = frozenset()) -> pa.Table | None:
+    rows = [first_row + i for i in range(len(records)) if first_row + i not in skip]
+    if skip:
+        records = [r for i, r in enumerate(records) if first_row + i not in skip]
     n = len(records)
+    if n == 0:
+        return None
     return pa.table({
         "shard": pa.array([shard] * n, pa.int32()),
         "seq": pa.array([seq] * n, pa.int32()),
-        "row": pa.array(range(first_row, first_row + n), pa.int64()),
+        "row": pa.array(rows, pa.int64()),
         "doc_id": pa.array([r.doc_id for r in records], pa.string()),
         "text": pa.array([r.text for r in records], pa.string()),
         "offset": pa.array([r.offset for r in records], pa.int64()),
@@ -52,9 +68,17 @@ def _block(shard: int, seq: int, first_row: int, records, seconds: float) -> pa.
     }, schema=READ_SCHEMA)
 
 
-def read_shard(plan: JobPlan, layout: IndexLayout, shard: int, done_blocks: set[int],
+def read_shard(plan: JobPlan, layout: IndexLayout, shard: int, resume: UnitResume,
                fields: FieldMap, on_bad_record: str, storage_options: dict) -> Iterator[pa.Table]:
-    """Yield the unfinished read blocks of one shard; write its rejects and read summary."""
+    """Yield the rows of one shard not staged yet, by read block; write its rejects and read
+    summary."""
+
+    def emit(seq: int, records, seconds: float) -> pa.Table | None:
+        if seq in resume.done:
+            return None
+        return _block(shard, seq, seq * block_rows, records, seconds,
+                      resume.staged_rows.get(seq, frozenset()))
+
     sp = plan.shards[shard]
     block_rows = plan.block_rows
     pending: list = []
@@ -74,11 +98,14 @@ def read_shard(plan: JobPlan, layout: IndexLayout, shard: int, done_blocks: set[
         n_valid += 1
         pending.append(record)
         if len(pending) == block_rows:
-            if seq not in done_blocks:
-                yield _block(shard, seq, seq * block_rows, pending, time.perf_counter() - started)
+            block = emit(seq, pending, time.perf_counter() - started)
+            if block is not None:
+                yield block
             pending, seq, started = [], seq + 1, time.perf_counter()
-    if pending and seq not in done_blocks:
-        yield _block(shard, seq, seq * block_rows, pending, time.perf_counter() - started)
+    if pending:
+        block = emit(seq, pending, time.perf_counter() - started)
+        if block is not None:
+            yield block
     if rejects:
         write_bytes_atomic(rejects_loc(plan, layout, shard),
                            "".join(json.dumps(r) + "\n" for r in rejects).encode("utf-8"))
@@ -91,11 +118,11 @@ def read_shard(plan: JobPlan, layout: IndexLayout, shard: int, done_blocks: set[
 class CorpusDatasource(Datasource):
     """The plan's pending shards as a Ray dataset of read blocks (schema READ_SCHEMA)."""
 
-    def __init__(self, plan: JobPlan, layout: IndexLayout, pending: dict[int, set[int]],
+    def __init__(self, plan: JobPlan, layout: IndexLayout, pending: dict[int, UnitResume],
                  fields: FieldMap, on_bad_record: str, storage_options: dict):
         self._plan = plan
         self._layout = layout
-        self._pending = pending          # shard -> read blocks already done
+        self._pending = pending          # shard -> what is staged of it already
         self._fields = fields
         self._on_bad_record = on_bad_record
         self._storage_options = storage_options
@@ -110,13 +137,13 @@ class CorpusDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
         tasks = []
-        for shard, done in sorted(self._pending.items()):
+        for shard, resume in sorted(self._pending.items()):
             chunk = self._plan.shards[shard].chunk
             meta = BlockMetadata(num_rows=None, size_bytes=max(1, chunk.end - chunk.start),
                                  exec_stats=None, input_files=(chunk.file.url,))
 
-            def read_fn(shard=shard, done=frozenset(done)):
-                return read_shard(self._plan, self._layout, shard, set(done), self._fields,
+            def read_fn(shard=shard, resume=resume):
+                return read_shard(self._plan, self._layout, shard, resume, self._fields,
                                   self._on_bad_record, self._storage_options)
 
             tasks.append(ReadTask(read_fn, meta, schema=READ_SCHEMA))

@@ -17,7 +17,7 @@ from pipeline.batch.datasource import BadRecordError
 from pipeline.batch.plan import JobPlan
 from pipeline.batch.staging import ShardState, read_staged_unit
 from pipeline.catalog import IndexLayout
-from pipeline.data.corpus import describe_position
+from pipeline.data.corpus import describe_positions
 from pipeline.format.postings import hash_strings, read_doc_ids
 
 
@@ -81,14 +81,26 @@ def find_duplicates(plan: JobPlan, layout: IndexLayout, states: list[ShardState]
     return sorted((d for r in ray.get(reduces) for d in r), key=lambda d: (d.shard, d.row))
 
 
-def record_position(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
-                    states: list[ShardState], unit: int, row: int) -> str:
-    """Where a staged row came from: "FILE line N" (JSONL) or "FILE row N" (Parquet)."""
-    if states[unit].committed:
-        return f"{plan.shards[unit].chunk.file.url} (document {row + 1} of shard {plan.shards[unit].name})"
-    table = read_staged_unit(plan, layout, unit, columns=["row", "offset"])
-    return describe_position(plan.shards[unit].chunk.file, int(table.column("offset")[row].as_py()),
-                             config.storage_options)
+def record_positions(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
+                     states: list[ShardState], pairs: list[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    """Where staged rows (unit, row) came from: "FILE line N" (JSONL) or "FILE row N"
+    (Parquet). Reads each unit's offsets once and each file once."""
+    out: dict[tuple[int, int], str] = {}
+    by_file: dict[str, list[tuple[tuple[int, int], int]]] = {}
+    for unit in sorted({u for u, _ in pairs}):
+        rows = [r for u, r in pairs if u == unit]
+        file = plan.shards[unit].chunk.file
+        if states[unit].committed:
+            for r in rows:
+                out[(unit, r)] = f"{file.url} (document {r + 1} of shard {plan.shards[unit].name})"
+            continue
+        offsets = read_staged_unit(plan, layout, unit, columns=["row", "offset"]).column("offset")
+        by_file.setdefault(file.url, []).extend(((unit, r), int(offsets[r].as_py())) for r in rows)
+    files = {sp.chunk.file.url: sp.chunk.file for sp in plan.shards}
+    for url, items in by_file.items():
+        described = describe_positions(files[url], [o for _, o in items], config.storage_options)
+        out.update({key: described[o] for key, o in items})
+    return out
 
 
 def check_duplicates(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
@@ -97,10 +109,11 @@ def check_duplicates(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
     dups = find_duplicates(plan, layout, states)
     if dups and config.on_bad_record == "fail":
         d = dups[0]
+        where = record_positions(config, plan, layout, states,
+                                 [(d.shard, d.row), (d.first_shard, d.first_row)])
         raise BadRecordError(
-            f"bad record: duplicate id {d.doc_id!r} at "
-            f"{record_position(config, plan, layout, states, d.shard, d.row)} (first seen at "
-            f"{record_position(config, plan, layout, states, d.first_shard, d.first_row)}); "
+            f"bad record: duplicate id {d.doc_id!r} at {where[(d.shard, d.row)]} (first seen at "
+            f"{where[(d.first_shard, d.first_row)]}); "
             f"{len(dups)} duplicate(s) in all (use --on-bad-record skip to keep the first of each)")
     drop: dict[int, list[int]] = {}
     for d in dups:

@@ -4,15 +4,20 @@ manifest, and publishing it (manifest, then CURRENT, then the plan's staging goe
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 
 from pipeline.batch.config import IndexJobConfig
-from pipeline.batch.dedup import Duplicate, record_position
+from pipeline.batch.dedup import Duplicate, record_positions
 from pipeline.batch.plan import JobPlan
 from pipeline.batch.staging import ShardState, discard_staging, read_loc, rejects_loc
 from pipeline.catalog import IndexLayout, Manifest, ShardEntry, commit_generation
 from pipeline.catalog.manifest import now_utc
+from pipeline.catalog.writer_lock import WriterLock
+from pipeline.faults import fault_point
 from pipeline.objstore import exists, read_bytes, read_json, write_bytes_atomic
+
+log = logging.getLogger(__name__)
 
 
 def index_params(config: IndexJobConfig) -> dict:
@@ -42,10 +47,28 @@ def new_manifest(config: IndexJobConfig, plan: JobPlan, shards: list[ShardEntry]
     )
 
 
-def publish(layout: IndexLayout, plan: JobPlan, manifest: Manifest) -> None:
-    """Manifest, then CURRENT (the visible step); then the plan's staging goes."""
-    commit_generation(layout, manifest)
+def publish(layout: IndexLayout, plan: JobPlan, manifest: Manifest, lock: WriterLock) -> None:
+    """Manifest, then CURRENT (the visible step), each only while `lock` is still this run's;
+    then the plan's staging goes."""
+    fault_point("commit:before-manifest")
+    commit_generation(layout, manifest, fence=lock.check)
     discard_staging(layout, plan)
+
+
+def count_empty(layout: IndexLayout, entries: list[ShardEntry], known: dict[str, int]) -> int:
+    """Empty documents (no term) in the generation's shards: `known` per shard name from this
+    run's writers, the others from their commit records' stats. Logged once when non-zero."""
+    total = 0
+    for entry in entries:
+        if entry.name in known:
+            total += known[entry.name]
+        else:
+            loc = layout.shard_commit(entry.name)
+            total += int(read_json(loc).get("stats", {}).get("empty_docs", 0)) if exists(loc) else 0
+    if total:
+        log.info("%d empty document(s) (title and text blank) are indexed as empty vectors: "
+                 "counted, never retrieved", total)
+    return total
 
 
 def gather_rejects(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, dups: list[Duplicate],
@@ -74,10 +97,11 @@ def gather_rejects(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, d
                 lines.append(line)
                 reason = json.loads(line)["reason"].split(" (")[0]
                 by_reason[reason] = by_reason.get(reason, 0) + 1
+    where = record_positions(config, plan, layout, states,
+                             [p for d in dups for p in ((d.shard, d.row), (d.first_shard, d.first_row))])
     for d in dups:
-        first = record_position(config, plan, layout, states, d.first_shard, d.first_row)
-        lines.append(json.dumps({"source": record_position(config, plan, layout, states, d.shard, d.row),
-                                 "doc_id": d.doc_id, "reason": f"duplicate id (first at {first})"}))
+        lines.append(json.dumps({"source": where[(d.shard, d.row)], "doc_id": d.doc_id,
+                                 "reason": f"duplicate id (first at {where[(d.first_shard, d.first_row)]})"}))
         by_reason["duplicate id"] = by_reason.get("duplicate id", 0) + 1
     if lines and write:
         write_bytes_atomic(layout.rejects(plan.generation).child("rejects.jsonl"),

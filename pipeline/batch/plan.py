@@ -24,6 +24,20 @@ from pipeline.objstore import exists, list_dir, read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
+MAX_SHARD_POSTINGS = 2**32 - 1
+"""Postings (non-zeros) one shard may hold: its forward index addresses them with 32-bit words
+(`pipeline.index`). Staged vectors are Arrow large_list (64-bit offsets) and postings groups
+use int64 row pointers, so this is the binding per-shard limit."""
+
+SHARD_LIMIT_SAFETY = 2.0
+"""Headroom over the sampled postings per document: the corpus's first documents, which the
+sample reads, may be lighter than the rest."""
+
+
+def max_docs_per_shard(postings_per_doc: float) -> int:
+    """The most documents a shard may hold when documents average `postings_per_doc` postings."""
+    return max(1, int(MAX_SHARD_POSTINGS // max(1.0, postings_per_doc * SHARD_LIMIT_SAFETY)))
+
 
 @dataclass(frozen=True)
 class ShardPlan:
@@ -90,11 +104,15 @@ def next_generation(layout: IndexLayout, parent: int | None) -> int:
 
 
 def make_plan(config: IndexJobConfig, layout: IndexLayout, *, purpose: str = "index",
-              name_unit: Callable[[int, int], str] | None = None) -> tuple[JobPlan, bool]:
+              name_unit: Callable[[int, int], str] | None = None,
+              postings_per_doc: Callable[[list[CorpusFile]], float | None] | None = None,
+              ) -> tuple[JobPlan, bool]:
     """Find the plan of an interrupted identical run, or make a new one. Returns (plan, resumed).
 
     `purpose` keeps plans of different jobs over the same inputs apart; `name_unit(generation,
-    unit)` names the shard each unit becomes (None: units are only read).
+    unit)` names the shard each unit becomes (None: units are only read). `postings_per_doc`
+    estimates, from a sample of the corpus, the postings per document; units are then cut
+    small enough that a shard fits `MAX_SHARD_POSTINGS` (checked here, not found at commit).
     """
     files = discover(config.corpus, config.format, config.storage_options)
     fingerprint = corpus_fingerprint(files)
@@ -108,7 +126,16 @@ def make_plan(config: IndexJobConfig, layout: IndexLayout, *, purpose: str = "in
         log.info("resuming plan %s (generation %d, %d read units)", plan_id, plan.generation,
                  len(plan.shards))
         return plan, True
-    chunks = plan_chunks(files, config.shard_size, config.storage_options)
+    shard_size = config.shard_size
+    estimate = postings_per_doc(files) if postings_per_doc is not None else None
+    if estimate:
+        limit = max_docs_per_shard(estimate)
+        if limit < shard_size:
+            log.warning("shard size %d would exceed %d postings per shard at the sampled %.0f "
+                        "postings per document; shards of %d documents instead", shard_size,
+                        MAX_SHARD_POSTINGS, estimate, limit)
+            shard_size = limit
+    chunks = plan_chunks(files, shard_size, config.storage_options)
     generation = next_generation(layout, parent)
     plan = JobPlan(plan_id=plan_id, generation=generation, parent_generation=parent,
                    corpus_fingerprint=fingerprint, files=files, block_rows=config.block_rows,

@@ -27,13 +27,13 @@ import scipy.sparse as sp
 
 from pipeline.batch.config import IndexJobConfig
 from pipeline.batch.dedup import check_duplicates
-from pipeline.batch.generation import gather_rejects, new_manifest, publish
-from pipeline.batch.plan import JobPlan
+from pipeline.batch.generation import count_empty, gather_rejects, new_manifest, publish
+from pipeline.batch.plan import JobPlan, max_docs_per_shard
 from pipeline.batch.shard_writer import ShardResult, committed_shards, reused_shard, write_shard
 from pipeline.batch.staging import ShardState, discard_staging, read_staged_unit, staged_postings
 from pipeline.batch.reindex_diff import Diff, ReindexError, resolve_claims, route_units
 from pipeline.batch.reindex_shards import BaseShardChange, OutputShard, plan_output_shards
-from pipeline.catalog import IndexLayout, Manifest, read_current_generation
+from pipeline.catalog import IndexLayout, Manifest, WriterLock, read_current_generation
 from pipeline.format import ShardPostings, read_postings
 from pipeline.catalog.manifest import ShardEntry
 
@@ -170,7 +170,7 @@ def output_record(plan: JobPlan, spec: BuildSpec) -> dict:
 def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, base: Manifest,
                    states: list[ShardState], encoder_settings: dict, timing: dict,
                    build_threads: int, rebuild_all: bool, report: dict,
-                   run_started: float) -> ReindexCommit:
+                   run_started: float, lock: WriterLock) -> ReindexCommit:
     """Steps 1-5 of the module docstring. `report` (the run's reindex report so far) is
     completed with the diff and shard counts and stored in the manifest's `extra`;
     `run_started` (perf_counter) dates the run for its wall time there."""
@@ -180,7 +180,10 @@ def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, b
     diff = resolve_claims(base, routes)
     changes = [BaseShardChange(i, e.name, e.n_docs, f.n_kept, f.n_changed)
                for i, (e, f) in enumerate(zip(base.shards, diff.fates))]
-    outputs = plan_output_shards(changes, len(diff.added), config.shard_size, plan.generation,
+    # Per-shard limit from the base generation's own postings per document (checked before
+    # any shard is written, not found when one overflows).
+    shard_size = min(config.shard_size, max_docs_per_shard(base.nnz / max(1, base.n_docs)))
+    outputs = plan_output_shards(changes, len(diff.added), shard_size, plan.generation,
                                  rebuild_all)
     timing["diff_s"] = time.perf_counter() - started
     kinds = [o.kind for o in outputs]
@@ -225,6 +228,8 @@ def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, b
     entries = [by_name[o.name] if o.reused else results[i].entry for i, o in enumerate(outputs)]
 
     counts = gather_rejects(config, plan, layout, dups, n_indexed, states)
+    counts["docs_empty"] = count_empty(layout, entries, {
+        r.entry.name: int(r.stats.get("empty_docs", 0)) for r in results.values() if r.entry})
     live = read_current_generation(layout)
     if live != base.generation:
         raise ReindexError(f"{layout.url}: CURRENT moved from generation {base.generation} to "
@@ -232,7 +237,7 @@ def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, b
     report["wall_s"] = round(time.perf_counter() - run_started, 3)
     manifest = new_manifest(config, plan, entries, encoder_settings, counts, timing,
                             {"reindex": report})
-    publish(layout, plan, manifest)
+    publish(layout, plan, manifest, lock)
     built = [results[p] for p in futures]
     return ReindexCommit(manifest, diff, outputs, counts["docs_in"], counts["docs_rejected"],
                          shards_resumed=len(specs) - len(futures),

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
+from pipeline.catalog.writer_lock import LOCK_TTL_S
 from pipeline.data.corpus import FORMATS
 from pipeline.batch.config import (BLOCK_ROWS, ENCODE_BATCH_SIZE, EncoderOptions, IndexJobConfig,
                                    ResourceOptions)
@@ -67,6 +68,7 @@ class ReindexConfig:
     full: bool = False
     keep_generations: int = KEEP_GENERATIONS
     gc_min_age_s: float = GC_MIN_AGE_S
+    lock_ttl_s: float = LOCK_TTL_S
     on_bad_record: str = "fail"
     block_rows: int = BLOCK_ROWS
     shard_size: int | None = None
@@ -113,6 +115,7 @@ class ReindexConfig:
             values_dtype=self.values_dtype or extra.get("values_dtype") or defaults.values_dtype,
             index_kind=kind, index_params={**params, **self.index_params},
             on_bad_record=self.on_bad_record, keep_generations=self.keep_generations,
+            gc_min_age_s=self.gc_min_age_s, lock_ttl_s=self.lock_ttl_s,
             storage_options=self.storage_options,
             encoder=self.encoder.options(base.encoder if base else {}),
             resources=self.resources,

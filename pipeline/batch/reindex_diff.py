@@ -5,7 +5,7 @@ A document is identified by its id and compared by its content fingerprint (blak
 `document_text`, the same `fingerprint_texts` the postings store).
 
 1. `load_base_table`: one Ray task per base shard reads only its ids and fingerprints
-   (not its vectors); the driver sorts them by 64-bit id hash into a `BaseTable` of 24
+   (not its vectors); the driver sorts them by 128-bit id hash into a `BaseTable` of 32
    bytes per document (id hash, fingerprint, shard, row), put once in the object store.
 2. `classify_batch` runs in the Ray Data pipeline between read and tokenize, block by
    block: it fingerprints each row, looks its id hash up in the table, attaches the base
@@ -14,15 +14,16 @@ A document is identified by its id and compared by its content fingerprint (blak
 3. After staging, `route_units` (one Ray task per read unit) turns the staged rows into
    claims on base slots; `resolve_claims` merges them: a base document is kept when some
    row claims it, replaced when that row was re-encoded, deleted when none does. Ids are
-   compared by hash: two ids sharing a hash in the base generation stop the run (ask for
-   a full rebuild); a new id that shares a hash with another base id claims that slot only
-   if the slot is free, else it is indexed as an added document, so the index content is
-   right even then (only the added/changed counts could be off by one).
+   compared by 128-bit hash (`id_keys`): at 1e9 documents the chance that any two share
+   one is about 1e-21, so 64-bit collisions (about 3% at that size) are told apart and
+   never stop or corrupt a run. Should two ids ever share all 128 bits, a new id claims a
+   base slot only if it is free, else it is indexed as an added document.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,7 +35,7 @@ from pipeline.batch.plan import JobPlan
 from pipeline.batch.staging import read_staged_unit
 from pipeline.catalog import IndexLayout, Manifest
 from pipeline.errors import UserError
-from pipeline.format.postings import fingerprint_texts, hash_strings as id_hashes
+from pipeline.format.postings import fingerprint_texts, hash_strings
 from pipeline.catalog.manifest import ShardEntry
 
 log = logging.getLogger(__name__)
@@ -44,21 +45,45 @@ class ReindexError(UserError, RuntimeError):
     """Re-indexing cannot go on safely; nothing was committed. The message says what to do."""
 
 
+TEST_HASH_BITS_ENV = "LSR_TEST_ID_HASH_BITS"
+"""Tests only: keep this many bits of the first 64-bit word of every id hash, which forces
+64-bit collisions (the second word still tells the ids apart)."""
+
+
+def id_keys(ids) -> np.ndarray:
+    """128-bit id hashes as uint64 (n, 2) (`hash_strings`, two words)."""
+    keys = hash_strings(list(ids), words=2)
+    bits = os.environ.get(TEST_HASH_BITS_ENV)
+    if bits:
+        keys[:, 0] &= np.uint64((1 << int(bits)) - 1)
+    return keys
+
+
 @dataclass(frozen=True)
 class BaseTable:
-    """The base generation's documents sorted by id hash: what `classify_batch` looks up."""
+    """The base generation's documents sorted by 128-bit id hash: what `classify_batch` looks up."""
 
-    id_hash: np.ndarray       # uint64 (n,), ascending, unique
+    id_hash: np.ndarray       # uint64 (n,): first word of the id hash, ascending
+    id_hash2: np.ndarray      # uint64 (n,): second word, ascending within equal first words
     fingerprint: np.ndarray   # uint64 (n,)
     shard: np.ndarray         # int32 (n,): position of the document's shard in the base manifest
     row: np.ndarray           # int64 (n,): its row in that shard
 
-    def lookup(self, hashes: np.ndarray) -> np.ndarray:
-        """Positions in the table of `hashes`, -1 where absent."""
-        if not len(self.id_hash):
-            return np.full(len(hashes), -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(self.id_hash, hashes), len(self.id_hash) - 1)
-        return np.where(self.id_hash[pos] == hashes, pos, -1)
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Positions in the table of the (k, 2) id hashes `keys`, -1 where absent."""
+        out = np.full(len(keys), -1, dtype=np.int64)
+        if not len(self.id_hash) or not len(keys):
+            return out
+        lo = np.searchsorted(self.id_hash, keys[:, 0], side="left")
+        hi = np.searchsorted(self.id_hash, keys[:, 0], side="right")
+        one = np.flatnonzero(hi - lo == 1)
+        match = self.id_hash2[lo[one]] == keys[one, 1]
+        out[one[match]] = lo[one[match]]
+        for i in np.flatnonzero(hi - lo > 1):       # first words collide: compare the second
+            at = lo[i] + np.searchsorted(self.id_hash2[lo[i]:hi[i]], keys[i, 1])
+            if at < hi[i] and self.id_hash2[at] == keys[i, 1]:
+                out[i] = at
+        return out
 
 
 def read_shard_keys(layout: IndexLayout, entry: ShardEntry) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +104,7 @@ def read_shard_keys(layout: IndexLayout, entry: ShardEntry) -> tuple[np.ndarray,
 @ray.remote
 def _shard_keys(layout: IndexLayout, entry: ShardEntry, position: int):
     ids, fingerprints = read_shard_keys(layout, entry)
-    return (id_hashes(list(ids)), fingerprints, np.full(len(ids), position, dtype=np.int32),
+    return (id_keys(ids), fingerprints, np.full(len(ids), position, dtype=np.int32),
             np.arange(len(ids), dtype=np.int64))
 
 
@@ -89,13 +114,23 @@ def load_base_table(layout: IndexLayout, base: Manifest, read_cpus: float = 0.25
                      for i, entry in enumerate(base.shards)])
     if not parts:
         empty = np.zeros(0, dtype=np.uint64)
-        return BaseTable(empty, empty, np.zeros(0, np.int32), np.zeros(0, np.int64))
-    hashes, fingerprints, shards, rows = (np.concatenate(p) for p in zip(*parts))
-    order = np.argsort(hashes, kind="stable")
-    table = BaseTable(hashes[order], fingerprints[order], shards[order], rows[order])
-    if len(table.id_hash) > 1 and bool(np.any(table.id_hash[1:] == table.id_hash[:-1])):
-        raise ReindexError(f"{layout.url} generation {base.generation}: two document ids share a "
-                           f"64-bit hash, so changes cannot be told apart by id; re-index with --full")
+        return BaseTable(empty, empty, empty, np.zeros(0, np.int32), np.zeros(0, np.int64))
+    keys, fingerprints, shards, rows = (np.concatenate(p) for p in zip(*parts))
+    order = np.lexsort((keys[:, 1], keys[:, 0]))
+    table = BaseTable(keys[order, 0].copy(), keys[order, 1].copy(), fingerprints[order],
+                      shards[order], rows[order])
+    same = (table.id_hash[1:] == table.id_hash[:-1]) & (table.id_hash2[1:] == table.id_hash2[:-1])
+    if bool(np.any(same)):
+        # Both 64-bit words equal (about 1e-21 at 1e9 documents): such ids cannot be told
+        # apart, so both are treated as new ids and indexed as added (never merged).
+        dup = np.flatnonzero(same)
+        bad = np.union1d(dup, dup + 1)
+        log.warning("base generation %d: %d document ids share a 128-bit hash; they are "
+                    "re-encoded as added documents", base.generation, len(bad))
+        keep = np.ones(len(table.id_hash), dtype=bool)
+        keep[bad] = False
+        table = BaseTable(*(a[keep] for a in (table.id_hash, table.id_hash2, table.fingerprint,
+                                              table.shard, table.row)))
     log.info("base generation %d: %d documents in %d shards", base.generation, len(table.id_hash),
              len(base.shards))
     return table
@@ -110,7 +145,7 @@ def classify_batch(batch: pa.Table, table) -> pa.Table:
         table = ray.get(table)
     texts = batch.column("text").to_pylist()
     fingerprints = fingerprint_texts(texts)
-    pos = table.lookup(id_hashes(batch.column("doc_id").to_pylist()))
+    pos = table.lookup(id_keys(batch.column("doc_id").to_pylist()))
     found = pos >= 0
     shard = np.full(len(pos), -1, dtype=np.int32)
     row = np.full(len(pos), -1, dtype=np.int64)

@@ -35,7 +35,8 @@ from pipeline.batch.runtime import (Placement, connect_ray, encoder_settings, pe
                                     plan_resources, stage_pending, stage_report)
 from pipeline.batch.staging import scan_staging
 from pipeline.catalog.gc import collect_garbage_after_commit
-from pipeline.catalog import IndexLayout, Manifest, read_current_generation, read_manifest
+from pipeline.catalog import (IndexLayout, Manifest, WriterLock, acquire_writer_lock,
+                              read_current_generation, read_manifest)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class ReindexSummary:
     docs_in: int
     docs_indexed: int
     docs_rejected: int
+    docs_empty: int                  # indexed with an empty vector (title and text blank)
     docs_added: int | None
     docs_changed: int | None
     docs_deleted: int | None
@@ -123,11 +125,18 @@ def _same_index(recorded: dict, job: IndexJobConfig) -> bool:
 
 
 def run_reindex(config: ReindexConfig) -> ReindexSummary:
-    """Re-index `config.corpus` into `config.index` (resuming an interrupted identical run)."""
+    """Re-index `config.corpus` into `config.index` (resuming an interrupted identical run).
+
+    Holds the root's writer lock throughout (`WriterLockHeld` names a live holder)."""
+    layout = IndexLayout.at(config.index, config.storage_options)
+    with acquire_writer_lock(layout, "lsr reindex", ttl_s=config.lock_ttl_s) as lock:
+        return _run(config, layout, lock)
+
+
+def _run(config: ReindexConfig, layout: IndexLayout, lock: WriterLock) -> ReindexSummary:
     import ray
 
     started = time.perf_counter()
-    layout = IndexLayout.at(config.index, config.storage_options)
     base_generation = read_current_generation(layout)
     base = read_manifest(layout, base_generation) if base_generation is not None else None
     try:
@@ -139,11 +148,11 @@ def run_reindex(config: ReindexConfig) -> ReindexSummary:
     settings = encoder_settings(job, placement)
     decision = decide(config, job, base, settings)
     if decision.full:
-        summary = _full_rebuild(job, decision, base_generation)
+        summary = _full_rebuild(job, decision, base_generation, lock)
     else:
-        summary = _incremental(job, layout, base, settings, decision, placement, started)
+        summary = _incremental(job, layout, base, settings, decision, placement, started, lock)
     summary.gc = collect_garbage_after_commit(layout, config.keep_generations,
-                                              min_age_s=config.gc_min_age_s)
+                                              min_age_s=config.gc_min_age_s, lock=lock)
     summary.wall_s = round(time.perf_counter() - started, 3)
     log.info("re-indexed %s: generation %d (%s), %.1f s", layout.url, summary.generation,
              "full rebuild" if summary.full_rebuild else
@@ -152,23 +161,24 @@ def run_reindex(config: ReindexConfig) -> ReindexSummary:
 
 
 def _full_rebuild(job: IndexJobConfig, decision: Decision,
-                  base_generation: int | None) -> ReindexSummary:
+                  base_generation: int | None, lock: WriterLock) -> ReindexSummary:
     log.warning("FULL REBUILD of %s: %s; every document is encoded again", job.output,
                 decision.reason)
     report = {"base_generation": base_generation, "full_rebuild": True,
               "rebuild_reason": decision.reason}
-    s = run_index_job(job, manifest_extra={"reindex": report})
+    s = run_index_job(job, manifest_extra={"reindex": report}, lock=lock)
     return ReindexSummary(
         index=s.output, generation=s.generation, base_generation=base_generation, committed=True,
         full_rebuild=True, rebuild_reason=decision.reason, plan_id=s.plan_id, resumed=s.resumed,
         docs_in=s.docs_in, docs_indexed=s.docs_indexed, docs_rejected=s.docs_rejected,
-        docs_added=None, docs_changed=None, docs_deleted=None, docs_unchanged=None,
+        docs_empty=s.docs_empty, docs_added=None, docs_changed=None, docs_deleted=None, docs_unchanged=None,
         docs_reencoded=s.stages["encode"]["rows"], shards=s.shards, shards_rebuilt=s.shards,
         shards_reused=0, shards_added=0, wall_s=s.wall_s, stages=s.stages)
 
 
 def _incremental(job: IndexJobConfig, layout: IndexLayout, base: Manifest, settings: dict,
-                 decision: Decision, placement: Placement, started: float) -> ReindexSummary:
+                 decision: Decision, placement: Placement, started: float,
+                 lock: WriterLock) -> ReindexSummary:
     import ray
 
     if decision.reason:
@@ -183,7 +193,7 @@ def _incremental(job: IndexJobConfig, layout: IndexLayout, base: Manifest, setti
     report = {"base_generation": base.generation, "full_rebuild": False,
               "rebuild_reason": decision.reason, "docs_reencoded": times.encoded}
     result = commit_reindex(job, plan, layout, base, scan_staging(plan, layout), settings, timing,
-                            placement.build_threads, decision.rebuild_all, report, started)
+                            placement.build_threads, decision.rebuild_all, report, started, lock)
     stages, _ = stage_report(times, result.built_docs, result.build_s, placement)
     manifest = result.manifest
     return ReindexSummary(
@@ -191,7 +201,9 @@ def _incremental(job: IndexJobConfig, layout: IndexLayout, base: Manifest, setti
         base_generation=base.generation, committed=manifest is not None, full_rebuild=False,
         rebuild_reason=decision.reason, plan_id=plan.plan_id, resumed=resumed,
         docs_in=result.docs_in, docs_indexed=sum(o.n_docs for o in result.outputs),
-        docs_rejected=result.docs_rejected, docs_added=report["docs_added"],
+        docs_rejected=result.docs_rejected,
+        docs_empty=manifest.counts.get("docs_empty", 0) if manifest else base.counts.get("docs_empty", 0),
+        docs_added=report["docs_added"],
         docs_changed=report["docs_changed"], docs_deleted=report["docs_deleted"],
         docs_unchanged=report["docs_unchanged"], docs_reencoded=times.encoded,
         shards=len(result.outputs), shards_rebuilt=report["shards_rebuilt"],

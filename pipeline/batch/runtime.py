@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from pipeline.batch.config import IndexJobConfig
-from pipeline.batch.datasource import BadRecordError, CorpusDatasource
+from pipeline.batch.datasource import BadRecordError, CorpusDatasource, UnitResume
 from pipeline.batch.plan import JobPlan
 from pipeline.batch.sink import StageTimes, StagingSink
 from pipeline.batch.stages import EncodeActor, tokenize_batch
-from pipeline.batch.staging import ShardState, discard_unfinished_blocks
+from pipeline.batch.staging import ShardState, settle_unfinished_blocks
 from pipeline.catalog import IndexLayout
 from pipeline.data.records import FieldMap
+from pipeline.faults import DRIVER_PID_ENV
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +63,61 @@ def connect_ray(address: str | None) -> None:
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    # Crash tests: a fault point reached in a local worker kills this driver too.
+    os.environ[DRIVER_PID_ENV] = str(os.getpid())
     if ray.is_initialized():
         return
     if address is None and not os.environ.get("RAY_ADDRESS"):
         log.info("starting a local Ray instance (pass --address to use a cluster)")
-    ray.init(address=address, ignore_reinit_error=True, configure_logging=False)
+    # Workers' own output (tracebacks of a failed task, Ray's retry advice) reaches the
+    # driver only with debug logging (`lsr -v`): the job reports what stopped it itself.
+    verbose = log.isEnabledFor(logging.DEBUG)
+    if not verbose:
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    ray.init(address=address, ignore_reinit_error=True, configure_logging=False,
+             log_to_driver=verbose)
 
 
-def encoder_settings(config: IndexJobConfig, placement: Placement | None = None) -> dict:
+def load_encoder(config: IndexJobConfig):
+    """The job's encoder, on the driver's CPU (settings, plan-time estimates)."""
+    from pipeline.encode import SpladeEncoder
+
+    opts = config.encoder
+    return SpladeEncoder(opts.model, device="cpu", max_length=opts.max_length,
+                         query_max_length=opts.query_max_length, dtype=opts.dtype,
+                         batch_size=opts.batch_size, top_k=opts.top_k, threshold=opts.threshold)
+
+
+SAMPLE_DOCS = 32
+"""Documents encoded on the driver at plan time to estimate postings per document: one
+encoder batch (a few seconds on a CPU), enough for the mean within a few percent."""
+
+
+def postings_estimator(config: IndexJobConfig, encoder):
+    """`make_plan`'s estimate: mean postings per document of the corpus's first documents."""
+    from pipeline.data.corpus import sample_texts
+
+    def estimate(files) -> float | None:
+        fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
+        texts = sample_texts(files, fields, SAMPLE_DOCS, config.storage_options)
+        return encoder.encode(texts).nnz / len(texts) if texts else None
+
+    return estimate
+
+
+def encoder_settings(config: IndexJobConfig, placement: Placement | None = None,
+                     encoder=None) -> dict:
     """What the encoder actors' vectors are (model fingerprint, lengths, pruning, dtype).
 
-    The model is loaded here on the CPU; the dtype recorded is the one the actors resolve on
-    their device ("auto" is bfloat16 on GPU actors, float32 on CPU ones).
+    The model is loaded here on the CPU unless given; the dtype recorded is the one the
+    actors resolve on their device ("auto" is bfloat16 on GPU actors, float32 on CPU ones).
     """
     import torch
 
-    from pipeline.encode import SpladeEncoder
     from pipeline.encode.config import dtype_name, resolve_dtype
 
     opts = config.encoder
-    encoder = SpladeEncoder(opts.model, device="cpu", max_length=opts.max_length,
-                            query_max_length=opts.query_max_length, dtype=opts.dtype,
-                            batch_size=opts.batch_size, top_k=opts.top_k, threshold=opts.threshold)
+    encoder = encoder or load_encoder(config)
     settings = encoder.settings()
     # The settings describe what the vectors are, not where they were computed.
     settings.pop("device", None)
@@ -92,10 +126,12 @@ def encoder_settings(config: IndexJobConfig, placement: Placement | None = None)
     return settings
 
 
-def pending_blocks(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> dict[int, set[int]]:
-    """Units still to read, each with its read blocks already done (the rest are discarded)."""
-    discard_unfinished_blocks(plan, layout, states)
-    return {s: state.done_blocks(plan.block_rows) for s, state in enumerate(states)
+def pending_blocks(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> dict[int, UnitResume]:
+    """Units still to read, each with what is staged already: read blocks done, and the rows
+    kept of unfinished blocks."""
+    settle_unfinished_blocks(plan, layout, states)
+    return {s: UnitResume(frozenset(state.done_blocks(plan.block_rows)), dict(state.staged_rows))
+            for s, state in enumerate(states)
             if state.committed is None and not state.fully_staged(plan.block_rows)}
 
 
@@ -104,7 +140,7 @@ ExtraStage = tuple[Callable[..., Any], dict[str, Any]]
 
 
 def stage_pending(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
-                  pending: dict[int, set[int]], placement: Placement, timing: dict[str, float],
+                  pending: dict[int, UnitResume], placement: Placement, timing: dict[str, float],
                   before_tokenize: ExtraStage | None = None) -> StageTimes:
     """Read the pending blocks, tokenize, encode and stage them; returns the stage times.
 
@@ -180,7 +216,9 @@ def user_error(exc: BaseException) -> BaseException | None:
             continue
         seen.add(id(e))
         if isinstance(e, BadRecordError) and not isinstance(e, RayError):
-            return e
+            # Ray Data appends its retry advice to the task's message: keep our line only.
+            message = str(e.args[0] if e.args else e).split("\n", 1)[0]
+            return BadRecordError(message)
         # RayTaskError keeps the exception the task raised in `.cause`.
         stack.extend([e.__context__, e.__cause__, getattr(e, "cause", None)])
     return None

@@ -20,7 +20,8 @@ from pipeline.catalog import IndexLayout, ShardEntry
 from pipeline.catalog.manifest import now_utc
 from pipeline.format import ShardPostings, save_index, write_postings
 from pipeline.format.postings import PostingsFormatError, read_postings
-from pipeline.objstore import exists, read_json, write_json_atomic
+from pipeline.faults import fault_point
+from pipeline.objstore import exists, read_json, remove, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,26 @@ def write_shard(layout: IndexLayout, name: str, postings: ShardPostings, *, inde
                             values_dtype=values_dtype, record=record)
 
 
+def clear_shard(layout: IndexLayout, name: str) -> None:
+    """Remove whatever an earlier attempt left of a shard, commit record first (so the shard
+    never looks committed while its data is going)."""
+    remove(layout.shard_commit(name), recursive=False)
+    remove(layout.postings(name))
+    remove(layout.index(name))
+
+
 def _write_shard(layout: IndexLayout, name: str, postings: ShardPostings, *, index_kind: str,
                  index_params: dict, values_dtype: str, record: dict) -> ShardResult:
     started = time.perf_counter()
+    # The single writer replaces what a dead attempt of the same plan left under this name
+    # (a run with another plan writes another generation, hence other names).
+    clear_shard(layout, name)
     vectors = postings.vectors
     nnz_per_doc = np.diff(vectors.indptr)
     stats = {"nnz_per_doc_mean": float(nnz_per_doc.mean()) if len(nnz_per_doc) else 0.0,
              "nnz_per_doc_max": int(nnz_per_doc.max()) if len(nnz_per_doc) else 0,
-             "distinct_terms": int(np.unique(vectors.indices).size)}
+             "distinct_terms": int(np.unique(vectors.indices).size),
+             "empty_docs": int((nnz_per_doc == 0).sum())}
     checksum = write_postings(layout.postings(name), postings, values_dtype=values_dtype, stats=stats)
     write_s = time.perf_counter() - started
     started = time.perf_counter()
@@ -70,6 +83,7 @@ def _write_shard(layout: IndexLayout, name: str, postings: ShardPostings, *, ind
     index_loc = layout.index(name)
     save_index(index, index_loc.url, storage_options=index_loc.storage_options)
     build_s = time.perf_counter() - started
+    fault_point("commit:after-index-save")
     entry = ShardEntry(name=name, n_docs=postings.n_docs, nnz=int(vectors.nnz),
                        postings_checksum=checksum, index_kind=index_kind,
                        index_nbytes=int(index.nbytes))

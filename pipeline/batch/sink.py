@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from ray.data import Datasink
 
+from pipeline.faults import fault_point
 from pipeline.objstore import write_bytes_atomic
 from pipeline.catalog import IndexLayout
 from pipeline.batch.plan import JobPlan
@@ -69,11 +70,16 @@ def stage_part(table: pa.Table, plan: JobPlan, layout: IndexLayout) -> StageTime
     keys = np.stack([shard, seq], axis=1)
     for s, b in np.unique(keys, axis=0):
         sel = np.flatnonzero((shard == s) & (seq == b))
-        part = keep.take(pa.array(sel))
-        buf = io.BytesIO()
-        pq.write_table(part, buf, compression="zstd")
-        name = part_name(int(b), int(row[sel].min()), len(sel))
-        write_bytes_atomic(parts_loc(plan, layout, int(s)).child(name), buf.getvalue())
+        sel = sel[np.argsort(row[sel], kind="stable")]
+        # One part per run of consecutive rows: a part's name then says exactly which rows it
+        # holds, which is what resume reads (`pipeline.batch.staging`).
+        runs = np.split(sel, np.flatnonzero(np.diff(row[sel]) != 1) + 1)
+        for run in runs:
+            buf = io.BytesIO()
+            pq.write_table(keep.take(pa.array(run)), buf, compression="zstd")
+            name = part_name(int(b), int(row[run[0]]), len(run))
+            write_bytes_atomic(parts_loc(plan, layout, int(s)).child(name), buf.getvalue())
+            fault_point("stage:after-part")
     times.write = time.perf_counter() - started
     return times
 
@@ -108,5 +114,7 @@ class StagingSink(Datasink[StageTimes]):
         self.staged = total
 
     def on_write_failed(self, error: Exception) -> None:
-        log.error("staging failed: %s; staged work is kept for resume under %s",
-                  error, self._layout.staging(self._plan.plan_id).url)
+        # The job re-raises the error (a bad record as one line); Ray's own text is for -v.
+        log.info("staging stopped; staged work is kept for resume under %s",
+                 self._layout.staging(self._plan.plan_id).url)
+        log.debug("staging failed: %s", error)

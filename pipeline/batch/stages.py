@@ -8,7 +8,9 @@ so the summary can say which stage bounds throughput.
 
 A row whose `text` is null is not encoded: it passes through with no token ids, empty
 vectors and `encoded = false` (re-indexing nulls the text of documents whose stored vectors
-it reuses). Columns a stage does not consume pass through it unchanged, so an earlier stage
+it reuses). A row whose text is "" (an empty document) is not run through the model either:
+its vector is empty (no query retrieves it) and `encoded = true`. Vectors travel as Arrow
+large_list (64-bit offsets), so a block is never limited to 2^31 postings. Columns a stage does not consume pass through it unchanged, so an earlier stage
 can attach what the commit step needs (re-indexing attaches each row's base location).
 """
 
@@ -51,7 +53,7 @@ def tokenize_batch(batch: pa.Table, options: EncoderOptions) -> pa.Table:
     """
     started = time.perf_counter()
     texts = batch.column("text").to_pylist()
-    todo = [i for i, text in enumerate(texts) if text is not None]
+    todo = [i for i, text in enumerate(texts) if text]
     ids = token_ids(_tokenizer(options.model), [texts[i] for i in todo], options.max_length)
     n = len(texts)
     lengths = np.zeros(n, dtype=np.int32)
@@ -59,7 +61,8 @@ def tokenize_batch(batch: pa.Table, options: EncoderOptions) -> pa.Table:
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(lengths, out=offsets[1:])
     flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
-    added = {"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))}
+    added = {"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat)),
+             "reused": pa.array([t is None for t in texts], pa.bool_())}
     if "fingerprint" not in batch.column_names:
         added["fingerprint"] = pa.array(fingerprint_texts(texts), pa.uint64())
     elapsed = (time.perf_counter() - started) / max(n, 1)
@@ -115,12 +118,12 @@ class EncodeActor:
             indptr[r + 1] = indptr[r] + len(row_indices[r])
         flat_idx = np.concatenate(row_indices).astype(np.int32) if n else np.zeros(0, np.int32)
         flat_val = np.concatenate(row_values).astype(np.float32) if n else np.zeros(0, np.float32)
-        encoded = np.zeros(n, dtype=bool)
-        encoded[todo] = True
+        # Encoded: every row but those whose stored vectors are reused (empty documents too).
+        encoded = ~batch.column("reused").to_numpy(zero_copy_only=False)
         elapsed = (time.perf_counter() - started) / max(n, 1)
-        return _replace_columns(batch, ["input_ids"], {
-            "indices": pa.ListArray.from_arrays(pa.array(indptr.astype(np.int32)), pa.array(flat_idx)),
-            "values": pa.ListArray.from_arrays(pa.array(indptr.astype(np.int32)), pa.array(flat_val)),
+        return _replace_columns(batch, ["input_ids", "reused"], {
+            "indices": pa.LargeListArray.from_arrays(pa.array(indptr), pa.array(flat_idx)),
+            "values": pa.LargeListArray.from_arrays(pa.array(indptr), pa.array(flat_val)),
             "encoded": pa.array(encoded, pa.bool_()),
             "t_encode": pa.array(np.full(n, elapsed), pa.float64()),
         })

@@ -8,8 +8,10 @@ run reads it back.
     rejects/s00003.jsonl                        the unit's rejected records (skip policy)
 
 A read block is `block_rows` consecutive valid records of a unit; it is done when its
-parts cover all its rows. The parts of an unfinished block are discarded before it is read
-again (`discard_unfinished_blocks`): the new attempt may cut it into different parts.
+parts cover all its rows. The unit of resume is the part (one encoder batch of rows), not
+the block: the parts of an unfinished block are kept, and only its rows no part holds are
+read and encoded again (`settle_unfinished_blocks`; a part overlapping one kept before it,
+which a retried task may leave, is removed).
 Numbers in names are zero-padded to a minimum width and grow past it; `part_name` and
 `parse_part_name` are the only writer and reader of part names, `unit_dir_name` of folders.
 """
@@ -72,7 +74,9 @@ class ShardState:
     committed: dict | None = None                 # COMMITTED.json if valid for this plan
     read_summary: dict | None = None              # read/sXXXXX.json
     covered_rows: dict[int, int] = field(default_factory=dict)  # seq -> rows present in parts
-    parts: dict[int, list[str]] = field(default_factory=dict)   # seq -> part file names
+    parts: dict[int, list[str]] = field(default_factory=dict)   # seq -> part file names kept
+    redundant: dict[int, list[str]] = field(default_factory=dict)  # seq -> parts overlapping kept ones
+    staged_rows: dict[int, frozenset[int]] = field(default_factory=dict)  # unfinished seq -> rows kept
 
     def done_blocks(self, block_rows: int) -> set[int]:
         """Read blocks whose parts hold all their rows."""
@@ -104,35 +108,64 @@ def scan_staging(plan: JobPlan, layout: IndexLayout,
         if f"{sdir}.json" in read_done:
             state.read_summary = read_json(read_loc(plan, layout, sp_.shard))
         if state.committed is None:
-            for name in list_dir(parts_loc(plan, layout, sp_.shard)):
-                parsed = parse_part_name(name)
-                if parsed:
-                    seq, _, n = parsed
-                    state.covered_rows[seq] = state.covered_rows.get(seq, 0) + n
-                    state.parts.setdefault(seq, []).append(name)
+            kept, redundant = sort_parts(list_dir(parts_loc(plan, layout, sp_.shard)))
+            for (seq, _, n), name in kept:
+                state.covered_rows[seq] = state.covered_rows.get(seq, 0) + n
+                state.parts.setdefault(seq, []).append(name)
+            for (seq, _, _), name in redundant:
+                state.redundant.setdefault(seq, []).append(name)
         states.append(state)
     return states
 
 
-def discard_unfinished_blocks(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> int:
-    """Remove the parts of read blocks that are not complete; returns how many were removed.
+def sort_parts(names: list[str]):
+    """Part files in row order, split into those kept and those overlapping a kept one.
 
-    Such a block is read and encoded again, and the new attempt may batch it differently:
-    its parts must not overlap what a crashed attempt left.
+    Each part holds the contiguous rows [first, first + n) (`stage_part`). Parts are kept in
+    order of their first row unless they overlap one kept before (a retried task may have cut
+    the same rows differently). Returns ([((seq, first, n), name)], same for the redundant).
     """
-    removed = 0
+    found = sorted((parsed, name) for name in names if (parsed := parse_part_name(name)))
+    kept, redundant = [], []
+    end: dict[int, int] = {}
+    for (seq, first, n), name in found:
+        if first < end.get(seq, -1):
+            redundant.append(((seq, first, n), name))
+        else:
+            end[seq] = first + n
+            kept.append(((seq, first, n), name))
+    return kept, redundant
+
+
+def settle_unfinished_blocks(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> int:
+    """Remove parts that overlap kept ones, and record the rows the kept parts of unfinished
+    read blocks hold (`ShardState.staged_rows`); returns how many parts were removed.
+
+    The next attempt reads such a block again but encodes only the rows no kept part holds,
+    so the parts of a block never overlap and a kill loses at most the batches in flight.
+    Only part names are read (each part is the contiguous rows its name gives).
+    """
+    removed = kept_rows = 0
     for sp_, state in zip(plan.shards, states):
+        loc = parts_loc(plan, layout, sp_.shard)
+        for names in state.redundant.values():
+            for name in names:
+                remove(loc.child(name), recursive=False)
+                removed += 1
+        state.redundant = {}
         done = state.done_blocks(plan.block_rows)
         for seq, names in state.parts.items():
             if seq in done:
                 continue
+            rows: set[int] = set()
             for name in names:
-                remove(parts_loc(plan, layout, sp_.shard).child(name), recursive=False)
-                removed += 1
-            state.covered_rows.pop(seq, None)
-        state.parts = {seq: names for seq, names in state.parts.items() if seq in done}
-    if removed:
-        log.info("discarded %d staged part(s) of unfinished read blocks", removed)
+                _, first, n = parse_part_name(name)
+                rows.update(range(first, first + n))
+            state.staged_rows[seq] = frozenset(rows)
+            kept_rows += len(rows)
+    if kept_rows or removed:
+        log.info("unfinished read blocks: %d staged row(s) kept, %d overlapping part(s) removed",
+                 kept_rows, removed)
     return removed
 
 
@@ -142,9 +175,8 @@ def read_staged_unit(plan: JobPlan, layout: IndexLayout, unit: int,
     summary = read_json(read_loc(plan, layout, unit))
     loc = parts_loc(plan, layout, unit)
     tables = []
-    for name in list_dir(loc):
-        if parse_part_name(name):
-            tables.append(pq.read_table(io.BytesIO(read_bytes(loc.child(name))), columns=columns))
+    for _, name in sort_parts(list_dir(loc))[0]:
+        tables.append(pq.read_table(io.BytesIO(read_bytes(loc.child(name))), columns=columns))
     if tables:
         table = pa.concat_tables(tables).sort_by("row")
     else:
@@ -183,6 +215,6 @@ def discard_staging(layout: IndexLayout, plan: JobPlan) -> None:
         remove(layout.root.child("staging"))
 
 
-__all__ = ["ShardState", "discard_staging", "discard_unfinished_blocks", "parse_part_name",
+__all__ = ["ShardState", "discard_staging", "settle_unfinished_blocks", "parse_part_name",
            "part_name", "parts_loc", "plan_location", "read_loc", "read_staged_unit",
            "rejects_loc", "scan_staging", "staged_postings", "staged_vectors", "unit_dir_name"]

@@ -16,6 +16,9 @@ Rules (one writer per index root; readers go through CURRENT or a leased generat
 * `staging/<plan>/` of abandoned plans: deleted when nothing in it changed for `min_age_s`
   (a long job keeps touching its staging; a crashed one does not).
 * Lease files belong to their servers and are never touched.
+* Only the holder of the root's writer lock deletes (`pipeline.catalog.writer_lock`): a job
+  collects with the lock it holds; anyone else takes the lock for the collection, and fails
+  naming the holder while a live run has it.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pipeline.catalog.layout import IndexLayout, generation_file_name, parse_shard_name
 from pipeline.catalog.leases import leased_generations
 from pipeline.catalog.manifest import list_generations, read_current_generation, read_manifest
+from pipeline.catalog.writer_lock import WriterLock, acquire_writer_lock
+from pipeline.faults import fault_point
 from pipeline.objstore import Location, list_dir, remove, with_retries
 
 log = logging.getLogger(__name__)
@@ -82,10 +87,22 @@ def age_s(loc: Location, now: float) -> float:
 
 
 def collect_garbage(layout: IndexLayout, keep_generations: int, *, min_age_s: float = GC_MIN_AGE_S,
-                    now: float | None = None, dry_run: bool = False) -> GcReport:
-    """Apply the module's rules; with `dry_run`, only report what would be deleted."""
+                    now: float | None = None, dry_run: bool = False,
+                    lock: WriterLock | None = None) -> GcReport:
+    """Apply the module's rules; with `dry_run`, only report what would be deleted.
+
+    `lock`: the writer lock the caller holds; None takes it for the collection (raising
+    `WriterLockHeld` while a live run holds it). A dry run needs no lock."""
     if keep_generations < 1:
         raise ValueError(f"keep_generations must be >= 1, got {keep_generations}")
+    if lock is None and not dry_run:
+        with acquire_writer_lock(layout, "garbage collection") as own:
+            return _collect(layout, keep_generations, min_age_s, now, dry_run, own)
+    return _collect(layout, keep_generations, min_age_s, now, dry_run, lock)
+
+
+def _collect(layout: IndexLayout, keep_generations: int, min_age_s: float, now: float | None,
+             dry_run: bool, lock: WriterLock | None) -> GcReport:
     now = time.time() if now is None else now
     current = read_current_generation(layout)
     report = GcReport(current=current, dry_run=dry_run)
@@ -125,8 +142,10 @@ def collect_garbage(layout: IndexLayout, keep_generations: int, *, min_age_s: fl
             report.deferred.append(f"staging/{plan_id}")
 
     if not dry_run:
+        lock.check("garbage collection")
         for g in report.deleted_generations:       # manifests first: see the module docstring
             remove(layout.manifest(g), recursive=False)
+        fault_point("gc:mid")
         for g in report.deleted_generations:
             remove(layout.rejects(g))
         for name in report.deleted_shards:
@@ -142,13 +161,14 @@ def collect_garbage(layout: IndexLayout, keep_generations: int, *, min_age_s: fl
 
 
 def collect_garbage_after_commit(layout: IndexLayout, keep_generations: int,
-                                 min_age_s: float = GC_MIN_AGE_S) -> dict:
-    """Garbage collection right after a job committed a generation.
+                                 min_age_s: float = GC_MIN_AGE_S,
+                                 lock: WriterLock | None = None) -> dict:
+    """Garbage collection right after a job committed a generation, under the job's lock.
 
     Its failure is logged and reported, never raised: the new generation is committed either way.
     """
     try:
-        return collect_garbage(layout, keep_generations, min_age_s=min_age_s).to_json()
+        return collect_garbage(layout, keep_generations, min_age_s=min_age_s, lock=lock).to_json()
     except Exception as exc:  # noqa: BLE001 - reported in the summary and the log
         log.error("garbage collection of %s failed: %s: %s", layout.url, type(exc).__name__, exc)
         return {"error": f"{type(exc).__name__}: {exc}"}

@@ -11,9 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pipeline.errors import UserError
+from pipeline.faults import fault_point
 from pipeline.objstore import exists, read_json, write_json_atomic
 from pipeline.catalog.layout import IndexLayout, generation_file_name, parse_generation_file_name
 
@@ -117,9 +118,17 @@ def list_generations(layout: IndexLayout) -> list[int]:
     return sorted(g for g in parsed if g is not None)
 
 
-def commit_generation(layout: IndexLayout, manifest: Manifest) -> None:
-    """Write the manifest, then move CURRENT to it: the single visible step."""
+def commit_generation(layout: IndexLayout, manifest: Manifest,
+                      fence: Callable[[str], None] | None = None) -> None:
+    """Write the manifest, then move CURRENT to it: the single visible step.
+
+    `fence(step)` runs before each write and raises to stop (the writer lock's check)."""
+    if fence is not None:
+        fence("writing the manifest")
     write_json_atomic(layout.manifest(manifest.generation), manifest.to_json())
+    fault_point("commit:before-current")
+    if fence is not None:
+        fence("moving CURRENT")
     write_json_atomic(layout.current(), {
         "format": MANIFEST_FORMAT,
         "generation": manifest.generation,

@@ -7,6 +7,7 @@ import typer
 from pipeline.batch.config import (BLOCK_ROWS, ENCODE_BATCH_SIZE, MAX_LENGTH, MODEL, QUERY_MAX_LENGTH,
                                    SHARD_SIZE)
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
+from pipeline.catalog.writer_lock import LOCK_TTL_S
 from pipeline.cli.common import echo_json, parse_json_option, parse_key_values
 
 
@@ -33,6 +34,8 @@ def index(
     keep_generations: int = typer.Option(KEEP_GENERATIONS, help="Generations kept for rollback and live readers."),
     gc_min_age_s: float = typer.Option(GC_MIN_AGE_S, help="Staging and uncommitted shards are "
                                                           "deleted only when idle this long."),
+    lock_ttl_s: float = typer.Option(LOCK_TTL_S, help="Writer lock lifetime without renewal: a crashed "
+                                                       "run's lock is taken over after this."),
     address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
     num_encoders: int = typer.Option(None, help="Encoder actors (default: one per GPU, or by CPU count)."),
     encoder_cpus: float = typer.Option(None, help="CPUs reserved per encoder actor."),
@@ -50,7 +53,7 @@ def index(
             block_rows=block_rows,
             values_dtype=values_dtype, index_kind=index_kind,
             index_params=parse_key_values(index_param, "--index-param"),
-            on_bad_record=on_bad_record, keep_generations=keep_generations, gc_min_age_s=gc_min_age_s,
+            on_bad_record=on_bad_record, keep_generations=keep_generations, gc_min_age_s=gc_min_age_s, lock_ttl_s=lock_ttl_s,
             storage_options=parse_json_option(storage_options, "--storage-options"),
             encoder=EncoderOptions(model=model, max_length=max_length, query_max_length=query_max_length,
                                    dtype=dtype, batch_size=batch_size, top_k=top_k, threshold=threshold),
@@ -65,7 +68,7 @@ def index(
         return
     typer.echo(f"index      {summary.output} (generation {summary.generation})")
     typer.echo(f"documents  {summary.docs_in} read, {summary.docs_indexed} indexed, "
-               f"{summary.docs_rejected} rejected")
+               f"{summary.docs_rejected} rejected, {summary.docs_empty} empty")
     typer.echo(f"shards     {summary.shards} ({summary.shards_reused} reused from an interrupted run)"
                if summary.resumed else f"shards     {summary.shards}")
     typer.echo(f"postings   {summary.nnz} non-zeros")

@@ -6,6 +6,7 @@ import typer
 
 from pipeline.batch.config import BLOCK_ROWS, ENCODE_BATCH_SIZE
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
+from pipeline.catalog.writer_lock import LOCK_TTL_S
 from pipeline.cli.common import echo_json, parse_json_option, parse_key_values
 
 AS_RECORDED = "default: as the live generation recorded it"
@@ -39,6 +40,8 @@ def reindex(
     values_dtype: str = typer.Option(None, help=f"Stored postings values ({AS_RECORDED})."),
     gc_min_age_s: float = typer.Option(GC_MIN_AGE_S, help="Staging and uncommitted shards are "
                                                           "deleted only when idle this long."),
+    lock_ttl_s: float = typer.Option(LOCK_TTL_S, help="Writer lock lifetime without renewal: a crashed "
+                                                       "run's lock is taken over after this."),
     address: str = typer.Option(None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)."),
     num_encoders: int = typer.Option(None, help="Encoder actors (default: one per GPU, or by CPU count)."),
     encoder_cpus: float = typer.Option(None, help="CPUs reserved per encoder actor."),
@@ -54,7 +57,7 @@ def reindex(
     try:
         config = ReindexConfig(
             corpus=corpus, index=index, full=full, keep_generations=keep_generations,
-            gc_min_age_s=gc_min_age_s, on_bad_record=on_bad_record, block_rows=block_rows,
+            gc_min_age_s=gc_min_age_s, lock_ttl_s=lock_ttl_s, on_bad_record=on_bad_record, block_rows=block_rows,
             shard_size=shard_size, format=format, id_field=id_field, title_field=title_field,
             text_field=text_field, index_kind=index_kind,
             index_params=parse_key_values(index_param, "--index-param"), values_dtype=values_dtype,
@@ -78,7 +81,7 @@ def reindex(
     typer.echo(f"index      {summary.index} generation {summary.generation} ({state}; "
                f"base {summary.base_generation})")
     typer.echo(f"documents  {summary.docs_in} read, {summary.docs_indexed} indexed, "
-               f"{summary.docs_rejected} rejected")
+               f"{summary.docs_rejected} rejected, {summary.docs_empty} empty")
     if not summary.full_rebuild:
         typer.echo(f"changes    {summary.docs_added} added, {summary.docs_changed} changed, "
                    f"{summary.docs_deleted} deleted, {summary.docs_unchanged} unchanged")

@@ -42,7 +42,8 @@ class CorpusFile:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A contiguous run of one file: bytes [start, end) of JSONL, or row groups [start, end)."""
+    """A contiguous run of one file: bytes [start, end) of JSONL (of the decompressed stream
+    for .gz), or row groups [start, end) of Parquet."""
 
     file: CorpusFile
     start: int
@@ -126,7 +127,9 @@ def plan_chunks(files: list[CorpusFile], shard_size: int,
     """Cut files into chunks of about `shard_size` records each (never across files).
 
     JSONL: byte ranges sized from the average record length of the file's first MiB.
-    Gzip JSONL cannot be split: one chunk per file. Parquet: consecutive row groups.
+    Gzip JSONL: decompressed once here and cut every `shard_size` records (non-blank lines),
+    at decompressed byte offsets; each read task decompresses from the start of the file up
+    to its chunk (gzip has no random access). Parquet: consecutive row groups.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -146,13 +149,45 @@ def plan_chunks(files: list[CorpusFile], shard_size: int,
                     start, rows = g + 1, 0
             if start < meta.num_row_groups or not chunks or chunks[-1].file != f:
                 chunks.append(Chunk(f, start, meta.num_row_groups))
-        elif f.compressed or f.size == 0:
-            chunks.append(Chunk(f, 0, f.size))
+        elif f.size == 0:
+            chunks.append(Chunk(f, 0, 0))
+        elif f.compressed:
+            chunks.extend(_gzip_chunks(f, loc, shard_size))
         else:
             step = max(1, int(_sample_bytes_per_record(loc, False) * shard_size))
             for start in range(0, f.size, step):
                 chunks.append(Chunk(f, start, min(f.size, start + step)))
     return chunks
+
+
+def _gzip_chunks(f: CorpusFile, loc: Location, shard_size: int) -> list[Chunk]:
+    """Chunks of `shard_size` records of a gzip JSONL file, in decompressed byte offsets."""
+    bounds, offset, records = [0], 0, 0
+    with loc.fs.open(loc.path, "rb") as raw, gzip.open(raw) as stream:
+        for line in stream:
+            offset += len(line)
+            if line.strip():
+                records += 1
+                if records == shard_size:
+                    bounds.append(offset)
+                    records = 0
+    if bounds[-1] != offset or len(bounds) == 1:
+        bounds.append(offset)
+    return [Chunk(f, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def sample_texts(files: list[CorpusFile], fields: FieldMap, n: int,
+                 storage_options: dict | None = None) -> list[str]:
+    """The texts of the first `n` valid, non-empty records of the corpus (plan-time estimates)."""
+    out: list[str] = []
+    for f in files:
+        chunk = Chunk(f, 0, 1 if f.format == "parquet" else 1 << 62)
+        for record in read_chunk(chunk, fields, storage_options):
+            if record.error is None and record.text:
+                out.append(record.text)
+                if len(out) >= n:
+                    return out
+    return out
 
 
 @dataclass
@@ -177,7 +212,7 @@ def _iter_jsonl_lines(chunk: Chunk, storage_options: dict | None) -> Iterator[tu
             offset = chunk.start - 1
             head = stream.readline()
             offset += len(head)
-        while chunk.file.compressed or offset < chunk.end:
+        while offset < chunk.end:
             line = stream.readline()
             if not line:
                 break
@@ -198,6 +233,32 @@ def line_number(url: str, offset: int, storage_options: dict | None = None) -> i
             count += block.count(b"\n")
             seen += len(block)
     return count
+
+
+def line_numbers(url: str, offsets: list[int], storage_options: dict | None = None) -> dict[int, int]:
+    """1-based line numbers of many byte offsets of one (possibly gzip) JSONL file, in one pass."""
+    loc = resolve(url, storage_options)
+    out: dict[int, int] = {}
+    count, seen = 1, 0
+    with loc.fs.open(loc.path, "rb") as raw:
+        stream = gzip.open(raw) if url.endswith(".gz") else raw
+        for offset in sorted(set(offsets)):
+            while seen < offset:
+                block = stream.read(min(1 << 22, offset - seen))
+                if not block:
+                    break
+                count += block.count(b"\n")
+                seen += len(block)
+            out[offset] = count
+    return out
+
+
+def describe_positions(file: CorpusFile, offsets: list[int],
+                       storage_options: dict | None = None) -> dict[int, str]:
+    """`describe_position` of many offsets of one file, reading it once."""
+    if file.format != "jsonl":
+        return {o: f"{file.url} row {o + 1}" for o in offsets}
+    return {o: f"{file.url} line {n}" for o, n in line_numbers(file.url, offsets, storage_options).items()}
 
 
 def describe_position(file: CorpusFile, offset: int, storage_options: dict | None = None) -> str:

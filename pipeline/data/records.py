@@ -68,7 +68,11 @@ def parse_record(record: Mapping[str, Any], fields: FieldMap = FieldMap(), *,
                  source: str | None = None, position: int | None = None) -> tuple[str, str]:
     """Validate one record and return ``(doc_id, document_text)``.
 
-    Ids may be strings or integers (stored as their decimal string). Raises `BadRecord`.
+    Ids may be strings or integers (stored as their decimal string) and are kept verbatim:
+    an id with leading or trailing whitespace is rejected with that reason, never stripped
+    (qrels and queries name ids without it, so a stripped id could silently match another).
+    A document whose title and text are both blank is valid: its text is "" (the jobs index
+    it as an empty vector that no query retrieves). Raises `BadRecord`.
     """
     try:
         if not isinstance(record, Mapping):
@@ -80,17 +84,17 @@ def parse_record(record: Mapping[str, Any], fields: FieldMap = FieldMap(), *,
         if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
             raise ValueError(f"id field {id_field!r} must be a string or integer, "
                              f"got {type(raw_id).__name__}")
-        doc_id = _check_string(str(raw_id), id_field, allow_empty=False).strip()
+        doc_id = _check_string(str(raw_id), id_field, allow_empty=False)
+        if doc_id != doc_id.strip():
+            raise ValueError(f"id {doc_id!r} has leading or trailing whitespace (ids are kept "
+                             f"verbatim, never stripped: fix the id in the corpus)")
         if fields.text not in record or record[fields.text] is None:
             raise ValueError(f"missing text field {fields.text!r}")
         text = _check_string(record[fields.text], fields.text, allow_empty=True)
         title = None
         if fields.title and record.get(fields.title) is not None:
             title = _check_string(record[fields.title], fields.title, allow_empty=True)
-        joined = document_text(title, text)
-        if not joined:
-            raise ValueError("empty text (title and text are both blank)")
-        return doc_id, joined
+        return doc_id, document_text(title, text)
     except ValueError as exc:
         if isinstance(exc, BadRecord):
             raise

@@ -42,6 +42,24 @@ class Collection:
     texts: list[str] | None = None
 
 
+def encode_documents(encoder, texts: list[str]):
+    """Document vectors as the indexing job makes them: an empty document (title and text
+    blank, text "") gets an empty vector, which no query retrieves; the others are encoded.
+    Evaluation then scores such documents like trec_eval scores a document never retrieved."""
+    import scipy.sparse as sp
+
+    todo = [i for i, t in enumerate(texts) if t]
+    if len(todo) == len(texts):
+        return sp.csr_matrix(encoder.encode(texts))
+    encoded = sp.csr_matrix(encoder.encode([texts[i] for i in todo])) if todo else None
+    n_cols = encoded.shape[1] if encoded is not None else int(encoder.settings()["vocab_size"])
+    place = sp.csr_matrix((np.ones(len(todo), np.float32), (todo, np.arange(len(todo)))),
+                          shape=(len(texts), len(todo)))
+    log.info("%d empty document(s) get empty vectors", len(texts) - len(todo))
+    return sp.csr_matrix(place @ encoded) if encoded is not None else sp.csr_matrix((len(texts), n_cols),
+                                                                                    dtype=np.float32)
+
+
 def load_collection(folder: str, split: str = "test", *, with_texts: bool = True,
                     storage_options: dict | None = None) -> Collection:
     """Read a BEIR folder; `with_texts=False` keeps only document ids (enough when an index exists)."""

@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from pipeline.errors import UserError
+from pipeline.faults import fault_point
 from pipeline.objstore import Location, with_retries, zarr_store
 
 POSTINGS_FORMAT = "lsr-postings"
@@ -32,13 +33,17 @@ class PostingsFormatError(UserError, ValueError):
     """A postings group is missing, truncated, or not ours."""
 
 
-def hash_strings(strings) -> np.ndarray:
-    """64-bit hashes (blake2b-64 of the UTF-8 bytes, little-endian) of strings: the project's
-    one string hasher, for id partitioning and lookups and for content fingerprints."""
-    out = np.empty(len(strings), dtype=np.uint64)
+def hash_strings(strings, words: int = 1) -> np.ndarray:
+    """Hashes of strings (blake2b of the UTF-8 bytes, 64 bits per word, little-endian): the
+    project's one string hasher, for id partitioning and lookups and content fingerprints.
+
+    words=1: uint64 (n,); words=2: uint64 (n, 2), a 128-bit hash (word 0 first)."""
+    out = np.empty((len(strings), words), dtype=np.uint64)
     for i, text in enumerate(strings):
-        out[i] = int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little")
-    return out
+        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8 * words).digest()
+        for w in range(words):
+            out[i, w] = int.from_bytes(digest[8 * w:8 * w + 8], "little")
+    return out[:, 0] if words == 1 else out
 
 
 def fingerprint_texts(texts) -> np.ndarray:
@@ -108,6 +113,7 @@ def write_postings(loc: Location, postings: ShardPostings, *, values_dtype: str 
                                chunks=(max(1, min(1 << 18, doc_ids.shape[0])),))
         if doc_ids.size:
             z[:] = doc_ids
+        fault_point("commit:mid-postings")
         # Attributes last: a group without them reads as truncated.
         group.attrs.update({
             "format": POSTINGS_FORMAT, "version": POSTINGS_VERSION,

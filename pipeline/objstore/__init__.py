@@ -6,6 +6,7 @@ The bottom layer: imports no other `pipeline` package except `pipeline.errors`.
 from pipeline.objstore.fs import (
     StorageError,
     Location,
+    create_exclusive,
     exists,
     join_url,
     list_dir,
@@ -22,6 +23,7 @@ from pipeline.objstore.fs import (
 __all__ = [
     "StorageError",
     "Location",
+    "create_exclusive",
     "exists",
     "join_url",
     "list_dir",
