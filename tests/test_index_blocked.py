@@ -272,3 +272,69 @@ def test_bad_input():
                           ({"threads": 0}, "threads")):
         with pytest.raises(ValueError, match=match):
             index.search(np.ones((1, 4)), **kwargs)
+
+
+# --- the search kernels' steps, against brute force ---------------------------------------------
+
+def _dense_summaries(index: BlockedIndex) -> np.ndarray:
+    """(blocks, vocab) float64 summaries decoded with numpy from the documented layout: pair
+    records (term little-endian in 2 or 4 bytes, then entries - 1), entries ``(segment-local
+    block << 8) | u8 code``, values ``block_min + block_step * code``."""
+    a = index.arrays()
+    width = 3 if index.vocab_size <= 1 << 16 else 5
+    rec = a["pair_records"].reshape(-1, width).astype(np.int64)
+    terms = sum(rec[:, i] << (8 * i) for i in range(width - 1))
+    sizes = rec[:, width - 1] + 1
+    seg_of_pair = np.repeat(np.arange(a["seg_pair_ptr"].size - 1), np.diff(a["seg_pair_ptr"]))
+    pair_of_entry = np.repeat(np.arange(terms.size), sizes)
+    entries = a["entries"].astype(np.int64)
+    blocks = a["seg_block_ptr"][seg_of_pair[pair_of_entry]] + (entries >> 8)
+    values = a["block_min"][blocks].astype(np.float64) + a["block_step"][blocks] * (entries & 255)
+    out = np.zeros((a["block_min"].size, index.vocab_size))
+    out[blocks, terms[pair_of_entry]] = values
+    return out
+
+
+@pytest.mark.parametrize("vocab", [300, 70_000])
+def test_summary_scoring_equals_brute_force_decode(vocab):
+    import pipeline.index.search_kernels as sk
+
+    rng = np.random.default_rng(vocab)
+    n_docs = 3000
+    hot = rng.choice(vocab, 300, replace=False)     # a shared sub-vocabulary: long lists
+    rows = np.repeat(np.arange(n_docs), 25)
+    cols = hot[rng.integers(0, 300, rows.size) % 300]
+    docs = sp.csr_matrix((rng.random(rows.size).astype(np.float32) + 0.01, (rows, cols)),
+                         shape=(n_docs, vocab))
+    docs.sum_duplicates()
+    index = BlockedIndex.build(docs, n_postings=40, centroid_fraction=0.3, summary_energy=0.6,
+                               forward_values="float32")
+    view = index._view
+    summaries = _dense_summaries(index)
+    lbp = index.arrays()["list_block_ptr"]
+    n_max = int(np.diff(lbp).max())
+    for trial in range(20):
+        n_terms = int(rng.integers(1, 40))
+        q_terms = np.sort(rng.choice(hot, n_terms, replace=False)).astype(np.int32)
+        q_values = rng.random(n_terms).astype(np.float32) + 0.01
+        cut = np.empty(8, np.int64)
+        n_cut = sk.select_cut_terms(q_values, 8, cut)
+        assert n_cut == min(8, n_terms)
+        expect_cut = np.lexsort((np.arange(n_terms), -q_values))[:n_cut]
+        np.testing.assert_array_equal(cut[:n_cut], expect_cut)
+        n = n_cut * n_max
+        cand, acc_code, acc_q, dots = (np.empty(n, np.int64), np.empty(n, np.float32),
+                                       np.empty(n, np.float32), np.empty(n, np.float32))
+        n_cand = sk.score_summaries(view, q_terms, q_values, cut, n_cut, cand, acc_code, acc_q,
+                                    dots)
+        expect_blocks = np.concatenate(
+            [np.arange(lbp[t], lbp[t + 1]) for t in q_terms[cut[:n_cut]]])
+        np.testing.assert_array_equal(cand[:n_cand], expect_blocks)
+        q = np.zeros(vocab)
+        q[q_terms] = q_values
+        np.testing.assert_allclose(dots[:n_cand], summaries[expect_blocks] @ q, rtol=1e-5,
+                                   atol=1e-5)
+        heap = np.empty(max(n_cand, 1), np.int64)
+        sk.order_blocks(dots, heap, n_cand)
+        if n_cand:
+            assert dots[heap[0]] == dots[:n_cand].max()

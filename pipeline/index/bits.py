@@ -107,8 +107,22 @@ SMALL_VOCAB = 1 << 16
 
 PAIR_GROUP_SHIFT = 4
 PAIR_GROUP = 1 << PAIR_GROUP_SHIFT
-"""Pairs per ``pair_group_base`` entry: pair ``p``'s group is ``p >> PAIR_GROUP_SHIFT``. Sixteen
-keeps the base array at 4 bytes per 16 pairs while the in-group prefix sum stays short."""
+"""Pairs per ``pair_group_base`` entry: pair ``p``'s group is ``p >> PAIR_GROUP_SHIFT`` and the
+group's first pair is ``(p >> PAIR_GROUP_SHIFT) << PAIR_GROUP_SHIFT``. Sixteen keeps the base
+array at 4 bytes per 16 pairs while the in-group prefix sum stays short."""
+
+ENTRY_BLOCK_SHIFT = 8
+ENTRY_CODE_MASK = (1 << ENTRY_BLOCK_SHIFT) - 1
+"""A summary entry is one uint16: bits 0-7 the block's u8 summary code of the pair's term,
+bits 8-15 the block's index inside its segment: ``entry >> ENTRY_BLOCK_SHIFT`` is the block,
+``entry & ENTRY_CODE_MASK`` the code (value ``block_min + block_step * code``)."""
+
+SEGMENT_BLOCKS = 1 << ENTRY_BLOCK_SHIFT
+"""Blocks per summary segment at most: a segment-local block id fits the entry's high byte."""
+
+U8_LEVELS = ENTRY_CODE_MASK
+"""Largest summary code: values are quantised to ``0..U8_LEVELS`` between a block's min and
+max component."""
 
 
 def summary_term_bytes(vocab_size: int) -> int:

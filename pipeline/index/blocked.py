@@ -82,6 +82,19 @@ def forward_words(csr: sp.csr_matrix, codec: EntryCodec) -> np.ndarray:
     return words
 
 
+def kernel_view(arrays: dict[str, np.ndarray], codec: EntryCodec, record_size: int
+                ) -> sk.IndexView:
+    """The arrays and decoding constants as the one `IndexView` the search kernels take."""
+    wt = codec.word_dtype
+    return sk.IndexView(
+        arrays["fwd_words"], wt(codec.term_mask), wt(codec.hi_shift), wt(codec.lo_shift),
+        np.float32(codec.query_scale), codec.name == "float32",
+        arrays["list_block_ptr"], arrays["block_post_ptr"], arrays["postings"],
+        arrays["block_min"], arrays["block_step"], arrays["list_seg_ptr"],
+        arrays["seg_block_ptr"], arrays["seg_pair_ptr"], arrays["pair_records"], record_size,
+        arrays["pair_group_base"], arrays["entries"])
+
+
 def _global_keep(values: np.ndarray, budget: int) -> np.ndarray:
     """Mask of the ``budget`` largest values (ties at the threshold: first in term order)."""
     n = values.size
@@ -134,14 +147,13 @@ class BlockedIndex:
         self._vocab = int(vocab_size)
         self._nnz = int(nnz)
         self._codec = CODECS[config.forward_values]
-        wt = self._codec.word_dtype
-        self._decode = (wt(self._codec.term_mask), wt(self._codec.hi_shift),
-                        wt(self._codec.lo_shift), np.float32(self._codec.query_scale),
-                        self._codec.name == "float32")
         self._record_size = summary_record_size(vocab_size)
+        self._view = kernel_view(self._a, self._codec, self._record_size)
         lbp = arrays["list_block_ptr"]
         self._max_list_blocks = int(np.diff(lbp).max()) if lbp.size > 1 else 0
         self._local = threading.local()
+        # the single-query path: argument types fixed per index by its view, `Scratch`
+        # and `validate`
         self._serial = FastCall(sk.search_serial)
 
     # -- build -------------------------------------------------------------------------------
@@ -288,13 +300,9 @@ class BlockedIndex:
         """Wrap arrays read back from storage, after a structural check of every pointer and
         offset (so a corrupt copy fails here, not as an out-of-bounds read in a kernel).
         Raises ``ValueError`` naming the first problem found."""
-        codec = CODECS[config.forward_values]
-        a = arrays
-        problem = sk.check_structure(
-            n_docs, vocab_size, a["fwd_words"], codec.word_dtype(codec.term_mask),
-            a["list_block_ptr"], a["block_post_ptr"], a["postings"], a["list_seg_ptr"],
-            a["seg_block_ptr"], a["seg_pair_ptr"], a["pair_records"],
-            summary_record_size(vocab_size), a["pair_group_base"], a["entries"])
+        view = kernel_view({n: np.ascontiguousarray(a) for n, a in arrays.items()},
+                           CODECS[config.forward_values], summary_record_size(vocab_size))
+        problem = sk.check_structure(view, n_docs, vocab_size)
         if problem:
             raise ValueError(problem)
         return cls(arrays, config, n_docs, vocab_size, nnz)
@@ -344,37 +352,33 @@ class BlockedIndex:
         if nq == 0 or self._n_docs == 0 or q.nnz == 0:
             return out_docs, out_scores
         capacity = min(k, self._n_docs)
-        a = self._a
-        term_mask, hi_shift, lo_shift, q_scale, ordered = self._decode
-        index_args = (a["fwd_words"], term_mask, hi_shift, lo_shift, q_scale, ordered,
-                      a["list_block_ptr"], a["block_post_ptr"], a["postings"], a["block_min"],
-                      a["block_step"], a["list_seg_ptr"], a["seg_block_ptr"], a["seg_pair_ptr"],
-                      a["pair_records"], self._record_size, a["pair_group_base"], a["entries"])
         longest = q.nnz if nq == 1 else int(np.diff(q_indptr).max())
         n_candidates = min(query_cut, longest) * self._max_list_blocks
         if nq == 1 or threads == 1:
-            scratch = self._scratch(n_candidates)
-            cut = np.empty(query_cut, np.int64)
-            h_scores = np.empty(capacity, np.float32)
-            h_docs = np.empty(capacity, np.int64)
-            self._serial("serial", q_indptr, q.indices, q.data, query_cut, heap_factor,
-                         *index_args, *scratch, cut, h_scores, h_docs, out_docs, out_scores)
+            sc = self._scratch(n_candidates, query_cut, capacity)
+            self._serial("serial", self._view, q_indptr, q.indices, q.data, query_cut, heap_factor,
+                    sc, out_docs, out_scores)
         else:
             n_chunks = min(nq, 4 * threads)
             with numba_threads(threads):
-                sk.search_parallel(q_indptr, q.indices, q.data, query_cut, heap_factor,
-                                   n_chunks, self._vocab, self._n_docs, n_candidates,
-                                   capacity, *index_args, out_docs, out_scores)
+                sk.search_parallel(self._view, q_indptr, q.indices, q.data, query_cut,
+                                   heap_factor, n_chunks, self._vocab, self._n_docs,
+                                   n_candidates, capacity, out_docs, out_scores)
         return out_docs, out_scores
 
-    def _scratch(self, n_candidates: int):
-        """This thread's scratch arrays (left clean by every query), grown on demand."""
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None or scratch[3].size < n_candidates:
-            full = sk.alloc_scratch(self._vocab, self._n_docs, n_candidates, 1, 1)
-            scratch = full[:8]
-            self._local.scratch = scratch
-        return scratch
+    def _scratch(self, n_candidates: int, query_cut: int, capacity: int) -> sk.Scratch:
+        """This thread's `Scratch` (left clean by every query), grown on demand; the
+        per-query parts (cut terms, top-k heap) sized for this call."""
+        sc = getattr(self._local, "scratch", None)
+        if sc is None or sc.cand_block.size < n_candidates:
+            sc = sk.alloc_scratch(self._vocab, self._n_docs, n_candidates, 1, 1)
+            self._local.scratch = sc
+        if sc.cut.size != query_cut or sc.h_scores.size != capacity:
+            sc = sc._replace(cut=np.empty(query_cut, np.int64),
+                             h_scores=np.empty(capacity, np.float32),
+                             h_docs=np.empty(capacity, np.int64))
+            self._local.scratch = sc
+        return sc
 
     def __repr__(self) -> str:
         return (f"BlockedIndex(n_docs={self._n_docs}, vocab_size={self._vocab}, "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-U8_LEVELS = 255
+from pipeline.index.bits import ENTRY_BLOCK_SHIFT, SEGMENT_BLOCKS, U8_LEVELS
 
 
 @njit(cache=True, nogil=True)
@@ -193,7 +193,6 @@ def _cluster_list(docs, n_cent, indptr, indices, data, top_terms, top_weights,
         slot_of[slot_terms[s]] = -1
 
 
-SEGMENT_BLOCKS = 256          # blocks per summary segment: segment-local block ids fit a byte
 ENERGY_BUCKETS = 64
 
 
@@ -336,7 +335,7 @@ def build_lists(first_term, last_term, seed, list_ptr, list_docs, indptr, indice
       pair_terms    int32 (n_pairs)       per segment, its summary terms ascending
       pair_counts   uint8 (n_pairs)       entries of the pair, minus one
       entries       uint16 (n_entries)    per pair, ascending block: (segment-local block
-                                          << 8) | code
+                                          << ENTRY_BLOCK_SHIFT) | code
     """
     n_lists = last_term - first_term
     p0 = list_ptr[first_term]
@@ -436,7 +435,7 @@ def build_lists(first_term, last_term, seed, list_ptr, list_docs, indptr, indice
                     code = int(np.floor((kept_v[j] - lo_v) / step + 0.5))
                     code = min(max(code, 0), U8_LEVELS)
                 trip_terms[n_trip] = kept_t[j]
-                trip_codes[n_trip] = (seg_blk << 8) | code
+                trip_codes[n_trip] = (seg_blk << ENTRY_BLOCK_SHIFT) | code
                 n_trip += 1
             block_sizes = _reserve(block_sizes, n_blocks_total + 1)
             block_min = _reserve(block_min, n_blocks_total + 1)

@@ -10,17 +10,45 @@ blocks of all the cut lists are visited in one order, best summary score first: 
 fills with strong candidates early, raising the bar for every later block, and the scan
 stops at the first block it may skip, since all later blocks score lower still.
 
+The kernels take the index as one `IndexView` (its arrays and decoding constants) and the
+per-thread working memory as one `Scratch`, both named tuples numba types once. A query is
+four composable steps, each an ``@njit`` function callable (and tested) on its own:
+`select_cut_terms`, `score_summaries`, `order_blocks`, `score_blocks`.
+
 Scratch arrays (dense query, visited bitset, ...) are allocated once per thread (or per
-chunk of a batch) and left clean by every query: a query allocates nothing.
+chunk of a batch) and left clean by every query.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit, prange
 
-from pipeline.index.bits import bits_to_f32, prefetch
+from pipeline.index.bits import (ENTRY_BLOCK_SHIFT, ENTRY_CODE_MASK, PAIR_GROUP,
+                                 PAIR_GROUP_SHIFT, SEGMENT_BLOCKS, bits_to_f32, prefetch)
 from pipeline.index.topk import heap_push, heap_to_row, worse
+
+IndexView = namedtuple("IndexView", [
+    "words", "term_mask", "hi_shift", "lo_shift", "q_scale", "ordered",
+    "list_block_ptr", "block_post_ptr", "postings", "block_min", "block_step",
+    "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr", "pair_records", "record_size",
+    "pair_group_base", "entries"])
+IndexView.__doc__ = """What the search kernels read of a `BlockedIndex`: its arrays (layout in
+`pipeline.index.blocked`) plus the forward codec's decoding constants (``term_mask``,
+``hi_shift``, ``lo_shift`` of the word dtype; ``q_scale`` float32; ``ordered``: float32
+words, scored in one ascending accumulator) and ``record_size`` (int, 3 or 5)."""
+
+Scratch = namedtuple("Scratch", [
+    "q_dense", "visited", "touched", "cand_block", "acc_code", "acc_q", "dots", "heap", "cut",
+    "h_scores", "h_docs"])
+Scratch.__doc__ = """One thread's working memory, left clean by every query: ``q_dense``
+float32 (V) the query, zero outside its terms; ``visited`` uint64 (N/64 + 1) bitset of scored
+documents and ``touched`` int64 (N) their log; per candidate block (``n_candidates``):
+``cand_block`` int64 global block id, ``acc_code``/``acc_q``/``dots`` float32 summary
+accumulators and score, ``heap`` int64 block order; ``cut`` int64 (query_cut) positions of the
+cut terms; ``h_scores`` float32 / ``h_docs`` int64 (capacity) the top-k heap."""
 
 
 @njit(inline="always")
@@ -57,9 +85,11 @@ def _score_doc(words, start, n, q_dense, term_mask, hi_shift, lo_shift, ordered)
 
 
 @njit(inline="always")
-def _scan_block(p_lo, p_hi, postings, words, term_mask, hi_shift, lo_shift, ordered,
-                q_dense, visited, touched, n_touched, h_scores, h_docs, size, capacity):
+def _scan_block(ix, p_lo, p_hi, q_dense, visited, touched, n_touched, h_scores, h_docs, size):
     """Score the unvisited documents of one block; returns (heap size, n_touched)."""
+    postings = ix.postings
+    words = ix.words
+    capacity = h_scores.size
     for p in range(p_lo, p_hi):
         if p + 2 < p_hi:
             prefetch(words, postings[p + 2])
@@ -73,7 +103,7 @@ def _scan_block(p_lo, p_hi, postings, words, term_mask, hi_shift, lo_shift, orde
         touched[n_touched] = d
         n_touched += 1
         score = _score_doc(words, off + 2, np.int64(words[off + 1]), q_dense,
-                           term_mask, hi_shift, lo_shift, ordered)
+                           ix.term_mask, ix.hi_shift, ix.lo_shift, ix.ordered)
         if score > 0:
             if size < capacity or worse(h_scores[0], h_docs[0], score, d):
                 size = heap_push(h_scores, h_docs, size, capacity, score, d)
@@ -110,12 +140,18 @@ def _pair_term(records, p, record_size):
 
 
 @njit(inline="always")
+def _pair_size(records, p, record_size):
+    """Number of entries of summary pair p (its record's last byte holds the count - 1)."""
+    return np.int64(records[p * record_size + record_size - 1]) + 1
+
+
+@njit(inline="always")
 def _pair_first(records, group_base, p, record_size):
     """Offset in ``entries`` of pair p's first entry: its group's base plus the sizes of
     the pairs before it in the group."""
-    off = np.int64(group_base[p >> 4])
-    for j in range((p >> 4) << 4, p):
-        off += np.int64(records[j * record_size + record_size - 1]) + 1
+    off = np.int64(group_base[p >> PAIR_GROUP_SHIFT])
+    for j in range((p >> PAIR_GROUP_SHIFT) << PAIR_GROUP_SHIFT, p):
+        off += _pair_size(records, j, record_size)
     return off
 
 
@@ -126,28 +162,12 @@ def _grown(buf):
     return out
 
 
-@njit(cache=True, nogil=True)
-def search_query(q_terms, q_values, query_cut, heap_factor,
-                 words, term_mask, hi_shift, lo_shift, q_scale, ordered,
-                 list_block_ptr, block_post_ptr, postings, block_min, block_step,
-                 list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
-                 pair_group_base, entries,
-                 q_dense, visited, touched, cand_block, acc_code, acc_q, dots, heap, cut,
-                 h_scores, h_docs, out_docs, out_scores):
-    """Top-k of one query (terms ascending) into ``out_docs``/``out_scores`` (one row)."""
-    nt = q_terms.size
-    capacity = h_scores.size
-    # matched summary pairs of this query: at most |q| per segment of a cut list
-    n_alloc = max(16, min(query_cut, nt) * nt)
-    match_first = np.empty(n_alloc, np.int64)
-    match_last = np.empty(n_alloc, np.int64)
-    match_base = np.empty(n_alloc, np.int64)
-    match_w = np.empty(n_alloc, np.float32)
-    for i in range(nt):
-        q_dense[q_terms[i]] = q_values[i] * q_scale
-
-    # the query_cut heaviest terms, heaviest first (ties: lower term id first): each pick
-    # is the best-ranked term ranking strictly below the previous pick
+@njit(cache=True, nogil=True, inline="always")
+def select_cut_terms(q_values, query_cut, cut):
+    """Positions of the ``query_cut`` heaviest query terms into ``cut``, heaviest first (ties:
+    lower position first); returns how many. Each pick is the best-ranked term ranking
+    strictly below the previous pick."""
+    nt = q_values.size
     n_cut = min(query_cut, nt)
     prev = -1
     for c in range(n_cut):
@@ -160,51 +180,69 @@ def search_query(q_terms, q_values, query_cut, heap_factor,
                 best = i
         cut[c] = best
         prev = best
+    return n_cut
 
-    # phase 1: the summary score of every block of the cut lists, in two passes: find the
-    # (term, blocks) pairs of the query's terms and prefetch their entries, then read them
-    # (by then mostly in cache: the entries of ~60 pairs a list sit on ~60 cold lines)
+
+@njit(cache=True, nogil=True, inline="always")
+def score_summaries(ix, q_terms, q_values, cut, n_cut, cand_block, acc_code, acc_q, dots):
+    """Summary score ``summary . q`` (whole query, ``q_values`` unscaled) of every block of
+    the lists of ``q_terms[cut[:n_cut]]``, in list order then block order: candidate ``j``
+    is global block ``cand_block[j]`` with score ``dots[j]``. Returns the candidate count.
+
+    Two passes: find the (term, blocks) pairs of the query's terms in each segment and
+    prefetch their entries, then read them (by then mostly in cache). The accumulators
+    keep ``sum w * code`` and ``sum w`` per block, dequantised once at the end:
+    ``step * sum(w * code) + min * sum(w)``."""
+    nt = q_terms.size
+    records = ix.pair_records
+    record_size = ix.record_size
+    entries = ix.entries
+    # matched summary pairs of this query: at most |q| per segment of a cut list
+    n_alloc = max(16, n_cut * nt)
+    match_first = np.empty(n_alloc, np.int64)
+    match_last = np.empty(n_alloc, np.int64)
+    match_base = np.empty(n_alloc, np.int64)
+    match_w = np.empty(n_alloc, np.float32)
     n_cand = 0
     n_match = 0
     for c in range(n_cut):
         t = q_terms[cut[c]]
-        b0 = list_block_ptr[t]
-        nb = list_block_ptr[t + 1] - b0
+        b0 = ix.list_block_ptr[t]
+        nb = ix.list_block_ptr[t + 1] - b0
         if nb == 0:
             continue
         for j in range(nb):
             cand_block[n_cand + j] = b0 + j
             acc_code[n_cand + j] = 0.0
             acc_q[n_cand + j] = 0.0
-        for s in range(list_seg_ptr[t], list_seg_ptr[t + 1]):
-            seg_base = n_cand + (seg_block_ptr[s] - b0)
-            p_end = seg_pair_ptr[s + 1]
-            p = seg_pair_ptr[s]
+        for s in range(ix.list_seg_ptr[t], ix.list_seg_ptr[t + 1]):
+            seg_base = n_cand + (ix.seg_block_ptr[s] - b0)
+            p_end = ix.seg_pair_ptr[s + 1]
+            p = ix.seg_pair_ptr[s]
             # merge the ascending query terms into the ascending pair terms, galloping
             # over the pairs: O(|q| log(pairs / |q|)) probes instead of a pass over all
             for i in range(nt):
                 qt = np.int64(q_terms[i])
                 if p >= p_end:
                     break
-                if _pair_term(pair_records, p, record_size) < qt:
+                if _pair_term(records, p, record_size) < qt:
                     step = 1
-                    while p + step < p_end and _pair_term(pair_records, p + step,
-                                                          record_size) < qt:
+                    while p + step < p_end and _pair_term(records, p + step, record_size) < qt:
                         step <<= 1
                     lo = p + (step >> 1) + 1
                     hi = min(p + step, p_end)
                     while lo < hi:
                         mid = (lo + hi) >> 1
-                        if _pair_term(pair_records, mid, record_size) < qt:
+                        if _pair_term(records, mid, record_size) < qt:
                             lo = mid + 1
                         else:
                             hi = mid
                     p = lo
                     if p >= p_end:
                         break
-                if _pair_term(pair_records, p, record_size) == qt:
-                    first = _pair_first(pair_records, pair_group_base, p, record_size)
-                    last = first + np.int64(pair_records[p * record_size + record_size - 1]) + 1
+                if _pair_term(records, p, record_size) == qt:
+                    first = _pair_first(records, ix.pair_group_base, p, record_size)
+                    last = first + _pair_size(records, p, record_size)
                     prefetch(entries, first)
                     prefetch(entries, last - 1)
                     if n_match == match_first.size:
@@ -224,19 +262,35 @@ def search_query(q_terms, q_values, query_cut, heap_factor,
         seg_base = match_base[m]
         for j in range(match_first[m], match_last[m]):
             x = entries[j]
-            bl = seg_base + (x >> 8)
-            acc_code[bl] += w * np.float32(x & 255)
+            bl = seg_base + (x >> ENTRY_BLOCK_SHIFT)
+            acc_code[bl] += w * np.float32(x & ENTRY_CODE_MASK)
             acc_q[bl] += w
     for j in range(n_cand):
         blk = cand_block[j]
-        dots[j] = block_step[blk] * acc_code[j] + block_min[blk] * acc_q[j]
+        dots[j] = ix.block_step[blk] * acc_code[j] + ix.block_min[blk] * acc_q[j]
+    return n_cand
 
-    # phase 2: blocks best summary first (a max-heap over the candidates); stop at the
-    # first block the heap lets us skip, since every later one scores lower still
+
+@njit(cache=True, nogil=True, inline="always")
+def order_blocks(dots, heap, n_cand):
+    """Arrange candidates ``0..n_cand`` in ``heap`` as a max-heap on ``dots``."""
     for j in range(n_cand):
         heap[j] = j
     for i in range(n_cand // 2 - 1, -1, -1):
         _sift_down_max(heap, dots, n_cand, i)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def score_blocks(ix, heap_factor, n_cand, sc):
+    """Score documents block by block, best summary first (popping ``sc.heap``), into the
+    top-k heap ``sc.h_scores``/``sc.h_docs``; stop at the first block the heap lets us skip
+    (heap full and summary score < ``heap_factor`` x its k-th score), since every later block
+    scores lower still. Returns (heap size, documents scored); the scored documents are
+    marked in ``sc.visited`` and logged in ``sc.touched`` for the caller to clear."""
+    h_scores = sc.h_scores
+    heap = sc.heap
+    dots = sc.dots
+    capacity = h_scores.size
     size = 0
     n_touched = 0
     n_heap = n_cand
@@ -247,87 +301,87 @@ def search_query(q_terms, q_values, query_cut, heap_factor,
         n_heap -= 1
         heap[0] = heap[n_heap]
         _sift_down_max(heap, dots, n_heap, 0)
-        blk = cand_block[j]
+        blk = sc.cand_block[j]
         size, n_touched = _scan_block(
-            np.int64(block_post_ptr[blk]), np.int64(block_post_ptr[blk + 1]), postings, words,
-            term_mask, hi_shift, lo_shift, ordered, q_dense, visited, touched, n_touched,
-            h_scores, h_docs, size, capacity)
+            ix, np.int64(ix.block_post_ptr[blk]), np.int64(ix.block_post_ptr[blk + 1]),
+            sc.q_dense, sc.visited, sc.touched, n_touched, h_scores, sc.h_docs, size)
+    return size, n_touched
 
+
+@njit(cache=True, nogil=True)
+def search_query(ix, q_terms, q_values, query_cut, heap_factor, sc, out_docs, out_scores):
+    """Top-k of one query (terms ascending) into ``out_docs``/``out_scores`` (one row)."""
+    nt = q_terms.size
     for i in range(nt):
-        q_dense[q_terms[i]] = 0.0
+        sc.q_dense[q_terms[i]] = q_values[i] * ix.q_scale
+    n_cut = select_cut_terms(q_values, query_cut, sc.cut)
+    n_cand = score_summaries(ix, q_terms, q_values, sc.cut, n_cut, sc.cand_block, sc.acc_code,
+                             sc.acc_q, sc.dots)
+    order_blocks(sc.dots, sc.heap, n_cand)
+    size, n_touched = score_blocks(ix, heap_factor, n_cand, sc)
+    for i in range(nt):
+        sc.q_dense[q_terms[i]] = 0.0
     for j in range(n_touched):
-        visited[touched[j] >> 6] = 0
-    heap_to_row(h_scores, h_docs, size, out_docs, out_scores)
+        sc.visited[sc.touched[j] >> 6] = 0
+    heap_to_row(sc.h_scores, sc.h_docs, size, out_docs, out_scores)
 
 
 @njit(cache=True, nogil=True)
 def alloc_scratch(vocab, n_docs, n_candidates, capacity, query_cut):
-    """Scratch for one thread: dense query, visited bitset and log, candidate blocks, heaps."""
+    """`Scratch` for one thread (zeroed where a query expects it clean)."""
     n_candidates = max(n_candidates, 1)
-    return (np.zeros(vocab, np.float32),
-            np.zeros(n_docs // 64 + 1, np.uint64),
-            np.empty(max(n_docs, 1), np.int64),
-            np.empty(n_candidates, np.int64),
-            np.empty(n_candidates, np.float32),
-            np.empty(n_candidates, np.float32),
-            np.empty(n_candidates, np.float32),
-            np.empty(n_candidates, np.int64),
-            np.empty(query_cut, np.int64),
-            np.empty(capacity, np.float32),
-            np.empty(capacity, np.int64))
+    return Scratch(np.zeros(vocab, np.float32),
+                   np.zeros(n_docs // 64 + 1, np.uint64),
+                   np.empty(max(n_docs, 1), np.int64),
+                   np.empty(n_candidates, np.int64),
+                   np.empty(n_candidates, np.float32),
+                   np.empty(n_candidates, np.float32),
+                   np.empty(n_candidates, np.float32),
+                   np.empty(n_candidates, np.int64),
+                   np.empty(query_cut, np.int64),
+                   np.empty(capacity, np.float32),
+                   np.empty(capacity, np.int64))
 
 
 @njit(cache=True, nogil=True)
-def search_serial(q_indptr, q_indices, q_data, query_cut, heap_factor,
-                  words, term_mask, hi_shift, lo_shift, q_scale, ordered,
-                  list_block_ptr, block_post_ptr, postings, block_min, block_step,
-                  list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
-                  pair_group_base, entries,
-                  q_dense, visited, touched, cand_block, acc_code, acc_q, dots, heap, cut,
-                  h_scores, h_docs, out_docs, out_scores):
+def search_serial(ix, q_indptr, q_indices, q_data, query_cut, heap_factor, sc, out_docs,
+                  out_scores):
     """Queries one after another on the calling thread, with the caller's scratch."""
     for qi in range(q_indptr.size - 1):
         a, b = q_indptr[qi], q_indptr[qi + 1]
-        search_query(q_indices[a:b], q_data[a:b], query_cut, heap_factor,
-                     words, term_mask, hi_shift, lo_shift, q_scale, ordered,
-                     list_block_ptr, block_post_ptr, postings, block_min, block_step,
-                     list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
-                     pair_group_base,
-                     entries, q_dense, visited, touched, cand_block, acc_code, acc_q, dots,
-                     heap, cut, h_scores, h_docs, out_docs[qi], out_scores[qi])
+        search_query(ix, q_indices[a:b], q_data[a:b], query_cut, heap_factor, sc,
+                     out_docs[qi], out_scores[qi])
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def search_parallel(q_indptr, q_indices, q_data, query_cut, heap_factor, n_chunks,
-                    vocab, n_docs, n_candidates, capacity,
-                    words, term_mask, hi_shift, lo_shift, q_scale, ordered,
-                    list_block_ptr, block_post_ptr, postings, block_min, block_step,
-                    list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
-                    pair_group_base, entries,
-                    out_docs, out_scores):
+def search_parallel(ix, q_indptr, q_indices, q_data, query_cut, heap_factor, n_chunks,
+                    vocab, n_docs, n_candidates, capacity, out_docs, out_scores):
     """Chunks of queries over numba's thread pool, one scratch set per chunk."""
     nq = q_indptr.size - 1
     for c in prange(n_chunks):
-        (q_dense, visited, touched, cand_block, acc_code, acc_q, dots, heap, cut, h_scores,
-         h_docs) = alloc_scratch(vocab, n_docs, n_candidates, capacity, query_cut)
+        sc = alloc_scratch(vocab, n_docs, n_candidates, capacity, query_cut)
         lo, hi = c * nq // n_chunks, (c + 1) * nq // n_chunks
         # q_indptr's entries are absolute offsets into q_indices, so a slice of it is a batch
-        search_serial(q_indptr[lo:hi + 1], q_indices, q_data, query_cut, heap_factor,
-                      words, term_mask, hi_shift, lo_shift, q_scale, ordered,
-                      list_block_ptr, block_post_ptr, postings, block_min, block_step,
-                      list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
-                      pair_group_base, entries,
-                      q_dense, visited, touched, cand_block, acc_code, acc_q, dots, heap, cut,
-                      h_scores, h_docs, out_docs[lo:hi], out_scores[lo:hi])
+        search_serial(ix, q_indptr[lo:hi + 1], q_indices, q_data, query_cut, heap_factor, sc,
+                      out_docs[lo:hi], out_scores[lo:hi])
 
 
 @njit(cache=True, nogil=True)
-def check_structure(n_docs, vocab, words, term_mask, list_block_ptr, block_post_ptr, postings,
-                    list_seg_ptr, seg_block_ptr, seg_pair_ptr, pair_records, record_size,
-                    pair_group_base, entries):
+def check_structure(ix, n_docs, vocab):
     """The invariants the search kernels index by without bounds checks; returns "" or the
     first violation. Run on every loaded index, so a foreign or damaged group fails cleanly
     instead of reading or writing out of bounds."""
+    words = ix.words
+    term_mask = ix.term_mask
+    list_block_ptr = ix.list_block_ptr
+    postings = ix.postings
+    list_seg_ptr = ix.list_seg_ptr
+    seg_block_ptr = ix.seg_block_ptr
+    seg_pair_ptr = ix.seg_pair_ptr
+    pair_records = ix.pair_records
+    record_size = ix.record_size
+    pair_group_base = ix.pair_group_base
+    entries = ix.entries
     # forward index: headers [d, len] in order, entries inside the array, terms in the vocab
     doc_start = np.empty(n_docs, np.int64)
     pos = np.int64(0)
@@ -354,9 +408,9 @@ def check_structure(n_docs, vocab, words, term_mask, list_block_ptr, block_post_
     n_pairs = pair_records.size // record_size
     total = np.int64(0)
     for p in range(n_pairs):
-        if p % 16 == 0 and np.int64(pair_group_base[p >> 4]) != total:
+        if p % PAIR_GROUP == 0 and np.int64(pair_group_base[p >> PAIR_GROUP_SHIFT]) != total:
             return "summary pair offsets are inconsistent"
-        total += np.int64(pair_records[p * record_size + record_size - 1]) + 1
+        total += _pair_size(pair_records, p, record_size)
     if total != entries.size:
         return "summary pairs do not cover the entries"
     # segments: inside their list's blocks; pairs ascending by term; entries inside the
@@ -364,7 +418,7 @@ def check_structure(n_docs, vocab, words, term_mask, list_block_ptr, block_post_
     for t in range(list_block_ptr.size - 1):
         for s in range(list_seg_ptr[t], list_seg_ptr[t + 1]):
             b_lo, b_hi = seg_block_ptr[s], seg_block_ptr[s + 1]
-            if b_lo < list_block_ptr[t] or b_hi > list_block_ptr[t + 1] or b_hi - b_lo > 256:
+            if b_lo < list_block_ptr[t] or b_hi > list_block_ptr[t + 1] or b_hi - b_lo > SEGMENT_BLOCKS:
                 return "segment blocks outside its list"
             for p in range(seg_pair_ptr[s], seg_pair_ptr[s + 1]):
                 term = _pair_term(pair_records, p, record_size)
@@ -373,8 +427,7 @@ def check_structure(n_docs, vocab, words, term_mask, list_block_ptr, block_post_
                 if p > seg_pair_ptr[s] and term <= _pair_term(pair_records, p - 1, record_size):
                     return "summary terms not ascending"
                 first = _pair_first(pair_records, pair_group_base, p, record_size)
-                for j in range(first, first + np.int64(pair_records[p * record_size
-                                                                    + record_size - 1]) + 1):
-                    if np.int64(entries[j] >> 8) >= b_hi - b_lo:
+                for j in range(first, first + _pair_size(pair_records, p, record_size)):
+                    if np.int64(entries[j] >> ENTRY_BLOCK_SHIFT) >= b_hi - b_lo:
                         return "summary entry outside its segment"
     return ""
