@@ -11,6 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -103,6 +104,110 @@ class LoadLoop:
         start = len(self.statuses)
         while len(self.statuses) - start < n_requests and time.monotonic() < deadline:
             time.sleep(0.05)
+
+
+@dataclass
+class ConcurrentLoad:
+    """N client threads sending requests concurrently, bounded in time and in count.
+
+    ``make_request(client_no, i)`` returns ``(json_body, check)``; ``check(response_json)``
+    returns None when the answer is right, else a description. Every outcome is recorded:
+    transport errors, non-200 statuses, partial answers, generations outside ``generations``
+    (when given), generations going backwards within one client, failed checks.
+    `assert_clean` asserts there were none, and that enough requests were answered.
+    """
+
+    base_url: str
+    make_request: Any
+    clients: int = 8
+    max_requests: int = 400
+    max_seconds: float = 120.0
+    path: str = "/search"
+    headers: dict = field(default_factory=dict)
+    generations: set | None = None
+    answered: int = 0
+    failures: list[str] = field(default_factory=list)
+    seen_generations: list[list[int]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list = field(default_factory=list)
+    _issued: int = 0
+
+    def _next(self) -> int | None:
+        with self._lock:
+            if self._stop.is_set() or self._issued >= self.max_requests:
+                return None
+            self._issued += 1
+            return self._issued - 1
+
+    def _run(self, client_no: int) -> None:
+        seen: list[int] = []
+        self.seen_generations.append(seen)
+        deadline = time.monotonic() + self.max_seconds
+        with httpx.Client(base_url=self.base_url, timeout=60.0) as client:
+            while time.monotonic() < deadline:
+                i = self._next()
+                if i is None:
+                    return
+                body, check = self.make_request(client_no, i)
+                try:
+                    r = client.post(self.path, json=body, headers=self.headers)
+                except httpx.HTTPError as exc:
+                    self._fail(f"request {i}: {type(exc).__name__}: {exc}")
+                    continue
+                if r.status_code != 200:
+                    self._fail(f"request {i}: HTTP {r.status_code}: {r.text[:300]}")
+                    continue
+                answer = r.json()
+                problems = []
+                if answer.get("partial"):
+                    problems.append(f"partial, missing {answer.get('missing_shards')}")
+                generation = answer.get("generation")
+                if self.generations is not None and generation not in self.generations:
+                    problems.append(f"generation {generation} not in {sorted(self.generations)}")
+                if seen and generation < seen[-1]:
+                    problems.append(f"generation went back from {seen[-1]} to {generation}")
+                seen.append(generation)
+                if check is not None:
+                    wrong = check(answer)
+                    if wrong:
+                        problems.append(wrong)
+                with self._lock:
+                    self.answered += 1
+                for problem in problems:
+                    self._fail(f"request {i}: {problem}")
+
+    def _fail(self, message: str) -> None:
+        with self._lock:
+            self.failures.append(message)
+
+    def __enter__(self) -> "ConcurrentLoad":
+        self._threads = [threading.Thread(target=self._run, args=(c,), daemon=True)
+                         for c in range(self.clients)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.join()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self) -> None:
+        for t in self._threads:
+            t.join(timeout=self.max_seconds + 120)
+        assert not any(t.is_alive() for t in self._threads), "a load client never finished"
+
+    def wait_for(self, n_answered: int, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        start = self.answered + len(self.failures)
+        while self.answered + len(self.failures) - start < n_answered and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def assert_clean(self, min_answered: int) -> None:
+        assert self.failures == [], f"{len(self.failures)} failures: {self.failures[:10]}"
+        assert self.answered >= min_answered, f"only {self.answered} requests answered"
 
 
 def wait_until(predicate, timeout_s: float, what: str, interval_s: float = 0.2):

@@ -5,6 +5,18 @@ Imports `pipeline.catalog`, `pipeline.format` and `pipeline.index`; must not imp
 `pipeline.batch`, `pipeline.serve` or `pipeline.cli`.
 """
 
-from pipeline.search.sharded import Hit, LoadedShard, ShardedIndex, load_shard, merge_top_k
+from pipeline.search.sharded import (
+    PARALLEL_KERNEL_LOCK,
+    Hit,
+    LoadedShard,
+    ShardedIndex,
+    load_shard,
+    merge_rows,
+    merge_top_k,
+    read_doc_ids,
+    rows_to_hits,
+    shard_offsets,
+)
 
-__all__ = ["Hit", "LoadedShard", "ShardedIndex", "load_shard", "merge_top_k"]
+__all__ = ["PARALLEL_KERNEL_LOCK", "Hit", "LoadedShard", "ShardedIndex", "load_shard",
+           "merge_rows", "merge_top_k", "read_doc_ids", "rows_to_hits", "shard_offsets"]

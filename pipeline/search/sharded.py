@@ -1,12 +1,24 @@
 """A committed index opened in one process: load shards, search them, merge the top-k.
 
-The Serve deployment uses the same pieces (`load_shard`, `merge_top_k`) with one shard
-per replica; `lsr search`, evaluation and the tests use `ShardedIndex` directly.
+The Serve deployments use the same pieces (`load_shard`, `merge_rows`, `ShardedIndex`);
+`lsr search`, evaluation and the tests use `ShardedIndex` directly.
+
+Thread safety (a Serve replica calls these from several threads at once):
+
+* One query, or ``threads=1``, runs the index's serial kernel on the calling thread with
+  per-thread scratch: any number of threads may do so concurrently.
+* A batch with ``threads > 1`` runs a ``parallel=True`` numba kernel. Numba's thread pool
+  must not be entered by two threads at once (the workqueue layer aborts the process, omp
+  oversubscribes), so those calls are serialised by one process-wide lock,
+  `PARALLEL_KERNEL_LOCK`.
+* The exact index of a blocked shard is built from its postings on first use, once, under
+  the shard's lock; concurrent first users wait for that one build.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -18,6 +30,8 @@ from pipeline.catalog.manifest import Manifest, ShardEntry, read_manifest
 from pipeline.format import load_blocked, load_exact, read_postings
 
 log = logging.getLogger(__name__)
+
+PARALLEL_KERNEL_LOCK = threading.Lock()
 
 
 @dataclass
@@ -34,25 +48,51 @@ class LoadedShard:
     entry: ShardEntry
     index: object                      # BlockedIndex or ExactIndex
     doc_ids: np.ndarray                # object array of str, shard order
+    offset: int = 0                    # row of the shard's first document in its generation
     _exact: object | None = field(default=None, repr=False)
+    _exact_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    exact_loads: int = 0               # times the exact index was built (1 at most)
 
     def exact_index(self):
-        """Exact search over the shard's stored vectors (built on first use)."""
+        """Exact search over the shard's stored vectors (built once, on first use)."""
         from pipeline.index import ExactIndex
 
         if self.entry.index_kind == "exact":
             return self.index
         if self._exact is None:
-            self._exact = ExactIndex(read_postings(self.layout.postings(self.entry.name)).vectors)
+            with self._exact_lock:
+                if self._exact is None:
+                    vectors = read_postings(self.layout.postings(self.entry.name)).vectors
+                    self._exact = ExactIndex(vectors)
+                    self.exact_loads += 1
         return self._exact
 
+    def search_local(self, queries: sp.csr_matrix, k: int, exact: bool = False,
+                     threads: int | None = None, **params) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k of this shard: (shard-local rows int64, -1 padded; scores float32).
+
+        ``threads``: 1 (or a single query) is the serial path, safe from any number of
+        threads; otherwise (None = every core) a batch runs on numba's pool under
+        `PARALLEL_KERNEL_LOCK`.
+        """
+        index = self.exact_index() if exact or self.entry.index_kind == "exact" else self.index
+        if index is not self.index:
+            params = {}
+        if threads == 1 or queries.shape[0] <= 1:
+            return index.search(queries, k=k, threads=1, **params)
+        with PARALLEL_KERNEL_LOCK:
+            return index.search(queries, k=k, threads=threads, **params)
+
+    def search_rows(self, queries: sp.csr_matrix, k: int, exact: bool = False,
+                    threads: int | None = None, **params) -> tuple[np.ndarray, np.ndarray]:
+        """`search_local` with rows of the generation (``offset`` added; -1 stays -1)."""
+        rows, scores = self.search_local(queries, k, exact=exact, threads=threads, **params)
+        return np.where(rows >= 0, rows + self.offset, -1), scores
+
     def search(self, queries: sp.csr_matrix, k: int, exact: bool = False,
-               **params) -> tuple[np.ndarray, np.ndarray]:
+               threads: int | None = None, **params) -> tuple[np.ndarray, np.ndarray]:
         """Top-k of this shard: (doc ids as str objects, -padded with None; scores float32)."""
-        if exact or self.entry.index_kind == "exact":
-            idx, scores = self.exact_index().search(queries, k=k)
-        else:
-            idx, scores = self.index.search(queries, k=k, **params)
+        idx, scores = self.search_local(queries, k, exact=exact, threads=threads, **params)
         ids = np.where(idx >= 0, self.doc_ids[np.maximum(idx, 0)], None)
         return ids, scores
 
@@ -66,7 +106,22 @@ def _read_doc_ids(layout: IndexLayout, name: str) -> np.ndarray:
     return np.asarray(group["doc_ids"][:], dtype=object)
 
 
-def load_shard(layout: IndexLayout, entry: ShardEntry) -> LoadedShard:
+def read_doc_ids(layout: IndexLayout, manifest: Manifest) -> np.ndarray:
+    """External ids of every document of a generation, in row (manifest) order."""
+    parts = [_read_doc_ids(layout, entry.name) for entry in manifest.shards]
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=object)
+
+
+def shard_offsets(manifest: Manifest) -> dict[str, int]:
+    """Row of each shard's first document in its generation."""
+    offsets, row = {}, 0
+    for entry in manifest.shards:
+        offsets[entry.name] = row
+        row += entry.n_docs
+    return offsets
+
+
+def load_shard(layout: IndexLayout, entry: ShardEntry, offset: int = 0) -> LoadedShard:
     loc = layout.index(entry.name)
     load = load_exact if entry.index_kind == "exact" else load_blocked
     index = load(loc.url, storage_options=loc.storage_options)
@@ -74,7 +129,38 @@ def load_shard(layout: IndexLayout, entry: ShardEntry) -> LoadedShard:
     if len(doc_ids) != entry.n_docs or index.n_docs != entry.n_docs:
         raise ValueError(f"shard {entry.name}: manifest says {entry.n_docs} docs, index has "
                          f"{index.n_docs}, postings {len(doc_ids)}")
-    return LoadedShard(layout, entry, index, doc_ids)
+    return LoadedShard(layout, entry, index, doc_ids, offset)
+
+
+def merge_rows(per_part: Sequence[tuple[np.ndarray, np.ndarray]], k: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Merge top-k lists of generation rows (-1 padded) into one top-k per query.
+
+    Returns (rows int64 (nq, k), scores float32 (nq, k)), -1 / 0.0 padded: score
+    descending, ties by lower row, i.e. corpus order, as in every shard's own ranking.
+    """
+    if not per_part:
+        raise ValueError("nothing to merge")
+    rows = np.concatenate([p[0] for p in per_part], axis=1).astype(np.int64, copy=False)
+    scores = np.concatenate([p[1] for p in per_part], axis=1).astype(np.float32, copy=False)
+    nq = rows.shape[0]
+    out_rows = np.full((nq, k), -1, np.int64)
+    out_scores = np.zeros((nq, k), np.float32)
+    for q in range(nq):
+        valid = np.flatnonzero(rows[q] >= 0)
+        order = valid[np.lexsort((rows[q, valid], -scores[q, valid]))][:k]
+        out_rows[q, :order.size] = rows[q, order]
+        out_scores[q, :order.size] = scores[q, order]
+    return out_rows, out_scores
+
+
+def rows_to_hits(doc_ids: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> list[list[Hit]]:
+    """Merged rows -> hits with external ids (padding dropped)."""
+    out = []
+    for q in range(rows.shape[0]):
+        keep = rows[q] >= 0
+        out.append([Hit(str(d), float(s)) for d, s in zip(doc_ids[rows[q, keep]], scores[q, keep])])
+    return out
 
 
 def merge_top_k(per_shard: Sequence[tuple[np.ndarray, np.ndarray]], k: int) -> list[list[Hit]]:
@@ -102,14 +188,18 @@ class ShardedIndex:
         self.layout = layout
         self.manifest = manifest
         self.shards = shards
+        self.doc_ids = (np.concatenate([s.doc_ids for s in shards]) if shards
+                        else np.zeros(0, dtype=object))
         self._encoder = None
+        self._encoder_lock = threading.Lock()
 
     @classmethod
     def open(cls, url: str, storage_options: dict | None = None,
              generation: int | None = None) -> "ShardedIndex":
         layout = IndexLayout.at(url, storage_options)
         manifest = read_manifest(layout, generation)
-        shards = [load_shard(layout, entry) for entry in manifest.shards]
+        offsets = shard_offsets(manifest)
+        shards = [load_shard(layout, entry, offsets[entry.name]) for entry in manifest.shards]
         log.info("opened %s generation %d: %d shards, %d docs", layout.url, manifest.generation,
                  len(shards), manifest.n_docs)
         return cls(layout, manifest, shards)
@@ -123,18 +213,28 @@ class ShardedIndex:
         return self.manifest.n_docs
 
     def encoder(self):
-        """The query encoder matching the manifest's encoder settings (loaded once)."""
+        """The query encoder of the manifest's settings (loaded once): the single-query fast
+        path (`pipeline.encode.query`), the same vectors the endpoint encodes."""
         if self._encoder is None:
-            from pipeline.encode import encoder_from_settings
+            with self._encoder_lock:
+                if self._encoder is None:
+                    from pipeline.encode.query import QueryFastPath
 
-            self._encoder = encoder_from_settings(self.manifest.encoder)
+                    self._encoder = QueryFastPath.from_settings(self.manifest.encoder)
         return self._encoder
 
-    def search_vectors(self, queries: sp.csr_matrix, k: int = 10, exact: bool = False,
-                       **params) -> list[list[Hit]]:
+    def search_rows(self, queries: sp.csr_matrix, k: int = 10, exact: bool = False,
+                    threads: int | None = None, **params) -> tuple[np.ndarray, np.ndarray]:
+        """Merged top-k of every shard as generation rows (see `merge_rows`)."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
-        return merge_top_k([s.search(queries, k, exact=exact, **params) for s in self.shards], k)
+        return merge_rows([s.search_rows(queries, k, exact=exact, threads=threads, **params)
+                           for s in self.shards], k)
+
+    def search_vectors(self, queries: sp.csr_matrix, k: int = 10, exact: bool = False,
+                       threads: int | None = None, **params) -> list[list[Hit]]:
+        rows, scores = self.search_rows(queries, k, exact=exact, threads=threads, **params)
+        return rows_to_hits(self.doc_ids, rows, scores)
 
     def search(self, queries: Sequence[str], k: int = 10, exact: bool = False,
                **params) -> list[list[Hit]]:
@@ -142,3 +242,6 @@ class ShardedIndex:
             raise TypeError("search takes a list of query strings")
         vectors = self.encoder().encode_queries(list(queries))
         return self.search_vectors(vectors, k=k, exact=exact, **params)
+
+    def exact_loads(self) -> int:
+        return sum(s.exact_loads for s in self.shards)

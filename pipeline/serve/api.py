@@ -8,9 +8,13 @@ from pipeline.serve.config import MAX_K
 
 
 class SearchRequest(BaseModel):
-    """``{"query": "..."}`` or ``{"queries": [...]}``; unknown fields are rejected (422)."""
+    """``{"query": "..."}`` or ``{"queries": [...]}``; unknown fields are rejected (422).
 
-    model_config = ConfigDict(extra="forbid")
+    Strict: no coercion (``"exact": "yes"``, ``"k": 10.5`` or ``"k": true`` are 422), and
+    numbers must be finite (NaN, and literals like ``1e400`` that overflow to infinity, are 422).
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     query: str | None = Field(None, description="One query text.")
     queries: list[str] | None = Field(None, description="Several query texts, answered in order.")
@@ -18,7 +22,7 @@ class SearchRequest(BaseModel):
     exact: bool = Field(False, description="Exact dot-product search instead of the blocked index.")
     query_cut: int | None = Field(None, ge=1, le=4096,
                                   description="Blocked index: query terms visited.")
-    heap_factor: float | None = Field(None, gt=0, le=100.0,
+    heap_factor: float | None = Field(None, gt=0, le=100.0, allow_inf_nan=False,
                                       description="Blocked index: block skipping factor.")
     allow_partial: bool | None = Field(
         None, description="Answer from the shards that responded when some did not "

@@ -22,16 +22,20 @@ from pipeline.serve.ingress import Ingress
 log = logging.getLogger(__name__)
 
 
-def build_endpoint(config: ServeConfig, ingress_env: dict[str, str] | None = None) -> Application:
+def build_endpoint(config: ServeConfig, ingress_env: dict[str, str] | None = None,
+                   controller_env: dict[str, str] | None = None) -> Application:
     """The endpoint as a Serve application graph.
 
     ``ingress_env``: environment variables for the ingress replicas only, for a cluster whose
     workers were started without them (e.g. the API key in tests); in Kubernetes the key
-    comes from a Secret in the pod environment instead.
+    comes from a Secret in the pod environment instead. ``controller_env``: the same for the
+    controller (tests: ``LSR_TEST_SWITCH_DELAY_S``).
     """
     args = config.to_args()
-    controller = IndexController.options(
-        ray_actor_options={"num_cpus": config.controller_cpus}).bind(args)
+    controller_options: dict[str, Any] = {"num_cpus": config.controller_cpus}
+    if controller_env:
+        controller_options["runtime_env"] = {"env_vars": dict(controller_env)}
+    controller = IndexController.options(ray_actor_options=controller_options).bind(args)
     actor_options: dict[str, Any] = {"num_cpus": config.ingress_cpus}
     if ingress_env:
         actor_options["runtime_env"] = {"env_vars": dict(ingress_env)}
@@ -44,9 +48,10 @@ def build_app(args: dict[str, Any]) -> Application:
     return build_endpoint(ServeConfig.from_args(dict(args)))
 
 
-def run_endpoint(config: ServeConfig, ingress_env: dict[str, str] | None = None) -> None:
+def run_endpoint(config: ServeConfig, ingress_env: dict[str, str] | None = None,
+                 controller_env: dict[str, str] | None = None) -> None:
     """Deploy the endpoint on the connected Ray cluster; returns once it answers."""
-    serve.run(build_endpoint(config, ingress_env), name=config.app_name,
+    serve.run(build_endpoint(config, ingress_env, controller_env), name=config.app_name,
               route_prefix=config.route_prefix)
 
 

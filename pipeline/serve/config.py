@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ENCODER_PLACEMENTS = ("deployment", "ingress")
+TOPOLOGIES = ("auto", "embedded", "split")
 SHARD_FAILURE_POLICIES = ("partial", "fail")
 MAX_K = 1000
 
@@ -22,6 +23,10 @@ class ServeConfig:
     """Everything the endpoint needs; defaults suit a 2-core development machine.
 
     Topology
+      * ``topology``: "embedded" = each ingress replica answers HTTP, encodes and searches
+        every shard in process (no handle hops; one node); "split" = QueryEncoder and
+        ShardSearcher deployments (clusters); "auto" (default) = embedded when the
+        generation fits this node's memory (`embedded_fits`), else split.
       * ``replicas_per_shard``: ShardSearcher replicas per shard group (>= 2 survives a replica
         loss without a failed request).
       * ``shards_per_replica``: consecutive shards one ShardSearcher replica loads and answers
@@ -53,6 +58,7 @@ class ServeConfig:
     app_name: str = "lsr"
     route_prefix: str = "/"
     # topology
+    topology: str = "auto"
     replicas_per_shard: int = 1
     shards_per_replica: int = 1
     searcher_cpus: float = 0.1
@@ -104,6 +110,8 @@ class ServeConfig:
                      "lease_ttl_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"topology must be one of {TOPOLOGIES}, got {self.topology!r}")
         if self.encoder_placement not in ENCODER_PLACEMENTS:
             raise ValueError(f"encoder_placement must be one of {ENCODER_PLACEMENTS}, "
                              f"got {self.encoder_placement!r}")
@@ -118,6 +126,12 @@ class ServeConfig:
             from pipeline.catalog.leases import check_server_id
 
             check_server_id(self.server_id)
+
+    def embedded_fits(self, index_bytes: int, available_bytes: int) -> bool:
+        """Whether every ingress replica (plus the controller's check during a switch, plus
+        a second generation during a switch) can hold an index of `index_bytes` in half of
+        this node's `available_bytes`."""
+        return (self.ingress_replicas + 2) * index_bytes <= available_bytes // 2
 
     @property
     def lease_id(self) -> str:

@@ -17,12 +17,27 @@ Switch protocol (zero downtime; every request is answered by exactly one generat
    per generation. G's applications are deleted once every live ingress replica is on the new
    route with nothing in flight on G (or after ``drain_timeout_s``). Only then does the lease
    drop G.
+
+Embedded topology: step 2 deploys nothing; the controller loads G' once itself (in a worker
+thread, then drops it) to refuse a generation that cannot load, and each ingress replica
+loads G' before it swaps its route. Draining is the same, with no applications to delete.
+
+The lease is renewed by its own loop under its own small lock, never behind a switch (which
+may take up to ``deploy_timeout_s``): it always names the served, loading and retiring
+generations. A restarted controller adopts the applications of other generations that it
+finds running as retiring routes: they are drained like any retired generation, not deleted
+at once (requests may still run on them).
+
+Fault injection for tests: the environment variable ``LSR_TEST_SWITCH_DELAY_S`` in the
+controller's replica slows every switch's load step by that many seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -62,10 +77,13 @@ class IndexController:
         self.layout = IndexLayout.at(self.config.index, self.config.storage_options)
         self.prefix = serve.get_replica_context().app_name
         self.route: Route | None = None
+        self._started = time.monotonic()
         self._retiring: list[tuple[Route, float]] = []   # (route, when it stopped being active)
         self._loading: int | None = None
         self._reports: dict[str, _Report] = {}
         self._lock = asyncio.Lock()
+        self._lease_lock = asyncio.Lock()
+        self._tasks = [asyncio.create_task(self._lease_loop())]
         self._failed: dict[int, float] = {}               # generation -> when its switch failed
         self._last_poll: float | None = None
         self._switches = 0
@@ -73,10 +91,9 @@ class IndexController:
         if generation is None:
             raise SwitchError(f"{self.layout.url}: no committed index (no CURRENT.json); "
                               f"run `lsr index` first")
+        await self._adopt_running_apps(generation)
         await self._switch(generation)
-        await self._remove_stale_apps(keep=self._apps_in_use())
-        self._tasks = [asyncio.create_task(self._lease_loop()),
-                       asyncio.create_task(self._retire_loop())]
+        self._tasks.append(asyncio.create_task(self._retire_loop()))
         if self.config.poll_s > 0:
             self._tasks.append(asyncio.create_task(self._poll_loop()))
 
@@ -149,6 +166,12 @@ class IndexController:
         manifest = await asyncio.to_thread(read_manifest, self.layout, generation)
         if not manifest.shards:
             raise SwitchError(f"generation {generation} has no shards")
+        delay = float(os.environ.get("LSR_TEST_SWITCH_DELAY_S", "0") or 0)
+        if delay > 0:
+            log.warning("LSR_TEST_SWITCH_DELAY_S: slowing the switch by %.1fs", delay)
+            await asyncio.sleep(delay)
+        if self._embedded(manifest):
+            return await self._bring_up_embedded(manifest)
         targets, groups, apps = [], [], []
         by_name = {s.name: s for s in manifest.shards}
         for i, names in enumerate(group_shards([s.name for s in manifest.shards],
@@ -196,6 +219,38 @@ class IndexController:
                      encoder_settings=manifest.encoder, encoder_app=encoder_app,
                      n_docs=manifest.n_docs, apps=tuple(apps))
 
+    def _embedded(self, manifest) -> bool:
+        if self.config.topology != "auto":
+            return self.config.topology == "embedded"
+        import psutil
+
+        index_bytes = sum(max(s.index_nbytes, 8 * s.nnz) for s in manifest.shards)
+        return self.config.embedded_fits(index_bytes, psutil.virtual_memory().available)
+
+    async def _bring_up_embedded(self, manifest) -> Route:
+        """Check that the generation loads (then drop it); ingress replicas load their own."""
+        from pipeline.search import ShardedIndex
+
+        generation = manifest.generation
+        started = time.perf_counter()
+        try:
+            await asyncio.wait_for(asyncio.to_thread(
+                lambda: ShardedIndex.open(self.config.index, self.config.storage_options,
+                                          generation=generation) and None),
+                timeout=self.config.deploy_timeout_s)
+        except BaseException as exc:
+            log.error("generation %d cannot be loaded (%s: %s)", generation,
+                      type(exc).__name__, exc)
+            raise SwitchError(f"generation {generation} could not be served: "
+                              f"{type(exc).__name__}: {exc}") from exc
+        log.info("generation %d (embedded) checked in %.1fs", generation,
+                 time.perf_counter() - started)
+        version = max(int(time.time() * 1000), (self.route.version + 1) if self.route else 0)
+        return Route(version=version, generation=generation, groups=(),
+                     encoder_settings=manifest.encoder, encoder_app=None, n_docs=manifest.n_docs,
+                     apps=(), embedded=True,
+                     shard_names=tuple(s.name for s in manifest.shards))
+
     # -- retiring old generations ----------------------------------------------------------------
     def _apps_in_use(self) -> set[str]:
         routes = [r for r, _ in self._retiring] + ([self.route] if self.route else [])
@@ -206,10 +261,12 @@ class IndexController:
             log.warning("generation %d: retiring after drain timeout (%.0fs) with requests "
                         "possibly in flight", route.generation, self.config.drain_timeout_s)
             return True
+        window = 4 * self.config.route_refresh_s + 1.0
         if now - since < 2 * self.config.route_refresh_s:
             return False  # give every ingress replica a chance to report once
-        alive = [r for r in self._reports.values()
-                 if now - r.at < 4 * self.config.route_refresh_s + 1.0]
+        if now - self._started < window:
+            return False  # a restarted controller: every live replica has not reported yet
+        alive = [r for r in self._reports.values() if now - r.at < window]
         return all(r.version >= self.route.version and r.inflight.get(route.generation, 0) == 0
                    for r in alive)
 
@@ -238,31 +295,52 @@ class IndexController:
             except Exception as exc:  # noqa: BLE001 - keep retiring the others
                 log.warning("could not delete application %s: %s", name, exc)
 
-    async def _remove_stale_apps(self, keep: set[str]) -> None:
-        """Applications of ours left by an earlier controller (a crash mid-switch)."""
+    async def _adopt_running_apps(self, serving: int) -> None:
+        """Applications of ours left by an earlier controller (a restart, a crash mid-switch)
+        become retiring routes: drained like any retired generation, then deleted. Those of
+        the generation about to be served are adopted by `_bring_up` instead."""
         status = await asyncio.to_thread(serve.status)
-        stale = [name for name in status.applications
-                 if (name.startswith(f"{self.prefix}-g") or name.startswith(f"{self.prefix}-enc-"))
-                 and name not in keep]
-        if stale:
-            log.info("removing stale applications %s", stale)
-            await self._delete_apps(stale)
+        pattern = re.compile(rf"^{re.escape(self.prefix)}-g(\d+)-\d+$")
+        by_generation: dict[int, list[str]] = {}
+        encoders = []
+        for name in status.applications:
+            m = pattern.match(name)
+            if m is not None and int(m.group(1)) != serving:
+                by_generation.setdefault(int(m.group(1)), []).append(name)
+            elif name.startswith(f"{self.prefix}-enc-"):
+                encoders.append(name)
+        now = time.monotonic()
+        for generation, apps in sorted(by_generation.items()):
+            log.info("adopting generation %d's running applications %s to drain them",
+                     generation, apps)
+            self._retiring.append((Route(version=0, generation=generation, groups=(),
+                                         encoder_settings={}, encoder_app=None, n_docs=0,
+                                         apps=tuple(sorted(apps))), now))
+        # Encoders: retired with the adopted generations (unless the served route uses one).
+        if encoders:
+            self._retiring.append((Route(version=0, generation=serving, groups=(),
+                                         encoder_settings={}, encoder_app=None, n_docs=0,
+                                         apps=tuple(sorted(encoders))), now))
 
     # -- background loops ------------------------------------------------------------------------
     async def _write_lease(self) -> None:
-        held = [r.generation for r, _ in self._retiring]
-        if self._loading is not None:
-            held.append(self._loading)
-        generation = self.route.generation if self.route else self._loading
-        await asyncio.to_thread(write_lease, self.layout, self.config.lease_id, generation,
-                                self.config.lease_ttl_s, held)
+        """Write the lease from the state as it is now (served, loading, retiring)."""
+        async with self._lease_lock:
+            held = [r.generation for r, _ in self._retiring]
+            if self._loading is not None:
+                held.append(self._loading)
+            generation = self.route.generation if self.route else self._loading
+            if generation is None:
+                return
+            await asyncio.to_thread(write_lease, self.layout, self.config.lease_id, generation,
+                                    self.config.lease_ttl_s, held)
 
     async def _lease_loop(self) -> None:
+        """Renew every third of the TTL; never waits for a switch (not under ``_lock``)."""
         while True:
             await asyncio.sleep(self.config.lease_ttl_s / 3)
             try:
-                async with self._lock:
-                    await self._write_lease()
+                await self._write_lease()
             except Exception as exc:  # noqa: BLE001 - storage hiccup: try again next round
                 log.warning("lease renewal failed: %s", exc)
 

@@ -1,7 +1,8 @@
 """QueryEncoder: the SPLADE query encoder of an index's manifest, batched across requests.
 
-Concurrent requests reaching one replica within ``batch_wait_timeout_s`` are encoded in one
-forward pass (`@serve.batch`); each gets its own rows back. The encoder is rebuilt from the
+Concurrent requests reaching one replica within ``batch_wait_timeout_s`` are collected
+(`@serve.batch`) and encoded in one worker-thread call, one query at a time through the
+single-query fast path (no padding: the same vectors as in process); each gets its own rows. The encoder is rebuilt from the
 manifest's encoder settings (`pipeline.encode.settings.encoder_from_settings`), exactly as the
 in-process `ShardedIndex.encoder()` does, so served and in-process queries are the same vectors.
 """
@@ -20,14 +21,13 @@ log = logging.getLogger(__name__)
 
 
 def load_query_encoder(settings: dict[str, Any], threads: int | None = None):
-    """The encoder matching an index manifest's encoder settings (torch limited to `threads`)."""
-    import torch
-
-    from pipeline.encode.settings import encoder_from_settings
+    """The single-query fast path (`pipeline.encode.query.QueryFastPath`) of an index
+    manifest's encoder settings, torch limited to `threads`. Thread-safe: one encode at a time."""
+    from pipeline.encode.query import QueryFastPath, set_torch_threads
 
     if threads:
-        torch.set_num_threads(threads)
-    return encoder_from_settings(settings)
+        set_torch_threads(threads)
+    return QueryFastPath.from_settings(settings, device="cpu")
 
 
 def encode_batch(encoder, texts: list[str]) -> QueryBatch:
@@ -46,7 +46,7 @@ class QueryEncoder:
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
     async def encode(self, requests: list[list[str]]) -> list[QueryBatch]:
-        """Each request is a list of query texts; all are encoded in one forward pass."""
+        """Each request is a list of query texts; all are encoded in one worker-thread call."""
         texts = [t for request in requests for t in request]
         # In a worker thread: the replica's event loop keeps collecting the next batch.
         batch = await asyncio.to_thread(encode_batch, self.encoder, texts)

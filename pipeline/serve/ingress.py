@@ -1,8 +1,17 @@
 """Ingress: the HTTP face of the endpoint (FastAPI through ``@serve.ingress``).
 
-``POST /search`` encodes the queries (QueryEncoder deployment, or in this replica), fans
-the encoded batch out to every ShardSearcher group of one generation at once, and merges
-the per-shard top-k with `pipeline.search.merge_top_k`, the same merge as in-process search.
+Two topologies (`ServeConfig.topology`):
+
+* embedded: this replica holds every shard of the generation (`ShardedIndex`) and the query
+  encoder, and answers ``POST /search`` in process, in one worker-thread call: encode,
+  search each shard, merge, resolve ids. No handle hops.
+* split: ``POST /search`` encodes the queries (QueryEncoder deployment, or in this replica),
+  fans the encoded batch out to every ShardSearcher group of one generation at once; each
+  group answers its own merged top-k as generation rows; this replica merges them with
+  `pipeline.search.merge_rows` (the in-process merge) and resolves the ids.
+
+Responses carry a ``Server-Timing`` header with the stages measured here (ms): ``encode``,
+``search``, ``merge``, ``serialize`` and ``ingress`` (the handler, end to end).
 
 Each request reads the active route once, so all its shards belong to one generation, and
 the response names it. Shards that do not answer within the request's time budget (or whose
@@ -14,7 +23,9 @@ the router has by then marked that replica dead, so the retry goes to another on
 
 import asyncio
 import hmac
+import json
 import logging
+import math
 import os
 import time
 from collections import Counter
@@ -31,7 +42,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from pipeline.serve.api import ReloadResponse, SearchRequest, SearchResponse
 from pipeline.serve.config import ServeConfig
-from pipeline.serve.protocol import QueryBatch, Route, SearchParams, ShardAnswer, encoder_key
+from pipeline.serve.protocol import GroupAnswer, QueryBatch, Route, SearchParams, encoder_key
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +57,30 @@ _SEARCH_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": SearchRequest.model_json_schema()}}}}
 
 
+def _safe(value: Any) -> Any:
+    """A JSON-renderable copy of an error detail: finite numbers, str, lists, dicts."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _safe(v) for k, v in value.items()}
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with the location, message and type of each error, never the input itself (it may
+    be a non-finite number or bytes that are not UTF-8, which no JSON body can carry)."""
+    detail = [{"loc": _safe(list(e.get("loc", ()))), "msg": _safe(e.get("msg", "")),
+               "type": _safe(e.get("type", ""))} for e in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 @dataclass(frozen=True)
 class _Active:
     """A route with the handles (or in-process encoder) that serve it."""
@@ -54,6 +89,8 @@ class _Active:
     searchers: tuple[Any, ...]     # DeploymentHandle per group, method "search"
     infos: tuple[Any, ...]         # DeploymentHandle per group, method "info"
     encode: Any                    # DeploymentHandle (method "encode") or an encoder object
+    doc_ids: Any                   # the generation's ids in row order (numpy object array)
+    engine: Any = None             # ShardedIndex of an embedded route
 
 
 class _Missing(Exception):
@@ -92,6 +129,11 @@ class Ingress:
         async with self._activation:
             if self.active is not None and self.active.route.version >= route.version:
                 return
+            if self.active is not None and self.active.route.generation == route.generation \
+                    and self.active.route.embedded and route.embedded:
+                engine = self.active.engine       # same generation (a restarted controller)
+            else:
+                engine = None
             searchers, infos = [], []
             for group in route.groups:
                 handle = serve.get_deployment_handle(group.deployment, group.app)
@@ -111,12 +153,38 @@ class Ingress:
                     self._encoders[key] = await asyncio.to_thread(
                         load_query_encoder, route.encoder_settings, self.config.encoder_threads)
                 encode = self._encoders[key]
+            if route.embedded:
+                if engine is None:
+                    engine = await asyncio.to_thread(self._open_embedded, route, encode)
+                doc_ids = engine.doc_ids
+            elif self.active is not None and self.active.route.generation == route.generation:
+                doc_ids = self.active.doc_ids
+            else:
+                doc_ids = await asyncio.to_thread(self._read_ids, route.generation)
             previous = self.active
-            self.active = _Active(route, tuple(searchers), tuple(infos), encode)
+            self.active = _Active(route, tuple(searchers), tuple(infos), encode, doc_ids, engine)
             self.metrics.generation(route.generation, switched=previous is not None)
             if previous is not None:
                 log.info("ingress %s: generation %d -> %d", self.replica,
                          previous.route.generation, route.generation)
+
+    def _open_embedded(self, route: Route, encoder):
+        """Load every shard of the route's generation here, and compile its kernels."""
+        from pipeline.search import ShardedIndex
+
+        engine = ShardedIndex.open(self.config.index, self.config.storage_options,
+                                   generation=route.generation)
+        engine._encoder = encoder          # noqa: SLF001 - the replica's one encoder
+        vectors = encoder.encode_queries(["warm up"])
+        engine.search_rows(vectors, k=1, threads=1)
+        return engine
+
+    def _read_ids(self, generation: int):
+        from pipeline.catalog import IndexLayout, read_manifest
+        from pipeline.search import read_doc_ids
+
+        layout = IndexLayout.at(self.config.index, self.config.storage_options)
+        return read_doc_ids(layout, read_manifest(layout, generation))
 
     async def _refresh(self) -> None:
         inflight = {g: n for g, n in self.inflight.items() if n}
@@ -200,19 +268,76 @@ class Ingress:
         generation = active.route.generation
         self.inflight[generation] += 1
         try:
-            body, status = await self._search(active, req, started)
+            if active.route.embedded:
+                body, status, stages = await asyncio.to_thread(self._answer_embedded, active,
+                                                               req, started)
+            else:
+                body, status, stages = await self._search(active, req, started)
         except HTTPException:
             self.metrics.request("error", time.perf_counter() - started)
             raise
         finally:
             self.inflight[generation] -= 1
-        self.metrics.request(status, time.perf_counter() - started, len(req.texts()))
-        return JSONResponse(body)
+        before = time.perf_counter()
+        content = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        done = time.perf_counter()
+        stages["serialize"] = done - before
+        stages["ingress"] = done - started
+        self.metrics.request(status, done - started, len(req.texts()))
+        timing = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in stages.items())
+        return Response(content, media_type="application/json", headers={"Server-Timing": timing})
+
+    def _answer_embedded(self, active: _Active, req: SearchRequest,
+                         started: float) -> tuple[dict, str, dict]:
+        """Encode, search every shard, merge and resolve ids, in this worker thread."""
+        from pipeline.search import merge_rows
+
+        engine = active.engine
+        try:
+            queries = active.encode.encode_queries(req.texts())
+        except Exception as exc:  # noqa: BLE001 - the encoder's failure becomes a 503
+            self.metrics.error("encode_failed")
+            log.error("query encoding failed: %s: %s", type(exc).__name__, exc)
+            raise HTTPException(503, detail=f"query encoder failed ({type(exc).__name__})") from None
+        encoded = time.perf_counter()
+        params = {"query_cut": req.query_cut, "heap_factor": req.heap_factor}
+        params = {k: v for k, v in params.items() if v is not None}
+        parts = [s.search_rows(queries, req.k, exact=req.exact, threads=self.config.search_threads,
+                               **params) for s in engine.shards]
+        searched = time.perf_counter()
+        rows, scores = parts[0] if len(parts) == 1 else merge_rows(parts, req.k)
+        merged = time.perf_counter()
+        body = self._body(active, req, rows, scores, list(active.route.shards), [],
+                          started, encoded, searched, merged)
+        stages = {"encode": encoded - started, "search": searched - encoded,
+                  "merge": time.perf_counter() - searched}
+        return body, "ok", stages
+
+    def _body(self, active: _Active, req: SearchRequest, rows, scores, shards: list[str],
+              missing: list[str], started: float, encoded: float, searched: float,
+              merged: float) -> dict:
+        """The response body: ids resolved from the merged rows."""
+        doc_ids = active.doc_ids
+        results = []
+        for q in range(rows.shape[0]):
+            keep = rows[q] >= 0
+            results.append({"doc_ids": doc_ids[rows[q, keep]].tolist(),
+                            "scores": scores[q, keep].tolist()})
+        total = time.perf_counter()
+        return {
+            "generation": active.route.generation, "k": req.k, "exact": req.exact,
+            "results": results, "shards": shards, "partial": bool(missing),
+            "missing_shards": missing,
+            "timing": {"encode_ms": round((encoded - started) * 1000, 3),
+                       "search_ms": round((searched - encoded) * 1000, 3),
+                       "total_ms": round((total - started) * 1000, 3)},
+        }
 
     async def _encode(self, active: _Active, texts: list[str]) -> QueryBatch:
         if active.route.encoder_app is None:
             from pipeline.serve.encoder import encode_batch
 
+            # The fast path encodes one call at a time (its lock): safe from many threads.
             return await asyncio.to_thread(encode_batch, active.encode, texts)
         try:
             return await active.encode.remote(texts)
@@ -220,7 +345,7 @@ class Ingress:
             self.metrics.retry()
             return await active.encode.remote(texts)
 
-    async def _ask(self, handle, batch: QueryBatch, params: SearchParams) -> list[ShardAnswer]:
+    async def _ask(self, handle, batch: QueryBatch, params: SearchParams) -> GroupAnswer:
         try:
             return await handle.remote(batch, params)
         except _REPLICA_GONE as exc:
@@ -232,7 +357,7 @@ class Ingress:
             raise _Missing("replica_died") from exc
 
     async def _search(self, active: _Active, req: SearchRequest,
-                      started: float) -> tuple[dict, str]:
+                      started: float) -> tuple[dict, str, dict]:
         route = active.route
         deadline = started + self.config.timeout_s
         texts = req.texts()
@@ -253,7 +378,7 @@ class Ingress:
         done, pending = await asyncio.wait(tasks, timeout=max(deadline - time.perf_counter(), 0.001))
         for task in pending:
             task.cancel()
-        answers: list[ShardAnswer] = []
+        answers: list[GroupAnswer] = []
         missing: list[str] = []
         for group, task in zip(route.groups, tasks):
             if task in pending:
@@ -265,7 +390,7 @@ class Ingress:
                     log.warning("shard group %s failed: %s: %s", group.deployment,
                                 type(exc).__name__, exc)
             else:
-                answers.extend(task.result())
+                answers.append(task.result())
                 continue
             self.metrics.shard_failure(reason)
             missing.extend(group.shards)
@@ -277,23 +402,16 @@ class Ingress:
             self.metrics.error("shards_missing")
             raise HTTPException(503, detail={"error": "shards did not answer", "generation":
                                              route.generation, "missing_shards": missing})
-        from pipeline.search import merge_top_k
+        from pipeline.search import merge_rows
 
-        merged = merge_top_k([(a.doc_ids, a.scores) for a in answers], req.k)
-        total = time.perf_counter()
-        body = {
-            "generation": route.generation, "k": req.k, "exact": req.exact,
-            "results": [{"doc_ids": [h.doc_id for h in hits], "scores": [h.score for h in hits]}
-                        for hits in merged],
-            "shards": [a.shard for a in answers], "partial": bool(missing),
-            "missing_shards": missing,
-            "timing": {"encode_ms": round((encoded - started) * 1000, 3),
-                       "search_ms": round((searched - encoded) * 1000, 3),
-                       "total_ms": round((total - started) * 1000, 3)},
-        }
-        log.debug("answered %d queries from generation %d in %.1f ms", len(texts),
-                  route.generation, (total - started) * 1000)
-        return body, "partial" if missing else "ok"
+        parts = [(a.rows, a.scores) for a in answers]
+        rows, scores = parts[0] if len(parts) == 1 else merge_rows(parts, req.k)
+        merged = time.perf_counter()
+        body = self._body(active, req, rows, scores, [s for a in answers for s in a.shards],
+                          missing, started, encoded, searched, merged)
+        stages = {"encode": encoded - started, "search": searched - encoded,
+                  "merge": time.perf_counter() - searched}
+        return body, "partial" if missing else "ok", stages
 
     # -- operations -----------------------------------------------------------------------------
     @app.get("/healthz")
@@ -313,6 +431,11 @@ class Ingress:
 
         infos = await asyncio.gather(*(probe(h) for h in active.infos), return_exceptions=True)
         shards = []
+        if route.embedded:
+            for shard in active.engine.shards:
+                shards.append({"name": shard.entry.name, "deployment": None, "app": self.replica,
+                               "state": "ok", "replica": {"exact_loads": shard.exact_loads,
+                                                          "n_docs": shard.entry.n_docs}})
         for group, info in zip(route.groups, infos):
             ok = not isinstance(info, BaseException)
             for name in group.shards:
@@ -327,6 +450,7 @@ class Ingress:
         return {"generation": route.generation, "route_version": route.version,
                 "n_shards": len(route.shards), "n_docs": route.n_docs,
                 "encoder": route.encoder_app or "ingress", "ingress_replica": self.replica,
+                "topology": "embedded" if route.embedded else "split",
                 "inflight": {str(g): n for g, n in self.inflight.items() if n},
                 "shards": shards, "controller": controller}
 

@@ -63,11 +63,13 @@ class SearchParams:
 
 
 @dataclass(frozen=True)
-class ShardAnswer:
-    """One shard's top-k for a batch: doc ids (object, None-padded) and float32 scores."""
+class GroupAnswer:
+    """A searcher replica's top-k for a batch, merged over its shards: generation rows
+    (int64 (nq, k), -1 padded) and float32 scores. Ids are resolved by the ingress after
+    the global merge."""
 
-    shard: str
-    doc_ids: np.ndarray
+    shards: tuple[str, ...]
+    rows: np.ndarray
     scores: np.ndarray
 
 
@@ -92,9 +94,13 @@ class Route:
     encoder_app: str | None            # QueryEncoder app, None when encoding in the ingress
     n_docs: int
     apps: tuple[str, ...] = field(default=())   # every Serve app this route owns
+    embedded: bool = False             # the ingress holds every shard itself (no searchers)
+    shard_names: tuple[str, ...] = field(default=())   # manifest order (embedded routes)
 
     @property
     def shards(self) -> tuple[str, ...]:
+        if self.embedded:
+            return self.shard_names
         return tuple(s for g in self.groups for s in g.shards)
 
 

@@ -3,6 +3,12 @@
 The class is bound once per shard group (``ShardSearcher.options(name=...)``); each group is
 its own Serve application named after its generation, so a generation's replicas can be
 started before the switch and deleted after it without touching any other generation.
+
+A replica answers with one top-k merged over its shards (generation rows and scores, not
+per-shard lists of id strings); the ingress merges the groups and resolves ids once.
+Concurrent requests run in Serve's thread pool: single queries and ``search_threads=1`` use
+the serial kernels (thread-safe); batches with ``search_threads > 1`` take the process-wide
+parallel-kernel lock (`pipeline.search.sharded`).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 from ray import serve
 
-from pipeline.serve.protocol import QueryBatch, SearchParams, ShardAnswer
+from pipeline.serve.protocol import GroupAnswer, QueryBatch, SearchParams
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +34,7 @@ class ShardSearcher:
     def __init__(self, index: str, storage_options: dict, generation: int,
                  shard_names: list[str], search_threads: int = 1) -> None:
         from pipeline.catalog import IndexLayout, read_manifest
-        from pipeline.search import load_shard
+        from pipeline.search import load_shard, shard_offsets
 
         started = time.perf_counter()
         layout = IndexLayout.at(index, storage_options)
@@ -39,7 +45,9 @@ class ShardSearcher:
             raise ValueError(f"generation {generation} of {layout.url} has no shards {missing}")
         self.generation = generation
         self.threads = search_threads
-        self.shards = [load_shard(layout, entries[name]) for name in shard_names]
+        offsets = shard_offsets(manifest)
+        self.shards = [load_shard(layout, entries[name], offsets[name]) for name in shard_names]
+        self.names = tuple(shard_names)
         self.loaded_s = time.perf_counter() - started
         self.started_at = time.time()
         self.n_requests = 0
@@ -56,21 +64,22 @@ class ShardSearcher:
                                       np.array([0, 1], np.int64)), shape=(1, vocab))
             shard.index.search(one_term, k=1, threads=1)
 
-    def search(self, batch: QueryBatch, params: SearchParams) -> list[ShardAnswer]:
-        """Top-``params.k`` of every held shard, in shard order (sync: runs in a worker thread)."""
+    def search(self, batch: QueryBatch, params: SearchParams) -> GroupAnswer:
+        """Top-``params.k`` over the held shards (sync: runs in a worker thread)."""
+        from pipeline.search import merge_rows
+
         queries = batch.to_csr()
         self.n_requests += 1
         self.n_queries += batch.n_queries
-        out = []
-        for shard in self.shards:
-            ids, scores = shard.search(queries, params.k, exact=params.exact,
-                                       threads=self.threads, **params.index_params())
-            out.append(ShardAnswer(shard.entry.name, ids, scores))
-        return out
+        parts = [shard.search_rows(queries, params.k, exact=params.exact, threads=self.threads,
+                                   **params.index_params()) for shard in self.shards]
+        rows, scores = parts[0] if len(parts) == 1 else merge_rows(parts, params.k)
+        return GroupAnswer(self.names, rows, scores)
 
     def info(self) -> dict:
         ctx = serve.get_replica_context()
         return {"generation": self.generation, "replica": ctx.replica_id.unique_id,
                 "pid": os.getpid(), "shards": [s.entry.name for s in self.shards],
                 "n_docs": sum(s.entry.n_docs for s in self.shards), "loaded_s": round(self.loaded_s, 3),
-                "started_at": self.started_at, "requests": self.n_requests, "queries": self.n_queries}
+                "started_at": self.started_at, "requests": self.n_requests, "queries": self.n_queries,
+                "exact_loads": sum(s.exact_loads for s in self.shards)}

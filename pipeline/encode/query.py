@@ -1,0 +1,179 @@
+"""Single-query encoding fast path: one query text -> one SPLADE CSR row, for serving.
+
+`SpladeEncoder.encode_queries` is built for batches: length buckets, padding, a forward
+pre-hook registered and removed on the shared model at every call, the vocabulary-tiled
+head over (B, L, V). For one query at a time none of that is needed:
+
+* the model is this object's own copy, its vocabulary projection replaced once by an
+  identity, so the forward returns the final hidden states (no per-call hooks);
+* no padding: the query's L tokens are all real, so the SPLADE max over the sequence is a
+  plain ``amax`` over the (L, V) logits, and ReLU and log1p run on the (V,) maximum only
+  (both are monotone: ``max log1p(relu(x)) == log1p(relu(max x))``);
+* screened head (CPU, where bfloat16 matmul is faster): the (L, V) logits are first computed
+  in bfloat16 (a quarter of fp32's time with AVX512-BF16); a term can only have a non-zero
+  weight if its screened maximum plus a rigorous error bound exceeds zero, and only those
+  candidate terms (a few hundred of 30k) are computed again in float32. The error bound per
+  (token l, term v) is ``SCREEN_ERROR * |h_l| * |w_v|``: rounding both operands and the
+  result to bfloat16 (8-bit mantissa) is off by at most ``3 * 2**-8`` of that product
+  (Cauchy-Schwarz), and SCREEN_ERROR = 0.02 leaves a margin of more than 2x. No term is
+  lost and every kept weight is computed in float32;
+* the CSR row is built directly from the non-zero weights;
+* everything under ``torch.inference_mode``, and one call at a time (a lock): an HF fast
+  tokenizer is not safe to share between threads ("Already borrowed"), and one thread per
+  replica is the intended use. The caller sets torch's thread count (`set_torch_threads`).
+
+The vectors equal `SpladeEncoder.encode_queries` of the same settings up to float32
+rounding (same terms; tests check it on real queries), and served and in-process queries
+both use this path, so they are the same vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+log = logging.getLogger(__name__)
+
+SCREEN_ERROR = 0.02
+
+
+def set_torch_threads(threads: int) -> None:
+    """Intra-op threads of this process's torch (one per replica on a shared node)."""
+    if threads >= 1 and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def _replace_module(root: torch.nn.Module, target: torch.nn.Module,
+                    replacement: torch.nn.Module) -> str:
+    """Put `replacement` where `target` sits in `root`'s module tree; returns its path."""
+    for path, module in root.named_modules():
+        if module is target and path:
+            parent_path, _, name = path.rpartition(".")
+            parent = root.get_submodule(parent_path) if parent_path else root
+            setattr(parent, name, replacement)
+            return path
+    raise ValueError("the vocabulary projection is not a submodule of the model")
+
+
+class QueryFastPath:
+    """Encodes queries one at a time with a private copy of an encoder's model.
+
+    Build with `from_settings` (an index manifest's encoder settings, fingerprint checked)
+    or `from_encoder` (takes the encoder over: do not use it for anything else afterwards).
+    """
+
+    def __init__(self, encoder) -> None:
+        body = encoder._body                      # noqa: SLF001 - the split masked LM
+        self.tokenizer = encoder.tokenizer
+        self.max_length = encoder.config.query_max_length
+        self.top_k = encoder.config.top_k
+        self.threshold = float(encoder.config.threshold)
+        self.vocab_size = body.vocab_size
+        self.device = encoder.device
+        self.model = body.model
+        # Logits = hidden @ weight.T + bias, computed by addmm on a transposed contiguous copy.
+        self.weight_t = body.weight.t().contiguous()
+        self.bias = body.bias if body.bias is not None else torch.zeros(
+            self.vocab_size, dtype=body.weight.dtype, device=body.weight.device)
+        self.projection_path = _replace_module(self.model, body.projection, torch.nn.Identity())
+        self._lock = threading.Lock()
+        self.screened = False
+        if self.device.type == "cpu" and self.weight_t.dtype == torch.float32:
+            self.weight_t_bf16 = self.weight_t.to(torch.bfloat16)
+            self.weight_norms = torch.linalg.vector_norm(self.weight_t, dim=0)     # (V,)
+            self.screened = self._screen_is_faster()
+        log.info("query fast path: %s head", "screened bf16" if self.screened else "float32")
+
+    def _screen_is_faster(self) -> bool:
+        """Time both heads on a real query; bfloat16 matmul is slow without hardware support."""
+        import time
+
+        ids = self.tokenizer("what causes heart disease and how is it treated",
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        best = {}
+        with torch.inference_mode():
+            input_ids = torch.tensor([ids], dtype=torch.long)
+            out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+            hidden = out.logits[0] if hasattr(out, "logits") else out[0][0]
+            for name, fn in (("full", self._head_full), ("screened", self._head_screened)):
+                fn(hidden)
+                started = time.perf_counter()
+                for _ in range(5):
+                    fn(hidden)
+                best[name] = time.perf_counter() - started
+        return best["screened"] < best["full"]
+
+    def _head_full(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(L, H) -> max logits (V,) in float32."""
+        logits = torch.addmm(self.bias, hidden.to(self.weight_t.dtype), self.weight_t)
+        return logits.amax(dim=0).float()
+
+    def _head_screened(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(L, H) -> max logits (V,): exact (float32) wherever the maximum may be > 0, and a
+        negative number elsewhere (those terms get weight 0 either way)."""
+        hidden = hidden.float()
+        approx = (hidden.to(torch.bfloat16) @ self.weight_t_bf16).amax(dim=0).float()   # (V,)
+        slack = SCREEN_ERROR * torch.linalg.vector_norm(hidden, dim=1).max() * self.weight_norms
+        upper = approx + slack + self.bias
+        candidates = torch.nonzero(upper > 0).squeeze(1)
+        out = torch.full((self.vocab_size,), -1.0, dtype=torch.float32)
+        if candidates.numel():
+            exact = torch.addmm(self.bias[candidates], hidden, self.weight_t[:, candidates])
+            out[candidates] = exact.amax(dim=0)
+        return out
+
+    @classmethod
+    def from_encoder(cls, encoder) -> "QueryFastPath":
+        return cls(encoder)
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], device: str = "auto") -> "QueryFastPath":
+        from pipeline.encode.settings import encoder_from_settings
+
+        return cls(encoder_from_settings(settings, device=device))
+
+    @torch.inference_mode()
+    def _weights(self, ids: list[int]) -> torch.Tensor:
+        input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
+        hidden = out.logits[0] if hasattr(out, "logits") else out[0][0]      # (L, H)
+        top = self._head_screened(hidden) if self.screened else self._head_full(hidden)
+        return torch.log1p(torch.relu(top))                                  # (V,)
+
+    def encode_one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """One query -> (term ids int32 ascending, weights float32)."""
+        if not isinstance(text, str):
+            raise TypeError(f"a query must be a string, got {type(text).__name__}")
+        with self._lock:
+            ids = self.tokenizer(text, truncation=True, max_length=self.max_length,
+                                 return_attention_mask=False,
+                                 return_token_type_ids=False)["input_ids"]
+            weights = self._weights(ids)
+            if not bool(torch.isfinite(weights).all()):
+                raise FloatingPointError("SPLADE weights contain NaN or inf")
+            if self.top_k is not None and self.top_k < self.vocab_size:
+                values, cols = torch.topk(weights, self.top_k, sorted=False)
+                cols, order = torch.sort(cols)
+                values = values[order]
+                keep = values > self.threshold
+                cols, values = cols[keep], values[keep]
+            else:
+                cols = torch.nonzero(weights > self.threshold).squeeze(1)
+                values = weights[cols]
+        return cols.cpu().numpy().astype(np.int32), values.cpu().numpy().astype(np.float32)
+
+    def encode_queries(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """Queries -> CSR float32 (n, vocab_size), each encoded on its own (no padding)."""
+        if isinstance(texts, str):
+            raise TypeError("encode_queries takes a list of strings")
+        rows = [self.encode_one(t) for t in texts]
+        indptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum([len(c) for c, _ in rows], out=indptr[1:])
+        indices = np.concatenate([c for c, _ in rows]) if rows else np.zeros(0, np.int32)
+        data = np.concatenate([v for _, v in rows]) if rows else np.zeros(0, np.float32)
+        return sp.csr_matrix((data, indices, indptr), shape=(len(rows), self.vocab_size))

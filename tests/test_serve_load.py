@@ -1,0 +1,308 @@
+"""The endpoint under concurrent load, on a real local Ray Serve over HTTP (issue 11).
+
+A small real index (the first 600 scifact documents, encoded by splade-tiny, 3 shards) keeps
+these tests short. Each endpoint is shared by the tests of its class:
+
+* `TestSplit`: split topology, encoder inside the ingress, 2 searcher groups, search_threads=2
+  (batches run numba's parallel kernels): concurrent first exact requests, then 8 clients
+  mixing exact and blocked, single queries and batches; a controller restart under load.
+* `TestEmbedded`: embedded topology: the same load; a switch slowed past the lease TTL
+  while garbage collection runs.
+Plus, without Ray: concurrent batches through `pipeline.search` under numba's workqueue
+threading layer, which aborts the process on concurrent entry into its pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from conftest import REPO, tiny_encoder
+from serve_fixtures import ConcurrentLoad, serve_http_port, wait_until
+
+N_DOCS = 600
+N_SHARDS = 3
+
+
+def _texts(scifact_dir: Path, n: int) -> list[str]:
+    with open(scifact_dir / "queries.jsonl", encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line, _ in zip(f, range(n))]
+
+
+@pytest.fixture(scope="module")
+def small_index(scifact_dir, tmp_path_factory) -> str:
+    """Generation 1 of the first N_DOCS scifact documents, 3 blocked shards."""
+    from pipeline.data.records import parse_record
+    from pipeline.testing.direct_writer import write_generation
+
+    root = tmp_path_factory.mktemp("serve-load") / "index"
+    docs = []
+    with open(scifact_dir / "corpus.jsonl", encoding="utf-8") as f:
+        for line, _ in zip(f, range(N_DOCS)):
+            docs.append(parse_record(json.loads(line)))
+    encoder = tiny_encoder()
+    vectors = encoder.encode([t for _, t in docs])
+    write_generation(str(root), 1, [i for i, _ in docs], vectors, N_SHARDS, encoder.settings(),
+                     index_params={"n_postings": 200, "centroid_fraction": 0.2})
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def queries(scifact_dir) -> list[str]:
+    return _texts(scifact_dir, 40)
+
+
+def _expected(root: str, texts: list[str], generation: int = 1) -> dict:
+    """In-process answers: (text, k, exact) -> (ids, scores), by the same code path."""
+    from pipeline.search import ShardedIndex
+
+    index = ShardedIndex.open(root, generation=generation)
+    out = {}
+    for exact in (False, True):
+        for text, hits in zip(texts, index.search(texts, k=10, exact=exact)):
+            out[(text, exact)] = ([h.doc_id for h in hits], [h.score for h in hits])
+    return out
+
+
+def _mixed_requests(texts: list[str], expected: dict, generation: int = 1):
+    """Request i: single or batch of 4, exact or blocked, each checked against `expected`."""
+    def make(client_no: int, i: int):
+        exact = (i + client_no) % 3 == 0
+        if i % 2:
+            batch = [texts[(i + j) % len(texts)] for j in range(4)]
+            body = {"queries": batch, "k": 10, "exact": exact}
+        else:
+            batch = [texts[i % len(texts)]]
+            body = {"query": batch[0], "k": 10, "exact": exact}
+
+        def check(answer: dict) -> str | None:
+            if answer["generation"] != generation:
+                return None     # checked by the load fixture
+            for text, got in zip(batch, answer["results"], strict=True):
+                ids, scores = expected[(text, exact)]
+                if got["doc_ids"] != ids or not np.allclose(got["scores"], scores, rtol=1e-5,
+                                                            atol=1e-6):
+                    return f"wrong answer for {text!r} (exact={exact})"
+            return None
+        return body, check
+    return make
+
+
+def _exact_loads(client: httpx.Client) -> list[int]:
+    stats = client.get("/stats").json()
+    loads = {}
+    for shard in stats["shards"]:
+        loads[shard["name"]] = shard["replica"]["exact_loads"]
+    return [loads[name] for name in sorted(loads)]
+
+
+def _first_exact_concurrently(client: httpx.Client, texts: list[str], expected: dict) -> None:
+    """8 concurrent first exact requests: all answered in full, each shard's exact index built once."""
+    assert _exact_loads(client) == [0] * N_SHARDS
+
+    def make(client_no: int, i: int):
+        ids = expected[(texts[i], True)][0]
+        return ({"query": texts[i], "k": 10, "exact": True},
+                lambda a: None if a["results"][0]["doc_ids"] == ids else "wrong exact answer")
+
+    with ConcurrentLoad(str(client.base_url), make, clients=8, max_requests=8,
+                        generations={1}) as load:
+        pass
+    load.assert_clean(min_answered=8)
+    assert _exact_loads(client) == [1] * N_SHARDS
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="class")
+def split_endpoint(small_index, ray_local, tmp_path_factory):
+    from pipeline.serve import ServeConfig
+    from pipeline.serve.app import run_endpoint, stop_endpoint
+
+    root = tmp_path_factory.mktemp("split") / "index"
+    shutil.copytree(small_index, root)
+    config = ServeConfig(index=str(root), app_name="lsrs", route_prefix="/s", topology="split",
+                         encoder_placement="ingress", shards_per_replica=2, search_threads=2,
+                         poll_s=0, route_refresh_s=0.2, timeout_s=10.0, server_id="test-split")
+    port = serve_http_port()
+    run_endpoint(config)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/s", timeout=60.0)
+    yield client, str(root), config
+    client.close()
+    stop_endpoint(config.app_name)
+
+
+class TestSplit:
+    def test_concurrent_first_exact_requests_build_once(self, split_endpoint, queries):
+        client, root, _ = split_endpoint
+        _first_exact_concurrently(client, queries, _expected(root, queries))
+
+    def test_mixed_load_with_ingress_encoder(self, split_endpoint, queries):
+        client, root, _ = split_endpoint
+        expected = _expected(root, queries)
+        with ConcurrentLoad(str(client.base_url), _mixed_requests(queries, expected), clients=8,
+                            max_requests=160, generations={1}) as load:
+            pass
+        load.assert_clean(min_answered=160)
+
+    def test_controller_restart_under_load(self, split_endpoint, queries, ray_local):
+        """A switch, then the controller killed (Serve restarts it) while generation 1 may
+        still be draining: no request fails, generation 1 is drained and then deleted."""
+        from ray import serve
+
+        from test_serve import write_modified_generation
+
+        client, root, _ = split_endpoint
+        write_modified_generation(root, 2, n_shards=2, drop=0)
+        with ConcurrentLoad(str(client.base_url),
+                            lambda c, i: ({"query": queries[i % len(queries)], "k": 10}, None),
+                            clients=8, max_requests=100_000, max_seconds=240,
+                            generations={1, 2}) as load:
+            load.wait_for(20)
+            r = client.post("/admin/reload")
+            assert r.status_code == 200, r.text
+            controller = _controller_actor("lsrs")
+            ray_local.kill(controller, no_restart=False)
+            load.wait_for(40)
+            wait_until(lambda: client.get("/stats").json()["controller"]["generation"] == 2,
+                       120, "the restarted controller")
+            load.wait_for(40)
+            load.stop()
+        load.assert_clean(min_answered=100)
+        wait_until(lambda: not [a for a in serve.status().applications
+                                if a.startswith("lsrs-g000001")], 120, "generation 1 deleted")
+
+
+def _controller_actor(app: str):
+    import ray
+
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == "serve" and a["name"].startswith(f"SERVE_REPLICA::{app}#IndexController")]
+    assert len(names) == 1, names
+    return ray.get_actor(names[0], namespace="serve")
+
+
+# ---------------------------------------------------------------------------------------------
+SWITCH_DELAY_S = 6.0
+LEASE_TTL_S = 1.5
+
+
+@pytest.fixture(scope="class")
+def embedded_endpoint(small_index, ray_local, tmp_path_factory):
+    from pipeline.serve import ServeConfig
+    from pipeline.serve.app import run_endpoint, stop_endpoint
+
+    root = tmp_path_factory.mktemp("embedded") / "index"
+    shutil.copytree(small_index, root)
+    config = ServeConfig(index=str(root), app_name="lsre", route_prefix="/e",
+                         topology="embedded", poll_s=0, route_refresh_s=0.2, timeout_s=10.0,
+                         lease_ttl_s=LEASE_TTL_S, server_id="test-embedded")
+    port = serve_http_port()
+    run_endpoint(config, controller_env={"LSR_TEST_SWITCH_DELAY_S": str(SWITCH_DELAY_S)})
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/e", timeout=60.0)
+    yield client, str(root), config
+    client.close()
+    stop_endpoint(config.app_name)
+
+
+class TestEmbedded:
+    def test_concurrent_first_exact_requests_build_once(self, embedded_endpoint, queries):
+        client, root, _ = embedded_endpoint
+        assert client.get("/stats").json()["topology"] == "embedded"
+        from ray import serve
+
+        assert not [a for a in serve.status().applications if a.startswith("lsre-")]
+        _first_exact_concurrently(client, queries, _expected(root, queries))
+
+    def test_mixed_load(self, embedded_endpoint, queries):
+        client, root, _ = embedded_endpoint
+        expected = _expected(root, queries)
+        with ConcurrentLoad(str(client.base_url), _mixed_requests(queries, expected), clients=8,
+                            max_requests=160, generations={1}) as load:
+            pass
+        load.assert_clean(min_answered=160)
+
+    def test_slow_switch_keeps_the_lease_while_gc_runs(self, embedded_endpoint, queries):
+        """The switch takes SWITCH_DELAY_S > 4 lease TTLs; GC runs all along, keeping one
+        generation: generation 1 (served until the flip) must never be collected."""
+        from pipeline.catalog import IndexLayout, collect_garbage, list_generations
+        from test_serve import write_modified_generation
+
+        client, root, _ = embedded_endpoint
+        layout = IndexLayout.at(root)
+        write_modified_generation(root, 2, n_shards=2, drop=0)
+        reload: dict = {}
+        thread = threading.Thread(target=lambda: reload.update(r=client.post("/admin/reload")))
+        collected = []
+        with ConcurrentLoad(str(client.base_url),
+                            lambda c, i: ({"query": queries[i % len(queries)], "k": 10}, None),
+                            clients=4, max_requests=100_000, max_seconds=120,
+                            generations={1, 2}) as load:
+            thread.start()
+            while thread.is_alive():
+                report = collect_garbage(layout, keep_generations=1, min_age_s=0)
+                collected.extend(report.deleted_generations)
+                time.sleep(0.3)
+            thread.join()
+            load.wait_for(10)
+            load.stop()
+        assert reload["r"].status_code == 200, reload["r"].text
+        assert collected == [] and 1 in list_generations(layout)
+        load.assert_clean(min_answered=10)
+        assert client.post("/search", json={"query": queries[0]}).json()["generation"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+def test_concurrent_batches_under_workqueue_threading_layer(small_index):
+    """4 threads searching 16-query batches with 2 numba threads each, exact and blocked,
+    under NUMBA_THREADING_LAYER=workqueue (which aborts on concurrent entry): the process
+    survives and every thread gets the same answers as a serial search."""
+    script = textwrap.dedent(f"""
+        import threading
+        import numpy as np
+        import scipy.sparse as sp
+        from pipeline.search import ShardedIndex
+
+        index = ShardedIndex.open({small_index!r})
+        docs = sp.vstack([s.exact_index().docs for s in index.shards], format="csr")
+        queries = docs[:16]
+        expected = {{exact: index.search_rows(queries, 10, exact=exact, threads=1)
+                     for exact in (True, False)}}
+        errors = []
+
+        def work(exact):
+            try:
+                for _ in range(20):
+                    for shard in index.shards:
+                        shard.search(queries, 10, exact=exact, threads=2)
+                    rows, scores = index.search_rows(queries, 10, exact=exact, threads=2)
+                    if not (rows == expected[exact][0]).all():
+                        errors.append("different rows")
+            except BaseException as exc:
+                errors.append(repr(exc))
+
+        threads = [threading.Thread(target=work, args=(i % 2 == 0,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        import numba
+        assert numba.threading_layer() == "workqueue", numba.threading_layer()
+        assert not errors, errors
+        print("ok")
+    """)
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue", NUMBA_NUM_THREADS="2",
+               PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=600, cwd=REPO)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
