@@ -3,16 +3,28 @@
 All backends compute, for hidden states `hidden` (B, L, H), the vocabulary projection
 `weight` (V, H) and `bias` (V,), and the attention mask (B, L):
 
-    out[b, v] = log1p(relu(max_{l : mask[b, l] != 0} (hidden[b, l] . weight[v] + bias[v])))
+    out[b, v] = act(max_{l : mask[b, l] != 0} (hidden[b, l] . weight[v] + bias[v]))
 
-as float32 (B, V); a row with no valid token is all zeros. This equals the plain naver/splade
-expression `max_l(log1p(relu(logits)) * mask)` for binary masks, because ReLU and log1p are
-monotone (the max can be taken on raw logits and the activation applied once).
+as float32 (B, V); a row with no valid token is all zeros. The activation `act` is named as
+sentence-transformers' SpladePooling names it:
+
+    "relu"        act(x) = log1p(relu(x))            (naver/splade, SPLADE v2/v3)
+    "log1p_relu"  act(x) = log1p(log1p(relu(x)))     (OpenSearch doc-only models)
+
+This equals the plain expression `max_l(act(logits) * mask)` for binary masks, because both
+activations are monotone (the max can be taken on raw logits and the activation applied once).
+Sum pooling (`sum_l act(logits)`) has no such shortcut; `kernels.splade_cpu.splade_sum_cpu`
+computes it vocabulary tile by vocabulary tile.
 """
 
 from __future__ import annotations
 
 import torch
+
+#: Activations of the head (sentence-transformers' SpladePooling `activation_function`).
+ACTIVATIONS: tuple[str, ...] = ("relu", "log1p_relu")
+#: Pooling over tokens (SpladePooling `pooling_strategy`).
+POOLINGS: tuple[str, ...] = ("max", "sum")
 
 #: Floating dtypes the head accepts for `hidden` and `weight` (accumulation is always float32).
 HEAD_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -51,3 +63,17 @@ def check_head_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     if len(devices) != 1:
         raise ValueError(f"hidden, weight, bias and mask must be on one device, got {sorted(map(str, devices))}")
     return n_rows, seq_len, vocab_size, n_hidden
+
+
+def check_activation(activation: str) -> str:
+    """`activation` if it is one of ACTIVATIONS, else ValueError naming the choices."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def check_pooling(pooling: str) -> str:
+    """`pooling` if it is one of POOLINGS, else ValueError naming the choices."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    return pooling

@@ -8,16 +8,20 @@ Same contract as the Triton kernel (see `kernels.checks`). The (B, L, V) logits 
 2. Per vocabulary tile: one GEMM of all packed tokens against the tile gives (T, V_tile) raw
    logits in a reused buffer; a max over each chunk (a strided view, vectorised along the
    vocabulary) gives (T / CHUNK, V_tile); a max over each row's chunks gives (B, V_tile).
-3. Bias, ReLU and log1p run once, on the (B, V) result.
+3. Bias and the activation (ReLU then log1p, or log1p twice) run once, on the (B, V) result.
 
 Peak extra memory is one (T, V_tile) tile; every logit is written once and read once.
+
+`splade_sum_cpu` is the sum-pooling counterpart (original SPLADE, SpladePooling "sum"): the
+activation cannot move out of a sum, so each (T, V_tile) tile is activated and summed per row
+before the next tile; the same one-tile peak memory.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels.checks import check_head_inputs
+from kernels.checks import check_activation, check_head_inputs
 
 #: Tokens per level-1 max. Measured on the 2-core EPYC for one (8192, 1024) float32 logit tile:
 #: strided max over chunks of 16 ~9 ms CPU (4: 11, 8: 9, 32: 13), torch.segment_reduce over
@@ -58,14 +62,17 @@ def pack_tokens(hidden: torch.Tensor, valid: torch.Tensor, chunk: int = CHUNK) -
 
 @torch.inference_mode()
 def splade_max_cpu(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                   mask: torch.Tensor, *, vocab_tile: int | None = None) -> torch.Tensor:
+                   mask: torch.Tensor, *, vocab_tile: int | None = None, activation: str = "relu") -> torch.Tensor:
     """SPLADE weights (B, V) float32 from hidden states (B, L, H), projection (V, H), bias (V,), mask (B, L).
+
+    `activation` "relu" gives log1p(relu(max logit)), "log1p_relu" log1p(log1p(relu(max logit))).
 
     Plain PyTorch, so it runs on any device, but it is tuned for CPU. fp16/bf16 inputs are
     computed in float32 (CPUs without native bf16 GEMM are faster so, and it matches the Triton
     kernel's float32 accumulation).
     """
     n_rows, _, vocab_size, _ = check_head_inputs(hidden, weight, bias, mask)
+    check_activation(activation)
     if vocab_tile is not None and vocab_tile < 1:
         raise ValueError(f"vocab_tile must be >= 1, got {vocab_tile}")
     out = torch.empty((n_rows, vocab_size), dtype=torch.float32, device=hidden.device)
@@ -89,4 +96,41 @@ def splade_max_cpu(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tenso
                 chunk_max, "max", lengths=chunks_per_row, axis=0, unsafe=True)
     if bias is not None:
         out.add_(bias.to(torch.float32))
-    return out.clamp_(min=0.0).log1p_()
+    return _activate_(out, activation)
+
+
+def _activate_(x: torch.Tensor, activation: str) -> torch.Tensor:
+    """In place: log1p(relu(x)), and one more log1p for "log1p_relu"."""
+    x.clamp_(min=0.0).log1p_()
+    if activation == "log1p_relu":
+        x.log1p_()
+    return x
+
+
+@torch.inference_mode()
+def splade_sum_cpu(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                   mask: torch.Tensor, *, vocab_tile: int | None = None, activation: str = "relu") -> torch.Tensor:
+    """Sum-pooled SPLADE weights (B, V) float32: sum over valid tokens of act(hidden . weight + bias).
+
+    Same inputs as `splade_max_cpu`; `mask` != 0 marks the tokens pooled. Only the valid tokens
+    are projected, one vocabulary tile at a time, so the (B, L, V) logits never exist.
+    Plain PyTorch: runs on any device (the sum path has no Triton kernel).
+    """
+    n_rows, seq_len, vocab_size, n_hidden = check_head_inputs(hidden, weight, bias, mask)
+    check_activation(activation)
+    if vocab_tile is not None and vocab_tile < 1:
+        raise ValueError(f"vocab_tile must be >= 1, got {vocab_tile}")
+    out = torch.zeros((n_rows, vocab_size), dtype=torch.float32, device=hidden.device)
+    valid = mask != 0
+    tokens = hidden[valid].to(torch.float32)                                   # (T, H), row-major order
+    row_of = torch.arange(n_rows, device=hidden.device)[:, None].expand(n_rows, seq_len)[valid]
+    if tokens.shape[0] == 0:
+        return out
+    tile = min(vocab_tile or vocab_tile_for(tokens.shape[0]), vocab_size)
+    for start in range(0, vocab_size, tile):
+        width = min(tile, vocab_size - start)
+        logits = tokens @ weight[start:start + width].to(torch.float32).T     # (T, width)
+        if bias is not None:
+            logits += bias[start:start + width].to(torch.float32)
+        out[:, start:start + width].index_add_(0, row_of, _activate_(logits, activation))
+    return out

@@ -1,4 +1,5 @@
-"""Fused SPLADE head in Triton: vocabulary projection + masked max over tokens + ReLU + log1p.
+"""Fused SPLADE head in Triton: vocabulary projection + masked max over tokens + ReLU + log1p
+(+ a second log1p for the "log1p_relu" activation).
 
 Same contract as `kernels.checks`. One program owns one (row, vocabulary tile) pair and walks
 the row's tokens in tiles of BLOCK_L; each token tile is a (BLOCK_L, BLOCK_H) x (BLOCK_H, BLOCK_V)
@@ -26,7 +27,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from kernels.checks import check_head_inputs
+from kernels.checks import check_activation, check_head_inputs
 
 
 def _config(block_v: int, block_l: int, block_h: int, warps: int, stages: int) -> triton.Config:
@@ -87,7 +88,7 @@ def _splade_max_kernel(
     stride_ob, stride_ov,
     L_BUCKET,  # next power of two of L: the autotuning key, unused in the body
     BLOCK_V: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr, GROUP_ROWS: tl.constexpr,
-    IEEE_FP32: tl.constexpr, LIBDEVICE: tl.constexpr,
+    IEEE_FP32: tl.constexpr, LIBDEVICE: tl.constexpr, LOG1P_TWICE: tl.constexpr,
 ):
     # Grouped order: GROUP_ROWS rows walk the vocabulary together, so their hidden states and the
     # current weight tiles stay in L2 (each row is read from memory once, the weight once per group).
@@ -131,8 +132,12 @@ def _splade_max_kernel(
 
     if LIBDEVICE:
         weights = libdevice.log1p(running_max + bias)
+        if LOG1P_TWICE:  # activation "log1p_relu": log1p(log1p(relu(x)))
+            weights = libdevice.log1p(weights)
     else:
         weights = _log1p(running_max + bias)
+        if LOG1P_TWICE:
+            weights = _log1p(weights)
     tl.store(out_ptr + row * stride_ob + offs_v * stride_ov, weights, mask=v_ok)
 
 
@@ -163,8 +168,11 @@ def interpreter_active() -> bool:
 
 def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                       mask: torch.Tensor, *, blocks: tuple[int, int, int] | None = None,
-                      num_warps: int = 4, num_stages: int = 2, group_rows: int = GROUP_ROWS) -> torch.Tensor:
+                      num_warps: int = 4, num_stages: int = 2, group_rows: int = GROUP_ROWS,
+                      activation: str = "relu") -> torch.Tensor:
     """SPLADE weights (B, V) float32 through the fused Triton kernel.
+
+    `activation`: "relu" (log1p(relu(max))) or "log1p_relu" (log1p(log1p(relu(max)))).
 
     Inputs on a CUDA device (or on the CPU under TRITON_INTERPRET=1). `blocks=(BLOCK_V, BLOCK_L,
     BLOCK_H)` fixes the tile sizes and skips autotuning (powers of two; >= 16 on a GPU); without it
@@ -174,6 +182,7 @@ def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     float32 rounding.
     """
     n_rows, seq_len, vocab_size, n_hidden = check_head_inputs(hidden, weight, bias, mask)
+    check_activation(activation)
     if hidden.device.type != "cuda" and not interpreter_active():
         raise RuntimeError(
             f"the Triton SPLADE kernel needs CUDA tensors (got {hidden.device}); on CPU use "
@@ -195,7 +204,7 @@ def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
             *hidden.stride(), *weight.stride(), *mask.stride(), *out.stride(),
             triton.next_power_of_2(max(seq_len, 1)))
     flags = {"IEEE_FP32": hidden.dtype == torch.float32, "LIBDEVICE": not interpreter_active(),
-             "GROUP_ROWS": group_rows}
+             "GROUP_ROWS": group_rows, "LOG1P_TWICE": activation == "log1p_relu"}
     if blocks is None and interpreter_active():
         blocks = INTERPRETER_BLOCKS
     if blocks is not None:
@@ -219,7 +228,7 @@ def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
 _TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def compile_ahead(dtype: torch.dtype, config: triton.Config, capability: int = 90):
+def compile_ahead(dtype: torch.dtype, config: triton.Config, capability: int = 90, activation: str = "relu"):
     """Compile the kernel for a CUDA target without a GPU (ptxas ships with Triton), for inspection.
 
     Specialised like a runtime launch on contiguous inputs whose strides, L and H are multiples of 16
@@ -238,9 +247,11 @@ def compile_ahead(dtype: torch.dtype, config: triton.Config, capability: int = 9
         "stride_ob": "i32", "stride_ov": "constexpr", "L_BUCKET": "i32",
         "BLOCK_V": "constexpr", "BLOCK_L": "constexpr", "BLOCK_H": "constexpr",
         "GROUP_ROWS": "constexpr", "IEEE_FP32": "constexpr", "LIBDEVICE": "constexpr",
+        "LOG1P_TWICE": "constexpr",
     }
     constants = dict(config.kwargs, stride_hh=1, stride_wh=1, stride_ml=1, stride_ov=1, GROUP_ROWS=GROUP_ROWS,
-                     IEEE_FP32=dtype == torch.float32, LIBDEVICE=True)
+                     IEEE_FP32=dtype == torch.float32, LIBDEVICE=True,
+                     LOG1P_TWICE=check_activation(activation) == "log1p_relu")
     aligned = {"hidden_ptr", "weight_ptr", "bias_ptr", "mask_ptr", "out_ptr", "L", "H",
                "stride_hb", "stride_hl", "stride_wv", "stride_mb"}
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(signature) if name in aligned}

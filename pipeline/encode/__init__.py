@@ -1,4 +1,5 @@
-"""SPLADE encoding: model resolution, the encoder, and the plain reference expression.
+"""SPLADE encoding: model resolution and layouts, the encoder, inference-free query encoders,
+and the plain reference expression.
 
 Names load lazily so that `pipeline.encode.models` stays importable without torch.
 Imports `kernels` and `pipeline.errors` only: nothing about storage, indexes, Ray or serving.
@@ -18,6 +19,10 @@ _EXPORTS = {
     "prune_to_csr": "pipeline.encode.sparse",
     "encode_reference": "pipeline.encode.reference",
     "encoder_from_settings": "pipeline.encode.settings",
+    "query_encoder_from_settings": "pipeline.encode.settings",
+    "StaticQueryEncoder": "pipeline.encode.static",
+    "read_layout": "pipeline.encode.layouts",
+    "UnsupportedLayout": "pipeline.encode.layouts",
     "EncoderMismatch": "pipeline.encode.settings",
     "load_tokenizer": "pipeline.encode.tokens",
     "token_ids": "pipeline.encode.tokens",

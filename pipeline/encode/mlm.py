@@ -1,4 +1,4 @@
-"""A Hugging Face masked-LM split at its vocabulary projection.
+"""A Hugging Face masked-LM (or causal LM) split at its vocabulary projection.
 
 SPLADE needs the final hidden states (after the MLM transform: dense, activation, layer norm)
 and the projection's weight and bias, so the fused head can replace the (B, L, V) logits.
@@ -6,6 +6,10 @@ Architectures name these parts differently (BERT `cls.predictions.decoder`, Dist
 `vocab_projector`, RoBERTa/XLM-R `lm_head.decoder`); `get_output_embeddings()` finds the
 projection generically, and a forward pre-hook on it captures its input and stops the
 forward there, so the projection itself never runs.
+
+Decoder-only LMs (Mistral, Llama: AutoModelForCausalLM) split the same way: the final hidden
+states (after the last norm) and the LM head, which may be untied from the input embeddings and
+usually has no bias.
 """
 
 from __future__ import annotations
@@ -104,15 +108,21 @@ class MaskedLMBody:
                 "than a linear projection, which the fused SPLADE head cannot reproduce")
 
 
-def load_masked_lm(source: str, device: torch.device, dtype: torch.dtype):
-    """(tokenizer, MaskedLMBody) for a local directory or hub id, in eval mode on `device`."""
-    from transformers import AutoModelForMaskedLM
+def load_masked_lm(source: str, device: torch.device, dtype: torch.dtype, architecture: str = "masked-lm"):
+    """(tokenizer, MaskedLMBody) for a local directory or hub id, in eval mode on `device`.
+
+    `architecture` "masked-lm" loads AutoModelForMaskedLM, "causal-lm" AutoModelForCausalLM.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     from pipeline.encode.tokens import load_tokenizer
 
+    if architecture not in ("masked-lm", "causal-lm"):
+        raise ValueError(f"architecture must be 'masked-lm' or 'causal-lm', got {architecture!r}")
+    auto = AutoModelForCausalLM if architecture == "causal-lm" else AutoModelForMaskedLM
     with _quiet_transformers():
         tokenizer = load_tokenizer(source)
-        model = AutoModelForMaskedLM.from_pretrained(source, dtype=dtype)
+        model = auto.from_pretrained(source, dtype=dtype)
     model = model.to(device).eval()
     body = MaskedLMBody(model)
     probe = tokenizer(["splade probe: what causes heart disease?"], return_tensors="pt")

@@ -1,4 +1,8 @@
-"""Where a SPLADE model comes from: an alias, a local directory, or a Hugging Face hub id."""
+"""Where a SPLADE model comes from: an alias, a local directory, or a Hugging Face hub id.
+
+A local directory is a Hugging Face model folder (config.json) or a sentence-transformers
+SparseEncoder folder (modules.json); `pipeline.encode.layouts` tells the layouts apart.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +42,9 @@ def resolve_model(name: str) -> str:
         return path
     expanded = os.path.expanduser(name)
     if os.path.isdir(expanded):
-        if not os.path.isfile(os.path.join(expanded, "config.json")):
-            raise ModelNotFound(f"{expanded} is a directory but holds no config.json")
+        if not any(os.path.isfile(os.path.join(expanded, f)) for f in ("config.json", "modules.json")):
+            raise ModelNotFound(f"{expanded} is a directory but holds no config.json (Hugging Face) "
+                                "or modules.json (sentence-transformers)")
         return os.path.abspath(expanded)
     if name.startswith((".", "/", "~")):
         raise ModelNotFound(f"model directory {name!r} does not exist")
