@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline import synthetic
+from pipeline.testing import synthetic
 
 
 @pytest.fixture(scope="module")

@@ -160,7 +160,7 @@ MIN_LIST_BLOCKS = 4
 """Derived ``centroid_fraction``: Seismic's 0.1, raised (up to 0.5) so that a list of
 ``n_postings`` documents has at least ``MIN_LIST_BLOCKS`` blocks."""
 SUMMARY_ENERGY = 0.4
-QUERY_CUT_PER_SQRT_DOC_TERMS = 0.8
+QUERY_CUT_PER_SQRT_DOC_TERMS = 0.7
 MIN_QUERY_CUT = 4
 MAX_QUERY_CUT = 16
 """Derived ``query_cut``: grows with the square root of the mean document length
