@@ -228,7 +228,41 @@ def test_properties(cisi, cisi_default):
     assert cisi_default.n_docs == cisi.docs.shape[0]
     assert cisi_default.vocab_size == cisi.docs.shape[1]
     assert cisi_default.nbytes == sum(a.nbytes for a in cisi_default.arrays().values())
-    assert cisi_default.config == BlockedIndexConfig()
+    docs = cisi.docs
+    assert cisi_default.config == BlockedIndexConfig().derived_for(docs.shape[0], docs.shape[1],
+                                                                   docs.nnz)
+
+
+def test_defaults_are_derived_from_the_collection_and_recorded(cisi, cisi_default):
+    from pipeline.index.config import DERIVED_FIELDS, POSTINGS_PER_MEAN_LIST
+
+    cfg = cisi_default.config
+    assert cfg.resolved and set(cfg.derived) == set(DERIVED_FIELDS)
+    mean_list = cisi.docs.nnz / cisi.docs.shape[1]
+    assert cfg.n_postings == max(1, round(POSTINGS_PER_MEAN_LIST * mean_list))
+    # the budget scales with the collection: twice the entries, about twice n_postings
+    doubled = sp.vstack([cisi.docs, cisi.docs]).tocsr()
+    big = BlockedIndexConfig().derived_for(doubled.shape[0], doubled.shape[1], doubled.nnz)
+    assert abs(big.n_postings - 2 * cfg.n_postings) <= 1
+    # explicit values win and are not marked derived
+    own = BlockedIndex.build(cisi.docs[:300], n_postings=7, query_cut=3).config
+    assert own.n_postings == 7 and own.query_cut == 3
+    assert "n_postings" not in own.derived and "query_cut" not in own.derived
+    assert "heap_factor" in own.derived
+
+
+def test_config_from_old_dict_reads_explicit_values():
+    old = {"n_postings": 3000, "max_fraction": 1.5, "centroid_fraction": 0.1,
+           "min_cluster_size": 2, "doc_cut": 15, "summary_energy": 0.4,
+           "forward_values": "float16", "seed": 42, "query_cut": 10, "heap_factor": 0.9}
+    cfg = BlockedIndexConfig.from_dict(old)
+    assert cfg.resolved and cfg.derived == () and cfg.n_postings == 3000
+    assert BlockedIndexConfig.from_dict(cfg.to_dict()) == cfg
+    derived = BlockedIndexConfig().derived_for(100, 50, 1000)
+    assert BlockedIndexConfig.from_dict(derived.to_dict()) == derived
+    with pytest.raises(ValueError, match="config: an index needs"):
+        BlockedIndex(BlockedIndex.build(np.eye(3, dtype=np.float32)).arrays(),
+                     BlockedIndexConfig(), 3, 3, 3)
 
 
 @pytest.mark.parametrize("overrides, match", [

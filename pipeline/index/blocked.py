@@ -141,6 +141,9 @@ class BlockedIndex:
     def __init__(self, arrays: dict[str, np.ndarray], config: BlockedIndexConfig,
                  n_docs: int, vocab_size: int, nnz: int) -> None:
         """Wrap already-built arrays; use `build` or `load` instead of calling this."""
+        if not config.resolved:
+            raise ValueError("config: an index needs every build and search parameter set "
+                             "(BlockedIndexConfig.derived_for fills the missing ones)")
         self._a = {name: np.ascontiguousarray(a) for name, a in arrays.items()}
         self._config = config
         self._n_docs = int(n_docs)
@@ -163,7 +166,9 @@ class BlockedIndex:
         """Build the index over ``docs`` ((n_docs, vocab) matrix, anything scipy converts).
 
         ``config`` defaults to `BlockedIndexConfig()`; keyword ``overrides`` replace single
-        fields (``BlockedIndex.build(docs, n_postings=500)``). Uses numba's thread count.
+        fields (``BlockedIndex.build(docs, n_postings=500)``). Parameters left at ``None``
+        are derived from ``docs`` (`BlockedIndexConfig.derived_for`); the index's `config`
+        holds the values used. Uses numba's thread count.
         """
         config = config if config is not None else BlockedIndexConfig()
         if not isinstance(config, BlockedIndexConfig):
@@ -172,6 +177,7 @@ class BlockedIndex:
             config = config.replace(**overrides)
         csr = as_csr(docs, "docs")
         n_docs, vocab = csr.shape
+        config = config.derived_for(n_docs, vocab, csr.nnz)
         codec = CODECS[config.forward_values]
         if vocab > codec.max_vocab:
             raise ValueError(f"docs: vocabulary of {vocab} terms exceeds the {codec.max_vocab} "

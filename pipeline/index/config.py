@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,38 +39,97 @@ class BlockedIndexConfig:
       scanned.
     * ``heap_factor``: a block is skipped when the top-k heap is full and its summary score
       is below ``heap_factor`` times the k-th best score so far (0 disables skipping).
+
+    Defaults that fit the collection: ``n_postings``, ``centroid_fraction``,
+    ``summary_energy``, ``query_cut`` and ``heap_factor`` left at ``None`` are derived from
+    the shard at build time by `derived` (rules in its docstring); values given explicitly
+    win. The built index's config holds the values used and ``derived`` names the fields
+    that were derived, so a saved index records both.
     """
 
-    n_postings: int = 3000
+    n_postings: int | None = None
     max_fraction: float = 1.5
-    centroid_fraction: float = 0.1
+    centroid_fraction: float | None = None
     min_cluster_size: int = 2
     doc_cut: int = 15
-    summary_energy: float = 0.4
+    summary_energy: float | None = None
     forward_values: str = "float16"
     seed: int = 42
-    query_cut: int = 10
-    heap_factor: float = 0.9
+    query_cut: int | None = None
+    heap_factor: float | None = None
+    derived: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        check_int(self.n_postings, "n_postings", 1)
+        if self.n_postings is not None:
+            check_int(self.n_postings, "n_postings", 1)
         check_float(self.max_fraction, "max_fraction", 0.0, 1e9, low_open=True)
-        check_float(self.centroid_fraction, "centroid_fraction", 0.0, 1.0, low_open=True)
+        if self.centroid_fraction is not None:
+            check_float(self.centroid_fraction, "centroid_fraction", 0.0, 1.0, low_open=True)
         check_int(self.min_cluster_size, "min_cluster_size", 0)
         check_int(self.doc_cut, "doc_cut", 1)
-        check_float(self.summary_energy, "summary_energy", 0.0, 1.0, low_open=True)
+        if self.summary_energy is not None:
+            check_float(self.summary_energy, "summary_energy", 0.0, 1.0, low_open=True)
         if self.forward_values not in CODECS:
             raise ValueError(f"forward_values must be one of {sorted(CODECS)}, "
                              f"got {self.forward_values!r}")
         check_int(self.seed, "seed", 0)
-        check_int(self.query_cut, "query_cut", 1)
-        check_float(self.heap_factor, "heap_factor", 0.0, 1e9)
-        if self.n_postings * self.max_fraction < 1:
+        if self.query_cut is not None:
+            check_int(self.query_cut, "query_cut", 1)
+        if self.heap_factor is not None:
+            check_float(self.heap_factor, "heap_factor", 0.0, 1e9)
+        if self.n_postings is not None and self.n_postings * self.max_fraction < 1:
             raise ValueError("n_postings * max_fraction must be >= 1 (the longest list allowed)")
+        derived = tuple(self.derived)
+        unknown = set(derived) - set(DERIVED_FIELDS)
+        if unknown:
+            raise ValueError(f"derived: not derivable field(s) {sorted(unknown)}")
+        object.__setattr__(self, "derived", derived)
+
+    @property
+    def resolved(self) -> bool:
+        """Every derivable field holds a value (true of a built index's config)."""
+        return all(getattr(self, name) is not None for name in DERIVED_FIELDS)
+
+    def derived_for(self, n_docs: int, vocab_size: int, nnz: int) -> "BlockedIndexConfig":
+        """This config with every ``None`` field derived from the shard's statistics:
+        ``nnz`` (document, term) entries over ``n_docs`` documents and ``vocab_size`` terms.
+
+        * ``n_postings = max(1, round(POSTINGS_PER_MEAN_LIST * nnz / vocab_size))``: static
+          pruning keeps that fraction of the entries (the budget is ``vocab_size *
+          n_postings``), whatever the collection's size. A fixed value is either a no-op on
+          a small shard (3000 against a mean list of 34) or prunes a large one blind.
+        * ``centroid_fraction = clamp(MIN_LIST_BLOCKS / n_postings, CENTROID_FRACTION,
+          MAX_CENTROID_FRACTION)``: Seismic's 0.1 (blocks of ~10 documents) on long lists;
+          on short ones, enough blocks per mean list that summaries can still skip some.
+        * ``summary_energy = SUMMARY_ENERGY``: Seismic's guidance (0.4-0.6).
+        * ``query_cut = clamp(round(QUERY_CUT_PER_SQRT_DOC_TERMS * sqrt(nnz / n_docs)),
+          MIN_QUERY_CUT, MAX_QUERY_CUT)`` and ``heap_factor = HEAP_FACTOR``: see the
+          constants' notes.
+        """
+        values: dict[str, Any] = {}
+        mean_list = nnz / max(1, vocab_size)
+        if self.n_postings is None:
+            values["n_postings"] = max(1, round(POSTINGS_PER_MEAN_LIST * mean_list),
+                                       math.ceil(1 / self.max_fraction))
+        n_postings = values.get("n_postings", self.n_postings)
+        if self.centroid_fraction is None:
+            values["centroid_fraction"] = float(min(MAX_CENTROID_FRACTION, max(
+                CENTROID_FRACTION, MIN_LIST_BLOCKS / n_postings)))
+        if self.summary_energy is None:
+            values["summary_energy"] = SUMMARY_ENERGY
+        if self.query_cut is None:
+            values["query_cut"] = int(min(MAX_QUERY_CUT, max(MIN_QUERY_CUT, round(
+                QUERY_CUT_PER_SQRT_DOC_TERMS * math.sqrt(nnz / max(1, n_docs))))))
+        if self.heap_factor is None:
+            values["heap_factor"] = HEAP_FACTOR
+        return dataclasses.replace(self, derived=tuple(sorted(set(self.derived) | set(values))),
+                                   **values)
 
     @property
     def list_cap(self) -> int:
         """The longest posting list static pruning keeps."""
+        if self.n_postings is None:
+            raise ValueError("n_postings is not set: derive it first (derived_for)")
         return max(1, int(self.n_postings * self.max_fraction))
 
     def replace(self, **overrides: Any) -> "BlockedIndexConfig":
@@ -83,4 +143,28 @@ class BlockedIndexConfig:
 
     @classmethod
     def from_dict(cls, params: dict[str, Any]) -> "BlockedIndexConfig":
+        """Read `to_dict`'s output, including dicts written before fields were added (an old
+        index's values were all explicit: nothing in it was derived)."""
         return cls().replace(**params)
+
+
+DERIVED_FIELDS = ("n_postings", "centroid_fraction", "summary_energy", "query_cut",
+                  "heap_factor")
+"""Fields `BlockedIndexConfig.derived_for` fills from the shard when left at ``None``."""
+
+POSTINGS_PER_MEAN_LIST = 5.0
+"""Derived ``n_postings`` as a multiple of the mean posting-list length ``nnz / vocab``."""
+CENTROID_FRACTION = 0.1
+MAX_CENTROID_FRACTION = 0.5
+MIN_LIST_BLOCKS = 4
+"""Derived ``centroid_fraction``: Seismic's 0.1, raised (up to 0.5) so that a list of
+``n_postings`` documents has at least ``MIN_LIST_BLOCKS`` blocks."""
+SUMMARY_ENERGY = 0.4
+QUERY_CUT_PER_SQRT_DOC_TERMS = 0.7
+MIN_QUERY_CUT = 4
+MAX_QUERY_CUT = 16
+"""Derived ``query_cut``: grows with the square root of the mean document length
+``nnz / n_docs`` (longer documents come with longer, flatter queries from the same
+encoder, so the heaviest few terms hold less of a query's mass), within 4..16."""
+HEAP_FACTOR = 0.8
+"""Derived ``heap_factor``."""
