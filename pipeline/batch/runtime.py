@@ -69,6 +69,9 @@ def connect_ray(address: str | None) -> None:
         return
     if address is None and not os.environ.get("RAY_ADDRESS"):
         log.info("starting a local Ray instance (pass --address to use a cluster)")
+        # "local", not None: ray.init(None) would attach to whatever `ray start` last noted in
+        # /tmp/ray/ray_current_cluster, and hang when that head is gone.
+        address = "local"
     # Workers' own output (tracebacks of a failed task, Ray's retry advice) reaches the
     # driver only with debug logging (`lsr -v`): the job reports what stopped it itself.
     verbose = log.isEnabledFor(logging.DEBUG)
