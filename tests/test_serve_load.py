@@ -385,3 +385,30 @@ def test_lsr_serve_stops_cleanly_on_signal(small_index, sig, target):
                 psutil.Process(pid).kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+def test_query_fast_path_equals_the_encoder(scifact_dir):
+    """Single-query fast path, screened and full head, against `SpladeEncoder.encode_queries`
+    of each query alone: the same terms, the same weights up to float32 rounding; and safe
+    from several threads at once."""
+    import scipy.sparse as sp
+
+    from pipeline.encode.query import QueryFastPath
+
+    reference = tiny_encoder()
+    fast = QueryFastPath.from_settings(reference.settings(), device="cpu")
+    texts = _texts(scifact_dir, 60)
+    expected = sp.vstack([reference.encode_queries([t]) for t in texts], format="csr")
+    for screened in (True, False):
+        fast.screened = screened
+        got = fast.encode_queries(texts)
+        assert (got.indptr == expected.indptr).all() and (got.indices == expected.indices).all()
+        np.testing.assert_allclose(got.data, expected.data, rtol=1e-5, atol=1e-6)
+    results: dict[int, sp.csr_matrix] = {}
+    threads = [threading.Thread(target=lambda i=i: results.update({i: fast.encode_queries(texts)}))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all((results[i] != got).nnz == 0 for i in range(4))
