@@ -9,7 +9,9 @@ these tests short. Each endpoint is shared by the tests of its class:
 * `TestEmbedded`: embedded topology: the same load; a switch slowed past the lease TTL
   while garbage collection runs.
 Plus, without Ray: concurrent batches through `pipeline.search` under numba's workqueue
-threading layer, which aborts the process on concurrent entry into its pool.
+threading layer, which aborts the process on concurrent entry into its pool; the single-query
+encoding fast path against the encoder. And `lsr serve` (its own Ray) stopped by SIGTERM or
+SIGINT at the driver or its process group (two cases in the default run, two marked slow).
 """
 
 from __future__ import annotations
