@@ -1,25 +1,24 @@
 """Benchmark of the Ray Serve query endpoint on this machine (127.0.0.1 only).
 
-For each shard count S of a synthetic N-document index (`pipeline.testing.synthetic.generate`,
-written with the store APIs, cached under --work), and each topology:
+One synthetic N-document index (`pipeline.testing.synthetic.generate`, written with the
+store APIs, cached under --work; the blocked index with `BlockedIndexConfig`'s recorded
+defaults unless --n-postings is given), the same real query texts (scifact), measured in
+one run:
 
-* in process: the same query texts, encoded by the index's encoder and searched with
-  `ShardedIndex.search_vectors`, one query at a time (the peer of the served numbers);
-* served: `lsr serve`'s application on a local Ray, loaded by C concurrent HTTP clients
-  (asyncio + httpx, one query per request, back to back) for T seconds.
+* in process: encode (the single-query fast path, torch on 1 thread) then search
+  (`ShardedIndex.search_rows`, 1 thread), one query at a time; and recall@10 of the blocked
+  search against exact search for the same queries (the configuration served);
+* served, for each topology: C concurrent HTTP clients (asyncio + httpx, one query per
+  request, back to back) for T seconds. Per request the client's latency and the server's
+  ``Server-Timing`` stages (encode, search, merge, serialize, ingress handler); the rest of
+  the client's latency (HTTP proxy, routing, client) is reported as ``proxy+client``.
 
-It reports p50/p95/p99 latency, QPS, errors, the server-side split (encode / search), and
-served p50 / in-process p50. Queries are real scifact query texts encoded by splade-tiny
-against synthetic documents: fine for latency, meaningless for relevance.
+Topologies:
+* embedded: one ingress replica answers HTTP, encodes and searches every shard in process.
+* split:    QueryEncoder deployment + one ShardSearcher deployment per shard (2 handle hops).
 
-Topologies ("hops" = Serve handle calls per request after the HTTP proxy's own):
-* split:   QueryEncoder deployment (batched) + one ShardSearcher deployment per shard
-           -> proxy -> ingress -> encoder, then ingress -> S searchers in parallel.
-* compact: encoder inside the ingress + all shards in one ShardSearcher replica
-           -> proxy -> ingress -> 1 searcher.
-
-    flock /tmp/lsr-bench.lock .venv/bin/python jobs/bench_serve.py \
-        --docs 1000000 --shards 1,2,4,8,16 --clients 1,4 --duration-s 20 --out /work/notes/bench-serve.json
+    flock /tmp/lsr-cpu.lock .venv/bin/python jobs/bench_serve.py \
+        --docs 1000000 --shards 1 --clients 1,8 --duration-s 20 --out bench-results/serve-embedded.json
 """
 
 from __future__ import annotations
@@ -41,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.testing.machine import describe_machine
 
 TOPOLOGIES = {
-    "split": {"encoder_placement": "deployment", "shards_per_replica": 1},
-    "compact": {"encoder_placement": "ingress", "shards_per_replica": 0},
+    "embedded": {"topology": "embedded"},
+    "split": {"topology": "split", "encoder_placement": "deployment", "shards_per_replica": 1},
 }
 
 
@@ -64,17 +63,17 @@ def encoder_settings() -> dict:
 
 
 def prepare_indexes(work: Path, n_docs: int, shard_counts: list[int], seed: int,
-                    n_postings_total: int) -> dict[int, str]:
+                    n_postings_total: int | None) -> dict[int, str]:
     """One index root per shard count over the same documents; reused when already written.
 
-    Each shard keeps ``vocab * n_postings_total / S`` postings (n_postings scaled by 1/S), so
-    every shard count holds the same number of postings in all: the sweep varies the fan-out,
-    not the amount of index.
+    ``n_postings_total`` None: every shard uses `BlockedIndexConfig`'s defaults. Else each
+    shard keeps ``n_postings_total / S`` (the same postings in all for every S).
     """
     from pipeline.testing.direct_writer import write_generation
     from pipeline.catalog import IndexLayout, read_current_generation, read_manifest
 
-    roots = {s: work / f"synthetic-{n_docs}-seed{seed}-np{n_postings_total}-s{s}" for s in shard_counts}
+    tag = "default" if n_postings_total is None else n_postings_total
+    roots = {s: work / f"synthetic-{n_docs}-seed{seed}-np{tag}-s{s}" for s in shard_counts}
     todo = [s for s, root in roots.items()
             if read_current_generation(IndexLayout.at(str(root))) is None
             or read_manifest(IndexLayout.at(str(root))).n_docs != n_docs]
@@ -89,8 +88,9 @@ def prepare_indexes(work: Path, n_docs: int, shard_counts: list[int], seed: int,
         ids = [f"d{i}" for i in range(n_docs)]
         for s in todo:
             started = time.perf_counter()
-            write_generation(str(roots[s]), 1, ids, docs, s, settings,
-                             index_params={"n_postings": max(1, round(n_postings_total / s))})
+            params = {} if n_postings_total is None else {
+                "n_postings": max(1, round(n_postings_total / s))}
+            write_generation(str(roots[s]), 1, ids, docs, s, settings, index_params=params)
             print(f"wrote {s}-shard index in {time.perf_counter() - started:.0f}s", flush=True)
     return {s: str(root) for s, root in roots.items()}
 
@@ -102,25 +102,37 @@ def read_queries(path: Path, n: int) -> list[str]:
 
 # -- in process -----------------------------------------------------------------------------------
 def in_process(url: str, queries: list[str], k: int) -> dict:
+    """Encode then search, one query at a time, torch and numba on 1 thread; recall@k."""
+    from pipeline.encode.query import set_torch_threads
+    from pipeline.index import recall_at_k
     from pipeline.search import ShardedIndex
 
+    set_torch_threads(1)
     index = ShardedIndex.open(url)
     encoder = index.encoder()
     for q in queries[:20]:                                   # warm up kernels and the model
-        index.search_vectors(encoder.encode_queries([q]), k=k, threads=1)
+        index.search_rows(encoder.encode_queries([q]), k=k, threads=1)
     total, encode, search = [], [], []
     for q in queries:
         t0 = time.perf_counter()
         vectors = encoder.encode_queries([q])
         t1 = time.perf_counter()
-        index.search_vectors(vectors, k=k, threads=1)
+        index.search_rows(vectors, k=k, threads=1)
         t2 = time.perf_counter()
         total.append((t2 - t0) * 1000)
         encode.append((t1 - t0) * 1000)
         search.append((t2 - t1) * 1000)
+    vectors = encoder.encode_queries(queries)
+    approx, _ = index.search_rows(vectors, k=k, threads=1)
+    exact, _ = index.search_rows(vectors, k=k, exact=True, threads=None)
+    recall = recall_at_k(approx, exact)
+    params = index.manifest.index.get("params", {})
     del index
     return {**summary(total), "encode_p50_ms": round(pct(encode, 50), 3),
-            "search_p50_ms": round(pct(search, 50), 3)}
+            "encode_p99_ms": round(pct(encode, 99), 3),
+            "search_p50_ms": round(pct(search, 50), 3), "search_p99_ms": round(pct(search, 99), 3),
+            f"recall_at_{k}": round(recall, 4),
+            "index_params": params, "screened_head": bool(getattr(encoder, "screened", False))}
 
 
 # -- served ----------------------------------------------------------------------------------------
@@ -128,8 +140,7 @@ async def load(base: str, queries: list[str], k: int, clients: int, duration_s: 
     import httpx
 
     latencies: list[float] = []
-    server_encode: list[float] = []
-    server_search: list[float] = []
+    stages: dict[str, list[float]] = {}
     errors: list[str] = []
     partial = 0
     stop_at = time.perf_counter() + duration_s
@@ -154,16 +165,21 @@ async def load(base: str, queries: list[str], k: int, clients: int, duration_s: 
                 body = r.json()
                 partial += bool(body["partial"])
                 latencies.append(elapsed)
-                server_encode.append(body["timing"]["encode_ms"])
-                server_search.append(body["timing"]["search_ms"])
+                timing = dict(part.strip().split(";dur=") for part in
+                              r.headers.get("server-timing", "").split(",") if ";dur=" in part)
+                timing = {name: float(ms) for name, ms in timing.items()}
+                if "ingress" in timing:
+                    timing["proxy+client"] = elapsed - timing["ingress"]
+                for name, ms in timing.items():
+                    stages.setdefault(name, []).append(ms)
 
     started = time.perf_counter()
     await asyncio.gather(*(client(w) for w in range(clients)))
     wall = time.perf_counter() - started
     return {**summary(latencies), "qps": round(len(latencies) / wall, 1), "errors": len(errors),
             "error_kinds": sorted(set(errors)), "partial": partial,
-            "server_encode_p50_ms": round(pct(server_encode, 50), 3),
-            "server_search_p50_ms": round(pct(server_search, 50), 3)}
+            "stages_p50_ms": {name: round(pct(v, 50), 3) for name, v in stages.items()},
+            "stages_p99_ms": {name: round(pct(v, 99), 3) for name, v in stages.items()}}
 
 
 def served(url: str, topology: str, queries: list[str], k: int, clients: list[int],
@@ -193,16 +209,17 @@ def served(url: str, topology: str, queries: list[str], k: int, clients: list[in
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--docs", type=int, default=1_000_000)
-    parser.add_argument("--shards", default="1,2,4,8,16")
-    parser.add_argument("--topologies", default="compact,split")
-    parser.add_argument("--clients", default="1,4")
+    parser.add_argument("--shards", default="1")
+    parser.add_argument("--topologies", default="embedded,split")
+    parser.add_argument("--clients", default="1,8")
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--queries", type=Path, default=Path("/work/shared/data/scifact/queries.jsonl"))
     parser.add_argument("--n-queries", type=int, default=300)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-postings-total", type=int, default=1000,
-                        help="Blocked index n_postings of a 1-shard index; S shards use 1/S of it each.")
+    parser.add_argument("--n-postings-total", type=int, default=None,
+                        help="Blocked index n_postings of a 1-shard index; S shards use 1/S of it "
+                             "each (default: BlockedIndexConfig's recorded defaults per shard).")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lsr-bench-serve"))
     parser.add_argument("--out", type=Path, default=None, help="Write all results as JSON here.")
     parser.add_argument("--prepare-only", action="store_true",
@@ -234,8 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         report["in_process"][s] = in_process(roots[s], queries, args.k)
         print(f"in process, {s} shards: {json.dumps(report['in_process'][s])}", flush=True)
 
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
-             configure_logging=False)
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     try:
@@ -266,20 +283,20 @@ def free_port() -> int:
 
 def print_tables(report: dict) -> None:
     print("\n## In process (encode + search, one query at a time, 1 thread)\n")
-    print("| shards | p50 ms | p95 ms | p99 ms | encode p50 | search p50 |")
+    print("| shards | p50 ms | p99 ms | encode p50 / p99 | search p50 / p99 | recall@10 vs exact |")
     print("|---:|---:|---:|---:|---:|---:|")
     for s, r in report["in_process"].items():
-        print(f"| {s} | {r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['encode_p50_ms']} | "
-              f"{r['search_p50_ms']} |")
+        print(f"| {s} | {r['p50_ms']} | {r['p99_ms']} | {r['encode_p50_ms']} / {r['encode_p99_ms']} | "
+              f"{r['search_p50_ms']} / {r['search_p99_ms']} | {r['recall_at_10']} |")
     print("\n## Served over HTTP (one query per request)\n")
     print("| shards | topology | clients | p50 ms | p95 ms | p99 ms | QPS | errors | partial | "
-          "server encode p50 | server search p50 | served/in-process p50 |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "served/in-process p50 | stages p50 ms |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in report["served"]:
+        stages = ", ".join(f"{k} {v}" for k, v in r["stages_p50_ms"].items())
         print(f"| {r['shards']} | {r['topology']} | {r['clients']} | {r['p50_ms']} | {r['p95_ms']} | "
               f"{r['p99_ms']} | {r['qps']} | {r['errors']} | {r['partial']} | "
-              f"{r['server_encode_p50_ms']} | {r['server_search_p50_ms']} | "
-              f"{r['served_over_in_process_p50']} |")
+              f"{r['served_over_in_process_p50']} | {stages} |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Fixtures and helpers of the endpoint tests: a real scifact index, Serve on 127.0.0.1.
 
-Imported by tests/test_serve.py only (session fixtures imported into two modules would be
-built twice).
+The `serve_index` fixture is imported by tests/test_serve.py only (session fixtures imported
+into two modules would be built twice); tests/test_serve_load.py imports the helpers.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def endpoint(serve_index, ray_local):
     from pipeline.serve.app import run_endpoint, stop_endpoint
 
     key = secrets.token_urlsafe(24)
-    config = ServeConfig(index=serve_index, app_name="lsrt", route_prefix="/t",
+    config = ServeConfig(index=serve_index, app_name="lsrt", route_prefix="/t", topology="split",
                          replicas_per_shard=2, shards_per_replica=2, api_key_env=KEY_ENV,
                          timeout_s=3.0, poll_s=0, max_queries=8, max_body_bytes=16_384,
                          server_id="test-endpoint")
@@ -123,6 +123,33 @@ class TestEndpoint:
         client, auth, _ = endpoint
         r = client.post("/search", content=b"{not json", headers={**auth, "content-type": "application/json"})
         assert r.status_code == 422
+
+    @pytest.mark.parametrize("raw, fragment", [
+        (b'{"query": "heart", "heap_factor": NaN}', "finite number"),
+        (b'{"query": "heart", "heap_factor": 1e400}', "finite number"),
+        (b'{"query": "heart", "heap_factor": -Infinity}', "finite number"),
+        (b'{"query": "\xff\xfe heart"}', "json_invalid"),
+        (b'\xff\xfe\x00{', "json_invalid"),
+        (b'{"query": "heart", "exact": "yes"}', "valid boolean"),
+        (b'{"query": "heart", "exact": 1}', "valid boolean"),
+        (b'{"query": "heart", "allow_partial": "no"}', "valid boolean"),
+        (b'{"query": "heart", "k": 10.5}', "valid integer"),
+        (b'{"query": "heart", "k": "10"}', "valid integer"),
+        (b'{"query": "heart", "k": true}', "valid integer"),
+        (b'{"query": "heart", "query_cut": 2.0}', "valid integer"),
+        (b'{"query": "heart", "heap_factor": "0.5"}', "valid number"),
+        (b'{"query": "heart", "heap_factor": false}', "valid number"),
+        (b'{"query": 5}', "valid string"),
+        (b'{"queries": "heart"}', "valid array"),
+        (b'[1, 2]', "model_type"),
+        (b'', "json_invalid"),
+    ])
+    def test_bad_values_are_strict_4xx_with_a_renderable_body(self, endpoint, raw, fragment):
+        client, auth, _ = endpoint
+        r = client.post("/search", content=raw, headers={**auth, "content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        body = r.json()                     # always valid JSON
+        assert body["detail"] and fragment in r.text
 
     def test_api_key(self, endpoint):
         client, auth, _ = endpoint
@@ -220,7 +247,7 @@ def generations_endpoint(serve_index, ray_local, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("generations") / "index"
     shutil.copytree(serve_index, root)
-    config = ServeConfig(index=str(root), app_name="lsrg", route_prefix="/g",
+    config = ServeConfig(index=str(root), app_name="lsrg", route_prefix="/g", topology="split",
                          encoder_placement="ingress", shards_per_replica=0, poll_s=1.0,
                          route_refresh_s=0.2, timeout_s=5.0, server_id="test-generations")
     port = serve_http_port()

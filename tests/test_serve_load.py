@@ -9,7 +9,9 @@ these tests short. Each endpoint is shared by the tests of its class:
 * `TestEmbedded`: embedded topology: the same load; a switch slowed past the lease TTL
   while garbage collection runs.
 Plus, without Ray: concurrent batches through `pipeline.search` under numba's workqueue
-threading layer, which aborts the process on concurrent entry into its pool.
+threading layer, which aborts the process on concurrent entry into its pool; the single-query
+encoding fast path against the encoder. And `lsr serve` (its own Ray) stopped by SIGTERM or
+SIGINT at the driver or its process group (two cases in the default run, two marked slow).
 """
 
 from __future__ import annotations
@@ -103,7 +105,7 @@ def _exact_loads(client: httpx.Client) -> list[int]:
     stats = client.get("/stats").json()
     loads = {}
     for shard in stats["shards"]:
-        loads[shard["name"]] = shard["replica"]["exact_loads"]
+        loads[shard["name"]] = shard["replica"]["exact_loads"][shard["name"]]
     return [loads[name] for name in sorted(loads)]
 
 
@@ -306,3 +308,109 @@ def test_concurrent_batches_under_workqueue_threading_layer(small_index):
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                          timeout=600, cwd=REPO)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("sig, target", [
+    pytest.param("SIGTERM", "group", id="sigterm-group"),
+    pytest.param("SIGINT", "driver", id="sigint-driver"),
+    pytest.param("SIGTERM", "driver", id="sigterm-driver", marks=pytest.mark.slow),
+    pytest.param("SIGINT", "group", id="sigint-group", marks=pytest.mark.slow),
+])
+def test_lsr_serve_stops_cleanly_on_signal(small_index, sig, target):
+    """`lsr serve` (its own local Ray) gets SIGTERM/SIGINT at the driver or its whole process
+    group: exit status 0 within 30 s, and no process it started is left."""
+    import signal
+
+    import psutil
+
+    from conftest import free_port
+    from ray_procs import descendants, subprocess_env
+
+    port = free_port()
+    lsr = Path(sys.executable).with_name("lsr")
+    cmd = [str(lsr), "serve", small_index, "--port", str(port), "--num-cpus", "2", "--poll-s", "0",
+           "--app-name", "lsrstop"]
+    proc = subprocess.Popen(cmd, env=subprocess_env(PYTHONPATH=str(REPO), RAY_ADDRESS=""),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=REPO)
+    started: dict[int, float] = {}
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            for pid in descendants(proc.pid):
+                try:
+                    started.setdefault(pid, psutil.Process(pid).create_time())
+                except psutil.NoSuchProcess:
+                    pass
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stderr.read()[-3000:]
+            assert time.monotonic() < deadline, "lsr serve never answered"
+            time.sleep(0.5)
+        for pid in descendants(proc.pid):
+            try:
+                started.setdefault(pid, psutil.Process(pid).create_time())
+            except psutil.NoSuchProcess:
+                pass
+        assert len(started) >= 3          # at least the Ray head, GCS and raylet
+        signum = getattr(signal, sig)
+        if target == "group":
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
+        code = proc.wait(timeout=30)      # the issue's bound: stopped within 30 s
+        err = proc.stderr.read()
+        assert code == 0, err[-3000:]
+
+        def left() -> list[int]:
+            alive = []
+            for pid, created in started.items():
+                try:
+                    p = psutil.Process(pid)
+                    if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                        alive.append(pid)
+                except psutil.NoSuchProcess:
+                    pass
+            return alive
+
+        wait_until(lambda: not left(), 10, "every process lsr serve started to end")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in started:           # whatever is left of a failed run
+            try:
+                psutil.Process(pid).kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def test_query_fast_path_equals_the_encoder(scifact_dir):
+    """Single-query fast path, screened and full head, against `SpladeEncoder.encode_queries`
+    of each query alone: the same terms, the same weights up to float32 rounding; and safe
+    from several threads at once."""
+    import scipy.sparse as sp
+
+    from pipeline.encode.query import QueryFastPath
+
+    reference = tiny_encoder()
+    fast = QueryFastPath.from_settings(reference.settings(), device="cpu")
+    texts = _texts(scifact_dir, 60)
+    expected = sp.vstack([reference.encode_queries([t]) for t in texts], format="csr")
+    for screened in (True, False):
+        fast.screened = screened
+        got = fast.encode_queries(texts)
+        assert (got.indptr == expected.indptr).all() and (got.indices == expected.indices).all()
+        np.testing.assert_allclose(got.data, expected.data, rtol=1e-5, atol=1e-6)
+    results: dict[int, sp.csr_matrix] = {}
+    threads = [threading.Thread(target=lambda i=i: results.update({i: fast.encode_queries(texts)}))
+               for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all((results[i] != got).nnz == 0 for i in range(4))

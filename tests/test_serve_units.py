@@ -138,3 +138,34 @@ def test_group_shards_and_encoder_key():
     assert group_shards(names, 2) == [["s0", "s1"], ["s2", "s3"], ["s4"]]
     assert group_shards(names, 0) == [names]
     assert encoder_key({"a": 1, "b": 2}) == encoder_key({"b": 2, "a": 1}) != encoder_key({"a": 2})
+
+
+# -- strict request model, merge, topology ------------------------------------------------------
+@pytest.mark.parametrize("raw", [b'{"query": "a", "exact": "yes"}', b'{"query": "a", "exact": 1}',
+                                 b'{"query": "a", "k": 10.0}', b'{"query": "a", "k": "10"}',
+                                 b'{"query": "a", "heap_factor": NaN}',
+                                 b'{"query": "a", "heap_factor": 1e400}',
+                                 b'{"query": "a", "allow_partial": "true"}'])
+def test_search_request_is_strict(raw):
+    with pytest.raises(ValueError):
+        SearchRequest.model_validate_json(raw)
+    assert SearchRequest.model_validate_json(b'{"query": "a", "heap_factor": 1}').heap_factor == 1.0
+
+
+def test_merge_rows_keeps_corpus_order_on_ties_and_pads():
+    from pipeline.search import merge_rows
+
+    a = (np.array([[5, 1, -1]]), np.array([[2.0, 1.0, 0.0]], np.float32))
+    b = (np.array([[0, 9, 7]]), np.array([[2.0, 1.0, 0.5]], np.float32))
+    rows, scores = merge_rows([a, b], 4)
+    assert rows.tolist() == [[0, 5, 1, 9]] and scores.tolist() == [[2.0, 2.0, 1.0, 1.0]]
+    rows, scores = merge_rows([(np.array([[3, -1]]), np.array([[1.0, 0.0]], np.float32))], 3)
+    assert rows.tolist() == [[3, -1, -1]]
+
+
+def test_config_topology_and_embedded_fit():
+    with pytest.raises(ValueError, match="topology"):
+        ServeConfig(index="/tmp/x", topology="both")
+    config = ServeConfig(index="/tmp/x", ingress_replicas=2)
+    assert config.topology == "auto"
+    assert config.embedded_fits(1 << 30, 8 << 30) and not config.embedded_fits(1 << 30, 7 << 30)

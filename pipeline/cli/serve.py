@@ -90,6 +90,10 @@ def run_until_signalled(config, host: str, port: int, address: str | None,
             head, address = start_local_ray(num_cpus)
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  ignore_reinit_error=True)
+        # Ray's core worker installs its own SIGTERM handler (it logs, then aborts the
+        # process): put ours back over it.
+        for s in previous:
+            signal.signal(s, on_signal)
         serve.start(http_options={"host": host, "port": port})
         run_endpoint(config)
         started.set()

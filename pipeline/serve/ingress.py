@@ -434,8 +434,9 @@ class Ingress:
         if route.embedded:
             for shard in active.engine.shards:
                 shards.append({"name": shard.entry.name, "deployment": None, "app": self.replica,
-                               "state": "ok", "replica": {"exact_loads": shard.exact_loads,
-                                                          "n_docs": shard.entry.n_docs}})
+                               "state": "ok", "replica": {
+                                   "exact_loads": {shard.entry.name: shard.exact_loads},
+                                   "n_docs": shard.entry.n_docs}})
         for group, info in zip(route.groups, infos):
             ok = not isinstance(info, BaseException)
             for name in group.shards:

@@ -82,4 +82,4 @@ class ShardSearcher:
                 "pid": os.getpid(), "shards": [s.entry.name for s in self.shards],
                 "n_docs": sum(s.entry.n_docs for s in self.shards), "loaded_s": round(self.loaded_s, 3),
                 "started_at": self.started_at, "requests": self.n_requests, "queries": self.n_queries,
-                "exact_loads": sum(s.exact_loads for s in self.shards)}
+                "exact_loads": {s.entry.name: s.exact_loads for s in self.shards}}
