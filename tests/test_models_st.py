@@ -237,6 +237,16 @@ def test_st_router_with_sparse_static_embedding(tmp_path, mlm_folder, tokenizer)
     light = query_encoder_from_settings(json.loads(json.dumps(settings)))
     assert isinstance(light, StaticQueryEncoder) and light.settings() == settings
     assert (light.encode_queries(queries) != ours).nnz == 0
+    # a separate tokenize stage (the indexing job) gets the document route's tokenizer
+    from pipeline.encode.tokens import load_tokenizer, token_ids
+
+    ids = token_ids(load_tokenizer(str(folder)), TEXTS, MAX_LENGTH)
+    np.testing.assert_array_equal(encoder.tokenize(TEXTS)["attention_mask"].sum(axis=1), [len(r) for r in ids])
+    # the fingerprint covers the module sub-folders: new static weights, another model
+    from safetensors.numpy import save_file
+
+    save_file({"weight": weights * 2}, str(folder / "query_0_SparseStaticEmbedding" / "model.safetensors"))
+    assert model_fingerprint(str(folder)) != settings["fingerprint"]
 
 
 def test_opensearch_idf_json_beside_a_document_model(tmp_path, mlm_folder, tokenizer):
