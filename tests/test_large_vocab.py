@@ -169,3 +169,24 @@ def test_encoder_with_128k_vocabulary_into_the_index(tmp_path):
     save_index(blocked, str(tmp_path / "index"))
     assert_matches_exact(load_index(str(tmp_path / "index")), ExactIndex(docs), docs, queries,
                          query_cut=10_000, heap_factor=0.0)
+
+
+def test_sharded_128k_index_committed_and_searched(collection, tmp_path):
+    """The committed-index path (shards written with the job's shard writer, opened by ShardedIndex,
+    as search and serve do) with a 131,072-term vocabulary."""
+    from pipeline.search import ShardedIndex
+    from pipeline.testing.direct_writer import write_generation
+
+    docs, queries = collection
+    doc_ids = [f"d{i}" for i in range(docs.shape[0])]
+    settings = {"model": "synthetic", "vocab_size": VOCAB}
+    write_generation(str(tmp_path / "blocked"), 1, doc_ids, docs, 3, settings,
+                     index_params={"forward_values": "float32"})
+    opened = ShardedIndex.open(str(tmp_path / "blocked"))
+    exact_ids, exact_scores = ExactIndex(docs).search(queries, 10)
+    for exact, params in ((True, {}), (False, {"query_cut": 64, "heap_factor": 0.0})):
+        hits = opened.search_vectors(queries, k=10, exact=exact, **params)
+        for q, row in enumerate(hits):
+            n = int((exact_ids[q] >= 0).sum())
+            assert_same_ranking([h.doc_id for h in row][:n], [h.score for h in row][:n],
+                                [doc_ids[i] for i in exact_ids[q][:n]], exact_scores[q][:n], tol=1e-3)

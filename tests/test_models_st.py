@@ -329,3 +329,37 @@ def test_lsr_evaluate_with_an_inference_free_router_model(tmp_path, mlm_folder, 
     report = report["results"][0] if "results" in report else report
     assert report["model"]["query_encoder"]["type"] == "inference-free"
     assert report["efficiency"]["latency_ms_mean"] > 0
+
+
+# ---------------------------------------------------------------------------------- a committed index
+
+def test_lsr_search_on_an_inference_free_index(tmp_path, mlm_folder, tokenizer):
+    """An index whose manifest records an inference-free model: `lsr search` and `lsr evaluate --index`
+    encode queries with the static weights and match exact scoring written here."""
+    from test_evaluate_units import write_collection
+
+    from pipeline.cli import app
+    from pipeline.evaluate.backends import ShardedBackend
+    from pipeline.testing.direct_writer import write_generation
+
+    weights = static_weights()
+    folder = st_router_folder(tmp_path / "router", mlm_folder, tokenizer, weights)
+    encoder = SpladeEncoder(str(folder), device="cpu", max_length=MAX_LENGTH)
+    collection = write_collection(tmp_path / "tiny")
+    rows = [json.loads(line) for line in (collection / "corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    doc_ids = [str(r["_id"]) for r in rows]
+    docs = encoder.encode([(r.get("title", "") + " " + r["text"]).strip() for r in rows])
+    root = tmp_path / "index"
+    write_generation(str(root), 1, doc_ids, docs, 2, encoder.settings(), index_kind="exact")
+    query = "what causes heart disease"
+    result = CliRunner().invoke(app, ["search", str(root), query, "--k", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)["results"][0]["hits"]
+    scores = (sp.csr_matrix(presence_times_weights(tokenizer, [query], weights)) @ docs.T).toarray()[0]
+    best = np.argsort(-scores, kind="stable")[:len(hits)]
+    assert [h["doc_id"] for h in hits] == [doc_ids[i] for i in best if scores[i] > 0][:len(hits)]
+    np.testing.assert_allclose([h["score"] for h in hits], scores[best][:len(hits)], rtol=1e-5)
+    backend = ShardedBackend.open(str(root), exact=True)
+    assert isinstance(backend.query_encoder(), StaticQueryEncoder)
+    result = CliRunner().invoke(app, ["evaluate", str(collection), "--index", str(root), "--json", "--k", "100"])
+    assert result.exit_code == 0, result.output
