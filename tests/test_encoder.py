@@ -165,7 +165,9 @@ def test_encoder_top_k_threshold_and_settings(tiny):
     assert (b["top_k"], b["threshold"]) == (8, 0.3) and (a["top_k"], a["threshold"]) == (None, 0.0)
     assert a == {"model": "splade-tiny", "source": resolve_model("splade-tiny"), "fingerprint": a["fingerprint"],
                  "max_length": 256, "query_max_length": 64, "top_k": None, "threshold": 0.0,
-                 "dtype": "float32", "vocab_size": 30522}
+                 "dtype": "float32", "vocab_size": 30522, "layout": "masked-lm", "architecture": "masked-lm",
+                 "pooling": "max", "activation": "relu", "echo": False,
+                 "query_encoder": {"type": "neural", "route": "document"}}
 
 
 # ---------------------------------------------------------------------------------- generic architectures
@@ -319,6 +321,16 @@ def test_bad_inputs_rejected(tiny):
         tiny.encode_tokenized(np.full((1, 600), 101), np.ones((1, 600), np.int64))
     with pytest.raises(ValueError, match="outside the vocabulary"):
         tiny.id_to_term([30522])
+
+
+def test_settings_without_the_new_keys_still_load(tiny):
+    """Manifests written before layouts were recorded (no pooling/activation/echo keys)."""
+    from pipeline.encode import encoder_from_settings, query_encoder_from_settings
+
+    old = {key: value for key, value in tiny.settings().items()
+           if key not in ("layout", "architecture", "pooling", "activation", "echo", "query_encoder")}
+    for rebuilt in (encoder_from_settings(old, device="cpu"), query_encoder_from_settings(old, device="cpu")):
+        assert isinstance(rebuilt, SpladeEncoder) and rebuilt.settings() == tiny.settings()
 
 
 def test_lazy_top_level_export():

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import check_head_inputs, choose_backend, splade_max, splade_max_cpu, vocab_tile_for
+from kernels import (check_head_inputs, choose_backend, splade_head, splade_max, splade_max_cpu, splade_sum_cpu,
+                     vocab_tile_for)
 from pipeline.encode.reference import splade_head_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,12 +45,22 @@ def make_inputs(n_rows: int, seq_len: int, vocab_size: int, n_hidden: int, *, dt
     return hidden, weight, bias, mask
 
 
-def plain_head(hidden, weight, bias, mask) -> torch.Tensor:
-    """The plain expression on full (B, L, V) logits, in float64 from the same input values."""
+def plain_head(hidden, weight, bias, mask, activation: str = "relu", pooling: str = "max") -> torch.Tensor:
+    """The plain expression on full (B, L, V) logits, in float64 from the same input values.
+
+    "relu" is naver/splade's max(log1p(relu(logits)) * mask); the others follow
+    sentence-transformers' SpladePooling docs: "log1p_relu" is log1p(log1p(relu(x))), "sum"
+    pooling sums the activated, masked logits over the tokens.
+    """
     logits = hidden.double() @ weight.double().T
     if bias is not None:
         logits = logits + bias.double()
-    return splade_head_reference(logits, mask)
+    if activation == "relu" and pooling == "max":
+        return splade_head_reference(logits, mask)
+    x = torch.log1p(torch.relu(logits * (mask != 0).unsqueeze(-1).double()))
+    if activation == "log1p_relu":
+        x = torch.log1p(x)
+    return x.max(dim=1).values if pooling == "max" else x.sum(dim=1)
 
 
 # ---------------------------------------------------------------------------------- CPU twin
@@ -106,6 +117,38 @@ def test_cpu_twin_negative_logits_give_zeros_and_no_bias():
     assert not splade_max_cpu(hidden, weight, bias, mask).any()
     out = splade_max_cpu(hidden, weight, None, mask)
     torch.testing.assert_close(out.double(), plain_head(hidden, weight, None, mask), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["square", "ragged", "tile-remainder", "all-masked", "uniform-chunks"])
+@pytest.mark.parametrize("activation, pooling", [("log1p_relu", "max"), ("relu", "sum"), ("log1p_relu", "sum")])
+def test_cpu_activation_and_sum_pooling_match_plain(name, activation, pooling):
+    n_rows, seq_len, vocab_size, n_hidden, lengths, tile = CPU_CASES[name]
+    inputs = make_inputs(n_rows, seq_len, vocab_size, n_hidden, lengths=lengths, seed=zlib.crc32(name.encode()))
+    if pooling == "max":
+        out = splade_max_cpu(*inputs, vocab_tile=tile, activation=activation)
+    else:
+        out = splade_sum_cpu(*inputs, vocab_tile=tile, activation=activation)
+    torch.testing.assert_close(out.double(), plain_head(*inputs, activation, pooling), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(splade_head(*inputs, pooling=pooling, activation=activation), out)
+
+
+def test_sum_pooling_masks_and_16bit():
+    hidden, weight, bias, mask = make_inputs(4, 30, 200, 32, lengths=[30, 30, 20, 0], holes=True, seed=6)
+    expected = plain_head(hidden, weight, bias, mask, "relu", "sum")
+    for m in (mask, mask.bool(), mask.to(torch.uint8)):
+        torch.testing.assert_close(splade_sum_cpu(hidden, weight, bias, m).double(), expected, rtol=1e-5, atol=1e-5)
+    assert not splade_sum_cpu(hidden, weight, bias, mask)[3].any()
+    h16, w16 = hidden.half(), weight.half()
+    torch.testing.assert_close(splade_sum_cpu(h16, w16, None, mask).double(),
+                               plain_head(h16, w16, None, mask, "relu", "sum"), rtol=1e-5, atol=1e-4)
+
+
+def test_activation_and_pooling_names_checked():
+    inputs = make_inputs(2, 6, 20, 8, lengths=[6, 2])
+    with pytest.raises(ValueError, match="activation must be one of"):
+        splade_max(*inputs, activation="gelu")
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        splade_head(*inputs, pooling="mean")
 
 
 def test_cpu_twin_non_contiguous_inputs():
@@ -192,6 +235,8 @@ INTERPRETER_CASES = {
     "hopper-sized-tiles": (2, 70, 300, 96, [70, 41], (128, 64, 64), {}),  # HOPPER_CONFIGS[0]'s tiles
     "row-groups": (19, 16, 70, 16, [16, 3, 0, 9, 16, 1, 2, 5, 8, 16, 11, 4, 7, 0, 16, 12, 6, 10, 13],
                    (32, 16, 16), {}),  # groups of 8 rows: 8 + 8 + 3
+    "log1p-relu-activation": (3, 37, 100, 40, [37, 0, 20], (32, 16, 16), {"activation": "log1p_relu"}),
+    "log1p-relu-no-bias": (2, 20, 70, 24, [20, 7], (32, 16, 8), {"activation": "log1p_relu", "no_bias": True}),
 }
 INTERPRETER_DTYPES = ("float32", "float16")  # bf16 tl.dot is wrong under the interpreter: GPU only
 
@@ -210,8 +255,9 @@ def _interpreter_cases() -> dict:
                 bias_shift=extra.get("bias_shift", 0.0), holes=extra.get("holes", False))
             if extra.get("no_bias"):
                 bias = None
-            out = splade_max_triton(hidden, weight, bias, mask, blocks=blocks)
-            expected = plain_head(hidden, weight, bias, mask)
+            activation = extra.get("activation", "relu")
+            out = splade_max_triton(hidden, weight, bias, mask, blocks=blocks, activation=activation)
+            expected = plain_head(hidden, weight, bias, mask, activation)
             results[f"{name}/{dtype_name}"] = {
                 "max_abs_err": float((out.double() - expected).abs().max()),
                 "max_rel_err": float(((out.double() - expected).abs() / expected.abs().clamp(min=1e-3)).max()),
@@ -315,6 +361,16 @@ def test_hopper_configs_compile_default_subset(tmp_path):
         _check_hopper_build(dtype, config, tmp_path)
 
 
+def test_hopper_build_with_log1p_relu_activation(tmp_path):
+    from kernels.splade_triton import HOPPER_CONFIGS, compile_ahead
+
+    kernel = compile_ahead(torch.bfloat16, HOPPER_CONFIGS[0], capability=90, activation="log1p_relu")
+    plain = compile_ahead(torch.bfloat16, HOPPER_CONFIGS[0], capability=90)
+    assert "wgmma.mma_async" in kernel.asm["ptx"]
+    # the second log1p (libdevice, inlined) adds instructions after the loop
+    assert len(kernel.asm["ptx"].splitlines()) > len(plain.asm["ptx"].splitlines())
+
+
 @pytest.mark.slow
 def test_hopper_configs_compile_all(tmp_path):
     for dtype, config in _hopper_build_cases(all_configs=True):
@@ -344,6 +400,9 @@ def test_triton_gpu_matches_plain(dtype, shape):
     # and the twin on the same device agrees
     torch.testing.assert_close(splade_max(hidden, weight, bias, mask, backend="torch"), out,
                                rtol=1e-3, atol=1e-3)
+    fused = splade_max(hidden, weight, bias, mask, activation="log1p_relu")
+    torch.testing.assert_close(fused.cpu().double(), plain_head(hidden.cpu(), weight.cpu(), bias.cpu(), mask.cpu(),
+                                                                "log1p_relu"), rtol=1e-3, atol=1e-3)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,10 @@ def evaluate(
     storage_options: Optional[str] = typer.Option(None, help="JSON object passed to fsspec for DATASET, "
                                                              "--index and --run-file."),
     model: str = typer.Option("splade-tiny", help="SPLADE model: alias, directory or hub id "
-                                                  "(without --index; an index brings its own)."),
+                                                  "(without --index; an index brings its own). A directory "
+                                                  "may be a masked-LM, a causal LM, a sentence-transformers "
+                                                  "SparseEncoder (Router too) or a masked-LM with idf.json "
+                                                  "(inference-free queries)."),
     max_length: int = typer.Option(256, min=1, help="Document truncation, tokens (without --index)."),
     query_max_length: int = typer.Option(64, min=1, help="Query truncation, tokens (without --index)."),
     bm25: bool = typer.Option(False, "--bm25", help="Also evaluate BM25 (bm25s, k1=0.9 b=0.4) for "

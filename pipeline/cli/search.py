@@ -20,17 +20,22 @@ def search(
     storage_options: str = typer.Option(None, help="JSON object passed to fsspec."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
 ) -> None:
-    """Search a committed index from the command line."""
+    """Search a committed index from the command line.
+
+    Queries are encoded as the index's manifest records: by the model, or, for an inference-free
+    model, by its static token weights alone (no network is loaded).
+    """
+    from pipeline.encode import query_encoder_from_settings
     from pipeline.search import ShardedIndex
 
     if not 1 <= k <= 10_000:
         raise typer.BadParameter("k must be between 1 and 10000")
     opened = ShardedIndex.open(index, parse_json_option(storage_options, "--storage-options"),
                                generation=generation)
-    opened.encoder()  # load the model before the clock starts
+    query_encoder = query_encoder_from_settings(opened.manifest.encoder)  # loaded before the clock starts
     params = {key: v for key, v in (("query_cut", query_cut), ("heap_factor", heap_factor)) if v is not None}
     started = time.perf_counter()
-    results = opened.search(query, k=k, exact=exact, **params)
+    results = opened.search_vectors(query_encoder.encode_queries(list(query)), k=k, exact=exact, **params)
     elapsed_ms = (time.perf_counter() - started) * 1000
     if as_json:
         echo_json({"generation": opened.generation, "exact": exact, "took_ms": round(elapsed_ms, 3),

@@ -73,7 +73,7 @@ def _read_json(path: str) -> Any:
 
 
 def hf_architecture(folder: str) -> str:
-    """"causal-lm" when config.json names a *ForCausalLM architecture, else "masked-lm"."""
+    """The architecture family: causal-lm when config.json names a *ForCausalLM class, else masked-lm."""
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
         raise UnsupportedLayout(f"{folder} holds no config.json (not a Hugging Face model folder)")
@@ -132,8 +132,6 @@ def _sentence_transformers_layout(root: str) -> ModelLayout:
     if not isinstance(document, NeuralRoute):
         raise UnsupportedLayout(f"{root}: the document route is {type(document).__name__}; documents need "
                                 "a transformer with SpladePooling")
-    if query == document:
-        query = document
     return ModelLayout("sentence-transformers", document, query, max_active_dims,
                        tuple(sorted({os.path.normpath(f) for f in folders if os.path.normpath(f) != "."})))
 

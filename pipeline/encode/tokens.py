@@ -11,9 +11,19 @@ from typing import Sequence
 
 @lru_cache(maxsize=4)
 def load_tokenizer(source: str):
-    """The tokenizer of a resolved model source (local directory or hub id), cached per process."""
+    """The tokenizer of a resolved model source (local directory or hub id), cached per process.
+
+    For a sentence-transformers directory, the document route's tokenizer (a Router keeps it in
+    the document transformer's folder): documents are what a separate tokenize stage feeds.
+    """
+    import os
+
     from transformers import AutoTokenizer
 
+    if os.path.isfile(os.path.join(source, "modules.json")):
+        from pipeline.encode.layouts import read_layout
+
+        source = read_layout(source).document.folder
     return AutoTokenizer.from_pretrained(source)
 
 

@@ -118,7 +118,8 @@ class SpladeBackend:
 class ShardedBackend:
     """A committed index written by ``lsr index`` (`pipeline.search.ShardedIndex`): all shards, merged.
 
-    Queries are encoded with the encoder the index's manifest records. `exact=True` scores every
+    Queries are encoded with the encoder the index's manifest records (`query_encoder_from_settings`:
+    an inference-free model loads only its static token weights). `exact=True` scores every
     shard's stored vectors exactly; otherwise each shard's own index kind is searched.
     """
 
@@ -128,6 +129,7 @@ class ShardedBackend:
         kinds = {shard.entry.index_kind for shard in opened.shards}
         self.exact = exact or kinds == {"exact"}
         self.search_params = dict(search_params or {})
+        self._query_encoder: Any = None
         model = opened.manifest.encoder.get("model", "splade")
         self.name = name or f"{model} {'exact' if self.exact else 'approx'} (index)"
 
@@ -140,14 +142,24 @@ class ShardedBackend:
 
     def exact_twin(self) -> "ShardedBackend":
         """The same opened index searched exactly (for the approximation's recall)."""
-        return ShardedBackend(self.opened, exact=True)
+        twin = ShardedBackend(self.opened, exact=True)
+        twin._query_encoder = self._query_encoder
+        return twin
 
     @property
     def n_docs(self) -> int:
         return self.opened.n_docs
 
+    def query_encoder(self) -> Any:
+        """The manifest's query encoder, loaded once (a `StaticQueryEncoder` for inference-free models)."""
+        if self._query_encoder is None:
+            from pipeline.encode import query_encoder_from_settings
+
+            self._query_encoder = query_encoder_from_settings(self.opened.manifest.encoder)
+        return self._query_encoder
+
     def encode_queries(self, texts: Sequence[str]) -> sp.csr_matrix:
-        return _as_csr(self.opened.encoder().encode_queries(list(texts)))
+        return _as_csr(self.query_encoder().encode_queries(list(texts)))
 
     def search(self, encoded: sp.csr_matrix, k: int, threads: int | None = None) -> list[Ranked]:
         params = dict(self.search_params)
