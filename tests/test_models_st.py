@@ -363,3 +363,33 @@ def test_lsr_search_on_an_inference_free_index(tmp_path, mlm_folder, tokenizer):
     assert isinstance(backend.query_encoder(), StaticQueryEncoder)
     result = CliRunner().invoke(app, ["evaluate", str(collection), "--index", str(root), "--json", "--k", "100"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("pooling, activation, fast", [("max", "relu", True), ("sum", "relu", False),
+                                                       ("max", "log1p_relu", False)])
+def test_served_query_encoder_matches_the_layout(tmp_path, mlm_folder, pooling, activation, fast):
+    """The query encoder search and every Serve placement load (`load_query_encoder`) computes the
+    documented expression of the model's layout: the single-query fast path only where it applies."""
+    from pipeline.encode.query import QueryFastPath
+    from pipeline.serve.encoder import load_query_encoder
+
+    folder = st_splade_folder(tmp_path / "st", mlm_folder, pooling, activation, legacy=pooling == "max")
+    settings = SpladeEncoder(str(folder), device="cpu", max_length=MAX_LENGTH,
+                             query_max_length=MAX_LENGTH).settings()
+    served = load_query_encoder(settings)
+    assert isinstance(served, QueryFastPath) == fast
+    queries = [t for t in TEXTS if t]
+    expected = splade_pooling_expected(folder, queries, pooling, activation)
+    np.testing.assert_allclose(served.encode_queries(queries).toarray(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_served_query_encoder_of_an_inference_free_model_runs_no_network(tmp_path, mlm_folder, tokenizer):
+    from pipeline.serve.encoder import load_query_encoder
+
+    weights = static_weights()
+    folder = st_router_folder(tmp_path / "router", mlm_folder, tokenizer, weights)
+    settings = SpladeEncoder(str(folder), device="cpu", max_length=MAX_LENGTH).settings()
+    served = load_query_encoder(settings)
+    queries = ["what causes heart disease", "heart heart heart disease"]
+    np.testing.assert_allclose(served.encode_queries(queries).toarray(),
+                               presence_times_weights(tokenizer, queries, weights), rtol=1e-6)

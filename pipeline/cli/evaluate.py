@@ -10,7 +10,8 @@ import typer
 from pipeline.evaluate.beir import DatasetError
 from pipeline.evaluate.metrics import DEFAULT_MEASURES
 from pipeline.evaluate.report import format_counts, format_table, to_json, write_trec_run
-from pipeline.evaluate.runner import Collection, EvalConfig, EvalResult, load_collection, run_evaluation
+from pipeline.evaluate.runner import (Collection, EvalConfig, EvalResult, encode_documents, load_collection,
+                                      run_evaluation)
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,7 @@ def splade_backends(collection: Collection, *, model: str, max_length: int, quer
 
     encoder = SpladeEncoder(model=model, max_length=max_length, query_max_length=query_max_length)
     log.info("encoding %d documents of %s with %s", len(collection.doc_ids), collection.name, model)
-    docs = encoder.encode(collection.texts)
+    docs = encode_documents(encoder, collection.texts)   # empty documents: empty vectors, as indexed
     exact_backend = SpladeBackend.build(collection.doc_ids, docs, encoder, exact=True)
     if exact:
         return exact_backend, None

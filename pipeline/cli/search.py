@@ -25,14 +25,13 @@ def search(
     Queries are encoded as the index's manifest records: by the model, or, for an inference-free
     model, by its static token weights alone (no network is loaded).
     """
-    from pipeline.encode import query_encoder_from_settings
     from pipeline.search import ShardedIndex
 
     if not 1 <= k <= 10_000:
         raise typer.BadParameter("k must be between 1 and 10000")
     opened = ShardedIndex.open(index, parse_json_option(storage_options, "--storage-options"),
                                generation=generation)
-    query_encoder = query_encoder_from_settings(opened.manifest.encoder)  # loaded before the clock starts
+    query_encoder = opened.encoder()  # the endpoint's query encoder, loaded before the clock starts
     params = {key: v for key, v in (("query_cut", query_cut), ("heap_factor", heap_factor)) if v is not None}
     started = time.perf_counter()
     results = opened.search_vectors(query_encoder.encode_queries(list(query)), k=k, exact=exact, **params)

@@ -177,3 +177,47 @@ class QueryFastPath:
         indices = np.concatenate([c for c, _ in rows]) if rows else np.zeros(0, np.int32)
         data = np.concatenate([v for _, v in rows]) if rows else np.zeros(0, np.float32)
         return sp.csr_matrix((data, indices, indptr), shape=(len(rows), self.vocab_size))
+
+
+def fast_path_applies(settings: dict[str, Any]) -> bool:
+    """Whether `QueryFastPath` computes the same vectors as the index's query encoder: a
+    masked-LM head with max pooling and log1p(relu), no echo, queries through the document
+    model. Manifests written before these settings existed describe exactly that."""
+    query = settings.get("query_encoder") or {"type": "neural", "route": "document"}
+    return (query.get("type") == "neural" and query.get("route") == "document"
+            and settings.get("pooling", "max") == "max"
+            and settings.get("activation", "relu") == "relu"
+            and not settings.get("echo", False)
+            and settings.get("architecture") in (None, "masked-lm")
+            and settings.get("layout", "masked-lm") in ("masked-lm", "sentence-transformers"))
+
+
+class _Serialised:
+    """One `encode_queries` at a time: HF fast tokenizers are not safe to share between
+    threads ("Already borrowed"), and a replica encodes on one thread anyway."""
+
+    def __init__(self, encoder) -> None:
+        self._encoder = encoder
+        self._lock = threading.Lock()
+        self.vocab_size = encoder.vocab_size
+
+    def encode_queries(self, texts: Sequence[str]) -> sp.csr_matrix:
+        with self._lock:
+            return self._encoder.encode_queries(list(texts))
+
+
+def query_encoder(settings: dict[str, Any], device: str = "cpu"):
+    """The thread-safe query encoder of an index built with ``settings``, for `ShardedIndex`
+    and every Serve placement: `encode_queries(texts) -> CSR`.
+
+    Inference-free models get their static weight table (no network, microseconds); the
+    standard SPLADE head gets `QueryFastPath`; any other layout (sum pooling, log1p_relu, a
+    separate neural query route, a causal LM, echo) gets its full encoder, serialised.
+    """
+    from pipeline.encode.settings import encoder_from_settings, query_encoder_from_settings
+
+    if (settings.get("query_encoder") or {}).get("type") == "inference-free":
+        return _Serialised(query_encoder_from_settings(settings, device=device))
+    if fast_path_applies(settings):
+        return QueryFastPath.from_settings(settings, device=device)
+    return _Serialised(encoder_from_settings(settings, device=device))

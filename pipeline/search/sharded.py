@@ -213,14 +213,14 @@ class ShardedIndex:
         return self.manifest.n_docs
 
     def encoder(self):
-        """The query encoder of the manifest's settings (loaded once): the single-query fast
-        path (`pipeline.encode.query`), the same vectors the endpoint encodes."""
+        """The query encoder of the manifest's settings (loaded once, `pipeline.encode.query.
+        query_encoder`): the same vectors the endpoint encodes."""
         if self._encoder is None:
             with self._encoder_lock:
                 if self._encoder is None:
-                    from pipeline.encode.query import QueryFastPath
+                    from pipeline.encode.query import query_encoder
 
-                    self._encoder = QueryFastPath.from_settings(self.manifest.encoder)
+                    self._encoder = query_encoder(self.manifest.encoder, device="auto")
         return self._encoder
 
     def search_rows(self, queries: sp.csr_matrix, k: int = 10, exact: bool = False,

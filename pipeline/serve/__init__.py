@@ -4,6 +4,9 @@ Deployments: Ingress (FastAPI), IndexController (generation lifecycle, leases), 
 (batched SPLADE query encoding), ShardSearcher (one replica set per shard group). Entry
 points: `build_app` (Serve config), `run_endpoint` / `stop_endpoint`, `lsr serve`. The
 server leases it writes live with the storage layout, in `pipeline.catalog.leases`.
+
+Searches through `pipeline.search` and encodes through `pipeline.encode.query`; must not
+import `pipeline.batch` or `pipeline.cli` (`lsr serve` lives in `pipeline.cli.serve`).
 """
 
 from pipeline.serve.config import ServeConfig

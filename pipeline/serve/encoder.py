@@ -3,7 +3,7 @@
 Concurrent requests reaching one replica within ``batch_wait_timeout_s`` are collected
 (`@serve.batch`) and encoded in one worker-thread call, one query at a time through the
 single-query fast path (no padding: the same vectors as in process); each gets its own rows. The encoder is rebuilt from the
-manifest's encoder settings (`pipeline.encode.settings.encoder_from_settings`), exactly as the
+manifest's encoder settings (`pipeline.encode.query.query_encoder`), exactly as the
 in-process `ShardedIndex.encoder()` does, so served and in-process queries are the same vectors.
 """
 
@@ -21,13 +21,14 @@ log = logging.getLogger(__name__)
 
 
 def load_query_encoder(settings: dict[str, Any], threads: int | None = None):
-    """The single-query fast path (`pipeline.encode.query.QueryFastPath`) of an index
-    manifest's encoder settings, torch limited to `threads`. Thread-safe: one encode at a time."""
-    from pipeline.encode.query import QueryFastPath, set_torch_threads
+    """The query encoder of an index manifest's encoder settings (`pipeline.encode.query.
+    query_encoder`: static weights for an inference-free model, else the single-query fast
+    path), torch limited to `threads`. Thread-safe: one encode at a time."""
+    from pipeline.encode.query import query_encoder, set_torch_threads
 
     if threads:
         set_torch_threads(threads)
-    return QueryFastPath.from_settings(settings, device="cpu")
+    return query_encoder(settings, device="cpu")
 
 
 def encode_batch(encoder, texts: list[str]) -> QueryBatch:
