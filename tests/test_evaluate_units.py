@@ -77,7 +77,6 @@ BAD_CORPUS = [
     ('{"_id": "x1", "text": "fine"}\n{"_id": "x2", "text": "broken"\n', 2, "not valid JSON"),
     ('{"_id": "x1", "text": "fine"}\n\n{"title": "t", "text": "no id"}\n', 3, "missing id"),
     ('{"_id": "x1", "text": "fine"}\n{"_id": "x1", "text": "again"}\n', 2, "repeats the one on line 1"),
-    ('{"_id": "x1", "title": " ", "text": "  "}\n', 1, "empty text"),
     ('["a", "list"]\n', 1, "expected a JSON object"),
     ('{"_id": "x1", "text": 7}\n', 1, "must be a string"),
 ]
@@ -91,6 +90,15 @@ def test_malformed_corpus_line_is_named(tmp_path: Path, content: str, line: int,
         list(iter_corpus(str(path)))
     assert err.value.line == line and err.value.path == str(path)
     assert f"{path} line {line}:" in str(err.value) and reason in str(err.value)
+
+
+def test_an_empty_document_is_a_document(tmp_path: Path) -> None:
+    """Title and text both blank: kept (indexed as an empty vector), not a malformed line."""
+    path = tmp_path / "corpus.jsonl"
+    path.write_text('{"_id": "x1", "title": " ", "text": "  "}\n{"_id": "x2", "text": "fine"}\n',
+                    encoding="utf-8")
+    docs = list(iter_corpus(str(path)))
+    assert [d[0] for d in docs] == ["x1", "x2"] and docs[0][1] == ""
 
 
 def test_invalid_utf8_is_named_with_its_line(tmp_path: Path) -> None:

@@ -89,8 +89,11 @@ def test_build_and_search_128k_vocabulary_matches_exact(collection, built):
     assert blocked.arrays()["pair_records"].size % 5 == 0
     # no skipping and every query term visited: the blocked index must return the exact ranking
     assert_matches_exact(blocked, exact, docs, queries, query_cut=64, heap_factor=0.0)
-    # with its defaults it stays close (recall@10 against exact)
-    ids, _ = blocked.search(queries, 10)
+    # approximate (block skipping, every query term visited) it stays close: recall@10 against
+    # exact. Not at the derived query_cut: that is calibrated on SPLADE queries, whose mass sits
+    # in a few terms; these have uniform weights (the defaults' recall is tested on real
+    # encodings in test_index_blocked).
+    ids, _ = blocked.search(queries, 10, query_cut=16, heap_factor=0.8)
     exact_ids, _ = exact.search(queries, 10)
     recall = np.mean([len(set(a[a >= 0]) & set(b[b >= 0])) / max(1, (b >= 0).sum())
                       for a, b in zip(ids, exact_ids)])

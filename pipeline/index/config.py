@@ -103,7 +103,8 @@ class BlockedIndexConfig:
           on short ones, enough blocks per mean list that summaries can still skip some.
         * ``summary_energy = SUMMARY_ENERGY``: Seismic's guidance (0.4-0.6).
         * ``query_cut = clamp(round(QUERY_CUT_PER_SQRT_DOC_TERMS * sqrt(nnz / n_docs)),
-          MIN_QUERY_CUT, MAX_QUERY_CUT)`` and ``heap_factor = HEAP_FACTOR``: see the
+          MIN_QUERY_CUT, MAX_QUERY_CUT)`` (``MAX_QUERY_CUT`` on a shard whose mean list is
+          shorter than ``CUT_FREE_MEAN_LIST``) and ``heap_factor = HEAP_FACTOR``: see the
           constants' notes.
         """
         values: dict[str, Any] = {}
@@ -118,8 +119,9 @@ class BlockedIndexConfig:
         if self.summary_energy is None:
             values["summary_energy"] = SUMMARY_ENERGY
         if self.query_cut is None:
-            values["query_cut"] = int(min(MAX_QUERY_CUT, max(MIN_QUERY_CUT, round(
-                QUERY_CUT_PER_SQRT_DOC_TERMS * math.sqrt(nnz / max(1, n_docs))))))
+            values["query_cut"] = MAX_QUERY_CUT if mean_list < CUT_FREE_MEAN_LIST else \
+                int(min(MAX_QUERY_CUT, max(MIN_QUERY_CUT, round(
+                    QUERY_CUT_PER_SQRT_DOC_TERMS * math.sqrt(nnz / max(1, n_docs))))))
         if self.heap_factor is None:
             values["heap_factor"] = HEAP_FACTOR
         return dataclasses.replace(self, derived=tuple(sorted(set(self.derived) | set(values))),
@@ -166,5 +168,10 @@ MAX_QUERY_CUT = 16
 """Derived ``query_cut``: grows with the square root of the mean document length
 ``nnz / n_docs`` (longer documents come with longer, flatter queries from the same
 encoder, so the heaviest few terms hold less of a query's mass), within 4..16."""
+CUT_FREE_MEAN_LIST = 1.0
+"""Below one posting per term on average (a tiny shard, or a vocabulary far larger than the
+shard), visiting a query term costs about nothing: cutting terms would save no time and only
+lose recall, so such shards visit ``MAX_QUERY_CUT`` terms. Every collection benchmarked in
+BENCHMARKS §7 has mean lists of 7 or more postings and is unaffected."""
 HEAP_FACTOR = 0.8
 """Derived ``heap_factor``."""
