@@ -23,10 +23,11 @@ def decode_line(raw: bytes, *, at_file_start: bool) -> str:
         raise ValueError(f"invalid UTF-8 at byte {exc.start + 1} of the line ({exc.reason})") from None
 
 
-def parse_json(line: str) -> Any:
-    """The JSON value of one line; ValueError(reason) naming what is wrong and the column."""
+def parse_json(line: str, object_pairs_hook=None) -> Any:
+    """The JSON value of one line; ValueError(reason) naming what is wrong and the column.
+    `object_pairs_hook` as in `json.loads` (the vector reader uses it to see repeated keys)."""
     try:
-        return json.loads(line)
+        return json.loads(line, object_pairs_hook=object_pairs_hook)
     except json.JSONDecodeError as exc:
         # json's messages end in " at" before their own position text ("Invalid control
         # character at"): drop it, the column follows.

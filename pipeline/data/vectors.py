@@ -21,13 +21,13 @@ by `ParsedVector.integer_weights`, so the manifest can record that the corpus is
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np
 
+from pipeline.data.jsonl import parse_json
 from pipeline.data.records import BadRecord
 
 VECTOR_KEYS = ("tokens", "ids")
@@ -154,15 +154,15 @@ def parse_vector(record: Mapping[str, Any], doc_id: str, *, keys: str = "tokens"
 
 
 def loads_vector_line(line: str) -> Any:
-    """``json.loads`` that keeps a ``vector`` object's pairs in order, duplicates included
-    (plain ``json.loads`` keeps the last of two equal keys without a word)."""
+    """`pipeline.data.jsonl.parse_json` that keeps a ``vector`` object's pairs in order,
+    duplicates included (plain ``json.loads`` keeps the last of two equal keys without a word)."""
     def hook(pairs):
         keys = [k for k, _ in pairs]
         if len(set(keys)) != len(keys):
             return _DuplicateKeys(pairs)
         return dict(pairs)
 
-    obj = json.loads(line, object_pairs_hook=hook)
+    obj = parse_json(line, object_pairs_hook=hook)
     if isinstance(obj, _DuplicateKeys):
         raise ValueError("a key is given twice in the record")
     if isinstance(obj, dict) and isinstance(obj.get("vector"), _DuplicateKeys):

@@ -120,6 +120,23 @@ def with_retries(fn: Callable[[], T], *, what: str, attempts: int = 5, base_dela
     raise AssertionError("unreachable")
 
 
+def _publish_local(path: str, data: bytes, publish) -> None:
+    """Write `data` to a synced temporary file beside `path`, then `publish(tmp, path)` it
+    (``os.replace`` to overwrite, ``os.link`` to create only if absent); the temporary goes."""
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        publish(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def write_bytes_atomic(loc: Location, data: bytes) -> None:
     """Write a whole object so readers see the old content or the new, never a part.
 
@@ -128,18 +145,7 @@ def write_bytes_atomic(loc: Location, data: bytes) -> None:
     """
     def _write() -> None:
         if loc.is_local:
-            directory = os.path.dirname(loc.path)
-            os.makedirs(directory, exist_ok=True)
-            tmp = os.path.join(directory, f".{os.path.basename(loc.path)}.{uuid.uuid4().hex}.tmp")
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, loc.path)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            _publish_local(loc.path, data, os.replace)
         else:
             loc.fs.pipe_file(loc.path, data)
 
@@ -156,21 +162,11 @@ def create_exclusive(loc: Location, data: bytes) -> bool:
     """
     def _create() -> bool:
         if loc.is_local:
-            directory = os.path.dirname(loc.path)
-            os.makedirs(directory, exist_ok=True)
-            tmp = os.path.join(directory, f".{os.path.basename(loc.path)}.{uuid.uuid4().hex}.tmp")
             try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.link(tmp, loc.path)
+                _publish_local(loc.path, data, os.link)   # link fails if the name exists
                 return True
             except FileExistsError:
                 return False
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
         try:
             loc.fs.pipe_file(loc.path, data, mode="create")
             return True
