@@ -56,14 +56,14 @@ def summary(latencies_ms: list[float]) -> dict:
 
 
 # -- indexes --------------------------------------------------------------------------------------
-def encoder_settings() -> dict:
+def encoder_settings(model: str) -> dict:
     from pipeline.encode import SpladeEncoder
 
-    return SpladeEncoder("splade-tiny", device="cpu").settings()
+    return SpladeEncoder(model, device="cpu").settings()
 
 
 def prepare_indexes(work: Path, n_docs: int, shard_counts: list[int], seed: int,
-                    n_postings_total: int | None) -> dict[int, str]:
+                    n_postings_total: int | None, model: str = "splade-tiny") -> dict[int, str]:
     """One index root per shard count over the same documents; reused when already written.
 
     ``n_postings_total`` None: every shard uses `BlockedIndexConfig`'s defaults. Else each
@@ -73,7 +73,8 @@ def prepare_indexes(work: Path, n_docs: int, shard_counts: list[int], seed: int,
     from pipeline.catalog import IndexLayout, read_current_generation, read_manifest
 
     tag = "default" if n_postings_total is None else n_postings_total
-    roots = {s: work / f"synthetic-{n_docs}-seed{seed}-np{tag}-s{s}" for s in shard_counts}
+    model_tag = "" if model == "splade-tiny" else "-" + Path(model).name
+    roots = {s: work / f"synthetic-{n_docs}-seed{seed}-np{tag}{model_tag}-s{s}" for s in shard_counts}
     todo = [s for s, root in roots.items()
             if read_current_generation(IndexLayout.at(str(root))) is None
             or read_manifest(IndexLayout.at(str(root))).n_docs != n_docs]
@@ -84,7 +85,7 @@ def prepare_indexes(work: Path, n_docs: int, shard_counts: list[int], seed: int,
         docs, _ = synthetic.generate(n_docs, 0, seed)
         print(f"generated {n_docs} synthetic docs ({docs.nnz} nnz) in "
               f"{time.perf_counter() - started:.0f}s", flush=True)
-        settings = encoder_settings()
+        settings = encoder_settings(model)
         ids = [f"d{i}" for i in range(n_docs)]
         for s in todo:
             started = time.perf_counter()
@@ -216,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queries", type=Path, default=Path("/work/shared/data/scifact/queries.jsonl"))
     parser.add_argument("--n-queries", type=int, default=300)
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--model", default="splade-tiny",
+                        help="Model the index records (its query encoder is what is served), e.g. an "
+                             "inference-free folder written by jobs/make_inference_free.py.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-postings-total", type=int, default=None,
                         help="Blocked index n_postings of a 1-shard index; S shards use 1/S of it "
@@ -235,7 +239,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"# {report['command']}\n# {report['date']}  {report['machine']}", flush=True)
 
     args.work.mkdir(parents=True, exist_ok=True)
-    roots = prepare_indexes(args.work, args.docs, shard_counts, args.seed, args.n_postings_total)
+    roots = prepare_indexes(args.work, args.docs, shard_counts, args.seed, args.n_postings_total,
+                            args.model)
     if args.prepare_only:
         print({s: roots[s] for s in shard_counts})
         return

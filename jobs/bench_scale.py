@@ -1,0 +1,298 @@
+"""Scale harness of the batch path: the real indexing job on N synthetic pre-encoded documents.
+
+    python jobs/bench_scale.py --docs 100000,1000000 [--work /tmp/lsr-scale] [--shard-size 250000]
+                               [--clients 1,8] [--duration-s 10] [--out bench-results/scale.json]
+
+For each N:
+
+1. The corpus: N documents from the calibrated generator (`pipeline.testing.synthetic`), as
+   Parquet files of `FILE_DOCS` documents (columns ``id``, ``indices`` list<int32>,
+   ``values`` list<float32>), generated in chunks of `GEN_DOCS` with seed ``seed + chunk``
+   so memory stays bounded at any N. Cached under --work (not part of the timings).
+2. The job: ``lsr index CORPUS OUT --format vectors --vector-keys ids --model splade-tiny
+   --json`` as a subprocess, on a Ray head started here (`ray start --head` in a session of
+   its own, stopped by its process group at the end), so that while it runs this script
+   samples, every `SAMPLE_S`:
+   * the RSS of the job's driver (the `lsr` process) and of every other process of the Ray
+     session (workers, raylet, GCS): the peak of the driver and of the largest worker;
+   * the object store: ``Plasma memory usage`` (peak) and ``Spilled`` bytes, from Ray's own
+     memory summary (what ``ray memory --stats-only`` prints).
+   The job's JSON summary gives wall time, per-stage busy time and docs/s.
+3. The index: size on disk (du of the generation's files), then the in-process and served
+   measurements of `jobs/bench_serve.py` (the same functions): load time of
+   `ShardedIndex.open` and the RSS it adds, encode + search p50/p99 of 300 real query texts
+   (scifact, splade-tiny) one at a time, recall@10 of the served blocked configuration against
+   exact search, and the embedded endpoint with 1 and 8 concurrent clients.
+
+Prints one JSON object per N and a table at the end. Timings are what this machine measured
+while the job ran; nothing is extrapolated here (BENCHMARKS.md does that from these numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+FILE_DOCS = 250_000
+"""Documents per corpus Parquet file (the job plans read units within files)."""
+GEN_DOCS = 1_000_000
+"""Documents per generator call: bounds the harness's own memory at any N."""
+SAMPLE_S = 1.0
+"""Seconds between two samples of process RSS and object-store usage."""
+
+
+# -- corpus ---------------------------------------------------------------------------------------
+def write_corpus(folder: Path, n_docs: int, seed: int) -> float:
+    """Write (or reuse) the N-document vectors corpus; returns seconds spent writing."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.testing import synthetic
+
+    done = folder / "DONE"
+    if done.exists():
+        return 0.0
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    file_no = 0
+    for chunk, lo in enumerate(range(0, n_docs, GEN_DOCS)):
+        n = min(GEN_DOCS, n_docs - lo)
+        docs, _ = synthetic.generate(n, 0, seed + chunk)
+        for f_lo in range(0, n, FILE_DOCS):
+            part = docs[f_lo:f_lo + FILE_DOCS]
+            indptr = part.indptr.astype(np.int64) - part.indptr[0]
+            table = pa.table({
+                "id": pa.array([f"d{lo + f_lo + i}" for i in range(part.shape[0])], pa.string()),
+                "indices": pa.ListArray.from_arrays(pa.array(indptr.astype(np.int32)),
+                                                    pa.array(part.indices.astype(np.int32))),
+                "values": pa.ListArray.from_arrays(pa.array(indptr.astype(np.int32)),
+                                                   pa.array(part.data.astype(np.float32))),
+            })
+            pq.write_table(table, folder / f"part-{file_no:05d}.parquet")
+            file_no += 1
+        del docs
+    done.write_text(str(n_docs))
+    return time.perf_counter() - started
+
+
+# -- sampling -------------------------------------------------------------------------------------
+_PLASMA = re.compile(r"Plasma memory usage (\d+) MiB")
+_SPILLED = re.compile(r"Spilled (\d+) MiB")
+
+
+class Sampler:
+    """Peak RSS of the driver and of the largest Ray process; object-store peak and spill."""
+
+    def __init__(self, driver_pid: int, ray_address: str):
+        self.driver_pid = driver_pid
+        self.address = ray_address
+        self.driver_peak = 0
+        self.worker_peak = 0
+        self.worker_peak_name = ""
+        self.plasma_peak_mib = 0
+        self.spilled_mib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._object_store()     # the final spill count
+
+    def _object_store(self) -> None:
+        from ray._private.internal_api import memory_summary
+
+        try:
+            text = memory_summary(self.address, stats_only=True)
+        except Exception:  # noqa: BLE001 - the head may be busy; the next sample retries
+            return
+        if m := _PLASMA.search(text):
+            self.plasma_peak_mib = max(self.plasma_peak_mib, int(m.group(1)))
+        if m := _SPILLED.search(text):
+            self.spilled_mib = max(self.spilled_mib, int(m.group(1)))
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
+                info = proc.info
+                if not info["memory_info"]:
+                    continue
+                rss = info["memory_info"].rss
+                cmd = " ".join(info["cmdline"] or [])
+                if info["pid"] == self.driver_pid:
+                    self.driver_peak = max(self.driver_peak, rss)
+                elif "ray::" in cmd or "default_worker.py" in cmd:
+                    if rss > self.worker_peak:
+                        self.worker_peak, self.worker_peak_name = rss, cmd.split(" ")[0][:60]
+            self._object_store()
+            self._stop.wait(SAMPLE_S)
+
+
+# -- one N ----------------------------------------------------------------------------------------
+def du_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run_job(corpus: Path, out: Path, shard_size: int, address: str) -> tuple[dict, Sampler, float]:
+    cmd = [sys.executable, "-m", "pipeline.cli", "index", str(corpus), str(out),
+           "--format", "vectors", "--vector-keys", "ids", "--model", "splade-tiny",
+           "--shard-size", str(shard_size), "--address", address, "--json"]
+    print("$ " + " ".join(cmd), flush=True)
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with Sampler(proc.pid, address) as sampler:
+        stdout, stderr = proc.communicate()
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise RuntimeError(f"lsr index exited {proc.returncode}:\n{stderr[-3000:]}")
+    return json.loads(stdout), sampler, wall
+
+
+def measure_index(root: str, queries: list[str], k: int) -> dict:
+    """Load time and resident memory of the opened index (RSS this process gains)."""
+    import gc
+
+    import psutil
+
+    from pipeline.search import ShardedIndex
+
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    started = time.perf_counter()
+    index = ShardedIndex.open(root)
+    load_s = time.perf_counter() - started
+    after = psutil.Process().memory_info().rss
+    index.search(queries[:2], k=k)
+    del index
+    gc.collect()
+    return {"load_s": round(load_s, 2), "rss_added_mb": round((after - before) / 2**20, 1)}
+
+
+def one_size(n_docs: int, args, queries: list[str]) -> dict:
+    from bench_serve import in_process, served
+
+    from pipeline.cli.serve import start_local_ray, stop_local_ray
+
+    corpus = args.work / f"corpus-{n_docs}-seed{args.seed}"
+    gen_s = write_corpus(corpus, n_docs, args.seed)
+    out = args.work / f"index-{n_docs}"
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    head, address = start_local_ray(None)
+    try:
+        summary, sampler, wall = run_job(corpus, out, args.shard_size, address)
+    finally:
+        stop_local_ray(head)
+    row = {
+        "docs": n_docs, "corpus_write_s": round(gen_s, 1),
+        "job_wall_s": round(wall, 1), "job_docs_per_s": round(n_docs / wall, 1),
+        "summary_wall_s": summary["wall_s"], "stages": summary["stages"],
+        "bound_stage": summary["bound_stage"], "shards": summary["shards"], "nnz": summary["nnz"],
+        "driver_peak_rss_mb": round(sampler.driver_peak / 2**20, 1),
+        "largest_worker_peak_rss_mb": round(sampler.worker_peak / 2**20, 1),
+        "largest_worker": sampler.worker_peak_name,
+        "object_store_peak_mb": sampler.plasma_peak_mib, "spilled_mb": sampler.spilled_mib,
+        "index_disk_mb": round(du_bytes(out) / 2**20, 1),
+    }
+    print(json.dumps(row), flush=True)
+    row.update(measure_index(str(out), queries, args.k))
+    row["in_process"] = in_process(str(out), queries, args.k)
+    if args.clients:
+        import ray
+        from ray import serve
+
+        from bench_serve import free_port
+        from pipeline.serve.app import stop_endpoint
+
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            row["served"] = served(str(out), "embedded", queries, args.k, args.clients,
+                                   args.duration_s, port)
+        finally:
+            stop_endpoint("bench")
+            serve.shutdown()
+            ray.shutdown()
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(out)
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    print()
+    print("| docs | job s | docs/s | bound stage | driver peak MB | worker peak MB | store peak MB | "
+          "spilled MB | disk MB | load s | RSS MB | recall@10 | in-proc p50 ms | served p50 / p99 ms "
+          "(1 client) | 8 clients QPS |")
+    print("|" + "---|" * 15)
+    for r in rows:
+        served = {s["clients"]: s for s in r.get("served", [])}
+        one, eight = served.get(1, {}), served.get(8, {})
+        ip = r["in_process"]
+        recall = next((v for k, v in ip.items() if k.startswith("recall_at_")), None)
+        print(f"| {r['docs']:,} | {r['job_wall_s']} | {r['job_docs_per_s']} | {r['bound_stage']} | "
+              f"{r['driver_peak_rss_mb']} | {r['largest_worker_peak_rss_mb']} | "
+              f"{r['object_store_peak_mb']} | {r['spilled_mb']} | {r['index_disk_mb']} | "
+              f"{r['load_s']} | {r['rss_added_mb']} | {recall} | {ip['p50_ms']} | "
+              f"{one.get('p50_ms')} / {one.get('p99_ms')} | {eight.get('qps')} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from bench_serve import read_queries
+
+    from pipeline.testing.machine import machine_line
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--docs", default="100000,1000000")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/lsr-scale"))
+    parser.add_argument("--shard-size", type=int, default=250_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--queries", type=Path, default=Path("/work/shared/data/scifact/queries.jsonl"))
+    parser.add_argument("--n-queries", type=int, default=300)
+    parser.add_argument("--clients", default="1,8", help="Served load: client counts ('' to skip serving).")
+    parser.add_argument("--duration-s", type=float, default=10.0)
+    parser.add_argument("--keep", action="store_true", help="Keep each index (default: removed after).")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    args.clients = [int(c) for c in args.clients.split(",") if c]
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    print(f"# {' '.join(sys.argv)}\n# {machine_line()}\n# {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC",
+          flush=True)
+    args.work.mkdir(parents=True, exist_ok=True)
+    queries = read_queries(args.queries, args.n_queries)
+    rows = []
+    for n in (int(x) for x in args.docs.split(",")):
+        rows.append(one_size(n, args, queries))
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
