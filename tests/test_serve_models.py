@@ -129,3 +129,90 @@ def test_served_inference_free_index_under_concurrent_load(endpoint, inference_f
                         generations={1}) as load:
         pass
     load.assert_clean(min_answered=160)
+
+
+# ------------------------------------------------------------------ a 131,072-term vocabulary, served
+
+BIG_VOCAB = 131_072
+
+
+@pytest.fixture(scope="module")
+def big_vocab_index(tmp_path_factory):
+    """A random masked-LM with a 131,072-row projection (splade-tiny's tokenizer), its vectors
+    of 200 short texts in a 2-shard blocked index (float32 forward values, 4-byte summary terms)."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig
+
+    from pipeline.encode import SpladeEncoder
+    from pipeline.encode.models import resolve_model
+    from pipeline.testing.direct_writer import write_generation
+
+    work = tmp_path_factory.mktemp("serve-128k")
+    torch.manual_seed(11)
+    config = BertConfig(vocab_size=BIG_VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, pad_token_id=0)
+    model = AutoModelForMaskedLM.from_config(config)
+    with torch.no_grad():
+        # ~0.1% of the terms positive per token: queries keep under the endpoint's query_cut limit
+        model.get_output_embeddings().bias.normal_(-1.5, 0.5)
+    folder = work / "big-vocab"
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve_model("splade-tiny")).save_pretrained(folder)
+    encoder = SpladeEncoder(str(folder), device="cpu", max_length=32, query_max_length=16)
+    texts = [f"document {i} about heart disease, vitamin {i % 7} and bone {i % 5}" for i in range(200)]
+    docs = encoder.encode(texts)
+    assert docs.shape[1] == BIG_VOCAB and (docs.indices >= 65_536).any()
+    root = work / "index"
+    doc_ids = [f"d{i}" for i in range(len(texts))]
+    # No static pruning (n_postings above the shard size): these random documents share their
+    # bias-driven terms, so the derived pruning (n_postings 1 here) leaves some documents in no
+    # list at all; with every list whole, approximate search over every query term is exact.
+    write_generation(str(root), 1, doc_ids, docs, N_SHARDS, encoder.settings(),
+                     index_params={"forward_values": "float32", "n_postings": 1000})
+    return str(root), folder, docs, doc_ids
+
+
+def splade_queries_expected(folder: Path, queries: list[str], max_length: int) -> sp.csr_matrix:
+    """naver/splade's query expression on the full Hugging Face logits (float64):
+    max over the query's tokens of log1p(relu(logits))."""
+    import torch
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForMaskedLM.from_pretrained(folder, dtype=torch.float32).eval()
+    rows = []
+    with torch.no_grad():
+        for q in queries:
+            batch = tok([q], truncation=True, max_length=max_length, return_tensors="pt")
+            rows.append(torch.log1p(torch.relu(model(**batch).logits.double())).amax(dim=1)[0].numpy())
+    return sp.csr_matrix(np.asarray(rows))
+
+
+def test_served_128k_vocabulary_index_equals_the_expression(big_vocab_index, ray_local):
+    from pipeline.serve import ServeConfig
+    from pipeline.serve.app import run_endpoint, stop_endpoint
+
+    root, folder, docs, doc_ids = big_vocab_index
+    queries = ["heart disease", "vitamin 3 bone", "document 12", "bone 4 about vitamin 6"]
+    q = splade_queries_expected(folder, queries, max_length=16)
+    assert (q.indices >= 65_536).any()
+    # Approximate search visits every query term (the endpoint's query_cut limit is 4096).
+    assert np.diff(q.indptr).max() <= 4096
+    scores = (q @ docs.T.astype(np.float64)).toarray()
+    config = ServeConfig(index=root, app_name="lsrbig", route_prefix="/big", topology="embedded",
+                         poll_s=0, timeout_s=10.0, server_id="test-128k")
+    port = serve_http_port()
+    run_endpoint(config)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}/big", timeout=60.0) as client:
+            for params in ({"exact": True}, {"exact": False, "query_cut": 4096, "heap_factor": 1e-6}):
+                r = client.post("/search", json={"queries": queries, "k": 10, **params})
+                assert r.status_code == 200, r.text
+                for row, got in zip(scores, r.json()["results"], strict=True):
+                    best = np.lexsort((np.arange(row.size), -row))[:10]
+                    np.testing.assert_allclose(got["scores"], row[best], rtol=1e-4, atol=1e-4)
+                    distinct = [j for j in range(10) if np.sum(np.isclose(row[best], row[best][j],
+                                                                          rtol=1e-5)) == 1]
+                    assert [got["doc_ids"][j] for j in distinct] == [doc_ids[best[j]] for j in distinct]
+    finally:
+        stop_endpoint(config.app_name)
