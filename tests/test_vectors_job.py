@@ -32,6 +32,8 @@ from pipeline.search import ShardedIndex
 LSR = [sys.executable, "-m", "pipeline.cli"]
 N_DOCS = 150
 N_QUERIES = 20
+ONE_SHARD = 10_000   # round trips keep one shard: JSONL is cut by bytes, and text and vectors
+                     # lines differ in length (a blocked index depends on its shard's documents)
 
 
 def _stored(root) -> tuple[list[str], sp.csr_matrix]:
@@ -78,7 +80,7 @@ def text_index(ray_local, scifact_dir, tmp_path_factory):
         lines = [next(f) for _ in range(N_DOCS)]
     (base / "corpus.jsonl").write_text("".join(lines), encoding="utf-8")
     root = base / "index"
-    run_index_job(IndexJobConfig(corpus=str(base / "corpus.jsonl"), output=str(root), shard_size=60))
+    run_index_job(IndexJobConfig(corpus=str(base / "corpus.jsonl"), output=str(root), shard_size=ONE_SHARD))
     with open(scifact_dir / "queries.jsonl", encoding="utf-8") as f:
         queries = [json.loads(next(f))["text"] for _ in range(N_QUERIES)]
     ids, csr = _stored(root)
@@ -95,7 +97,7 @@ def id_export(text_index, tmp_path_factory):
                    env=subprocess_env(), capture_output=True, timeout=300)
     index = base / "from-ids"
     summary = run_index_job(IndexJobConfig(corpus=str(out), output=str(index), format="vectors",
-                                           vector_keys="ids", shard_size=60))
+                                           vector_keys="ids", shard_size=ONE_SHARD))
     return out, index, summary
 
 
@@ -130,7 +132,7 @@ def test_export_reindexed_as_vectors_gives_identical_search_results(text_index, 
     subprocess.run([*LSR, "export", str(root), str(tokens_out), "--keys", "tokens"], check=True,
                    env=subprocess_env(), capture_output=True, timeout=300)
     out = subprocess.run([*LSR, "index", str(tokens_out), str(tmp_path / "from-tokens"), "--format",
-                          "vectors", "--model", "splade-tiny", "--shard-size", "60", "--json"],
+                          "vectors", "--model", "splade-tiny", "--shard-size", str(ONE_SHARD), "--json"],
                          env=subprocess_env(), capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert json.loads(out.stdout)["docs_indexed"] == N_DOCS
@@ -149,7 +151,7 @@ def test_parquet_list_columns(text_index, tmp_path, terms):
     column = [t.tolist() for t, _ in rows] if terms == "indices" else [names[t].tolist() for t, _ in rows]
     table = pa.table({"_id": ids, "text": ["not encoded"] * len(ids), terms: column,
                       "values": pa.array([w.tolist() for _, w in rows], pa.list_(pa.float32()))})
-    pq.write_table(table, tmp_path / "vectors.parquet", row_group_size=40)
+    pq.write_table(table, tmp_path / "vectors.parquet", row_group_size=30)   # 3 shards of 60
     summary = run_index_job(_vectors_job(tmp_path / "vectors.parquet", tmp_path / "idx"))
     assert summary.docs_indexed == N_DOCS and summary.shards == 3
     got_ids, got = _stored(tmp_path / "idx")
@@ -224,7 +226,8 @@ def test_bad_vector_fails_the_cli_in_one_line(tmp_path):
 
 def test_reindex_vectors_corpus(text_index, id_export, tmp_path):
     """A changed vector is a changed document; unchanged ones are reused; the result equals a
-    clean index of the new snapshot."""
+    clean index of the new snapshot (same vectors; same exact top-10: the two indexes are cut
+    into different shards, so their blocked searches may differ within their approximation)."""
     _, ids, csr, queries = text_index
     _, base_root, _ = id_export
     root = tmp_path / "index"
@@ -263,5 +266,4 @@ def test_reindex_vectors_corpus(text_index, id_export, tmp_path):
     order_got, order_want = np.argsort(got_ids), np.argsort(want_ids)
     assert sorted(got_ids) == sorted(want_ids)
     assert (got[order_got] != want[order_want]).nnz == 0
-    for exact in (True, False):
-        _assert_same_search(clean, root, queries, exact=exact)
+    _assert_same_search(clean, root, queries, exact=True)
