@@ -108,3 +108,43 @@ def test_export_writes_every_stored_vector_once(tmp_path):
                                     parse_vector(r, r["id"], keys="ids").indices,
                                     [0, len(r["vector"])]), shape=(1, 300)) for r in lines])
     np.testing.assert_array_equal(got.toarray(), vectors.toarray())
+
+
+def test_bulk_id_columns_agree_with_row_by_row_parsing():
+    """`parse_id_columns` (numpy over a Parquet row group) accepts exactly the rows
+    `parse_vector` accepts, with the same vectors; the rows it rejects are left to it."""
+    import pyarrow as pa
+
+    from pipeline.data.vectors import parse_id_columns
+
+    rng = np.random.default_rng(3)
+    rows_i, rows_v = [], []
+    for r in range(300):
+        k = int(rng.integers(0, 6))
+        ids = rng.integers(-1, VOCAB.size + 1, size=k).tolist() if r % 7 == 0 else \
+            rng.choice(VOCAB.size, size=min(k, VOCAB.size), replace=False).tolist()
+        vals = rng.choice([0.0, 0.5, 1.25, -1.0, float("nan"), 3.0], size=len(ids)).tolist() \
+            if r % 5 == 0 else rng.random(len(ids)).astype(np.float32).tolist()
+        rows_i.append(ids)
+        rows_v.append(vals)
+    for value_type in (pa.float32(), pa.float64()):
+        table = pa.table({"id": [f"d{i}" for i in range(300)], "indices": rows_i,
+                          "values": pa.array(rows_v, pa.list_(value_type))})
+        bulk = parse_id_columns(table, VOCAB)
+        assert bulk is not None and sum(b is None for b in bulk) > 20
+        for r, got in enumerate(bulk):
+            record = {"indices": rows_i[r], "values": rows_v[r]}
+            try:
+                want = parse_vector(record, f"d{r}", vocab=VOCAB)
+            except BadRecord:
+                assert got is None, r
+                continue
+            assert got is not None, r
+            assert got.indices.tolist() == want.indices.tolist()
+            assert got.values.tolist() == want.values.tolist()
+            assert got.integer_weights == want.integer_weights
+    ints = pa.table({"indices": [[4, 1]], "values": pa.array([[3, 7]], pa.list_(pa.int32()))})
+    (v,) = parse_id_columns(ints, VOCAB)
+    assert v.integer_weights and v.values.tolist() == [7.0, 3.0]
+    # Not the id-column form: None, parse every row.
+    assert parse_id_columns(pa.table({"tokens": [["heart"]], "values": [[1.0]]}), VOCAB) is None

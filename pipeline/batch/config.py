@@ -10,6 +10,7 @@ from typing import Any
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.catalog.writer_lock import LOCK_TTL_S
 from pipeline.data.corpus import FORMATS
+from pipeline.data.vectors import VECTOR_KEYS, VectorSource
 
 INDEX_KINDS = ("blocked", "exact")
 BAD_RECORD_POLICIES = ("fail", "skip")
@@ -34,7 +35,7 @@ in flight, and a 1e9-document corpus stages ~4 M parts (large enough per object 
 
 @dataclass(frozen=True)
 class EncoderOptions:
-    model: str = MODEL
+    model: str | None = MODEL     # None only for a vectors corpus with a vocab file (no query model)
     max_length: int = MAX_LENGTH
     query_max_length: int = QUERY_MAX_LENGTH
     dtype: str = "auto"
@@ -88,10 +89,25 @@ class IndexJobConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     encoder: EncoderOptions = field(default_factory=EncoderOptions)
     resources: ResourceOptions = field(default_factory=ResourceOptions)
+    # format "vectors" (pre-encoded): how keys name terms ("tokens" or decimal "ids"; records
+    # with `indices` or `tokens` list columns say it themselves), and a vocab.txt that maps
+    # tokens to ids instead of the model's tokenizer. encoder.model is then the query model.
+    vector_keys: str = "tokens"
+    vocab: str | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        if self.vector_keys not in VECTOR_KEYS:
+            raise ValueError(f"vector_keys must be one of {VECTOR_KEYS}, got {self.vector_keys!r}")
+        if self.format == "vectors":
+            if not self.encoder.model and not self.vocab:
+                raise ValueError("--format vectors needs --model (its tokenizer's vocabulary, and "
+                                 "the query encoder) or --vocab (a vocab.txt; then no query model)")
+        elif not self.encoder.model:
+            raise ValueError("a model is required to encode a text corpus")
+        elif self.vocab is not None:
+            raise ValueError("--vocab applies only to --format vectors")
         if self.shard_size < 1 or self.block_rows < 1:
             raise ValueError("shard_size and block_rows must be >= 1")
         if self.values_dtype not in ("float16", "float32"):
@@ -108,9 +124,20 @@ class IndexJobConfig:
         if self.lock_ttl_s <= 0:
             raise ValueError(f"lock_ttl_s must be > 0, got {self.lock_ttl_s}")
 
+    @property
+    def vectors(self) -> bool:
+        """The corpus holds pre-encoded vectors: nothing is encoded."""
+        return self.format == "vectors"
+
+    def vector_source(self, vocab_size: int | None = None) -> VectorSource:
+        return VectorSource(keys=self.vector_keys, model=self.encoder.model, vocab=self.vocab,
+                            vocab_size=vocab_size)
+
     def output_fingerprint(self) -> str:
         """Hash of every setting that changes what the job writes (not how fast)."""
+        # The vector settings count only for a vectors corpus (text jobs keep their plan ids).
+        ignored = () if self.vectors else ("vector_keys", "vocab")
         relevant = {k: v for k, v in asdict(self).items()
                     if k not in ("resources", "storage_options", "keep_generations", "gc_min_age_s",
-                                 "lock_ttl_s", "output")}
+                                 "lock_ttl_s", "output", *ignored)}
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()

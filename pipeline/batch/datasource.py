@@ -15,12 +15,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
+import numpy as np
 import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from pipeline.data.corpus import read_chunk
+from pipeline.data.corpus import read_chunk, read_vector_chunk
 from pipeline.data.records import FieldMap
+from pipeline.data.vectors import VectorSource
+from pipeline.format.postings import fingerprint_vectors
 from pipeline.errors import UserError
 from pipeline.objstore import write_bytes_atomic, write_json_atomic
 from pipeline.catalog import IndexLayout
@@ -34,6 +37,16 @@ READ_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("text", pa.string()), ("offset", pa.int64()),
     ("t_read", pa.float64()),
 ])
+
+
+VECTOR_SCHEMA = pa.schema([
+    ("shard", pa.int32()), ("seq", pa.int32()), ("row", pa.int64()),
+    ("doc_id", pa.string()), ("offset", pa.int64()), ("t_read", pa.float64()),
+    ("fingerprint", pa.uint64()), ("indices", pa.large_list(pa.int32())),
+    ("values", pa.large_list(pa.float32())), ("encoded", pa.bool_()),
+    ("t_tokenize", pa.float64()), ("t_encode", pa.float64()),
+])
+"""Read blocks of a vectors corpus: already in the encode stage's output form (`vector_block`)."""
 
 
 class BadRecordError(UserError, RuntimeError):
@@ -68,25 +81,64 @@ def _block(shard: int, seq: int, first_row: int, records, seconds: float,
     }, schema=READ_SCHEMA)
 
 
+def vector_block(shard: int, seq: int, first_row: int, records, seconds: float,
+                 skip: frozenset[int] = frozenset()) -> pa.Table | None:
+    """`_block` of pre-encoded vectors: rows in the form the encode stage leaves them
+    (`pipeline.batch.stages`: indices/values as large_list, `encoded` true, zero tokenize and
+    encode time) plus each vector's content fingerprint, ready to stage."""
+    keep = [i for i in range(len(records)) if first_row + i not in skip]
+    n = len(keep)
+    if n == 0:
+        return None
+    records = [records[i] for i in keep]
+    vectors = [r.vector for r in records]
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum([len(v.indices) for v in vectors], out=indptr[1:])
+    indices = np.concatenate([v.indices for v in vectors]).astype(np.int32, copy=False)
+    values = np.concatenate([v.values for v in vectors]).astype(np.float32, copy=False)
+    return pa.table({
+        "shard": pa.array(np.full(n, shard), pa.int32()),
+        "seq": pa.array(np.full(n, seq), pa.int32()),
+        "row": pa.array([first_row + i for i in keep], pa.int64()),
+        "doc_id": pa.array([r.doc_id for r in records], pa.string()),
+        "offset": pa.array([r.offset for r in records], pa.int64()),
+        "t_read": pa.array(np.full(n, seconds / n), pa.float64()),
+        "fingerprint": pa.array(fingerprint_vectors([v.indices for v in vectors],
+                                                    [v.values for v in vectors]), pa.uint64()),
+        "indices": pa.LargeListArray.from_arrays(pa.array(indptr), pa.array(indices)),
+        "values": pa.LargeListArray.from_arrays(pa.array(indptr), pa.array(values)),
+        "encoded": pa.array(np.ones(n, dtype=bool), pa.bool_()),
+        "t_tokenize": pa.array(np.zeros(n), pa.float64()),
+        "t_encode": pa.array(np.zeros(n), pa.float64()),
+    }, schema=VECTOR_SCHEMA)
+
+
 def read_shard(plan: JobPlan, layout: IndexLayout, shard: int, resume: UnitResume,
-               fields: FieldMap, on_bad_record: str, storage_options: dict) -> Iterator[pa.Table]:
+               fields: FieldMap, on_bad_record: str, storage_options: dict,
+               vectors: VectorSource | None = None) -> Iterator[pa.Table]:
     """Yield the rows of one shard not staged yet, by read block; write its rejects and read
-    summary."""
+    summary. With `vectors`, the chunk holds pre-encoded vectors (`vector_block`); the read
+    summary then also counts the vectors with a non-integer weight (`n_float_weights`)."""
 
     def emit(seq: int, records, seconds: float) -> pa.Table | None:
         if seq in resume.done:
             return None
-        return _block(shard, seq, seq * block_rows, records, seconds,
-                      resume.staged_rows.get(seq, frozenset()))
+        return make_block(shard, seq, seq * block_rows, records, seconds,
+                          resume.staged_rows.get(seq, frozenset()))
 
     sp = plan.shards[shard]
     block_rows = plan.block_rows
     pending: list = []
     rejects: list[dict] = []
-    n_records = n_valid = 0
+    n_records = n_valid = n_float = 0
     seq = 0
+    if vectors is None:
+        records, make_block = read_chunk(sp.chunk, fields, storage_options), _block
+    else:
+        records = read_vector_chunk(sp.chunk, fields, vectors, storage_options)
+        make_block = vector_block
     started = time.perf_counter()
-    for record in read_chunk(sp.chunk, fields, storage_options):
+    for record in records:
         n_records += 1
         if record.error is not None:
             if on_bad_record == "fail":
@@ -96,6 +148,8 @@ def read_shard(plan: JobPlan, layout: IndexLayout, shard: int, resume: UnitResum
                             "record": record.error.record})
             continue
         n_valid += 1
+        if vectors is not None and not record.vector.integer_weights and len(record.vector.indices):
+            n_float += 1
         pending.append(record)
         if len(pending) == block_rows:
             block = emit(seq, pending, time.perf_counter() - started)
@@ -112,14 +166,18 @@ def read_shard(plan: JobPlan, layout: IndexLayout, shard: int, resume: UnitResum
     write_json_atomic(read_loc(plan, layout, shard), {
         "shard": shard, "n_records": n_records, "n_valid": n_valid,
         "n_rejected": len(rejects), "block_rows": block_rows,
+        **({"n_float_weights": n_float} if vectors is not None else {}),
     })
 
 
 class CorpusDatasource(Datasource):
-    """The plan's pending shards as a Ray dataset of read blocks (schema READ_SCHEMA)."""
+    """The plan's pending shards as a Ray dataset of read blocks (schema READ_SCHEMA, or
+    `vector_block`'s for a vectors corpus)."""
 
     def __init__(self, plan: JobPlan, layout: IndexLayout, pending: dict[int, UnitResume],
-                 fields: FieldMap, on_bad_record: str, storage_options: dict):
+                 fields: FieldMap, on_bad_record: str, storage_options: dict,
+                 vectors: VectorSource | None = None):
+        self._vectors = vectors          # set: a pre-encoded vectors corpus (blocks of vector rows)
         self._plan = plan
         self._layout = layout
         self._pending = pending          # shard -> what is staged of it already
@@ -144,7 +202,8 @@ class CorpusDatasource(Datasource):
 
             def read_fn(shard=shard, resume=resume):
                 return read_shard(self._plan, self._layout, shard, resume, self._fields,
-                                  self._on_bad_record, self._storage_options)
+                                  self._on_bad_record, self._storage_options, self._vectors)
 
-            tasks.append(ReadTask(read_fn, meta, schema=READ_SCHEMA))
+            tasks.append(ReadTask(read_fn, meta,
+                                  schema=READ_SCHEMA if self._vectors is None else VECTOR_SCHEMA))
         return tasks

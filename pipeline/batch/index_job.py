@@ -4,6 +4,9 @@
     one GPU each, or CPU threads) -> stage parts (Datasink) -> commit phase (the job's own
     Ray tasks after staging: one writer per shard builds postings + index; manifest last)
 
+A pre-encoded vectors corpus (`--format vectors`) skips tokenize and encode: its read blocks
+are staged as read, and everything after is the same.
+
 Re-running the same command after a crash resumes: staged read blocks are not encoded
 again and committed shards are kept (their checksums verified in parallel Ray tasks).
 """
@@ -18,7 +21,8 @@ from pipeline.batch.commit import commit_plan, shard_record
 from pipeline.batch.config import IndexJobConfig
 from pipeline.batch.plan import JobPlan, make_plan
 from pipeline.batch.runtime import (connect_ray, encoder_settings, load_encoder, pending_blocks,
-                                    plan_resources, postings_estimator, stage_pending, stage_report)
+                                    plan_resources, postings_estimator, record_vector_facts,
+                                    stage_pending, stage_report, vector_postings_estimator)
 from pipeline.batch.shard_writer import committed_shards
 from pipeline.batch.staging import ShardState, scan_staging
 from pipeline.catalog import IndexLayout, WriterLock, acquire_writer_lock, shard_name
@@ -81,11 +85,15 @@ def _run(config: IndexJobConfig, layout: IndexLayout, manifest_extra: dict | Non
     started = time.perf_counter()
     connect_ray(config.resources.address)
     placement = plan_resources(config, ray.cluster_resources())
-    encoder = load_encoder(config)
-    settings = encoder_settings(config, placement, encoder)
-    plan, resumed = make_plan(config, layout, name_unit=shard_name,
-                              postings_per_doc=postings_estimator(config, encoder))
-    del encoder
+    if config.vectors:  # pre-encoded: no encoder runs (the query model's settings, if any)
+        settings = encoder_settings(config, placement)
+        estimator = vector_postings_estimator(config, settings["vocab_size"])
+    else:
+        encoder = load_encoder(config)
+        settings = encoder_settings(config, placement, encoder)
+        estimator = postings_estimator(config, encoder)
+    plan, resumed = make_plan(config, layout, name_unit=shard_name, postings_per_doc=estimator)
+    estimator = encoder = None  # the driver's copy of the model is not needed any more
     states = scan_state(plan, layout)
     pending = pending_blocks(plan, layout, states)
     n_committed = sum(1 for st in states if st.committed)
@@ -97,6 +105,7 @@ def _run(config: IndexJobConfig, layout: IndexLayout, manifest_extra: dict | Non
     times = stage_pending(config, plan, layout, pending, placement, timing)
     # Staging is complete: read the state again (the stages just staged parts), then commit.
     fresh = scan_staging(plan, layout, [st.committed for st in states])
+    settings = record_vector_facts(config, plan, layout, fresh, settings)
     result = commit_plan(config, plan, layout, fresh, settings, timing, placement.build_threads,
                          lock, manifest_extra)
     blocks_encoded = -(-times.rows // plan.block_rows) if times.rows else 0

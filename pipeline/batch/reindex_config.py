@@ -10,7 +10,7 @@ the index (kind, parameters) rebuilds every shard's index from the stored vector
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
@@ -82,6 +82,8 @@ class ReindexConfig:
     storage_options: dict[str, Any] = field(default_factory=dict)
     encoder: EncoderOverrides = field(default_factory=EncoderOverrides)
     resources: ResourceOptions = field(default_factory=ResourceOptions)
+    vector_keys: str | None = None               # format vectors: key form, vocab file
+    vocab: str | None = None
 
     def __post_init__(self) -> None:
         if self.keep_generations < 1:
@@ -105,9 +107,20 @@ class ReindexConfig:
         kind = self.index_kind or (base.index.get("kind") if base else None) or defaults.index_kind
         if base and kind != base.index.get("kind"):
             params = {}  # parameters of another index kind do not carry over
+        fmt = self.format or (recorded_format if recorded_format in FORMATS else "auto")
+        encoder = self.encoder.options(base.encoder if base else {})
+        recorded = base.encoder if base else {}
+        vector_keys = self.vector_keys or recorded.get("vector_keys") or "tokens"
+        vocab = None
+        if fmt == "vectors":
+            # Pre-encoded: the recorded query model (None when the index had a vocab file only).
+            vocab = self.vocab or recorded.get("vocab")
+            query_model = recorded.get("query_model") if recorded.get("source") == "vectors" \
+                else recorded.get("model")
+            encoder = replace(encoder, model=self.encoder.model or query_model)
         return IndexJobConfig(
-            corpus=self.corpus, output=self.index,
-            format=self.format or (recorded_format if recorded_format in FORMATS else "auto"),
+            corpus=self.corpus, output=self.index, format=fmt,
+            vector_keys=vector_keys, vocab=vocab,
             id_field=self.id_field or fields.get("id"), title_field=title,
             text_field=self.text_field or fields.get("text") or defaults.text_field,
             shard_size=self.shard_size or extra.get("shard_size") or defaults.shard_size,
@@ -117,6 +130,5 @@ class ReindexConfig:
             on_bad_record=self.on_bad_record, keep_generations=self.keep_generations,
             gc_min_age_s=self.gc_min_age_s, lock_ttl_s=self.lock_ttl_s,
             storage_options=self.storage_options,
-            encoder=self.encoder.options(base.encoder if base else {}),
-            resources=self.resources,
+            encoder=encoder, resources=self.resources,
         )

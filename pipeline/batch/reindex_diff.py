@@ -143,8 +143,11 @@ def classify_batch(batch: pa.Table, table) -> pa.Table:
     """
     if isinstance(table, ray.ObjectRef):
         table = ray.get(table)
-    texts = batch.column("text").to_pylist()
-    fingerprints = fingerprint_texts(texts)
+    if "fingerprint" in batch.column_names:   # pre-encoded vectors: the read stage's own
+        fingerprints = batch.column("fingerprint").to_numpy()
+        batch = batch.drop_columns(["fingerprint"])
+    else:
+        fingerprints = fingerprint_texts(batch.column("text").to_pylist())
     pos = table.lookup(id_keys(batch.column("doc_id").to_pylist()))
     found = pos >= 0
     shard = np.full(len(pos), -1, dtype=np.int32)

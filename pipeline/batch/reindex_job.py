@@ -32,7 +32,7 @@ from pipeline.batch.reindex_commit import commit_reindex
 from pipeline.batch.reindex_config import ReindexConfig
 from pipeline.batch.reindex_diff import ReindexError, classify_batch, load_base_table
 from pipeline.batch.runtime import (Placement, connect_ray, encoder_settings, pending_blocks,
-                                    plan_resources, stage_pending, stage_report)
+                                    plan_resources, record_vector_facts, stage_pending, stage_report)
 from pipeline.batch.staging import scan_staging
 from pipeline.catalog.gc import collect_garbage_after_commit
 from pipeline.catalog import (IndexLayout, Manifest, WriterLock, acquire_writer_lock,
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # Encoder settings that determine the document vectors (and the query encoder that matches).
 VECTOR_SETTINGS = ("fingerprint", "vocab_size", "max_length", "query_max_length", "top_k",
-                   "threshold", "dtype")
+                   "threshold", "dtype", "source")
 
 
 @dataclass
@@ -190,6 +190,7 @@ def _incremental(job: IndexJobConfig, layout: IndexLayout, base: Manifest, setti
     timing: dict[str, float] = {"setup_s": time.perf_counter() - started}
     times = stage_pending(job, plan, layout, pending, placement, timing,
                           before_tokenize=(classify_batch, {"table": table}))
+    settings = record_vector_facts(job, plan, layout, scan_staging(plan, layout), settings)
     report = {"base_generation": base.generation, "full_rebuild": False,
               "rebuild_reason": decision.reason, "docs_reencoded": times.encoded}
     result = commit_reindex(job, plan, layout, base, scan_staging(plan, layout), settings, timing,

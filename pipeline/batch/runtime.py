@@ -1,6 +1,8 @@
 """What both jobs run before their commit phase: Ray and the encoder pool sized for the
 cluster, the encoder's settings, and the read -> tokenize -> encode -> stage pipeline over
-a plan's pending read blocks (`stage_pending`)."""
+a plan's pending read blocks (`stage_pending`). A pre-encoded vectors corpus runs read ->
+stage (its settings: `vector_settings`; the corpus facts found by reading it:
+`record_vector_facts`)."""
 
 from __future__ import annotations
 
@@ -8,13 +10,14 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Callable
 
-from pipeline.batch.config import IndexJobConfig
+from pipeline.batch.config import EncoderOptions, IndexJobConfig
 from pipeline.batch.datasource import BadRecordError, CorpusDatasource, UnitResume
 from pipeline.batch.plan import JobPlan
 from pipeline.batch.sink import StageTimes, StagingSink
-from pipeline.batch.stages import EncodeActor, tokenize_batch
+from pipeline.batch.stages import EncodeActor, on_vector_rows, tokenize_batch
 from pipeline.batch.staging import ShardState, settle_unfinished_blocks
 from pipeline.catalog import IndexLayout
 from pipeline.data.records import FieldMap
@@ -111,6 +114,7 @@ def postings_estimator(config: IndexJobConfig, encoder):
 def encoder_settings(config: IndexJobConfig, placement: Placement | None = None,
                      encoder=None) -> dict:
     """What the encoder actors' vectors are (model fingerprint, lengths, pruning, dtype).
+    For a vectors corpus: `vector_settings`.
 
     The model is loaded here on the CPU unless given; the dtype recorded is the one the
     actors resolve on their device ("auto" is bfloat16 on GPU actors, float32 on CPU ones).
@@ -119,6 +123,8 @@ def encoder_settings(config: IndexJobConfig, placement: Placement | None = None,
 
     from pipeline.encode.config import dtype_name, resolve_dtype
 
+    if config.vectors:
+        return vector_settings(config)
     opts = config.encoder
     encoder = encoder or load_encoder(config)
     settings = encoder.settings()
@@ -127,6 +133,83 @@ def encoder_settings(config: IndexJobConfig, placement: Placement | None = None,
     on_gpu = placement is not None and placement.encoder_gpus > 0
     settings["dtype"] = dtype_name(resolve_dtype(opts.dtype, torch.device("cuda" if on_gpu else "cpu")))
     return settings
+
+
+@lru_cache(maxsize=4)
+def _query_model_settings(options: EncoderOptions) -> dict:
+    """The query model's settings (loaded once per process: `stage_pending` asks again)."""
+    config = IndexJobConfig(corpus="-", output="-", encoder=options)
+    return encoder_settings(config, None, load_encoder(config))
+
+
+def vector_settings(config: IndexJobConfig) -> dict:
+    """The manifest's encoder record of a pre-encoded vectors corpus: no encoder was run
+    (``run: false``, ``source: "vectors"``); ``query_model`` encodes queries (its settings are
+    the record's, so search, evaluation and serving encode queries as for a model-built index),
+    or None with a ``--vocab`` file alone; ``vocab_size`` bounds term ids (the query model's
+    output, else the vocab file's length); ``quantised`` is filled in after reading
+    (`record_vector_facts`)."""
+    from pipeline.data.vectors import VectorVocabularyError
+
+    model = config.encoder.model
+    settings = dict(_query_model_settings(config.encoder)) if model else {}
+    size = settings.get("vocab_size")
+    if config.vocab:
+        try:
+            n_tokens = config.vector_source().vocabulary(config.storage_options).size
+        except (FileNotFoundError, UnicodeDecodeError) as exc:
+            raise VectorVocabularyError(f"cannot read --vocab {config.vocab}: {exc}") from None
+        if size is not None and n_tokens > size:
+            raise VectorVocabularyError(f"--vocab {config.vocab} has {n_tokens} tokens but the "
+                                        f"query model {model!r} has a vocabulary of {size}")
+        size = size or n_tokens
+    return {**settings, "vocab_size": int(size), "run": False, "source": "vectors",
+            "query_model": model, "vocab": config.vocab, "vector_keys": config.vector_keys,
+            "quantised": None}
+
+
+def record_vector_facts(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
+                        states: list[ShardState], settings: dict) -> dict:
+    """`settings` with ``quantised``: whether every weight of the corpus was an integer
+    (Anserini's impacts), from the units' read summaries (a unit committed by an earlier
+    attempt whose summary is gone: from its stored weights). Text corpora: unchanged."""
+    if not config.vectors:
+        return settings
+    import numpy as np
+
+    from pipeline.format.postings import read_postings
+
+    n_valid = n_float = 0
+    for sp_, state in zip(plan.shards, states):
+        summary = state.read_summary
+        if summary is not None:
+            n_valid += summary["n_valid"]
+            n_float += summary.get("n_float_weights", 0)
+        elif state.committed:
+            data = read_postings(layout.postings(sp_.name)).vectors.data
+            n_valid += len(data) > 0
+            n_float += bool(np.any(data != np.round(data)))
+    return {**settings, "quantised": bool(n_valid and n_float == 0)}
+
+
+def vector_postings_estimator(config: IndexJobConfig, vocab_size: int):
+    """`make_plan`'s estimate for a vectors corpus: mean terms of its first vectors."""
+    from pipeline.data.corpus import Chunk, read_vector_chunk
+
+    def estimate(files) -> float | None:
+        fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
+        source = config.vector_source(vocab_size)
+        sizes: list[int] = []
+        for f in files:
+            chunk = Chunk(f, 0, 1 if f.format == "parquet" else 1 << 62)
+            for record in read_vector_chunk(chunk, fields, source, config.storage_options):
+                if record.error is None:
+                    sizes.append(len(record.vector.indices))
+                    if len(sizes) >= SAMPLE_DOCS:
+                        return sum(sizes) / len(sizes)
+        return sum(sizes) / len(sizes) if sizes else None
+
+    return estimate
 
 
 def pending_blocks(plan: JobPlan, layout: IndexLayout, states: list[ShardState]) -> dict[int, UnitResume]:
@@ -155,7 +238,9 @@ def stage_pending(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
 
     started = time.perf_counter()
     times = StageTimes()
-    if pending:
+    if pending and config.vectors:
+        ds = _vector_pipeline(config, plan, layout, pending, before_tokenize)
+    elif pending:
         log.info("encoding %d read unit(s) with %d encoder actor(s) (%.2g CPU, %.2g GPU each)",
                  len(pending), placement.num_encoders, placement.encoder_cpus, placement.encoder_gpus)
         fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
@@ -176,6 +261,7 @@ def stage_pending(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
                                    "device": "cuda" if placement.encoder_gpus > 0 else "cpu",
                                    "torch_threads": placement.torch_threads},
             num_cpus=placement.encoder_cpus, num_gpus=placement.encoder_gpus or None)
+    if pending:
         sink = StagingSink(plan, layout)
         try:
             ds.write_datasink(sink, ray_remote_args={"num_cpus": config.resources.tokenize_cpus})
@@ -189,6 +275,25 @@ def stage_pending(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
                    for name in ("read", "tokenize", "encode", "write")})
     timing["encode_pipeline_wall_s"] = time.perf_counter() - started
     return times
+
+
+def _vector_pipeline(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
+                     pending: dict[int, UnitResume], extra: ExtraStage | None):
+    """read -> (extra stage) -> the sink: a vectors corpus's read blocks are staged as read."""
+    import ray
+
+    log.info("staging the pre-encoded vectors of %d read unit(s) (no encoder)", len(pending))
+    fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
+    vectors = config.vector_source(vector_settings(config)["vocab_size"])
+    source = CorpusDatasource(plan, layout, pending, fields, config.on_bad_record,
+                              config.storage_options, vectors=vectors)
+    ds = ray.data.read_datasource(source, num_cpus=config.resources.read_cpus)
+    if extra is not None:
+        fn, kwargs = extra
+        ds = ds.map_batches(on_vector_rows, batch_format="pyarrow", batch_size=None,
+                            fn_kwargs={"fn": fn, "fn_kwargs": kwargs},
+                            num_cpus=config.resources.tokenize_cpus)
+    return ds
 
 
 def stage_report(times: StageTimes, built_docs: int, build_s: float,

@@ -12,6 +12,10 @@ it reuses). A row whose text is "" (an empty document) is not run through the mo
 its vector is empty (no query retrieves it) and `encoded = true`. Vectors travel as Arrow
 large_list (64-bit offsets), so a block is never limited to 2^31 postings. Columns a stage does not consume pass through it unchanged, so an earlier stage
 can attach what the commit step needs (re-indexing attaches each row's base location).
+
+A pre-encoded vectors corpus skips tokenize and encode: its read blocks are already in the
+encode stage's output form (`pipeline.batch.datasource.vector_block`). An extra stage written
+for text rows (re-indexing's classification) runs on them through `on_vector_rows`.
 """
 
 from __future__ import annotations
@@ -127,3 +131,25 @@ class EncodeActor:
             "encoded": pa.array(encoded, pa.bool_()),
             "t_encode": pa.array(np.full(n, elapsed), pa.float64()),
         })
+
+
+def on_vector_rows(batch: pa.Table, fn, fn_kwargs: dict) -> pa.Table:
+    """Run a stage written for read rows (`fn(batch, **fn_kwargs)`, e.g. re-indexing's
+    `classify_batch`) on pre-encoded vector rows, with the text-row contract: each row goes in
+    with a placeholder text "" and its `fingerprint`; a row whose text comes back null is
+    reused, so it leaves with `encoded = false` and an empty vector, as the encode stage
+    leaves such rows."""
+    n = batch.num_rows
+    out = fn(batch.append_column("text", pa.array([""] * n, pa.string())), **fn_kwargs)
+    reused = out.column("text").is_null().to_numpy(zero_copy_only=False)
+    if reused.any():
+        lists = {name: out.column(name).combine_chunks() for name in ("indices", "values")}
+        lengths = np.diff(lists["indices"].offsets.to_numpy())
+        keep = pa.array(np.repeat(~reused, lengths))      # per posting: its row is not reused
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.where(reused, 0, lengths), out=indptr[1:])
+        out = _replace_columns(out, [], {
+            name: pa.LargeListArray.from_arrays(pa.array(indptr), lists[name].flatten().filter(keep))
+            for name in ("indices", "values")})
+    encoded = pa.array(~reused & out.column("encoded").to_numpy(zero_copy_only=False), pa.bool_())
+    return _replace_columns(out, ["text"], {"encoded": encoded})

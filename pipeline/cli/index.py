@@ -12,13 +12,23 @@ from pipeline.cli.common import echo_json, parse_json_option, parse_key_values
 
 
 def index(
-    corpus: str = typer.Argument(..., help="JSONL / Parquet file, folder of them, or BEIR folder; local path or s3:// URL."),
+    corpus: str = typer.Argument(..., help="JSONL / Parquet file, folder of them, or BEIR folder; local path or s3:// URL. "
+                                           "With --format vectors: pre-encoded vectors in JSONL / Parquet."),
     output: str = typer.Argument(..., help="Index root: local directory or s3:// URL."),
-    format: str = typer.Option("auto", help="auto, jsonl, parquet or beir."),
+    format: str = typer.Option("auto", help="auto, jsonl, parquet, beir, or vectors: pre-encoded sparse vectors "
+                                            "(a JSONL 'vector' object of term -> weight, as Anserini and Seismic "
+                                            "write, or list columns indices|tokens + values); nothing is encoded."),
     id_field: str = typer.Option(None, help="Id field (default: _id, id, docid or doc_id)."),
     title_field: str = typer.Option("title", help="Title field ('' for none)."),
     text_field: str = typer.Option("text", help="Text field."),
-    model: str = typer.Option(MODEL, help="SPLADE model: alias, local directory or Hugging Face id."),
+    model: str = typer.Option(None, help=f"SPLADE model: alias, local directory or Hugging Face id (default "
+                                         f"{MODEL}). With --format vectors: the query model, whose tokenizer "
+                                         f"also maps tokens to ids (give it or --vocab)."),
+    vector_keys: str = typer.Option("tokens", help="--format vectors: keys of a 'vector' object are tokens, or "
+                                                   "ids (decimal term ids). List columns say it themselves."),
+    vocab: str = typer.Option(None, help="--format vectors: vocab.txt (one token a line, line number = id) that "
+                                         "maps tokens to ids instead of --model's tokenizer. Without --model "
+                                         "the index has no query model (no text queries)."),
     max_length: int = typer.Option(MAX_LENGTH, help="Document truncation, in tokens."),
     query_max_length: int = typer.Option(QUERY_MAX_LENGTH, help="Query truncation, in tokens (recorded for search)."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, float16, bfloat16."),
@@ -43,7 +53,9 @@ def index(
     storage_options: str = typer.Option(None, help="JSON object passed to fsspec (e.g. S3 endpoint, credentials)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
-    """Encode a corpus with a SPLADE model on Ray, write sharded postings and indexes, commit a generation."""
+    """Encode a corpus with a SPLADE model on Ray, write sharded postings and indexes, commit a generation.
+
+    With --format vectors the corpus is already encoded: vectors are validated and indexed as given."""
     from pipeline.batch import EncoderOptions, IndexJobConfig, ResourceOptions, run_index_job
 
     try:
@@ -55,7 +67,8 @@ def index(
             index_params=parse_key_values(index_param, "--index-param"),
             on_bad_record=on_bad_record, keep_generations=keep_generations, gc_min_age_s=gc_min_age_s, lock_ttl_s=lock_ttl_s,
             storage_options=parse_json_option(storage_options, "--storage-options"),
-            encoder=EncoderOptions(model=model, max_length=max_length, query_max_length=query_max_length,
+            vector_keys=vector_keys, vocab=vocab,
+            encoder=EncoderOptions(model=model if model or format == "vectors" else MODEL, max_length=max_length, query_max_length=query_max_length,
                                    dtype=dtype, batch_size=batch_size, top_k=top_k, threshold=threshold),
             resources=ResourceOptions(address=address, num_encoders=num_encoders,
                                       encoder_cpus=encoder_cpus, encoder_gpus=encoder_gpus),

@@ -22,7 +22,12 @@ def reindex(
                                                    "write it to INDEX/rejects/."),
     block_rows: int = typer.Option(BLOCK_ROWS, help="Documents per read block: the unit of resume."),
     shard_size: int = typer.Option(None, help=f"Target documents per shard ({AS_RECORDED})."),
-    format: str = typer.Option(None, help=f"auto, jsonl, parquet or beir ({AS_RECORDED})."),
+    format: str = typer.Option(None, help=f"auto, jsonl, parquet, beir or vectors (pre-encoded; "
+                                          f"{AS_RECORDED})."),
+    vector_keys: str = typer.Option(None, help=f"--format vectors: 'vector' keys are tokens or ids "
+                                               f"({AS_RECORDED})."),
+    vocab: str = typer.Option(None, help=f"--format vectors: vocab.txt mapping tokens to ids "
+                                         f"({AS_RECORDED})."),
     id_field: str = typer.Option(None, help=f"Id field ({AS_RECORDED})."),
     title_field: str = typer.Option(None, help=f"Title field, '' for none ({AS_RECORDED})."),
     text_field: str = typer.Option(None, help=f"Text field ({AS_RECORDED})."),
@@ -59,7 +64,7 @@ def reindex(
             corpus=corpus, index=index, full=full, keep_generations=keep_generations,
             gc_min_age_s=gc_min_age_s, lock_ttl_s=lock_ttl_s, on_bad_record=on_bad_record, block_rows=block_rows,
             shard_size=shard_size, format=format, id_field=id_field, title_field=title_field,
-            text_field=text_field, index_kind=index_kind,
+            text_field=text_field, index_kind=index_kind, vector_keys=vector_keys, vocab=vocab,
             index_params=parse_key_values(index_param, "--index-param"), values_dtype=values_dtype,
             storage_options=parse_json_option(storage_options, "--storage-options"),
             encoder=EncoderOverrides(model=model, max_length=max_length,

@@ -15,17 +15,22 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-from pipeline.data.jsonl import parse_json_line
+from pipeline.data.jsonl import decode_line, parse_json_line
 from pipeline.data.records import BadRecord, FieldMap, parse_record
 from pipeline.objstore import Location, resolve, with_retries
+
+if TYPE_CHECKING:
+    from pipeline.data.vectors import ParsedVector, VectorSource
 
 log = logging.getLogger(__name__)
 
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".json")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-FORMATS = ("auto", "jsonl", "parquet", "beir")
+FORMATS = ("auto", "jsonl", "parquet", "beir", "vectors")
+"""Corpus formats a job accepts. "vectors": pre-encoded sparse vectors (`pipeline.data.vectors`)
+in JSONL or Parquet files, found like any JSONL/Parquet corpus and read by `read_vector_chunk`."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,8 @@ def discover(url: str, fmt: str = "auto", storage_options: dict | None = None) -
     """The corpus files under `url`, sorted by path; raises with a clear message if none."""
     if fmt not in FORMATS:
         raise ValueError(f"corpus format must be one of {FORMATS}, got {fmt!r}")
+    if fmt == "vectors":
+        fmt = "files"      # JSONL and Parquet files by suffix; a corpus.jsonl is not a BEIR folder
     loc = resolve(url, storage_options)
     fs = loc.fs
     fs.invalidate_cache(loc.path)
@@ -89,14 +96,14 @@ def discover(url: str, fmt: str = "auto", storage_options: dict | None = None) -
             raise FileNotFoundError(f"{url} is not a BEIR folder (no corpus.jsonl)")
         else:
             paths = sorted(p for p in fs.find(loc.path) if _format_of(p) is not None
-                           and (fmt == "auto" or _format_of(p) == fmt))
+                           and (fmt in ("auto", "files") or _format_of(p) == fmt))
             if not paths:
                 raise FileNotFoundError(f"no JSONL or Parquet files under {url}")
     else:
         paths = [loc.path]
     files = []
     for path in paths:
-        kind = _format_of(path) if fmt in ("auto", "beir") else fmt
+        kind = _format_of(path) if fmt in ("auto", "beir", "files") else fmt
         if kind is None:
             raise ValueError(f"cannot tell the format of {path}: use --format jsonl|parquet")
         info = fs.info(path)
@@ -270,8 +277,56 @@ def describe_position(file: CorpusFile, offset: int, storage_options: dict | Non
 def read_chunk(chunk: Chunk, fields: FieldMap = FieldMap(),
                storage_options: dict | None = None) -> Iterator[RawRecord]:
     """Parse a chunk strictly; bad records come back with `error` set, in corpus order."""
+    def parse(obj) -> tuple[str, str]:
+        return parse_record(obj, fields)
+
+    for offset, parsed, error in _parsed_records(chunk, parse, storage_options):
+        yield RawRecord(offset, *(parsed if error is None else (None, None)), error)
+
+
+@dataclass
+class VectorRecord:
+    """One record of a vectors chunk: its id and validated vector, or the reason it was rejected."""
+
+    offset: int                 # byte offset of the line (JSONL) or row index (Parquet)
+    doc_id: str | None
+    vector: "ParsedVector | None"
+    error: BadRecord | None
+
+
+def read_vector_chunk(chunk: Chunk, fields: FieldMap, source: "VectorSource",
+                      storage_options: dict | None = None) -> Iterator[VectorRecord]:
+    """Parse a chunk of a pre-encoded vectors corpus strictly (`pipeline.data.vectors`); bad
+    records come back with `error` set, in corpus order. Text fields are ignored."""
+    from pipeline.data.vectors import loads_vector_line, parse_vector, vector_doc_id
+
+    from pipeline.data.vectors import parse_id_columns
+
+    vocab = source.vocabulary(storage_options)
+
+    def parse(obj, checked: "ParsedVector | None" = None) -> tuple[str, "ParsedVector"]:
+        doc_id = vector_doc_id(obj, fields)
+        if checked is not None:           # validated in bulk (`parse_id_columns`)
+            checked.doc_id = doc_id
+            return doc_id, checked
+        return doc_id, parse_vector(obj, doc_id, keys=source.keys, vocab=vocab)
+
+    def bulk(table):
+        return parse_id_columns(table, vocab), [c for c in table.column_names if c in fields.id]
+
+    for offset, parsed, error in _parsed_records(chunk, parse, storage_options, loads_vector_line,
+                                                 bulk=bulk):
+        yield VectorRecord(offset, *(parsed if error is None else (None, None)), error)
+
+
+def _parsed_records(chunk: Chunk, parse, storage_options: dict | None, loads=None, bulk=None):
+    """(offset, parse(record), None) or (offset, None, BadRecord naming file and line or row)
+    for every record of a chunk, in corpus order. `loads`: JSON text -> record (JSONL only;
+    default `json.loads` through the one JSONL parser). `bulk` (Parquet only): a row group ->
+    (per row a pre-checked value passed on as `parse(record, value)`, or None; the columns
+    `parse` then needs), or (None, _) to parse every row of that group in full."""
     if chunk.file.format == "parquet":
-        yield from _read_parquet_chunk(chunk, fields, storage_options)
+        yield from _parsed_parquet_rows(chunk, parse, storage_options, bulk)
         return
     first_line: int | None = None   # line number of the chunk's first line, counted on first need
     first_offset = 0
@@ -283,21 +338,22 @@ def read_chunk(chunk: Chunk, fields: FieldMap = FieldMap(),
         if not raw.strip():
             continue  # blank lines are not records
         try:
-            obj = parse_json_line(raw, at_file_start=offset == 0)
-            doc_id, text = parse_record(obj, fields)
-            yield RawRecord(offset, doc_id, text, None)
+            if loads is None:
+                obj = parse_json_line(raw, at_file_start=offset == 0)
+            else:
+                obj = loads(decode_line(raw, at_file_start=offset == 0))
+            yield offset, parse(obj), None
         except ValueError as exc:
             if first_line is None:
                 first_line = 1 if first_offset == 0 else \
                     line_number(chunk.file.url, first_offset, storage_options)
             reason = exc.reason if isinstance(exc, BadRecord) else str(exc)
-            yield RawRecord(offset, None, None, BadRecord(
+            yield offset, None, BadRecord(
                 reason, source=f"{chunk.file.url} line {first_line + lines_read - 1}",
-                record=raw[:200].decode("utf-8", "replace")))
+                record=raw[:200].decode("utf-8", "replace"))
 
 
-def _read_parquet_chunk(chunk: Chunk, fields: FieldMap,
-                        storage_options: dict | None) -> Iterator[RawRecord]:
+def _parsed_parquet_rows(chunk: Chunk, parse, storage_options: dict | None, bulk=None):
     import pyarrow.parquet as pq
 
     loc = resolve(chunk.file.url, storage_options)
@@ -306,11 +362,17 @@ def _read_parquet_chunk(chunk: Chunk, fields: FieldMap,
         row = sum(pf.metadata.row_group(g).num_rows for g in range(chunk.start))
         for g in range(chunk.start, chunk.end):
             table = pf.read_row_group(g)
-            for record in table.to_pylist():
+            checked, columns = bulk(table) if bulk is not None else (None, None)
+            if checked is None:
+                pairs = zip(table.to_pylist(), [None] * table.num_rows)
+            else:   # rows the bulk check passed need only `columns`; the others are parsed whole
+                light = table.select(columns).to_pylist()
+                pairs = ((light[i] if c is not None else table.slice(i, 1).to_pylist()[0], c)
+                         for i, c in enumerate(checked))
+            for record, pre in pairs:
                 try:
-                    doc_id, text = parse_record(record, fields)
-                    yield RawRecord(row, doc_id, text, None)
+                    yield row, (parse(record) if pre is None else parse(record, pre)), None
                 except BadRecord as exc:
-                    yield RawRecord(row, None, None, BadRecord(
-                        exc.reason, source=f"{chunk.file.url} row {row + 1}", record=None))
+                    yield row, None, BadRecord(
+                        exc.reason, source=f"{chunk.file.url} row {row + 1}", record=None)
                 row += 1

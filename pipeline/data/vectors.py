@@ -23,14 +23,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Mapping
 
 import numpy as np
 
 from pipeline.data.jsonl import parse_json
-from pipeline.data.records import BadRecord
+from pipeline.data.records import BadRecord, FieldMap, parse_record
+from pipeline.errors import UserError
 
 VECTOR_KEYS = ("tokens", "ids")
+
+
+class VectorVocabularyError(UserError, ValueError):
+    """The vocabulary of a vectors corpus cannot be read, or does not fit the query model."""
 
 
 @dataclass(frozen=True)
@@ -49,10 +55,15 @@ class Vocabulary:
         return cls(mapping, len(tokens))
 
     @classmethod
-    def from_file(cls, path: str) -> "Vocabulary":
-        """Read a ``vocab.txt``: one token a line, the 0-based line number is its id."""
-        with open(path, encoding="utf-8") as f:
-            return cls.from_tokens([line.rstrip("\n") for line in f])
+    def from_file(cls, path: str, storage_options: dict | None = None) -> "Vocabulary":
+        """Read a ``vocab.txt`` (local path or URL): one token a line, the 0-based line number
+        is its id."""
+        from pipeline.objstore import read_bytes, resolve
+
+        lines = read_bytes(resolve(path, storage_options)).decode("utf-8").split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()      # the newline that ends the last line starts no token
+        return cls.from_tokens(lines)
 
     @classmethod
     def from_tokenizer(cls, tokenizer) -> "Vocabulary":
@@ -151,6 +162,105 @@ def parse_vector(record: Mapping[str, Any], doc_id: str, *, keys: str = "tokens"
                             weights[keep][order].astype(np.float32), integer and bool(pairs))
     except ValueError as exc:
         raise BadRecord(str(exc), source=source, record=None) from None
+
+
+@dataclass(frozen=True)
+class VectorSource:
+    """How a job reads a vectors corpus: the key form, and where tokens get their ids
+    (``model``'s tokenizer, or the ``vocab`` file when given), bounded by ``vocab_size``
+    (the index's vocabulary). Small and picklable: read tasks load the vocabulary
+    themselves, once per worker (`vocabulary`)."""
+
+    keys: str = "tokens"
+    model: str | None = None
+    vocab: str | None = None
+    vocab_size: int | None = None
+
+    def vocabulary(self, storage_options: dict | None = None) -> Vocabulary:
+        import json
+
+        return _load_vocabulary(self.model, self.vocab, self.vocab_size,
+                                json.dumps(storage_options or {}, sort_keys=True))
+
+
+@lru_cache(maxsize=4)
+def _load_vocabulary(model: str | None, vocab: str | None, size: int | None,
+                     options_json: str) -> Vocabulary:
+    import json
+
+    if vocab is not None:
+        loaded = Vocabulary.from_file(vocab, json.loads(options_json))
+    elif model is not None:
+        from pipeline.encode.models import resolve_model
+        from pipeline.encode.tokens import load_tokenizer
+
+        loaded = Vocabulary.from_tokenizer(load_tokenizer(resolve_model(model)))
+    else:
+        raise ValueError("a vectors corpus needs a vocabulary: pass --model or --vocab")
+    if size is None or size == loaded.size:
+        return loaded
+    # The index's vocabulary (the query model's output) bounds every term id.
+    return Vocabulary({t: i for t, i in loaded.token_to_id.items() if i < size}, size)
+
+
+def vector_doc_id(record: Mapping[str, Any], fields: FieldMap) -> str:
+    """The record's id, found and validated exactly as for a text record
+    (`pipeline.data.records.parse_record`); text fields are not read (vectors are not encoded)."""
+    if not isinstance(record, Mapping):
+        raise BadRecord(f"record must be a JSON object, got {type(record).__name__}")
+    ids_only = {f: record[f] for f in fields.id if f in record}
+    doc_id, _ = parse_record({**ids_only, "\0text": ""}, FieldMap(fields.id, None, "\0text"))
+    return doc_id
+
+
+def parse_id_columns(table, vocab: Vocabulary) -> list[ParsedVector | None] | None:
+    """Bulk `parse_vector` of a Parquet row group with ``indices`` + ``values`` list columns
+    (numpy over the flat columns instead of Python per term: the read stage at millions of
+    documents). Returns per row the vector (``doc_id`` unset), or None for a row the checks
+    reject, which the caller parses on its own through `parse_vector` for its reason; None
+    for a table not in that form (or with nulls inside the lists): parse every row."""
+    import pyarrow as pa
+
+    names = table.column_names
+    if "indices" not in names or "values" not in names or "vector" in names or "tokens" in names:
+        return None
+    terms, weights = (table.column(c).combine_chunks() for c in ("indices", "values"))
+    if not all(pa.types.is_list(a.type) or pa.types.is_large_list(a.type) for a in (terms, weights)) \
+            or not pa.types.is_integer(terms.type.value_type) \
+            or not (pa.types.is_integer(weights.type.value_type)
+                    or pa.types.is_floating(weights.type.value_type)):
+        return None
+    ids_flat, values_flat = terms.flatten(), weights.flatten()
+    if ids_flat.null_count or values_flat.null_count:
+        return None
+    n = len(terms)
+    lengths = np.diff(terms.offsets.to_numpy()).astype(np.int64)
+    if terms.null_count or weights.null_count or \
+            not np.array_equal(lengths, np.diff(weights.offsets.to_numpy())):
+        return None      # rare: parse row by row, for the reasons
+    ids = ids_flat.to_numpy().astype(np.int64)
+    values = values_flat.to_numpy().astype(np.float64)
+    row_of = np.repeat(np.arange(n), lengths)
+    bad = (ids < 0) | (ids >= vocab.size) | ~np.isfinite(values) | (values < 0)
+    order = np.lexsort((ids, row_of))                   # ascending ids within each row
+    ids, values, row_sorted = ids[order], values[order], row_of[order]
+    dup = (row_sorted[1:] == row_sorted[:-1]) & (ids[1:] == ids[:-1])
+    bad_rows = np.zeros(n, dtype=bool)
+    bad_rows[row_of[bad]] = True
+    bad_rows[row_sorted[1:][dup]] = True
+    keep = values > 0                                   # zero weights are dropped
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    integer = pa.types.is_integer(weights.type.value_type)
+    out: list[ParsedVector | None] = []
+    for r in range(n):
+        if bad_rows[r]:
+            out.append(None)
+            continue
+        lo, hi = starts[r], starts[r + 1]
+        k = keep[lo:hi]
+        out.append(ParsedVector("", ids[lo:hi][k].astype(np.int32), values[lo:hi][k].astype(np.float32),
+                                bool(integer and hi > lo)))
+    return out
 
 
 def loads_vector_line(line: str) -> Any:

@@ -37,6 +37,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from pipeline.errors import UserError
+
 log = logging.getLogger(__name__)
 
 SCREEN_ERROR = 0.02
@@ -206,6 +208,23 @@ class _Serialised:
             return self._encoder.encode_queries(list(texts))
 
 
+class NoQueryModel(UserError, ValueError):
+    """The index was built from pre-encoded vectors with a vocab file and no model: nothing
+    here can encode a text query for it."""
+
+
+def check_query_model(settings: dict[str, Any]) -> None:
+    """Raise `NoQueryModel` when the index's encoder record names no model for queries.
+
+    A vectors index (``run: false``, ``source: "vectors"``) built with ``--model`` carries that
+    model's settings and encodes queries with it like any other index."""
+    if settings.get("source") == "vectors" and not settings.get("query_model"):
+        raise NoQueryModel(
+            "this index has no query model: it was built from pre-encoded vectors with --vocab "
+            f"{settings.get('vocab')} and no --model, so text queries cannot be encoded "
+            "(re-index with --model MODEL, or search it with query vectors)")
+
+
 def query_encoder(settings: dict[str, Any], device: str = "cpu"):
     """The thread-safe query encoder of an index built with ``settings``, for `ShardedIndex`
     and every Serve placement: `encode_queries(texts) -> CSR`.
@@ -216,6 +235,7 @@ def query_encoder(settings: dict[str, Any], device: str = "cpu"):
     """
     from pipeline.encode.settings import encoder_from_settings, query_encoder_from_settings
 
+    check_query_model(settings)
     if (settings.get("query_encoder") or {}).get("type") == "inference-free":
         return _Serialised(query_encoder_from_settings(settings, device=device))
     if fast_path_applies(settings):

@@ -7,6 +7,7 @@ Zarr v3 group layout (attributes ``format="lsr-postings"``, ``version``):
     values        float16 | float32 (nnz,) term weights (> 0)
     doc_ids       string  (n_docs,)       external document ids, shard order
     fingerprints  uint64  (n_docs,)       content fingerprint of each document's text
+                                          (of its vector for a pre-encoded corpus)
 
 The checksum (sha256 over the arrays' bytes in the order above) is stored in the
 attributes and in the manifest; `verify` recomputes it from storage.
@@ -38,9 +39,14 @@ def hash_strings(strings, words: int = 1) -> np.ndarray:
     project's one string hasher, for id partitioning and lookups and content fingerprints.
 
     words=1: uint64 (n,); words=2: uint64 (n, 2), a 128-bit hash (word 0 first)."""
-    out = np.empty((len(strings), words), dtype=np.uint64)
-    for i, text in enumerate(strings):
-        digest = hashlib.blake2b(text.encode("utf-8"), digest_size=8 * words).digest()
+    return _hash_bytes([text.encode("utf-8") for text in strings], words)
+
+
+def _hash_bytes(items, words: int = 1) -> np.ndarray:
+    """blake2b of each bytes object, `words` little-endian 64-bit words each (see `hash_strings`)."""
+    out = np.empty((len(items), words), dtype=np.uint64)
+    for i, data in enumerate(items):
+        digest = hashlib.blake2b(data, digest_size=8 * words).digest()
         for w in range(words):
             out[i, w] = int.from_bytes(digest[8 * w:8 * w + 8], "little")
     return out[:, 0] if words == 1 else out
@@ -49,6 +55,16 @@ def hash_strings(strings, words: int = 1) -> np.ndarray:
 def fingerprint_texts(texts) -> np.ndarray:
     """Content fingerprints of document texts, for change detection (`hash_strings`)."""
     return hash_strings(texts)
+
+
+def fingerprint_vectors(indices, values) -> np.ndarray:
+    """Content fingerprints of pre-encoded document vectors (uint64 (n,)): the same blake2b
+    over canonical bytes, the term ids as little-endian int32 then the weights as
+    little-endian float32 (ascending ids, as `pipeline.data.vectors` parses them). A vector
+    whose ids or float32 weights change gets a new fingerprint."""
+    return _hash_bytes([np.ascontiguousarray(i, dtype="<i4").tobytes()
+                        + np.ascontiguousarray(v, dtype="<f4").tobytes()
+                        for i, v in zip(indices, values)])
 
 
 @dataclass
