@@ -10,6 +10,11 @@ from typing import Any
 from pipeline.index.bits import CODECS
 from pipeline.index.validate import check_float, check_int
 
+FILTER_EXACT_FRACTION = 0.05
+"""Filtered search on a blocked shard switches to exact scoring of the allowed documents
+through the forward index when they are at most this fraction of the shard (OpenSearch's
+rule for filtered ANN; placeholder until measured, see the measurement note below)."""
+
 
 @dataclass(frozen=True)
 class BlockedIndexConfig:
