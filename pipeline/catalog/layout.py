@@ -6,7 +6,8 @@
       shards/g000007-s00003/
           postings/                  Zarr v3 group: the shard's forward CSR, ids, fingerprints
           index/                     Zarr v3 group: the shard's BlockedIndex (or ExactIndex)
-          COMMITTED.json             shard commit record (checksums); written after both groups
+          fields/                    Zarr v3 group: declared document fields (only when kept)
+          COMMITTED.json             shard commit record (checksums); written after the groups
       staging/<plan-id>/             work in progress of a job (encoded parts, plan); resumable
       rejects/g000007/               rejected records of a generation, with reasons (JSONL)
 
@@ -86,6 +87,9 @@ class IndexLayout:
 
     def index(self, name: str) -> Location:
         return self.root.child("shards", name, "index")
+
+    def fields(self, name: str) -> Location:
+        return self.root.child("shards", name, "fields")
 
     def shard_commit(self, name: str) -> Location:
         return self.root.child("shards", name, "COMMITTED.json")

@@ -36,6 +36,7 @@ class ShardEntry:
     postings_checksum: str    # sha256 of the postings arrays (see store.postings)
     index_kind: str           # "blocked" or "exact"
     index_nbytes: int = 0
+    fields_checksum: str | None = None   # sha256 of the shard's fields group, None without one
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Manifest:
     timing: dict[str, float] = field(default_factory=dict)
     parent_generation: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    fields: list[dict] = field(default_factory=list)   # field schema (fields.schema_to_json)
     format: str = MANIFEST_FORMAT
     version: int = MANIFEST_VERSION
 
@@ -75,7 +77,8 @@ class Manifest:
             shards = [ShardEntry(**s) for s in obj["shards"]]
             fields = {k: obj[k] for k in ("generation", "created_at", "encoder", "index", "corpus",
                                           "counts")}
-            optional = {k: obj[k] for k in ("timing", "parent_generation", "extra") if k in obj}
+            optional = {k: obj[k] for k in ("timing", "parent_generation", "extra",
+                                                       "fields") if k in obj}
         except (KeyError, TypeError) as exc:
             raise ManifestError(f"{where}: malformed manifest ({exc})") from exc
         return cls(shards=shards, **fields, **optional)

@@ -276,3 +276,10 @@ def read_fields(loc: Location, *, verify: bool = False
     if verify and _checksum(schema, columns) != attrs.get("checksum"):
         raise FieldsFormatError(f"{loc.url}: fields checksum mismatch (truncated or corrupt)")
     return schema, columns
+
+
+def verify_fields(loc: Location) -> str:
+    """Read a fields group, check it against its stored checksum and return that checksum
+    (for comparing with a shard's commit record); `FieldsFormatError` when it does not verify."""
+    schema, columns = read_fields(loc, verify=True)
+    return _checksum(schema, columns)

@@ -53,7 +53,8 @@ import pipeline.index.build_kernels as bk
 import pipeline.index.search_kernels as sk
 from pipeline.index.bits import (CODECS, HALF_MAX, PAIR_GROUP, EntryCodec, summary_record_size,
                                  summary_term_bytes)
-from pipeline.index.config import BlockedIndexConfig
+from pipeline.index.allowed import AllowedDocs
+from pipeline.index.config import FILTER_EXACT_FRACTION, BlockedIndexConfig
 from pipeline.index.fastcall import FastCall, numba_threads
 from pipeline.index.topk import empty_results
 from pipeline.index.validate import (as_csr, check_float, check_int, check_k, check_queries,
@@ -62,6 +63,7 @@ from pipeline.index.validate import (as_csr, check_float, check_int, check_k, ch
 log = logging.getLogger(__name__)
 
 MAX_WORDS = 1 << 32             # postings are uint32 word offsets
+_NO_FILTER = np.zeros(0, np.uint64)   # the kernels' "blocked" bitset when nothing is filtered
 
 ARRAY_NAMES = ("fwd_words", "list_block_ptr", "block_post_ptr", "postings", "block_min",
                "block_step", "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr", "pair_records",
@@ -155,6 +157,8 @@ class BlockedIndex:
         lbp = arrays["list_block_ptr"]
         self._max_list_blocks = int(np.diff(lbp).max()) if lbp.size > 1 else 0
         self._local = threading.local()
+        self._doc_start = None          # forward-index header offsets, on first filtered use
+        self._doc_start_lock = threading.Lock()
         # the single-query path: argument types fixed per index by its view, `Scratch`
         # and `validate`
         self._serial = FastCall(sk.search_serial)
@@ -337,40 +341,89 @@ class BlockedIndex:
 
     # -- search ------------------------------------------------------------------------------
     def search(self, queries, k: int = 10, query_cut: int | None = None,
-               heap_factor: float | None = None, threads: int | None = None
+               heap_factor: float | None = None, threads: int | None = None,
+               allowed=None, exact_below: float | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
         """Approximate top-k for each query row; result convention in the class docstring.
 
         ``query_cut``/``heap_factor`` default to the config's. ``threads``: None uses every
         core numba may use; a single query, or ``threads=1``, runs on the calling thread
         with per-thread scratch and no thread pool (the low-latency path).
+
+        ``allowed``: a filter's allowed documents (bool mask of ``n_docs``, or an
+        `AllowedDocs` built once and shared by many calls); no other document is scored or
+        returned. When they are at most ``exact_below`` (a fraction of the shard, default
+        `FILTER_EXACT_FRACTION`) the search scores exactly those documents through the
+        forward index instead of walking the blocks (exact, and cheaper for a selective
+        filter); otherwise blocks are walked with the others pre-marked as visited.
         """
         k = check_k(k)
         query_cut = check_int(self._config.query_cut if query_cut is None else query_cut,
                               "query_cut", 1)
         heap_factor = check_float(self._config.heap_factor if heap_factor is None
                                   else heap_factor, "heap_factor", 0.0, 1e9)
+        exact_below = check_float(FILTER_EXACT_FRACTION if exact_below is None else exact_below,
+                                  "exact_below", 0.0, 1.0)
         threads = check_threads(threads)
         q = check_queries(queries, self._vocab)
+        allowed = None if allowed is None else AllowedDocs.of(allowed, self._n_docs)
         q_indptr = q.indptr.astype(np.int64, copy=False)
         nq = q.shape[0]
         out_docs, out_scores = empty_results(nq, k)
-        if nq == 0 or self._n_docs == 0 or q.nnz == 0:
+        if nq == 0 or self._n_docs == 0 or q.nnz == 0 or (allowed is not None
+                                                          and allowed.count == 0):
             return out_docs, out_scores
+        if allowed is not None and allowed.count <= exact_below * self._n_docs:
+            return self._search_allowed(q, q_indptr, k, threads, allowed, out_docs, out_scores)
+        blocked = _NO_FILTER if allowed is None else allowed.blocked_bits
         capacity = min(k, self._n_docs)
         longest = q.nnz if nq == 1 else int(np.diff(q_indptr).max())
         n_candidates = min(query_cut, longest) * self._max_list_blocks
         if nq == 1 or threads == 1:
             sc = self._scratch(n_candidates, query_cut, capacity)
             self._serial("serial", self._view, q_indptr, q.indices, q.data, query_cut, heap_factor,
-                    sc, out_docs, out_scores)
+                    sc, out_docs, out_scores, blocked)
         else:
             n_chunks = min(nq, 4 * threads)
             with numba_threads(threads):
                 sk.search_parallel(self._view, q_indptr, q.indices, q.data, query_cut,
                                    heap_factor, n_chunks, self._vocab, self._n_docs,
-                                   n_candidates, capacity, out_docs, out_scores)
+                                   n_candidates, capacity, out_docs, out_scores, blocked)
         return out_docs, out_scores
+
+    def _search_allowed(self, q, q_indptr, k, threads, allowed, out_docs, out_scores):
+        """Exact top-k over the allowed documents only, from the forward index."""
+        doc_start = self._forward_starts()
+        capacity = min(k, allowed.count)
+        nq = q.shape[0]
+        if nq == 1 or threads == 1:
+            sc = self._scratch(1, 1, capacity)
+            sk.score_allowed_serial(self._view, doc_start, allowed.docs, q_indptr, q.indices,
+                                    q.data, sc.q_dense, sc.h_scores, sc.h_docs, out_docs,
+                                    out_scores)
+        else:
+            n_chunks = min(nq, 4 * threads)
+            with numba_threads(threads):
+                sk.score_allowed_parallel(self._view, doc_start, allowed.docs, q_indptr,
+                                          q.indices, q.data, n_chunks, self._vocab, capacity,
+                                          out_docs, out_scores)
+        return out_docs, out_scores
+
+    def document(self, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """Document ``d`` as the forward index holds it: (int32 terms ascending, float32
+        weights in the forward index's precision, the ones search scores with)."""
+        if not 0 <= d < self._n_docs:
+            raise IndexError(f"document {d} outside 0..{self._n_docs - 1}")
+        words = self._a["fwd_words"]
+        start = int(self._forward_starts()[d])
+        return self._codec.decode(words[start + 2:start + 2 + int(words[start + 1])])
+
+    def _forward_starts(self) -> np.ndarray:
+        if self._doc_start is None:
+            with self._doc_start_lock:
+                if self._doc_start is None:
+                    self._doc_start = sk.forward_starts(self._a["fwd_words"], self._n_docs)
+        return self._doc_start
 
     def _scratch(self, n_candidates: int, query_cut: int, capacity: int) -> sk.Scratch:
         """This thread's `Scratch` (left clean by every query), grown on demand; the

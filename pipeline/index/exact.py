@@ -14,6 +14,7 @@ import numpy as np
 import scipy.sparse as sp
 from numba import njit, prange
 
+from pipeline.index.allowed import AllowedDocs
 from pipeline.index.fastcall import FastCall, numba_threads
 from pipeline.index.topk import empty_results, heap_push, heap_to_row
 from pipeline.index.validate import as_csr, check_k, check_queries, check_threads
@@ -21,18 +22,34 @@ from pipeline.index.validate import as_csr, check_k, check_queries, check_thread
 
 @njit(cache=True, nogil=True)
 def _exact_query(q_terms, q_values, term_ptr, term_docs, term_values,
-                 acc, seen, touched, h_scores, h_docs, out_docs, out_scores):
+                 acc, seen, touched, h_scores, h_docs, out_docs, out_scores, allowed):
+    # ``allowed``: empty (no filter) or a bool mask; a disallowed document is never
+    # accumulated. Two copies of the loop so the unfiltered one does no extra work.
     n_touched = 0
-    for i in range(q_terms.size):
-        t = q_terms[i]
-        w = q_values[i]
-        for p in range(term_ptr[t], term_ptr[t + 1]):
-            d = term_docs[p]
-            if not seen[d]:
-                seen[d] = True
-                touched[n_touched] = d
-                n_touched += 1
-            acc[d] += w * term_values[p]
+    if allowed.size == 0:
+        for i in range(q_terms.size):
+            t = q_terms[i]
+            w = q_values[i]
+            for p in range(term_ptr[t], term_ptr[t + 1]):
+                d = term_docs[p]
+                if not seen[d]:
+                    seen[d] = True
+                    touched[n_touched] = d
+                    n_touched += 1
+                acc[d] += w * term_values[p]
+    else:
+        for i in range(q_terms.size):
+            t = q_terms[i]
+            w = q_values[i]
+            for p in range(term_ptr[t], term_ptr[t + 1]):
+                d = term_docs[p]
+                if not allowed[d]:
+                    continue
+                if not seen[d]:
+                    seen[d] = True
+                    touched[n_touched] = d
+                    n_touched += 1
+                acc[d] += w * term_values[p]
     capacity = h_scores.size
     size = 0
     for j in range(n_touched):
@@ -47,16 +64,17 @@ def _exact_query(q_terms, q_values, term_ptr, term_docs, term_values,
 
 @njit(cache=True, nogil=True)
 def _exact_serial(q_indptr, q_indices, q_data, term_ptr, term_docs, term_values,
-                  acc, seen, touched, h_scores, h_docs, out_docs, out_scores):
+                  acc, seen, touched, h_scores, h_docs, out_docs, out_scores, allowed):
     for qi in range(q_indptr.size - 1):
         a, b = q_indptr[qi], q_indptr[qi + 1]
         _exact_query(q_indices[a:b], q_data[a:b], term_ptr, term_docs, term_values,
-                     acc, seen, touched, h_scores, h_docs, out_docs[qi], out_scores[qi])
+                     acc, seen, touched, h_scores, h_docs, out_docs[qi], out_scores[qi],
+                     allowed)
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def _exact_parallel(q_indptr, q_indices, q_data, term_ptr, term_docs, term_values,
-                    n_docs, capacity, n_chunks, out_docs, out_scores):
+                    n_docs, capacity, n_chunks, out_docs, out_scores, allowed):
     nq = q_indptr.size - 1
     for c in prange(n_chunks):
         acc = np.zeros(n_docs, np.float32)
@@ -66,7 +84,11 @@ def _exact_parallel(q_indptr, q_indices, q_data, term_ptr, term_docs, term_value
         h_docs = np.empty(capacity, np.int64)
         lo, hi = c * nq // n_chunks, (c + 1) * nq // n_chunks
         _exact_serial(q_indptr[lo:hi + 1], q_indices, q_data, term_ptr, term_docs, term_values,
-                      acc, seen, touched, h_scores, h_docs, out_docs[lo:hi], out_scores[lo:hi])
+                      acc, seen, touched, h_scores, h_docs, out_docs[lo:hi], out_scores[lo:hi],
+                      allowed)
+
+
+_NO_FILTER = np.zeros(0, np.bool_)   # the kernels' "allowed" mask when nothing is filtered
 
 
 class ExactIndex:
@@ -110,6 +132,13 @@ class ExactIndex:
         """The indexed documents (canonical float32 CSR); do not modify."""
         return self._docs
 
+    def document(self, d: int) -> tuple[np.ndarray, np.ndarray]:
+        """Document ``d``: (int32 terms ascending, float32 weights)."""
+        if not 0 <= d < self.n_docs:
+            raise IndexError(f"document {d} outside 0..{self.n_docs - 1}")
+        a, b = self._docs.indptr[d], self._docs.indptr[d + 1]
+        return self._docs.indices[a:b].astype(np.int32), self._docs.data[a:b]
+
     def arrays(self) -> dict[str, np.ndarray]:
         """The stored form: the documents' CSR (int64 pointers, int32 terms, float32 values)."""
         d = self._docs
@@ -134,35 +163,39 @@ class ExactIndex:
                    + self._term_docs.nbytes + self._term_values.nbytes)
 
     # -- search ------------------------------------------------------------------------------
-    def search(self, queries, k: int = 10, threads: int | None = None
+    def search(self, queries, k: int = 10, threads: int | None = None, allowed=None
                ) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k for each query row; see the class docstring for the result convention.
 
         ``threads``: None uses every core numba may use; one query, or ``threads=1``, runs
-        on the calling thread without the thread pool.
+        on the calling thread without the thread pool. ``allowed``: a filter's allowed
+        documents (bool mask of ``n_docs`` or `AllowedDocs`); no other document is scored.
         """
         k = check_k(k)
         threads = check_threads(threads)
         q = check_queries(queries, self.vocab_size)
+        allowed = None if allowed is None else AllowedDocs.of(allowed, self.n_docs)
+        mask = _NO_FILTER if allowed is None else allowed.mask
         q_indptr = q.indptr.astype(np.int64, copy=False)
         nq = q.shape[0]
         out_docs, out_scores = empty_results(nq, k)
-        if nq == 0 or self.n_docs == 0 or q.nnz == 0:
+        if nq == 0 or self.n_docs == 0 or q.nnz == 0 or (allowed is not None
+                                                         and allowed.count == 0):
             return out_docs, out_scores
-        capacity = min(k, self.n_docs)
+        capacity = min(k, self.n_docs if allowed is None else allowed.count)
         if nq == 1 or threads == 1:
             acc, seen, touched = self._scratch()
             h_scores = np.empty(capacity, np.float32)
             h_docs = np.empty(capacity, np.int64)
             self._serial("serial", q_indptr, q.indices, q.data, self._term_ptr, self._term_docs,
                           self._term_values, acc, seen, touched, h_scores, h_docs,
-                          out_docs, out_scores)
+                          out_docs, out_scores, mask)
         else:
             n_chunks = min(nq, 4 * threads)
             with numba_threads(threads):
                 _exact_parallel(q_indptr, q.indices, q.data, self._term_ptr, self._term_docs,
                                 self._term_values, self.n_docs, capacity, n_chunks,
-                                out_docs, out_scores)
+                                out_docs, out_scores, mask)
         return out_docs, out_scores
 
     def _scratch(self):

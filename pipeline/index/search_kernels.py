@@ -309,8 +309,17 @@ def score_blocks(ix, heap_factor, n_cand, sc):
 
 
 @njit(cache=True, nogil=True)
-def search_query(ix, q_terms, q_values, query_cut, heap_factor, sc, out_docs, out_scores):
-    """Top-k of one query (terms ascending) into ``out_docs``/``out_scores`` (one row)."""
+def search_query(ix, q_terms, q_values, query_cut, heap_factor, sc, out_docs, out_scores,
+                 blocked):
+    """Top-k of one query (terms ascending) into ``out_docs``/``out_scores`` (one row).
+
+    ``blocked``: empty (no filter), or the bitset of the documents a filter excludes, laid
+    out like ``sc.visited``: they start the query marked visited, so they are never scored
+    and never enter the heap (its k-th score, the skipping bar, is the k-th *allowed* one).
+    The check is outside the hot loop: the unfiltered path does no extra work."""
+    filtered = blocked.size > 0
+    if filtered:
+        sc.visited[:] = blocked
     nt = q_terms.size
     for i in range(nt):
         sc.q_dense[q_terms[i]] = q_values[i] * ix.q_scale
@@ -321,8 +330,11 @@ def search_query(ix, q_terms, q_values, query_cut, heap_factor, sc, out_docs, ou
     size, n_touched = score_blocks(ix, heap_factor, n_cand, sc)
     for i in range(nt):
         sc.q_dense[q_terms[i]] = 0.0
-    for j in range(n_touched):
-        sc.visited[sc.touched[j] >> 6] = 0
+    if filtered:
+        sc.visited[:] = 0
+    else:
+        for j in range(n_touched):
+            sc.visited[sc.touched[j] >> 6] = 0
     heap_to_row(sc.h_scores, sc.h_docs, size, out_docs, out_scores)
 
 
@@ -345,17 +357,17 @@ def alloc_scratch(vocab, n_docs, n_candidates, capacity, query_cut):
 
 @njit(cache=True, nogil=True)
 def search_serial(ix, q_indptr, q_indices, q_data, query_cut, heap_factor, sc, out_docs,
-                  out_scores):
+                  out_scores, blocked):
     """Queries one after another on the calling thread, with the caller's scratch."""
     for qi in range(q_indptr.size - 1):
         a, b = q_indptr[qi], q_indptr[qi + 1]
         search_query(ix, q_indices[a:b], q_data[a:b], query_cut, heap_factor, sc,
-                     out_docs[qi], out_scores[qi])
+                     out_docs[qi], out_scores[qi], blocked)
 
 
 @njit(cache=True, nogil=True, parallel=True)
 def search_parallel(ix, q_indptr, q_indices, q_data, query_cut, heap_factor, n_chunks,
-                    vocab, n_docs, n_candidates, capacity, out_docs, out_scores):
+                    vocab, n_docs, n_candidates, capacity, out_docs, out_scores, blocked):
     """Chunks of queries over numba's thread pool, one scratch set per chunk."""
     nq = q_indptr.size - 1
     for c in prange(n_chunks):
@@ -363,7 +375,68 @@ def search_parallel(ix, q_indptr, q_indices, q_data, query_cut, heap_factor, n_c
         lo, hi = c * nq // n_chunks, (c + 1) * nq // n_chunks
         # q_indptr's entries are absolute offsets into q_indices, so a slice of it is a batch
         search_serial(ix, q_indptr[lo:hi + 1], q_indices, q_data, query_cut, heap_factor, sc,
-                      out_docs[lo:hi], out_scores[lo:hi])
+                      out_docs[lo:hi], out_scores[lo:hi], blocked)
+
+
+# -- exact scoring of a filter's allowed documents through the forward index --------------
+
+@njit(cache=True, nogil=True)
+def forward_starts(words, n_docs):
+    """Word offset of each document's header in the forward index (walks the headers)."""
+    out = np.empty(n_docs, np.int64)
+    pos = np.int64(0)
+    for d in range(n_docs):
+        out[d] = pos
+        pos += 2 + np.int64(words[pos + 1])
+    return out
+
+
+@njit(cache=True, nogil=True)
+def score_allowed_query(ix, doc_start, docs, q_terms, q_values, q_dense, h_scores, h_docs,
+                        out_docs, out_scores):
+    """Exact top-k of one query over the documents ``docs`` only (ascending rows), scored
+    from the forward index like every document the blocked search scores."""
+    nt = q_terms.size
+    for i in range(nt):
+        q_dense[q_terms[i]] = q_values[i] * ix.q_scale
+    words = ix.words
+    capacity = h_scores.size
+    size = 0
+    for j in range(docs.size):
+        d = docs[j]
+        off = doc_start[d]
+        if j + 2 < docs.size:
+            prefetch(words, doc_start[docs[j + 2]])
+        score = _score_doc(words, off + 2, np.int64(words[off + 1]), q_dense,
+                           ix.term_mask, ix.hi_shift, ix.lo_shift, ix.ordered)
+        if score > 0:
+            if size < capacity or worse(h_scores[0], h_docs[0], score, d):
+                size = heap_push(h_scores, h_docs, size, capacity, score, d)
+    for i in range(nt):
+        q_dense[q_terms[i]] = 0.0
+    heap_to_row(h_scores, h_docs, size, out_docs, out_scores)
+
+
+@njit(cache=True, nogil=True)
+def score_allowed_serial(ix, doc_start, docs, q_indptr, q_indices, q_data, q_dense, h_scores,
+                         h_docs, out_docs, out_scores):
+    for qi in range(q_indptr.size - 1):
+        a, b = q_indptr[qi], q_indptr[qi + 1]
+        score_allowed_query(ix, doc_start, docs, q_indices[a:b], q_data[a:b], q_dense,
+                            h_scores, h_docs, out_docs[qi], out_scores[qi])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def score_allowed_parallel(ix, doc_start, docs, q_indptr, q_indices, q_data, n_chunks, vocab,
+                           capacity, out_docs, out_scores):
+    nq = q_indptr.size - 1
+    for c in prange(n_chunks):
+        q_dense = np.zeros(vocab, np.float32)
+        h_scores = np.empty(capacity, np.float32)
+        h_docs = np.empty(capacity, np.int64)
+        lo, hi = c * nq // n_chunks, (c + 1) * nq // n_chunks
+        score_allowed_serial(ix, doc_start, docs, q_indptr[lo:hi + 1], q_indices, q_data,
+                             q_dense, h_scores, h_docs, out_docs[lo:hi], out_scores[lo:hi])
 
 
 @njit(cache=True, nogil=True)

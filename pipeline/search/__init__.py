@@ -5,8 +5,11 @@ Imports `pipeline.catalog`, `pipeline.format` and `pipeline.index`; must not imp
 `pipeline.batch`, `pipeline.serve` or `pipeline.cli`.
 """
 
+from pipeline.search.filter_cache import DEFAULT_FILTER_CACHE_BYTES, FilterCache
+from pipeline.search.filters import Filter, FilterError, compile_filter
 from pipeline.search.sharded import (
     PARALLEL_KERNEL_LOCK,
+    FieldRequestError,
     Hit,
     LoadedShard,
     ShardedIndex,
@@ -18,5 +21,6 @@ from pipeline.search.sharded import (
     shard_offsets,
 )
 
-__all__ = ["PARALLEL_KERNEL_LOCK", "Hit", "LoadedShard", "ShardedIndex", "load_shard",
+__all__ = ["DEFAULT_FILTER_CACHE_BYTES", "FilterCache", "Filter", "FilterError", "compile_filter",
+           "FieldRequestError", "PARALLEL_KERNEL_LOCK", "Hit", "LoadedShard", "ShardedIndex", "load_shard",
            "merge_rows", "merge_top_k", "read_doc_ids", "rows_to_hits", "shard_offsets"]

@@ -38,6 +38,10 @@ class FilterError(UserError, ValueError):
     """A filter expression that is malformed, too large, or does not fit the fields."""
 
 
+class FilterTooLarge(FilterError):
+    """A filter with more clauses and values than allowed (HTTP 413 rather than 422)."""
+
+
 @dataclass(frozen=True)
 class Filter:
     """A checked filter expression; ``key`` is its canonical JSON (a cache key)."""
@@ -99,7 +103,7 @@ def _check(node: Any, fields: Mapping[str, FieldSpec], path: str, count: list[in
            max_nodes: int) -> None:
     count[0] += 1
     if count[0] > max_nodes:
-        raise FilterError(f"filter too large: more than {max_nodes} clauses and values")
+        raise FilterTooLarge(f"filter too large: more than {max_nodes} clauses and values")
     op, arg = _one_key(node, path)
     here = f"{path}.{op}"
     if op in ("and", "or"):
@@ -126,7 +130,7 @@ def _check(node: Any, fields: Mapping[str, FieldSpec], path: str, count: list[in
                 raise FilterError(f"{here}.{name}: takes a non-empty list of values")
             count[0] += len(value)
             if count[0] > max_nodes:
-                raise FilterError(f"filter too large: more than {max_nodes} clauses and values")
+                raise FilterTooLarge(f"filter too large: more than {max_nodes} clauses and values")
             for i, v in enumerate(value):
                 _check_value(spec, v, f"{here}.{name}[{i}]")
         else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.serve.config import MAX_K
@@ -24,6 +26,16 @@ class SearchRequest(BaseModel):
                                   description="Blocked index: query terms visited.")
     heap_factor: float | None = Field(None, gt=0, le=100.0, allow_inf_nan=False,
                                       description="Blocked index: block skipping factor.")
+    filter: dict[str, Any] | None = Field(
+        None, description='Only documents whose fields match: term, terms, range, exists, and, '
+                          'or, not (README "Filters, stored fields, explain"), e.g. '
+                          '{"range": {"year": {"gte": 2020}}}. Invalid: 422; too large: 413.')
+    fields: list[str] | None = Field(
+        None, description="Fields to return with each hit (kept at index time with --field).")
+    explain: bool = Field(False, description="Return each hit's term contributions.")
+    explain_terms: int | None = Field(
+        None, ge=1, description="Most contributions per explained hit, largest first "
+                                "(default and upper bound: the server's max_explain_terms).")
     allow_partial: bool | None = Field(
         None, description="Answer from the shards that responded when some did not "
                           "(default: the server's on_shard_failure policy).")
@@ -56,9 +68,22 @@ class SearchRequest(BaseModel):
         return [self.query] if self.query is not None else list(self.queries)
 
 
+class TermContribution(BaseModel):
+    token: str
+    term_id: int
+    query_weight: float
+    doc_weight: float
+    contribution: float = Field(description="query_weight * doc_weight; a hit's contributions "
+                                            "sum to its score (unless capped by explain_terms).")
+
+
 class QueryHits(BaseModel):
     doc_ids: list[str]
     scores: list[float]
+    fields: list[dict[str, Any]] | None = Field(
+        None, description="With 'fields': per hit, the requested fields (null when absent).")
+    explain: list[list[TermContribution]] | None = Field(
+        None, description="With 'explain': per hit, its term contributions, largest first.")
 
 
 class Timing(BaseModel):

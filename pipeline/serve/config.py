@@ -42,6 +42,10 @@ class ServeConfig:
         by then are missing. ``on_shard_failure``: "partial" answers from the shards that did
         (``partial: true`` and the missing shards named), "fail" answers 503.
       * ``max_queries``/``max_k``/``max_query_chars``/``max_body_bytes``: request limits (4xx).
+      * ``max_filter_nodes``/``max_filter_bytes``: largest filter (clauses plus listed values;
+        compact JSON bytes), ``max_fields``: most return fields, ``max_explain_terms``: most
+        term contributions per explained hit (also the default); exceeded: 413.
+        ``filter_cache_bytes``: bound of each replica's filter bitset cache (LRU).
       * ``api_key_env``: name of the environment variable holding the API key; None = no auth.
 
     Generations
@@ -81,6 +85,11 @@ class ServeConfig:
     max_k: int = MAX_K
     max_query_chars: int = 2048
     max_body_bytes: int = 1 << 20
+    max_filter_nodes: int = 256
+    max_filter_bytes: int = 16 << 10
+    max_fields: int = 32
+    max_explain_terms: int = 64
+    filter_cache_bytes: int = 256 << 20
     # generations
     poll_s: float = 10.0
     route_refresh_s: float = 0.5
@@ -94,12 +103,16 @@ class ServeConfig:
             raise ValueError(f"index must be a non-empty URL, got {self.index!r}")
         for name in ("replicas_per_shard", "encoder_replicas", "ingress_replicas", "max_queries",
                      "max_k", "max_query_chars", "max_body_bytes", "max_batch_size",
-                     "search_threads", "encoder_threads"):
+                     "search_threads", "encoder_threads", "max_filter_nodes", "max_filter_bytes",
+                     "max_fields", "max_explain_terms"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.shards_per_replica, int) or self.shards_per_replica < 0:
             raise ValueError(f"shards_per_replica must be >= 0 (0 = all), got {self.shards_per_replica!r}")
+        if not isinstance(self.filter_cache_bytes, int) or self.filter_cache_bytes < 0:
+            raise ValueError(f"filter_cache_bytes must be an integer >= 0, got "
+                             f"{self.filter_cache_bytes!r}")
         if self.max_k > MAX_K:
             raise ValueError(f"max_k must be <= {MAX_K}, got {self.max_k}")
         for name in ("searcher_cpus", "encoder_cpus", "encoder_gpus", "ingress_cpus",

@@ -181,7 +181,8 @@ class IndexController:
             searcher = ShardSearcher.options(
                 name=deployment, num_replicas=cfg.replicas_per_shard,
                 ray_actor_options={"num_cpus": cfg.searcher_cpus},
-            ).bind(cfg.index, cfg.storage_options, generation, names, cfg.search_threads)
+            ).bind(cfg.index, cfg.storage_options, generation, names, cfg.search_threads,
+                   cfg.filter_cache_bytes)
             targets.append(serve.RunTarget(target=searcher, name=app, route_prefix=None))
             groups.append(ShardGroup(app, deployment, tuple(names),
                                      sum(by_name[n].n_docs for n in names)))

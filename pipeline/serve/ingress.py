@@ -91,6 +91,34 @@ class _Active:
     encode: Any                    # DeploymentHandle (method "encode") or an encoder object
     doc_ids: Any                   # the generation's ids in row order (numpy object array)
     engine: Any = None             # ShardedIndex of an embedded route
+    schema: tuple = ()             # the generation's field schema (FieldSpec tuple)
+
+
+@dataclass(frozen=True)
+class _Extras:
+    """A request's checked filter, return fields and explain settings."""
+
+    filter: Any = None             # pipeline.search.Filter or None
+    fields: list[str] | None = None
+    explain: bool = False
+    explain_terms: int = 64
+
+    @property
+    def details(self) -> bool:
+        return self.fields is not None or self.explain
+
+
+def _merged_details(answers: list[GroupAnswer], rows) -> list[list[dict]]:
+    """Each group's per-hit details, following its rows through the global merge (a
+    generation row belongs to one group, so the row identifies its detail)."""
+    out = []
+    for q in range(rows.shape[0]):
+        by_row = {}
+        for a in answers:
+            valid = a.rows[q][a.rows[q] >= 0]
+            by_row.update(zip(valid.tolist(), a.details[q]))
+        out.append([by_row[r] for r in rows[q][rows[q] >= 0].tolist()])
+    return out
 
 
 class _Missing(Exception):
@@ -161,8 +189,13 @@ class Ingress:
                 doc_ids = self.active.doc_ids
             else:
                 doc_ids = await asyncio.to_thread(self._read_ids, route.generation)
+            if route.embedded:
+                schema = engine.schema
+            else:
+                schema = await asyncio.to_thread(self._read_schema, route.generation)
             previous = self.active
-            self.active = _Active(route, tuple(searchers), tuple(infos), encode, doc_ids, engine)
+            self.active = _Active(route, tuple(searchers), tuple(infos), encode, doc_ids, engine,
+                                  schema)
             self.metrics.generation(route.generation, switched=previous is not None)
             if previous is not None:
                 log.info("ingress %s: generation %d -> %d", self.replica,
@@ -173,7 +206,8 @@ class Ingress:
         from pipeline.search import ShardedIndex
 
         engine = ShardedIndex.open(self.config.index, self.config.storage_options,
-                                   generation=route.generation)
+                                   generation=route.generation,
+                                   filter_cache_bytes=self.config.filter_cache_bytes)
         engine._encoder = encoder          # noqa: SLF001 - the replica's one encoder
         vectors = encoder.encode_queries(["warm up"])
         engine.search_rows(vectors, k=1, threads=1)
@@ -185,6 +219,13 @@ class Ingress:
 
         layout = IndexLayout.at(self.config.index, self.config.storage_options)
         return read_doc_ids(layout, read_manifest(layout, generation))
+
+    def _read_schema(self, generation: int) -> tuple:
+        from pipeline.catalog import IndexLayout, read_manifest
+        from pipeline.format.fields import schema_from_json
+
+        layout = IndexLayout.at(self.config.index, self.config.storage_options)
+        return schema_from_json(read_manifest(layout, generation).fields)
 
     async def _refresh(self) -> None:
         inflight = {g: n for g, n in self.inflight.items() if n}
@@ -245,6 +286,46 @@ class Ingress:
             raise RequestValidationError(errors)
         return req
 
+    def _extras(self, active: _Active, req: SearchRequest) -> _Extras:
+        """Check the request's filter, fields and explain against the generation's fields and
+        the configured limits: 413 when too large, 422 when invalid."""
+        from pipeline.search import FieldRequestError, FilterError, compile_filter
+        from pipeline.search.filters import FilterTooLarge
+        from pipeline.search.sharded import check_field_names
+
+        cfg = self.config
+
+        def invalid(where: str, msg: str) -> RequestValidationError:
+            return RequestValidationError([{"loc": ("body", where), "type": "value_error",
+                                            "msg": msg}])
+
+        flt = None
+        if req.filter is not None:
+            size = len(json.dumps(req.filter, separators=(",", ":")).encode("utf-8"))
+            if size > cfg.max_filter_bytes:
+                raise HTTPException(413, detail=f"filter is {size} bytes; at most "
+                                                f"{cfg.max_filter_bytes}")
+            try:
+                flt = compile_filter(req.filter, active.schema, max_nodes=cfg.max_filter_nodes)
+            except FilterTooLarge as exc:
+                raise HTTPException(413, detail=str(exc)) from None
+            except FilterError as exc:
+                raise invalid("filter", str(exc)) from None
+        names = None
+        if req.fields is not None:
+            if len(req.fields) > cfg.max_fields:
+                raise HTTPException(413, detail=f"{len(req.fields)} fields asked; at most "
+                                                f"{cfg.max_fields}")
+            try:
+                names = check_field_names(active.schema, req.fields)
+            except FieldRequestError as exc:
+                raise invalid("fields", str(exc)) from None
+        terms = cfg.max_explain_terms if req.explain_terms is None else req.explain_terms
+        if terms > cfg.max_explain_terms:
+            raise HTTPException(413, detail=f"explain_terms {terms}; at most "
+                                            f"{cfg.max_explain_terms}")
+        return _Extras(flt, names, req.explain, terms)
+
     # -- search ---------------------------------------------------------------------------------
     @app.post("/search", response_model=SearchResponse, openapi_extra=_SEARCH_BODY,
               dependencies=[Security(_api_key_doc)],
@@ -265,14 +346,19 @@ class Ingress:
             self.metrics.request("rejected")
             raise
         active = self.active            # the one read of the route for this request
+        try:
+            extras = self._extras(active, req)
+        except (HTTPException, RequestValidationError):
+            self.metrics.request("rejected")
+            raise
         generation = active.route.generation
         self.inflight[generation] += 1
         try:
             if active.route.embedded:
                 body, status, stages = await asyncio.to_thread(self._answer_embedded, active,
-                                                               req, started)
+                                                               req, extras, started)
             else:
-                body, status, stages = await self._search(active, req, started)
+                body, status, stages = await self._search(active, req, extras, started)
         except HTTPException:
             self.metrics.request("error", time.perf_counter() - started)
             raise
@@ -287,7 +373,7 @@ class Ingress:
         timing = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in stages.items())
         return Response(content, media_type="application/json", headers={"Server-Timing": timing})
 
-    def _answer_embedded(self, active: _Active, req: SearchRequest,
+    def _answer_embedded(self, active: _Active, req: SearchRequest, extras: _Extras,
                          started: float) -> tuple[dict, str, dict]:
         """Encode, search every shard, merge and resolve ids, in this worker thread."""
         from pipeline.search import merge_rows
@@ -302,27 +388,43 @@ class Ingress:
         encoded = time.perf_counter()
         params = {"query_cut": req.query_cut, "heap_factor": req.heap_factor}
         params = {k: v for k, v in params.items() if v is not None}
+        allowed = [None] * len(engine.shards) if extras.filter is None \
+            else engine.allowed(extras.filter)
         parts = [s.search_rows(queries, req.k, exact=req.exact, threads=self.config.search_threads,
-                               **params) for s in engine.shards]
+                               **params, **({} if a is None else {"allowed": a}))
+                 for s, a in zip(engine.shards, allowed)]
         searched = time.perf_counter()
         rows, scores = parts[0] if len(parts) == 1 else merge_rows(parts, req.k)
         merged = time.perf_counter()
-        body = self._body(active, req, rows, scores, list(active.route.shards), [],
-                          started, encoded, searched, merged)
+        details = None
+        if extras.details:
+            from pipeline.search.sharded import hit_details
+
+            details = hit_details(engine.shards, rows, queries, extras.fields, extras.explain,
+                                  req.exact, engine.tokens() if extras.explain else None,
+                                  extras.explain_terms)
+        body = self._body(active, req, extras, rows, scores, details, list(active.route.shards),
+                          [], started, encoded, searched, merged)
         stages = {"encode": encoded - started, "search": searched - encoded,
                   "merge": time.perf_counter() - searched}
         return body, "ok", stages
 
-    def _body(self, active: _Active, req: SearchRequest, rows, scores, shards: list[str],
-              missing: list[str], started: float, encoded: float, searched: float,
-              merged: float) -> dict:
-        """The response body: ids resolved from the merged rows."""
+    def _body(self, active: _Active, req: SearchRequest, extras: _Extras, rows, scores,
+              details: list[list[dict]] | None, shards: list[str], missing: list[str],
+              started: float, encoded: float, searched: float, merged: float) -> dict:
+        """The response body: ids resolved from the merged rows; with fields or explain
+        asked, ``details`` holds per query a dict per hit (`hit_details`)."""
         doc_ids = active.doc_ids
         results = []
         for q in range(rows.shape[0]):
             keep = rows[q] >= 0
-            results.append({"doc_ids": doc_ids[rows[q, keep]].tolist(),
-                            "scores": scores[q, keep].tolist()})
+            result = {"doc_ids": doc_ids[rows[q, keep]].tolist(),
+                      "scores": scores[q, keep].tolist()}
+            if extras.fields is not None:
+                result["fields"] = [d["fields"] for d in details[q]]
+            if extras.explain:
+                result["explain"] = [d["explain"] for d in details[q]]
+            results.append(result)
         total = time.perf_counter()
         return {
             "generation": active.route.generation, "k": req.k, "exact": req.exact,
@@ -356,7 +458,7 @@ class Ingress:
         except _REPLICA_GONE as exc:
             raise _Missing("replica_died") from exc
 
-    async def _search(self, active: _Active, req: SearchRequest,
+    async def _search(self, active: _Active, req: SearchRequest, extras: _Extras,
                       started: float) -> tuple[dict, str, dict]:
         route = active.route
         deadline = started + self.config.timeout_s
@@ -373,7 +475,10 @@ class Ingress:
             raise HTTPException(503, detail=f"query encoder unavailable ({type(exc).__name__})") from None
         encoded = time.perf_counter()
 
-        params = SearchParams(req.k, req.exact, req.query_cut, req.heap_factor)
+        params = SearchParams(req.k, req.exact, req.query_cut, req.heap_factor,
+                              None if extras.filter is None else extras.filter.expr,
+                              None if extras.fields is None else tuple(extras.fields),
+                              extras.explain, extras.explain_terms)
         tasks = [asyncio.ensure_future(self._ask(h, batch, params)) for h in active.searchers]
         done, pending = await asyncio.wait(tasks, timeout=max(deadline - time.perf_counter(), 0.001))
         for task in pending:
@@ -407,8 +512,10 @@ class Ingress:
         parts = [(a.rows, a.scores) for a in answers]
         rows, scores = parts[0] if len(parts) == 1 else merge_rows(parts, req.k)
         merged = time.perf_counter()
-        body = self._body(active, req, rows, scores, [s for a in answers for s in a.shards],
-                          missing, started, encoded, searched, merged)
+        details = _merged_details(answers, rows) if extras.details else None
+        body = self._body(active, req, extras, rows, scores, details,
+                          [s for a in answers for s in a.shards], missing, started, encoded,
+                          searched, merged)
         stages = {"encode": encoded - started, "search": searched - encoded,
                   "merge": time.perf_counter() - searched}
         return body, "partial" if missing else "ok", stages

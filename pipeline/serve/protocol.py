@@ -55,6 +55,10 @@ class SearchParams:
     exact: bool = False
     query_cut: int | None = None
     heap_factor: float | None = None
+    filter: Any = None                      # filter expression (checked by the ingress)
+    fields: tuple[str, ...] | None = None   # return fields (checked by the ingress)
+    explain: bool = False
+    explain_terms: int = 64
 
     def index_params(self) -> dict[str, Any]:
         return {name: value for name, value in (("query_cut", self.query_cut),
@@ -71,6 +75,9 @@ class GroupAnswer:
     shards: tuple[str, ...]
     rows: np.ndarray
     scores: np.ndarray
+    # with fields/explain asked: per query, a dict per valid row of ``rows`` (see
+    # `pipeline.search.sharded.hit_details`), for the ingress to carry through its merge
+    details: list[list[dict]] | None = None
 
 
 @dataclass(frozen=True)

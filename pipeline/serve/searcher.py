@@ -32,9 +32,11 @@ class ShardSearcher:
     """Loads its shards at start (`pipeline.search.load_shard`) and answers top-k per shard."""
 
     def __init__(self, index: str, storage_options: dict, generation: int,
-                 shard_names: list[str], search_threads: int = 1) -> None:
+                 shard_names: list[str], search_threads: int = 1,
+                 filter_cache_bytes: int | None = None) -> None:
         from pipeline.catalog import IndexLayout, read_manifest
-        from pipeline.search import load_shard, shard_offsets
+        from pipeline.format.fields import schema_from_json
+        from pipeline.search import DEFAULT_FILTER_CACHE_BYTES, FilterCache, load_shard, shard_offsets
 
         started = time.perf_counter()
         layout = IndexLayout.at(index, storage_options)
@@ -48,6 +50,11 @@ class ShardSearcher:
         offsets = shard_offsets(manifest)
         self.shards = [load_shard(layout, entries[name], offsets[name]) for name in shard_names]
         self.names = tuple(shard_names)
+        self.manifest = manifest
+        self.schema = schema_from_json(manifest.fields)
+        self.filter_cache = FilterCache(DEFAULT_FILTER_CACHE_BYTES if filter_cache_bytes is None
+                                        else filter_cache_bytes)
+        self._tokens = None
         self.loaded_s = time.perf_counter() - started
         self.started_at = time.time()
         self.n_requests = 0
@@ -66,15 +73,27 @@ class ShardSearcher:
 
     def search(self, batch: QueryBatch, params: SearchParams) -> GroupAnswer:
         """Top-``params.k`` over the held shards (sync: runs in a worker thread)."""
-        from pipeline.search import merge_rows
+        from pipeline.search import compile_filter, merge_rows
+        from pipeline.search.sharded import hit_details, index_tokens
 
         queries = batch.to_csr()
         self.n_requests += 1
         self.n_queries += batch.n_queries
-        parts = [shard.search_rows(queries, params.k, exact=params.exact, threads=self.threads,
-                                   **params.index_params()) for shard in self.shards]
+        # the ingress checked the filter against the same manifest; compiling is cheap
+        flt = None if params.filter is None else compile_filter(params.filter, self.schema)
+        parts = []
+        for shard in self.shards:
+            extra = {} if flt is None else {"allowed": shard.allowed(flt, self.filter_cache)}
+            parts.append(shard.search_rows(queries, params.k, exact=params.exact,
+                                           threads=self.threads, **params.index_params(),
+                                           **extra))
         rows, scores = parts[0] if len(parts) == 1 else merge_rows(parts, params.k)
-        return GroupAnswer(self.names, rows, scores)
+        details = None
+        if params.fields is not None or params.explain:
+            tokens = index_tokens(self.manifest, self) if params.explain else None
+            details = hit_details(self.shards, rows, queries, params.fields, params.explain,
+                                  params.exact, tokens, params.explain_terms)
+        return GroupAnswer(self.names, rows, scores, details)
 
     def info(self) -> dict:
         ctx = serve.get_replica_context()
@@ -82,4 +101,5 @@ class ShardSearcher:
                 "pid": os.getpid(), "shards": [s.entry.name for s in self.shards],
                 "n_docs": sum(s.entry.n_docs for s in self.shards), "loaded_s": round(self.loaded_s, 3),
                 "started_at": self.started_at, "requests": self.n_requests, "queries": self.n_queries,
-                "exact_loads": {s.entry.name: s.exact_loads for s in self.shards}}
+                "exact_loads": {s.entry.name: s.exact_loads for s in self.shards},
+                "filter_cache": self.filter_cache.stats()}
