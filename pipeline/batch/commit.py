@@ -3,7 +3,7 @@
 1. Duplicate ids across the whole plan (`pipeline.batch.dedup`); policy "fail" stops here.
 2. Each shard is assembled by exactly one Ray task (one writer per shard, whole shards):
    its staged rows in row order, minus duplicates, go through `write_shard` (postings,
-   index, COMMITTED.json last). Shards committed by an earlier attempt of the same plan
+   kept fields, index, COMMITTED.json last). Shards committed by an earlier attempt of the same plan
    are kept as they are.
 3. Rejects are gathered into rejects/gNNNNNN/rejects.jsonl, counts are checked.
 4. The manifest is written, then CURRENT moves to it (`pipeline.batch.generation.publish`).
@@ -24,7 +24,7 @@ from pipeline.batch.dedup import check_duplicates
 from pipeline.batch.generation import count_empty, gather_rejects, new_manifest, publish
 from pipeline.batch.plan import JobPlan
 from pipeline.batch.shard_writer import ShardResult, reused_shard, write_shard
-from pipeline.batch.staging import ShardState, read_staged_unit, staged_postings
+from pipeline.batch.staging import ShardState, read_staged_unit, staged_fields, staged_postings
 from pipeline.catalog import IndexLayout, Manifest, WriterLock
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ def shard_record(plan: JobPlan, shard: int) -> dict:
 @ray.remote
 def _assemble_shard(plan: JobPlan, layout: IndexLayout, shard: int, drop_rows: list[int],
                     index_kind: str, index_params: dict, values_dtype: str, vocab_size: int,
-                    threads: int) -> ShardResult:
-    """The single writer of one shard: postings, index, commit record."""
+                    threads: int, field_schema: tuple = ()) -> ShardResult:
+    """The single writer of one shard: postings, fields (when kept), index, commit record."""
     started = time.perf_counter()
     table = read_staged_unit(plan, layout, shard)
     if drop_rows:
@@ -52,7 +52,8 @@ def _assemble_shard(plan: JobPlan, layout: IndexLayout, shard: int, drop_rows: l
     read_s = time.perf_counter() - started
     result = write_shard(layout, plan.shards[shard].name, postings, index_kind=index_kind,
                          index_params=index_params, values_dtype=values_dtype,
-                         record=shard_record(plan, shard), threads=threads)
+                         record=shard_record(plan, shard), threads=threads,
+                         fields=staged_fields(table, field_schema))
     result.write_s += read_s
     return result
 
@@ -84,7 +85,7 @@ def commit_plan(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, stat
         else:
             futures[s] = _assemble_shard.options(num_cpus=config.resources.build_cpus).remote(
                 plan, layout, s, drop.get(s, []), config.index_kind, config.index_params,
-                config.values_dtype, vocab_size, build_threads)
+                config.values_dtype, vocab_size, build_threads, config.field_schema)
     started = time.perf_counter()
     for s, result in zip(futures, ray.get(list(futures.values()))):
         results[s] = result

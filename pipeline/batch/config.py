@@ -11,6 +11,7 @@ from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.catalog.writer_lock import LOCK_TTL_S
 from pipeline.data.corpus import FORMATS
 from pipeline.data.vectors import VECTOR_KEYS, VectorSource
+from pipeline.format.fields import FieldSpec, parse_schema
 
 INDEX_KINDS = ("blocked", "exact")
 BAD_RECORD_POLICIES = ("fail", "skip")
@@ -94,10 +95,16 @@ class IndexJobConfig:
     # tokens to ids instead of the model's tokenizer. encoder.model is then the query model.
     vector_keys: str = "tokens"
     vocab: str | None = None
+    # Corpus fields kept per document, "NAME:TYPE" (`lsr index --field`; types in
+    # `pipeline.format.fields`): staged with the row, written with its shard, recorded in the
+    # manifest, and part of the document's content fingerprint.
+    fields: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        object.__setattr__(self, "fields", tuple(self.fields))
+        self.field_schema   # validates every NAME:TYPE (FieldsFormatError names the bad one)
         if self.vector_keys not in VECTOR_KEYS:
             raise ValueError(f"vector_keys must be one of {VECTOR_KEYS}, got {self.vector_keys!r}")
         if self.format == "vectors":
@@ -125,6 +132,11 @@ class IndexJobConfig:
             raise ValueError(f"lock_ttl_s must be > 0, got {self.lock_ttl_s}")
 
     @property
+    def field_schema(self) -> tuple[FieldSpec, ...]:
+        """The declared fields, parsed (`pipeline.format.fields.parse_schema`)."""
+        return parse_schema(self.fields)
+
+    @property
     def vectors(self) -> bool:
         """The corpus holds pre-encoded vectors: nothing is encoded."""
         return self.format == "vectors"
@@ -137,6 +149,8 @@ class IndexJobConfig:
         """Hash of every setting that changes what the job writes (not how fast)."""
         # The vector settings count only for a vectors corpus (text jobs keep their plan ids).
         ignored = () if self.vectors else ("vector_keys", "vocab")
+        # No kept fields: plan ids as before fields existed (a resumed run keeps its staging).
+        ignored += () if self.fields else ("fields",)
         relevant = {k: v for k, v in asdict(self).items()
                     if k not in ("resources", "storage_options", "keep_generations", "gc_min_age_s",
                                  "lock_ttl_s", "output", *ignored)}

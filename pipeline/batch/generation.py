@@ -15,6 +15,7 @@ from pipeline.catalog import IndexLayout, Manifest, ShardEntry, commit_generatio
 from pipeline.catalog.manifest import now_utc
 from pipeline.catalog.writer_lock import WriterLock
 from pipeline.faults import fault_point
+from pipeline.format.fields import schema_to_json
 from pipeline.objstore import exists, read_bytes, read_json, write_bytes_atomic
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ def new_manifest(config: IndexJobConfig, plan: JobPlan, shards: list[ShardEntry]
         parent_generation=plan.parent_generation,
         extra={"plan_id": plan.plan_id, "shard_size": config.shard_size,
                "values_dtype": config.values_dtype, **(extra or {})},
+        fields=schema_to_json(config.field_schema),
     )
 
 

@@ -4,8 +4,9 @@
 2. Routes and claims (`pipeline.batch.reindex_diff`): kept, changed, deleted, added documents.
 3. The new generation's shard list (`pipeline.batch.reindex_shards`).
 4. One Ray task per rebuilt or added shard (its only writer): the base shard's remaining
-   rows with their stored vectors, changed rows with their staged vectors, added rows;
-   postings, index and COMMITTED.json through the indexing job's `write_shard`. Shards
+   rows with their stored vectors (and stored fields), changed rows with their staged
+   vectors (and fields), added rows; postings, kept fields, index and COMMITTED.json through
+   the indexing job's `write_shard`. Shards
    committed by an earlier attempt of the same plan are kept (checksums verified).
 5. Rejects gathered, counts checked; CURRENT still names the base generation (else some
    other writer moved it: nothing is committed); manifest, then CURRENT.
@@ -30,11 +31,13 @@ from pipeline.batch.dedup import check_duplicates
 from pipeline.batch.generation import count_empty, gather_rejects, new_manifest, publish
 from pipeline.batch.plan import JobPlan, max_docs_per_shard
 from pipeline.batch.shard_writer import ShardResult, committed_shards, reused_shard, write_shard
-from pipeline.batch.staging import ShardState, discard_staging, read_staged_unit, staged_postings
+from pipeline.batch.staging import (ShardState, discard_staging, read_staged_unit, staged_fields,
+                                    staged_postings)
 from pipeline.batch.reindex_diff import Diff, ReindexError, resolve_claims, route_units
 from pipeline.batch.reindex_shards import BaseShardChange, OutputShard, plan_output_shards
 from pipeline.catalog import IndexLayout, Manifest, WriterLock, read_current_generation
 from pipeline.format import ShardPostings, read_postings
+from pipeline.format.fields import read_fields
 from pipeline.catalog.manifest import ShardEntry
 
 log = logging.getLogger(__name__)
@@ -65,17 +68,21 @@ class StagedRows:
 
     COLUMNS = ["row", "doc_id", "fingerprint", "indices", "values", "encoded"]
 
-    def __init__(self, plan: JobPlan, layout: IndexLayout, vocab_size: int):
+    def __init__(self, plan: JobPlan, layout: IndexLayout, vocab_size: int,
+                 field_schema: tuple = ()):
         self.plan, self.layout, self.vocab_size = plan, layout, vocab_size
+        self.field_schema = field_schema
+        self.columns = self.COLUMNS + (["fields_json"] if field_schema else [])
         self._units: dict[int, pa.Table] = {}
 
     def _unit(self, unit: int) -> pa.Table:
         if unit not in self._units:
-            self._units[unit] = read_staged_unit(self.plan, self.layout, unit, columns=self.COLUMNS)
+            self._units[unit] = read_staged_unit(self.plan, self.layout, unit, columns=self.columns)
         return self._units[unit]
 
-    def take(self, pairs: np.ndarray) -> ShardPostings:
-        """The postings of the staged rows `pairs` ((k, 2) unit/row), in that order."""
+    def take(self, pairs: np.ndarray) -> tuple[ShardPostings, list[dict]]:
+        """The postings of the staged rows `pairs` ((k, 2) unit/row), in that order, and their
+        kept fields (empty without kept fields)."""
         pieces, origin = [], []
         for unit in np.unique(pairs[:, 0]):
             at = np.flatnonzero(pairs[:, 0] == unit)
@@ -85,10 +92,24 @@ class StagedRows:
         if not table.column("encoded").to_numpy(zero_copy_only=False).all():
             raise ReindexError("a staged row needed for its new vector was not encoded; "
                                "re-run to redo the plan")
-        return staged_postings(table, self.vocab_size)
+        fields = staged_fields(table, self.field_schema)
+        return staged_postings(table, self.vocab_size), (fields[1] if fields else [])
 
 
-def _base_part(layout: IndexLayout, segment: BaseSegment, staged: StagedRows) -> ShardPostings:
+def _base_field_rows(layout: IndexLayout, entry: ShardEntry, rows: np.ndarray,
+                     schema: tuple) -> list[dict]:
+    """The kept fields of base rows `rows`, read from the base shard's fields group."""
+    if not schema:
+        return []
+    if entry.fields_checksum is None:
+        raise ReindexError(f"shard {entry.name}: the base generation kept no fields; re-index "
+                           f"with --full to add them")
+    _, columns = read_fields(layout.fields(entry.name))
+    return [{spec.name: columns[spec.name].value(int(r)) for spec in schema} for r in rows]
+
+
+def _base_part(layout: IndexLayout, segment: BaseSegment, staged: StagedRows
+               ) -> tuple[ShardPostings, list[dict]]:
     entry = segment.entry
     base = read_postings(layout.postings(entry.name), verify=True)
     if base.checksum != entry.postings_checksum:
@@ -97,27 +118,32 @@ def _base_part(layout: IndexLayout, segment: BaseSegment, staged: StagedRows) ->
     vectors = base.vectors[keep]
     doc_ids = base.doc_ids[keep]
     fingerprints = base.fingerprints[keep].copy()
+    field_rows = _base_field_rows(layout, entry, keep, staged.field_schema)
     if len(segment.replaced_at):
-        new = staged.take(segment.replaced_by)
+        new, new_fields = staged.take(segment.replaced_by)
         # Rows of the stack [kept base vectors; new vectors], the new ones at their places.
         order = np.arange(len(keep))
         order[segment.replaced_at] = len(keep) + np.arange(len(segment.replaced_at))
         vectors = sp.vstack([vectors, new.vectors], format="csr")[order]
         doc_ids[segment.replaced_at] = new.doc_ids
         fingerprints[segment.replaced_at] = new.fingerprints
-    return ShardPostings(doc_ids=doc_ids, fingerprints=fingerprints, vectors=vectors)
+        for at, values in zip(segment.replaced_at, new_fields):
+            field_rows[at] = values
+    return ShardPostings(doc_ids=doc_ids, fingerprints=fingerprints, vectors=vectors), field_rows
 
 
 @ray.remote
 def _build_output_shard(plan: JobPlan, layout: IndexLayout, spec: BuildSpec, index_kind: str,
                         index_params: dict, values_dtype: str, vocab_size: int,
-                        threads: int) -> ShardResult:
+                        threads: int, field_schema: tuple = ()) -> ShardResult:
     """Step 4 of the module docstring for one output shard."""
     started = time.perf_counter()
-    staged = StagedRows(plan, layout, vocab_size)
-    parts = [_base_part(layout, segment, staged) for segment in spec.segments]
+    staged = StagedRows(plan, layout, vocab_size, field_schema)
+    parts_and_fields = [_base_part(layout, segment, staged) for segment in spec.segments]
     if len(spec.added):
-        parts.append(staged.take(spec.added))
+        parts_and_fields.append(staged.take(spec.added))
+    parts = [p for p, _ in parts_and_fields]
+    field_rows = [row for _, rows in parts_and_fields for row in rows]
     vectors = sp.vstack([p.vectors for p in parts], format="csr")
     vectors.sort_indices()
     postings = ShardPostings(doc_ids=np.concatenate([p.doc_ids for p in parts]),
@@ -127,7 +153,8 @@ def _build_output_shard(plan: JobPlan, layout: IndexLayout, spec: BuildSpec, ind
     result = write_shard(layout, spec.name, postings, index_kind=index_kind,
                          index_params=index_params, values_dtype=values_dtype,
                          record=output_record(plan, spec),
-                         threads=threads)
+                         threads=threads,
+                         fields=(field_schema, field_rows) if field_schema else None)
     result.write_s += read_s
     return result
 
@@ -219,7 +246,7 @@ def commit_reindex(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout, b
             futures[spec.position] = _build_output_shard.options(
                 num_cpus=config.resources.build_cpus).remote(
                 plan, layout, spec, config.index_kind, config.index_params, config.values_dtype,
-                int(encoder_settings["vocab_size"]), build_threads)
+                int(encoder_settings["vocab_size"]), build_threads, config.field_schema)
     started = time.perf_counter()
     for position, result in zip(futures, ray.get(list(futures.values()))):
         results[position] = result

@@ -1,10 +1,10 @@
 """Typed, validated configuration of a re-indexing run.
 
 Every setting that shapes the index defaults to what the live generation's manifest
-recorded (encoder settings, corpus format and fields, shard size, index kind and
-parameters, stored value dtype), so `lsr reindex CORPUS INDEX` repeats the original
+recorded (encoder settings, corpus format and fields, kept fields, shard size, index kind
+and parameters, stored value dtype), so `lsr reindex CORPUS INDEX` repeats the original
 `lsr index` run on a new corpus snapshot. An override that changes the vectors (model,
-lengths, pruning, dtype, value dtype) makes the run a full rebuild; one that changes only
+lengths, pruning, dtype, value dtype) or the kept fields makes the run a full rebuild; one that changes only
 the index (kind, parameters) rebuilds every shard's index from the stored vectors.
 """
 
@@ -84,6 +84,7 @@ class ReindexConfig:
     resources: ResourceOptions = field(default_factory=ResourceOptions)
     vector_keys: str | None = None               # format vectors: key form, vocab file
     vocab: str | None = None
+    fields: tuple[str, ...] | None = None        # kept fields NAME:TYPE; None: as recorded
 
     def __post_init__(self) -> None:
         if self.keep_generations < 1:
@@ -118,9 +119,11 @@ class ReindexConfig:
             query_model = recorded.get("query_model") if recorded.get("source") == "vectors" \
                 else recorded.get("model")
             encoder = replace(encoder, model=self.encoder.model or query_model)
+        kept = tuple(f"{f['name']}:{f['type']}" for f in (base.fields if base else []))
         return IndexJobConfig(
             corpus=self.corpus, output=self.index, format=fmt,
             vector_keys=vector_keys, vocab=vocab,
+            fields=kept if self.fields is None else tuple(self.fields),
             id_field=self.id_field or fields.get("id"), title_field=title,
             text_field=self.text_field or fields.get("text") or defaults.text_field,
             shard_size=self.shard_size or extra.get("shard_size") or defaults.shard_size,

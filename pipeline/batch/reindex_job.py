@@ -98,6 +98,11 @@ def decide(config: ReindexConfig, job: IndexJobConfig, base: Manifest | None,
         return Decision(True, "no committed generation at the index root yet")
     if config.full:
         return Decision(True, "full rebuild requested")
+    recorded_fields = [(f["name"], f["type"]) for f in base.fields]
+    wanted_fields = [(spec.name, spec.type) for spec in job.field_schema]
+    if recorded_fields != wanted_fields:
+        return Decision(True, f"kept fields changed: {recorded_fields or 'none'} -> "
+                              f"{wanted_fields or 'none'}")
     changed = vector_differences(base.encoder, settings)
     recorded_values = base.extra.get("values_dtype", job.values_dtype)
     if recorded_values != job.values_dtype:

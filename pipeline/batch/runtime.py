@@ -245,7 +245,7 @@ def stage_pending(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
                  len(pending), placement.num_encoders, placement.encoder_cpus, placement.encoder_gpus)
         fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
         source = CorpusDatasource(plan, layout, pending, fields, config.on_bad_record,
-                                  config.storage_options)
+                                  config.storage_options, kept_fields=config.field_schema)
         ds = ray.data.read_datasource(source, num_cpus=config.resources.read_cpus)
         if before_tokenize is not None:
             fn, kwargs = before_tokenize
@@ -286,7 +286,8 @@ def _vector_pipeline(config: IndexJobConfig, plan: JobPlan, layout: IndexLayout,
     fields = FieldMap.from_options(config.id_field, config.title_field, config.text_field)
     vectors = config.vector_source(vector_settings(config)["vocab_size"])
     source = CorpusDatasource(plan, layout, pending, fields, config.on_bad_record,
-                              config.storage_options, vectors=vectors)
+                              config.storage_options, vectors=vectors,
+                              kept_fields=config.field_schema)
     ds = ray.data.read_datasource(source, num_cpus=config.resources.read_cpus)
     if extra is not None:
         fn, kwargs = extra

@@ -19,6 +19,7 @@ Numbers in names are zero-padded to a minimum width and grow past it; `part_name
 from __future__ import annotations
 
 import io
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -208,6 +209,15 @@ def staged_postings(table: pa.Table, vocab_size: int) -> ShardPostings:
                          vectors=staged_vectors(table, vocab_size))
 
 
+def staged_fields(table: pa.Table, schema: tuple) -> tuple | None:
+    """The kept fields of staged rows, in table order, as `write_shard` takes them:
+    (schema, one dict of checked values per row, from the `fields_json` column); None when
+    no field is kept."""
+    if not schema:
+        return None
+    return tuple(schema), [json.loads(text) for text in table.column("fields_json").to_pylist()]
+
+
 def discard_staging(layout: IndexLayout, plan: JobPlan) -> None:
     """Remove the plan's staging (and the staging folder when nothing else is in it)."""
     remove(staging_base(layout, plan))
@@ -217,4 +227,5 @@ def discard_staging(layout: IndexLayout, plan: JobPlan) -> None:
 
 __all__ = ["ShardState", "discard_staging", "settle_unfinished_blocks", "parse_part_name",
            "part_name", "parts_loc", "plan_location", "read_loc", "read_staged_unit",
-           "rejects_loc", "scan_staging", "staged_postings", "staged_vectors", "unit_dir_name"]
+           "rejects_loc", "scan_staging", "staged_fields", "staged_postings", "staged_vectors",
+           "unit_dir_name"]

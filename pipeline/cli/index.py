@@ -29,6 +29,9 @@ def index(
     vocab: str = typer.Option(None, help="--format vectors: vocab.txt (one token a line, line number = id) that "
                                          "maps tokens to ids instead of --model's tokenizer. Without --model "
                                          "the index has no query model (no text queries)."),
+    field: list[str] = typer.Option(None, "--field", help="Keep a corpus field per document, NAME:TYPE "
+                                    "(repeatable). TYPE keyword, int, float or bool (filterable and "
+                                    "returnable) or stored (returnable only). A bad value is a bad record."),
     max_length: int = typer.Option(MAX_LENGTH, help="Document truncation, in tokens."),
     query_max_length: int = typer.Option(QUERY_MAX_LENGTH, help="Query truncation, in tokens (recorded for search)."),
     dtype: str = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU), float32, float16, bfloat16."),
@@ -67,7 +70,7 @@ def index(
             index_params=parse_key_values(index_param, "--index-param"),
             on_bad_record=on_bad_record, keep_generations=keep_generations, gc_min_age_s=gc_min_age_s, lock_ttl_s=lock_ttl_s,
             storage_options=parse_json_option(storage_options, "--storage-options"),
-            vector_keys=vector_keys, vocab=vocab,
+            vector_keys=vector_keys, vocab=vocab, fields=tuple(field or ()),
             encoder=EncoderOptions(model=model if model or format == "vectors" else MODEL, max_length=max_length, query_max_length=query_max_length,
                                    dtype=dtype, batch_size=batch_size, top_k=top_k, threshold=threshold),
             resources=ResourceOptions(address=address, num_encoders=num_encoders,

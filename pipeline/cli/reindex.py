@@ -26,6 +26,9 @@ def reindex(
                                           f"{AS_RECORDED})."),
     vector_keys: str = typer.Option(None, help=f"--format vectors: 'vector' keys are tokens or ids "
                                                f"({AS_RECORDED})."),
+    field: list[str] = typer.Option(None, "--field", help="Kept fields NAME:TYPE (repeatable), as for "
+                                    "`lsr index`; default: as the live generation recorded. A change "
+                                    "rebuilds everything."),
     vocab: str = typer.Option(None, help=f"--format vectors: vocab.txt mapping tokens to ids "
                                          f"({AS_RECORDED})."),
     id_field: str = typer.Option(None, help=f"Id field ({AS_RECORDED})."),
@@ -65,6 +68,7 @@ def reindex(
             gc_min_age_s=gc_min_age_s, lock_ttl_s=lock_ttl_s, on_bad_record=on_bad_record, block_rows=block_rows,
             shard_size=shard_size, format=format, id_field=id_field, title_field=title_field,
             text_field=text_field, index_kind=index_kind, vector_keys=vector_keys, vocab=vocab,
+            fields=tuple(field) if field else None,
             index_params=parse_key_values(index_param, "--index-param"), values_dtype=values_dtype,
             storage_options=parse_json_option(storage_options, "--storage-options"),
             encoder=EncoderOverrides(model=model, max_length=max_length,

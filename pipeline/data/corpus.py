@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from pipeline.data.jsonl import decode_line, parse_json_line
 from pipeline.data.records import BadRecord, FieldMap, parse_record
@@ -205,6 +205,7 @@ class RawRecord:
     doc_id: str | None
     text: str | None
     error: BadRecord | None
+    extra: Any = None           # what the reader's `extra` made of the record (kept fields)
 
 
 def _iter_jsonl_lines(chunk: Chunk, storage_options: dict | None) -> Iterator[tuple[int, bytes]]:
@@ -275,13 +276,23 @@ def describe_position(file: CorpusFile, offset: int, storage_options: dict | Non
 
 
 def read_chunk(chunk: Chunk, fields: FieldMap = FieldMap(),
-               storage_options: dict | None = None) -> Iterator[RawRecord]:
-    """Parse a chunk strictly; bad records come back with `error` set, in corpus order."""
-    def parse(obj) -> tuple[str, str]:
-        return parse_record(obj, fields)
+               storage_options: dict | None = None, extra=None,
+               extra_columns: tuple[str, ...] = ()) -> Iterator[RawRecord]:
+    """Parse a chunk strictly; bad records come back with `error` set, in corpus order.
+
+    `extra(record)` (optional) is applied to every valid record; its result is the record's
+    `extra`, and a ``ValueError`` it raises makes the record bad, with that reason (the jobs
+    check the kept fields this way). `extra_columns`: the corpus columns `extra` reads.
+    """
+    def parse(obj) -> tuple[str, str, Any]:
+        doc_id, text = parse_record(obj, fields)
+        return doc_id, text, (extra(obj) if extra is not None else None)
 
     for offset, parsed, error in _parsed_records(chunk, parse, storage_options):
-        yield RawRecord(offset, *(parsed if error is None else (None, None)), error)
+        if error is None:
+            yield RawRecord(offset, parsed[0], parsed[1], None, parsed[2])
+        else:
+            yield RawRecord(offset, None, None, error)
 
 
 @dataclass
@@ -292,31 +303,40 @@ class VectorRecord:
     doc_id: str | None
     vector: "ParsedVector | None"
     error: BadRecord | None
+    extra: Any = None           # as `RawRecord.extra`
 
 
 def read_vector_chunk(chunk: Chunk, fields: FieldMap, source: "VectorSource",
-                      storage_options: dict | None = None) -> Iterator[VectorRecord]:
+                      storage_options: dict | None = None, extra=None,
+                      extra_columns: tuple[str, ...] = ()) -> Iterator[VectorRecord]:
     """Parse a chunk of a pre-encoded vectors corpus strictly (`pipeline.data.vectors`); bad
-    records come back with `error` set, in corpus order. Text fields are ignored."""
+    records come back with `error` set, in corpus order. Text fields are ignored. `extra`,
+    `extra_columns`: as `read_chunk`'s."""
     from pipeline.data.vectors import loads_vector_line, parse_vector, vector_doc_id
 
     from pipeline.data.vectors import parse_id_columns
 
     vocab = source.vocabulary(storage_options)
 
-    def parse(obj, checked: "ParsedVector | None" = None) -> tuple[str, "ParsedVector"]:
+    def parse(obj, checked: "ParsedVector | None" = None) -> tuple[str, "ParsedVector", Any]:
         doc_id = vector_doc_id(obj, fields)
         if checked is not None:           # validated in bulk (`parse_id_columns`)
             checked.doc_id = doc_id
-            return doc_id, checked
-        return doc_id, parse_vector(obj, doc_id, keys=source.keys, vocab=vocab)
+            vector = checked
+        else:
+            vector = parse_vector(obj, doc_id, keys=source.keys, vocab=vocab)
+        return doc_id, vector, (extra(obj) if extra is not None else None)
 
     def bulk(table):
-        return parse_id_columns(table, vocab), [c for c in table.column_names if c in fields.id]
+        return parse_id_columns(table, vocab), [c for c in table.column_names
+                                                if c in fields.id or c in extra_columns]
 
     for offset, parsed, error in _parsed_records(chunk, parse, storage_options, loads_vector_line,
                                                  bulk=bulk):
-        yield VectorRecord(offset, *(parsed if error is None else (None, None)), error)
+        if error is None:
+            yield VectorRecord(offset, parsed[0], parsed[1], None, parsed[2])
+        else:
+            yield VectorRecord(offset, None, None, error)
 
 
 def _parsed_records(chunk: Chunk, parse, storage_options: dict | None, loads=None, bulk=None):

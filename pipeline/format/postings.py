@@ -52,19 +52,32 @@ def _hash_bytes(items, words: int = 1) -> np.ndarray:
     return out[:, 0] if words == 1 else out
 
 
-def fingerprint_texts(texts) -> np.ndarray:
-    """Content fingerprints of document texts, for change detection (`hash_strings`)."""
-    return hash_strings(texts)
+def _with_fields(contents: list[bytes], fields_json) -> list[bytes]:
+    """Each content's bytes, then a NUL and its kept fields' compact JSON when fields are kept.
+    JSON text never holds a raw NUL, so the last NUL splits content from fields unambiguously."""
+    if fields_json is None:
+        return contents
+    return [c + b"\x00" + f.encode("utf-8") for c, f in zip(contents, fields_json)]
 
 
-def fingerprint_vectors(indices, values) -> np.ndarray:
+def fingerprint_texts(texts, fields_json=None) -> np.ndarray:
+    """Content fingerprints of document texts, for change detection (`hash_strings`).
+    `fields_json`: per document, its kept fields as compact JSON (`lsr index --field`): a
+    changed field is a changed document. None (no kept fields) hashes the text alone."""
+    if fields_json is None:
+        return hash_strings(texts)
+    return _hash_bytes(_with_fields([t.encode("utf-8") for t in texts], fields_json))
+
+
+def fingerprint_vectors(indices, values, fields_json=None) -> np.ndarray:
     """Content fingerprints of pre-encoded document vectors (uint64 (n,)): the same blake2b
     over canonical bytes, the term ids as little-endian int32 then the weights as
     little-endian float32 (ascending ids, as `pipeline.data.vectors` parses them). A vector
-    whose ids or float32 weights change gets a new fingerprint."""
-    return _hash_bytes([np.ascontiguousarray(i, dtype="<i4").tobytes()
-                        + np.ascontiguousarray(v, dtype="<f4").tobytes()
-                        for i, v in zip(indices, values)])
+    whose ids or float32 weights change gets a new fingerprint. `fields_json`: as
+    `fingerprint_texts`'."""
+    return _hash_bytes(_with_fields([np.ascontiguousarray(i, dtype="<i4").tobytes()
+                                     + np.ascontiguousarray(v, dtype="<f4").tobytes()
+                                     for i, v in zip(indices, values)], fields_json))
 
 
 @dataclass
