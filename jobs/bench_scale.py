@@ -46,6 +46,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 FILE_DOCS = 250_000
 """Documents per corpus Parquet file (the job plans read units within files)."""
+ROW_GROUP = 10_000
+"""Rows per Parquet row group: the unit the job's planner cuts read units at."""
 GEN_DOCS = 1_000_000
 """Documents per generator call: bounds the harness's own memory at any N."""
 SAMPLE_S = 1.0
@@ -80,7 +82,7 @@ def write_corpus(folder: Path, n_docs: int, seed: int) -> float:
                 "values": pa.ListArray.from_arrays(pa.array(indptr.astype(np.int32)),
                                                    pa.array(part.data.astype(np.float32))),
             })
-            pq.write_table(table, folder / f"part-{file_no:05d}.parquet")
+            pq.write_table(table, folder / f"part-{file_no:05d}.parquet", row_group_size=ROW_GROUP)
             file_no += 1
         del docs
     done.write_text(str(n_docs))
