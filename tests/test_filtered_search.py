@@ -49,6 +49,11 @@ def test_fields_written_with_shards_and_verified(tmp_path):
     record = committed_record(layout, name, {}, verify=False)
     record = {**record, "fields_checksum": "0" * 64}
     assert not verify_shard(layout, name, record)
+    # a re-run of the same shards replaces what was there, fields included
+    rows2 = [{**r, "n": r["n"] + 1000} for r in rows]
+    write_generation(root, 1, [f"d{i}" for i in range(60)], docs, 3, {}, fields=(schema, rows2))
+    _, columns = read_fields(layout.fields(name), verify=True)
+    assert columns["n"].value(0) == 1000
 
 
 def _brute_topk(Q: sp.csr_matrix, D: sp.csr_matrix, allowed: np.ndarray, k: int):
