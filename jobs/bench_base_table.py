@@ -120,7 +120,8 @@ def main() -> None:
 
         @ray.remote(num_cpus=0.25)
         def lookup_task(table, ids) -> int:
-            hits = rd.lookup_base(table, ids) if partitioned else ray.get(table).lookup(rd.id_keys(ids))
+            # (the broadcast table arrives resolved: Ray fetches a top-level ref argument)
+            hits = rd.lookup_base(table, ids) if partitioned else table.lookup(rd.id_keys(ids))
             return int(np.sum(hits.found)) if partitioned else int(np.sum(hits >= 0))
 
         with Sampler() as sampler:
