@@ -30,7 +30,7 @@ from pipeline.batch.index_job import run_index_job
 from pipeline.batch.plan import make_plan
 from pipeline.batch.reindex_commit import commit_reindex
 from pipeline.batch.reindex_config import ReindexConfig
-from pipeline.batch.reindex_diff import ReindexError, classify_batch, load_base_table
+from pipeline.batch.reindex_diff import ReindexError, classify_batch, load_base_partitions
 from pipeline.batch.runtime import (Placement, connect_ray, encoder_settings, pending_blocks,
                                     plan_resources, record_vector_facts, stage_pending, stage_report)
 from pipeline.batch.staging import scan_staging
@@ -184,17 +184,19 @@ def _full_rebuild(job: IndexJobConfig, decision: Decision,
 def _incremental(job: IndexJobConfig, layout: IndexLayout, base: Manifest, settings: dict,
                  decision: Decision, placement: Placement, started: float,
                  lock: WriterLock) -> ReindexSummary:
-    import ray
-
     if decision.reason:
         log.warning("%s", decision.reason)
     plan, resumed = make_plan(job, layout, purpose="reindex")
     states = scan_staging(plan, layout)
     pending = pending_blocks(plan, layout, states)
-    table = ray.put(load_base_table(layout, base, job.resources.read_cpus)) if pending else None
+    partitions = load_base_partitions(layout, base, job.resources.read_cpus) if pending else None
     timing: dict[str, float] = {"setup_s": time.perf_counter() - started}
-    times = stage_pending(job, plan, layout, pending, placement, timing,
-                          before_tokenize=(classify_batch, {"table": table}))
+    try:
+        times = stage_pending(job, plan, layout, pending, placement, timing,
+                              before_tokenize=(classify_batch, {"table": partitions}))
+    finally:   # the base table's lookup actors are needed only while staging
+        if partitions is not None:
+            partitions.close()
     settings = record_vector_facts(job, plan, layout, scan_staging(plan, layout), settings)
     report = {"base_generation": base.generation, "full_rebuild": False,
               "rebuild_reason": decision.reason, "docs_reencoded": times.encoded}
