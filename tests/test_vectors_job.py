@@ -124,7 +124,7 @@ def test_export_reindexed_as_vectors_gives_identical_search_results(text_index, 
     ref_hits = ShardedIndex.open(str(root)).search(queries[:3], k=10)
     assert [[h.doc_id for h in r] for r in text_hits] == [[h.doc_id for h in r] for r in ref_hits]
     encoder = read_manifest(IndexLayout.at(str(from_ids))).encoder
-    assert encoder["run"] is False and encoder["source"] == "vectors"
+    assert encoder["run"] is False and encoder["input"] == "vectors"
     assert encoder["query_model"] == "splade-tiny" and encoder["quantised"] is False
     assert encoder["fingerprint"] == read_manifest(IndexLayout.at(str(root))).encoder["fingerprint"]
 

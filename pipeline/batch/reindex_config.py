@@ -116,7 +116,7 @@ class ReindexConfig:
         if fmt == "vectors":
             # Pre-encoded: the recorded query model (None when the index had a vocab file only).
             vocab = self.vocab or recorded.get("vocab")
-            query_model = recorded.get("query_model") if recorded.get("source") == "vectors" \
+            query_model = recorded.get("query_model") if recorded.get("run") is False \
                 else recorded.get("model")
             encoder = replace(encoder, model=self.encoder.model or query_model)
         kept = tuple(f"{f['name']}:{f['type']}" for f in (base.fields if base else []))

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # Encoder settings that determine the document vectors (and the query encoder that matches).
 VECTOR_SETTINGS = ("fingerprint", "vocab_size", "max_length", "query_max_length", "top_k",
-                   "threshold", "dtype", "source")
+                   "threshold", "dtype", "run")
 
 
 @dataclass

@@ -144,7 +144,8 @@ def _query_model_settings(options: EncoderOptions) -> dict:
 
 def vector_settings(config: IndexJobConfig) -> dict:
     """The manifest's encoder record of a pre-encoded vectors corpus: no encoder was run
-    (``run: false``, ``source: "vectors"``); ``query_model`` encodes queries (its settings are
+    (``run: false``, ``input: "vectors"``; the model settings' own ``source`` is where the
+    model was loaded from); ``query_model`` encodes queries (its settings are
     the record's, so search, evaluation and serving encode queries as for a model-built index),
     or None with a ``--vocab`` file alone; ``vocab_size`` bounds term ids (the query model's
     output, else the vocab file's length); ``quantised`` is filled in after reading
@@ -163,7 +164,7 @@ def vector_settings(config: IndexJobConfig) -> dict:
             raise VectorVocabularyError(f"--vocab {config.vocab} has {n_tokens} tokens but the "
                                         f"query model {model!r} has a vocabulary of {size}")
         size = size or n_tokens
-    return {**settings, "vocab_size": int(size), "run": False, "source": "vectors",
+    return {**settings, "vocab_size": int(size), "run": False, "input": "vectors",
             "query_model": model, "vocab": config.vocab, "vector_keys": config.vector_keys,
             "quantised": None}
 

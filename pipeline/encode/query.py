@@ -216,9 +216,9 @@ class NoQueryModel(UserError, ValueError):
 def check_query_model(settings: dict[str, Any]) -> None:
     """Raise `NoQueryModel` when the index's encoder record names no model for queries.
 
-    A vectors index (``run: false``, ``source: "vectors"``) built with ``--model`` carries that
+    A vectors index (``run: false``, ``input: "vectors"``) built with ``--model`` carries that
     model's settings and encodes queries with it like any other index."""
-    if settings.get("source") == "vectors" and not settings.get("query_model"):
+    if settings.get("run") is False and not settings.get("query_model"):
         raise NoQueryModel(
             "this index has no query model: it was built from pre-encoded vectors with --vocab "
             f"{settings.get('vocab')} and no --model, so text queries cannot be encoded "
