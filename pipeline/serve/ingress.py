@@ -279,6 +279,7 @@ class Ingress:
         self.inflight[generation] += 1
         try:
             if active.route.embedded and self.batcher is not None and len(req.texts()) == 1:
+                # Every request field that changes the answer belongs in the key.
                 key = (id(active), req.k, req.exact, req.query_cut, req.heap_factor)
                 body, status, stages = await self.batcher.submit(key, (active, req, started))
             elif active.route.embedded:
