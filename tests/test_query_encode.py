@@ -85,7 +85,10 @@ def test_fast_path_matches_the_written_out_expression(model, scifact_dir, random
 def test_lean_body_equals_the_encoder_on_real_queries(scifact_dir):
     """Lean body and the int8 screen (and each other screen) against `SpladeEncoder.
     encode_queries` of each query alone, same settings: the same terms, the same weights
-    up to float32 rounding."""
+    up to float32 rounding. (The lean body sums in another order than HF's modules: fused
+    QKV, SDPA on (heads, L, d); measured differences reach 5e-6 absolute, 4e-5 relative, on
+    weights of ~0.1, so the tolerance is 1e-4 relative / 1e-5 absolute; the HF body keeps
+    test_serve_load's tighter one.)"""
     reference = SpladeEncoder("splade-tiny", device="cpu")
     fast = QueryFastPath.from_settings(reference.settings(), device="cpu")
     assert fast.lean is not None
@@ -95,7 +98,7 @@ def test_lean_body_equals_the_encoder_on_real_queries(scifact_dir):
         fast.screen = screen
         got = fast.encode_queries(texts)
         assert (got.indptr == expected.indptr).all() and (got.indices == expected.indices).all()
-        np.testing.assert_allclose(got.data, expected.data, rtol=1e-5, atol=2e-6)
+        np.testing.assert_allclose(got.data, expected.data, rtol=1e-4, atol=1e-5)
 
 
 def test_screens_keep_every_positive_term(scifact_dir):

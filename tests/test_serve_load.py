@@ -442,6 +442,7 @@ def test_query_fast_path_equals_the_encoder(scifact_dir):
 
     reference = tiny_encoder()
     fast = QueryFastPath.from_settings(reference.settings(), device="cpu")
+    fast.lean = None        # the HF body here; the lean body: tests/test_query_encode.py
     texts = _texts(scifact_dir, 60)
     expected = sp.vstack([reference.encode_queries([t]) for t in texts], format="csr")
     for screen in QueryFastPath.SCREENS:
