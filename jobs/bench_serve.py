@@ -14,11 +14,16 @@ one run:
   the client's latency (HTTP proxy, routing, client) is reported as ``proxy+client``.
 
 Topologies:
-* embedded: one ingress replica answers HTTP, encodes and searches every shard in process.
+* embedded: one ingress replica answers HTTP, encodes and searches every shard in process;
+  concurrent single queries micro-batched (the default).
+* embedded-nobatch: the same without micro-batching; embedded-2r: two ingress replicas.
 * split:    QueryEncoder deployment + one ShardSearcher deployment per shard (2 handle hops).
 
     flock /tmp/lsr-cpu.lock .venv/bin/python jobs/bench_serve.py \
         --docs 1000000 --shards 1 --clients 1,8 --duration-s 20 --out bench-results/serve-embedded.json
+
+--query-cut / --heap-factor are sent with every request and used in process (recall of the
+configuration served); --sweep 10:0.9,20:1.0 reports recall and search time per pair.
 """
 
 from __future__ import annotations
@@ -40,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.testing.machine import describe_machine
 
 TOPOLOGIES = {
-    "embedded": {"topology": "embedded"},
+    "embedded": {"topology": "embedded"},                      # micro-batching on (default)
+    "embedded-nobatch": {"topology": "embedded", "embedded_batch_size": 1},
+    "embedded-2r": {"topology": "embedded", "ingress_replicas": 2},
     "split": {"topology": "split", "encoder_placement": "deployment", "shards_per_replica": 1},
 }
 
@@ -102,8 +109,11 @@ def read_queries(path: Path, n: int) -> list[str]:
 
 
 # -- in process -----------------------------------------------------------------------------------
-def in_process(url: str, queries: list[str], k: int) -> dict:
-    """Encode then search, one query at a time, torch and numba on 1 thread; recall@k."""
+def in_process(url: str, queries: list[str], k: int, params: dict,
+               sweep: list[tuple[int, float]]) -> dict:
+    """Encode then search, one query at a time, torch and numba on 1 thread; recall@k of
+    the search parameters ``params`` (those served), and of each (query_cut, heap_factor)
+    of ``sweep`` with its search p50."""
     from pipeline.encode.query import set_torch_threads
     from pipeline.index import recall_at_k
     from pipeline.search import ShardedIndex
@@ -112,32 +122,48 @@ def in_process(url: str, queries: list[str], k: int) -> dict:
     index = ShardedIndex.open(url)
     encoder = index.encoder()
     for q in queries[:20]:                                   # warm up kernels and the model
-        index.search_rows(encoder.encode_queries([q]), k=k, threads=1)
+        index.search_rows(encoder.encode_queries([q]), k=k, threads=1, **params)
     total, encode, search = [], [], []
     for q in queries:
         t0 = time.perf_counter()
         vectors = encoder.encode_queries([q])
         t1 = time.perf_counter()
-        index.search_rows(vectors, k=k, threads=1)
+        index.search_rows(vectors, k=k, threads=1, **params)
         t2 = time.perf_counter()
         total.append((t2 - t0) * 1000)
         encode.append((t1 - t0) * 1000)
         search.append((t2 - t1) * 1000)
     vectors = encoder.encode_queries(queries)
-    approx, _ = index.search_rows(vectors, k=k, threads=1)
+    approx, _ = index.search_rows(vectors, k=k, threads=1, **params)
     exact, _ = index.search_rows(vectors, k=k, exact=True, threads=None)
     recall = recall_at_k(approx, exact)
-    params = index.manifest.index.get("params", {})
+    swept = []
+    for query_cut, heap_factor in sweep:
+        one = {"query_cut": query_cut, "heap_factor": heap_factor}
+        times = []
+        for i in range(vectors.shape[0]):
+            t0 = time.perf_counter()
+            index.search_rows(vectors[i], k=k, threads=1, **one)
+            times.append((time.perf_counter() - t0) * 1000)
+        got, _ = index.search_rows(vectors, k=k, threads=1, **one)
+        swept.append({**one, f"recall_at_{k}": round(recall_at_k(got, exact), 4),
+                      "search_p50_ms": round(pct(times, 50), 3),
+                      "search_p99_ms": round(pct(times, 99), 3)})
+        print(f"sweep {json.dumps(swept[-1])}", flush=True)
+    index_params = index.manifest.index.get("params", {})
     del index
     return {**summary(total), "encode_p50_ms": round(pct(encode, 50), 3),
             "encode_p99_ms": round(pct(encode, 99), 3),
             "search_p50_ms": round(pct(search, 50), 3), "search_p99_ms": round(pct(search, 99), 3),
             f"recall_at_{k}": round(recall, 4),
-            "index_params": params, "screened_head": bool(getattr(encoder, "screened", False))}
+            "search_params": params, "sweep": swept,
+            "index_params": index_params, "screen": getattr(encoder, "screen", None),
+            "lean_body": getattr(encoder, "lean", None) is not None}
 
 
 # -- served ----------------------------------------------------------------------------------------
-async def load(base: str, queries: list[str], k: int, clients: int, duration_s: float) -> dict:
+async def load(base: str, queries: list[str], k: int, clients: int, duration_s: float,
+               params: dict) -> dict:
     import httpx
 
     latencies: list[float] = []
@@ -155,7 +181,7 @@ async def load(base: str, queries: list[str], k: int, clients: int, duration_s: 
                 i += clients
                 t0 = time.perf_counter()
                 try:
-                    r = await http.post("/search", json={"query": q, "k": k})
+                    r = await http.post("/search", json={"query": q, "k": k, **params})
                 except httpx.HTTPError as exc:
                     errors.append(f"{type(exc).__name__}")
                     continue
@@ -184,7 +210,7 @@ async def load(base: str, queries: list[str], k: int, clients: int, duration_s: 
 
 
 def served(url: str, topology: str, queries: list[str], k: int, clients: list[int],
-           duration_s: float, port: int) -> list[dict]:
+           duration_s: float, port: int, params: dict) -> list[dict]:
     from pipeline.serve import ServeConfig
     from pipeline.serve.app import run_endpoint, stop_endpoint
 
@@ -196,9 +222,9 @@ def served(url: str, topology: str, queries: list[str], k: int, clients: list[in
     base = f"http://127.0.0.1:{port}/bench"
     rows = []
     try:
-        asyncio.run(load(base, queries, k, 1, 3.0))          # warm up every replica and handle
+        asyncio.run(load(base, queries, k, 1, 3.0, params))          # warm up every replica and handle
         for c in clients:
-            result = asyncio.run(load(base, queries, k, c, duration_s))
+            result = asyncio.run(load(base, queries, k, c, duration_s, params))
             rows.append({"topology": topology, "clients": c, "startup_s": round(startup_s, 1),
                          **result})
             print(json.dumps(rows[-1]), flush=True)
@@ -224,6 +250,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-postings-total", type=int, default=None,
                         help="Blocked index n_postings of a 1-shard index; S shards use 1/S of it "
                              "each (default: BlockedIndexConfig's recorded defaults per shard).")
+    parser.add_argument("--query-cut", type=int, default=None,
+                        help="Per-request query_cut, in process and served (default: the index's).")
+    parser.add_argument("--heap-factor", type=float, default=None,
+                        help="Per-request heap_factor, in process and served (default: the index's).")
+    parser.add_argument("--sweep", default="",
+                        help="query_cut:heap_factor pairs, comma-separated: recall@k and search "
+                             "time of each, in process (to choose the served parameters).")
+    parser.add_argument("--skip-served", action="store_true", help="In process only.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lsr-bench-serve"))
     parser.add_argument("--out", type=Path, default=None, help="Write all results as JSON here.")
     parser.add_argument("--prepare-only", action="store_true",
@@ -252,10 +286,20 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipeline.serve.app import stop_endpoint
 
+    params = {"query_cut": args.query_cut, "heap_factor": args.heap_factor}
+    params = {name: v for name, v in params.items() if v is not None}
+    sweep = [(int(a), float(b)) for a, b in (p.split(":") for p in args.sweep.split(",") if p)]
+    report["search_params"] = params
     for s in shard_counts:
-        report["in_process"][s] = in_process(roots[s], queries, args.k)
+        report["in_process"][s] = in_process(roots[s], queries, args.k, params, sweep)
         print(f"in process, {s} shards: {json.dumps(report['in_process'][s])}", flush=True)
 
+    if args.skip_served:
+        print_tables(report)
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=2) + "\n")
+        return
+    report["load_avg_before_served"] = list(os.getloadavg())
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     port = free_port()
@@ -263,7 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         for s in shard_counts:
             for topology in topologies:
-                for row in served(roots[s], topology, queries, args.k, clients, args.duration_s, port):
+                for row in served(roots[s], topology, queries, args.k, clients, args.duration_s,
+                                  port, params):
                     ref = report["in_process"][s]
                     row.update({"shards": s, "in_process_p50_ms": ref["p50_ms"],
                                 "served_over_in_process_p50": round(row["p50_ms"] / ref["p50_ms"], 2)})

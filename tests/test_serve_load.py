@@ -6,8 +6,9 @@ these tests short. Each endpoint is shared by the tests of its class:
 * `TestSplit`: split topology, encoder inside the ingress, 2 searcher groups, search_threads=2
   (batches run numba's parallel kernels): concurrent first exact requests, then 8 clients
   mixing exact and blocked, single queries and batches; a controller restart under load.
-* `TestEmbedded`: embedded topology: the same load; a switch slowed past the lease TTL
-  while garbage collection runs.
+* `TestEmbedded`: embedded topology: the same load; single queries micro-batched across 8
+  clients answer exactly as in-process search; a switch slowed past the lease TTL while
+  garbage collection runs.
 Plus, without Ray: concurrent batches through `pipeline.search` under numba's workqueue
 threading layer, which aborts the process on concurrent entry into its pool; the single-query
 encoding fast path against the encoder. And `lsr serve` (its own Ray) stopped by SIGTERM or
@@ -235,6 +236,47 @@ class TestEmbedded:
             pass
         load.assert_clean(min_answered=160)
 
+    def test_micro_batched_single_queries_equal_in_process_search(self, embedded_endpoint,
+                                                                   queries):
+        """8 clients of single queries (blocked with the index's and with per-request
+        parameters, and exact) go through the ingress micro-batching: every answer is exactly
+        (ids, float32 scores) what in-process search of that query alone returns."""
+        from pipeline.search import ShardedIndex
+
+        client, root, config = embedded_endpoint
+        assert config.embedded_batch_size > 1
+        variants = [{"exact": False}, {"exact": False, "query_cut": 5, "heap_factor": 0.8},
+                    {"exact": True}]
+        index = ShardedIndex.open(root, generation=1)
+        expected = {}
+        for v, params in enumerate(variants):
+            for text in queries:
+                hits = index.search([text], k=10, **params)[0]
+                expected[(text, v)] = ([h.doc_id for h in hits],
+                                       np.asarray([h.score for h in hits], np.float32))
+        before = client.get("/stats").json()["batching"]
+
+        def make(client_no: int, i: int):
+            text, v = queries[(i * 7 + client_no) % len(queries)], (i + client_no) % len(variants)
+
+            def check(answer: dict) -> str | None:
+                got = answer["results"][0]
+                ids, scores = expected[(text, v)]
+                if got["doc_ids"] != ids or not np.array_equal(
+                        np.asarray(got["scores"], np.float32), scores):
+                    return f"batched answer differs for {text!r} ({variants[v]})"
+                return None
+            return {"query": text, "k": 10, **variants[v]}, check
+
+        with ConcurrentLoad(str(client.base_url), make, clients=8, max_requests=240,
+                            generations={1}) as load:
+            pass
+        load.assert_clean(min_answered=240)
+        after = client.get("/stats").json()["batching"]
+        batches = after["batches"] - before["batches"]
+        requests = after["requests"] - before["requests"]
+        assert requests == 240 and batches < requests, (batches, requests)
+
     def test_slow_switch_keeps_the_lease_while_gc_runs(self, embedded_endpoint, queries):
         """The switch takes SWITCH_DELAY_S > 4 lease TTLs; GC runs all along, keeping one
         generation: generation 1 (served until the flip) must never be collected."""
@@ -391,7 +433,7 @@ def test_lsr_serve_stops_cleanly_on_signal(small_index, sig, target):
 
 
 def test_query_fast_path_equals_the_encoder(scifact_dir):
-    """Single-query fast path, screened and full head, against `SpladeEncoder.encode_queries`
+    """Single-query fast path, each head (int8, bfloat16 screens, full), against `SpladeEncoder.encode_queries`
     of each query alone: the same terms, the same weights up to float32 rounding; and safe
     from several threads at once."""
     import scipy.sparse as sp
@@ -400,10 +442,11 @@ def test_query_fast_path_equals_the_encoder(scifact_dir):
 
     reference = tiny_encoder()
     fast = QueryFastPath.from_settings(reference.settings(), device="cpu")
+    fast.lean = None        # the HF body here; the lean body: tests/test_query_encode.py
     texts = _texts(scifact_dir, 60)
     expected = sp.vstack([reference.encode_queries([t]) for t in texts], format="csr")
-    for screened in (True, False):
-        fast.screened = screened
+    for screen in QueryFastPath.SCREENS:
+        fast.screen = screen
         got = fast.encode_queries(texts)
         assert (got.indptr == expected.indptr).all() and (got.indices == expected.indices).all()
         np.testing.assert_allclose(got.data, expected.data, rtol=1e-5, atol=1e-6)

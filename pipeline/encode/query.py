@@ -9,14 +9,25 @@ head over (B, L, V). For one query at a time none of that is needed:
 * no padding: the query's L tokens are all real, so the SPLADE max over the sequence is a
   plain ``amax`` over the (L, V) logits, and ReLU and log1p run on the (V,) maximum only
   (both are monotone: ``max log1p(relu(x)) == log1p(relu(max x))``);
-* screened head (CPU, where bfloat16 matmul is faster): the (L, V) logits are first computed
-  in bfloat16 (a quarter of fp32's time with AVX512-BF16); a term can only have a non-zero
-  weight if its screened maximum plus a rigorous error bound exceeds zero, and only those
-  candidate terms (a few hundred of 30k) are computed again in float32. The error bound per
-  (token l, term v) is ``SCREEN_ERROR * |h_l| * |w_v|``: rounding both operands and the
-  result to bfloat16 (8-bit mantissa) is off by at most ``3 * 2**-8`` of that product
-  (Cauchy-Schwarz), and SCREEN_ERROR = 0.02 leaves a margin of more than 2x. No term is
-  lost and every kept weight is computed in float32;
+* lean body (`pipeline.encode.lean_bert`): for a plain BERT masked LM the body runs as a few
+  torch calls per layer on the model's own weights (the HF module stack costs more than the
+  arithmetic of a 2-layer BERT-tiny); any other architecture keeps the HF forward;
+* screened head (CPU): a term can only have a non-zero weight if an upper bound of its
+  maximum logit exceeds zero, and only those candidate terms (a few hundred of 30k) are
+  computed again, in float32. Two screens (int8 where this CPU runs `torch._int_mm`, else
+  bfloat16 if faster than no screen):
+
+  - int8 (`torch._int_mm`, VNNI): the hidden states are quantised with one scale
+    ``s = max|h| / 127`` and each term's weight row with its own ``t_v = max|w_v| / 127``;
+    the int32 products are exact, so ``h_l . w_v`` differs from ``s t_v (hq_l . wq_v)`` only by
+    the rounding of the operands: at most ``|h - ĥ| |w| + |ĥ| |w - ŵ| <= sqrt(H)/2 (s |w_v| +
+    t_v |ĥ_l|)`` (Cauchy-Schwarz, each element off by at most half a step). The bound used
+    is 1.5 times that (float32 rounding of the scales and sums is orders smaller);
+  - bfloat16: the logits in bfloat16, off by at most ``3 * 2**-8 * |h_l| |w_v|`` (both
+    operands and the result rounded to an 8-bit mantissa); SCREEN_ERROR = 0.02 leaves a
+    margin of more than 2x.
+
+  No term is lost and every kept weight is computed in float32;
 * the CSR row is built directly from the non-zero weights;
 * everything under ``torch.inference_mode``, and one call at a time (a lock): an HF fast
   tokenizer is not safe to share between threads ("Already borrowed"), and one thread per
@@ -67,9 +78,15 @@ class QueryFastPath:
 
     Build with `from_settings` (an index manifest's encoder settings, fingerprint checked)
     or `from_encoder` (takes the encoder over: do not use it for anything else afterwards).
+    ``screen`` is the head in use: "int8", "bf16" or "none" (float32 over the vocabulary);
+    ``lean`` the lean BERT body, or None where the HF forward runs.
     """
 
+    SCREENS = ("int8", "bf16", "none")
+
     def __init__(self, encoder) -> None:
+        from pipeline.encode.lean_bert import LeanBert
+
         body = encoder._body                      # noqa: SLF001 - the split masked LM
         self.tokenizer = encoder.tokenizer
         self.max_length = encoder.config.query_max_length
@@ -83,51 +100,81 @@ class QueryFastPath:
         self.bias = body.bias if body.bias is not None else torch.zeros(
             self.vocab_size, dtype=body.weight.dtype, device=body.weight.device)
         self.projection_path = _replace_module(self.model, body.projection, torch.nn.Identity())
+        self.lean = LeanBert.from_model(self.model) if self.device.type == "cpu" else None
         self._lock = threading.Lock()
-        self.screened = False
+        self.screen = "none"
         if self.device.type == "cpu" and self.weight_t.dtype == torch.float32:
-            self.weight_t_bf16 = self.weight_t.to(torch.bfloat16)
-            self.weight_norms = torch.linalg.vector_norm(self.weight_t, dim=0)     # (V,)
-            self.screened = self._screen_is_faster()
-        log.info("query fast path: %s head", "screened bf16" if self.screened else "float32")
+            weight = body.weight.detach().contiguous()                              # (V, H)
+            self.weight_rows = weight                   # gathered per candidate (contiguous rows)
+            self.weight_norms = torch.linalg.vector_norm(weight, dim=1)             # (V,)
+            self.weight_bf16 = weight.to(torch.bfloat16)
+            step = weight.abs().amax(dim=1) / 127                                   # (V,)
+            self.weight_step = torch.where(step > 0, step, torch.ones_like(step))
+            self.weight_i8_t = torch.round(weight / self.weight_step[:, None]).clamp_(
+                -127, 127).to(torch.int8).t()                                       # (H, V) view
+            self.screen = self._fastest_screen()
+        log.info("query fast path: %s body, %s screen", "lean" if self.lean else "HF", self.screen)
 
-    def _screen_is_faster(self) -> bool:
-        """Time both heads on a real query; bfloat16 matmul is slow without hardware support."""
+    @property
+    def screened(self) -> bool:
+        return self.screen != "none"
+
+    def _fastest_screen(self) -> str:
+        """int8 wherever `torch._int_mm` runs on this CPU (2-3x faster than the others with
+        VNNI, and a fixed choice, so every process of a machine encodes alike); else bfloat16
+        or none, timed on a real query (bfloat16 matmul is slow without hardware support)."""
         import time
 
         ids = self.tokenizer("what causes heart disease and how is it treated",
                              return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-        best = {}
         with torch.inference_mode():
-            input_ids = torch.tensor([ids], dtype=torch.long)
-            out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-            hidden = out.logits[0] if hasattr(out, "logits") else out[0][0]
-            for name, fn in (("full", self._head_full), ("screened", self._head_screened)):
-                fn(hidden)
+            hidden = self._hidden(ids)
+            try:
+                self._head(hidden, "int8")
+                return "int8"
+            except RuntimeError:      # no int8 matmul kernel for this CPU
+                pass
+            best = {}
+            for name in ("bf16", "none"):
+                self._head(hidden, name)
                 started = time.perf_counter()
                 for _ in range(5):
-                    fn(hidden)
+                    self._head(hidden, name)
                 best[name] = time.perf_counter() - started
-        return best["screened"] < best["full"]
+        return min(best, key=best.get)
 
-    def _head_full(self, hidden: torch.Tensor) -> torch.Tensor:
-        """(L, H) -> max logits (V,) in float32."""
-        logits = torch.addmm(self.bias, hidden.to(self.weight_t.dtype), self.weight_t)
-        return logits.amax(dim=0).float()
-
-    def _head_screened(self, hidden: torch.Tensor) -> torch.Tensor:
+    def _head(self, hidden: torch.Tensor, screen: str) -> torch.Tensor:
         """(L, H) -> max logits (V,): exact (float32) wherever the maximum may be > 0, and a
         negative number elsewhere (those terms get weight 0 either way)."""
+        if screen == "none":
+            logits = torch.addmm(self.bias, hidden.to(self.weight_t.dtype), self.weight_t)
+            return logits.amax(dim=0).float()
         hidden = hidden.float()
-        approx = (hidden.to(torch.bfloat16) @ self.weight_t_bf16).amax(dim=0).float()   # (V,)
-        slack = SCREEN_ERROR * torch.linalg.vector_norm(hidden, dim=1).max() * self.weight_norms
-        upper = approx + slack + self.bias
+        upper = self._upper_int8(hidden) if screen == "int8" else self._upper_bf16(hidden)
         candidates = torch.nonzero(upper > 0).squeeze(1)
         out = torch.full((self.vocab_size,), -1.0, dtype=torch.float32)
         if candidates.numel():
-            exact = torch.addmm(self.bias[candidates], hidden, self.weight_t[:, candidates])
+            exact = torch.addmm(self.bias[candidates], hidden, self.weight_rows[candidates].t())
             out[candidates] = exact.amax(dim=0)
         return out
+
+    def _upper_bf16(self, hidden: torch.Tensor) -> torch.Tensor:
+        """An upper bound of every term's max logit, from bfloat16 logits."""
+        approx = torch.nn.functional.linear(hidden.to(torch.bfloat16), self.weight_bf16)
+        slack = SCREEN_ERROR * torch.linalg.vector_norm(hidden, dim=1).max() * self.weight_norms
+        return approx.float().amax(dim=0) + slack + self.bias
+
+    def _upper_int8(self, hidden: torch.Tensor) -> torch.Tensor:
+        """An upper bound of every term's max logit, from exact int32 products of int8 operands."""
+        scale = hidden.abs().max() / 127
+        if not scale > 0:
+            scale = torch.ones((), dtype=torch.float32)
+        quantised = torch.round(hidden / scale).clamp_(-127, 127).to(torch.int8)      # (L, H)
+        top = torch._int_mm(quantised, self.weight_i8_t).amax(dim=0)                 # (V,) int32
+        hidden_norm = torch.linalg.vector_norm(quantised.float(), dim=1).max() * scale
+        half_steps = 1.5 * (hidden.shape[1] ** 0.5) / 2
+        slack = half_steps * (scale * self.weight_norms + hidden_norm * self.weight_step)
+        return top.float() * (scale * self.weight_step) + slack + self.bias
 
     @classmethod
     def from_encoder(cls, encoder) -> "QueryFastPath":
@@ -139,12 +186,17 @@ class QueryFastPath:
 
         return cls(encoder_from_settings(settings, device=device))
 
-    @torch.inference_mode()
-    def _weights(self, ids: list[int]) -> torch.Tensor:
+    def _hidden(self, ids: list[int]) -> torch.Tensor:
+        """(L, H) input of the vocabulary projection: the lean body, else the HF forward."""
+        if self.lean is not None:
+            return self.lean.hidden_states(ids)
         input_ids = torch.tensor([ids], dtype=torch.long, device=self.device)
         out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
-        hidden = out.logits[0] if hasattr(out, "logits") else out[0][0]      # (L, H)
-        top = self._head_screened(hidden) if self.screened else self._head_full(hidden)
+        return out.logits[0] if hasattr(out, "logits") else out[0][0]
+
+    @torch.inference_mode()
+    def _weights(self, ids: list[int]) -> torch.Tensor:
+        top = self._head(self._hidden(ids), self.screen)
         return torch.log1p(torch.relu(top))                                  # (V,)
 
     def encode_one(self, text: str) -> tuple[np.ndarray, np.ndarray]:

@@ -34,6 +34,11 @@ class ServeConfig:
       * ``encoder_placement``: "deployment" runs the QueryEncoder as its own deployment with
         ``@serve.batch`` across concurrent requests; "ingress" encodes inside the ingress
         replica (one handle hop less per request).
+      * ``embedded_batch_size``: embedded topology, concurrent single-query requests with the
+        same search parameters that one replica encodes and searches as one batch (those
+        arriving while the previous batch runs; `pipeline.serve.batching`); 1 = off.
+        ``embedded_batch_wait_s``: extra wait to fill a batch (0: none, a lone request runs at
+        once). Answers equal the unbatched ones.
       * ``*_cpus`` / ``encoder_gpus``: Ray resources per replica. Fractional by default: a switch
         holds two generations' searchers at once, and they must all fit.
 
@@ -74,6 +79,8 @@ class ServeConfig:
     encoder_threads: int = 1
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.002
+    embedded_batch_size: int = 8
+    embedded_batch_wait_s: float = 0.0
     ingress_replicas: int = 1
     ingress_cpus: float = 0.1
     controller_cpus: float = 0.05
@@ -104,7 +111,7 @@ class ServeConfig:
         for name in ("replicas_per_shard", "encoder_replicas", "ingress_replicas", "max_queries",
                      "max_k", "max_query_chars", "max_body_bytes", "max_batch_size",
                      "search_threads", "encoder_threads", "max_filter_nodes", "max_filter_bytes",
-                     "max_fields", "max_explain_terms"):
+                     "max_fields", "max_explain_terms", "embedded_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -116,7 +123,7 @@ class ServeConfig:
         if self.max_k > MAX_K:
             raise ValueError(f"max_k must be <= {MAX_K}, got {self.max_k}")
         for name in ("searcher_cpus", "encoder_cpus", "encoder_gpus", "ingress_cpus",
-                     "controller_cpus", "batch_wait_timeout_s", "poll_s"):
+                     "controller_cpus", "batch_wait_timeout_s", "embedded_batch_wait_s", "poll_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("timeout_s", "route_refresh_s", "drain_timeout_s", "deploy_timeout_s",

@@ -5,13 +5,17 @@ Two topologies (`ServeConfig.topology`):
 * embedded: this replica holds every shard of the generation (`ShardedIndex`) and the query
   encoder, and answers ``POST /search`` in process, in one worker-thread call: encode,
   search each shard, merge, resolve ids. No handle hops.
+  Concurrent single-query requests with the same search parameters are micro-batched
+  (`pipeline.serve.batching`, ``embedded_batch_size``): one call encodes and searches them
+  all, each answered exactly as alone.
 * split: ``POST /search`` encodes the queries (QueryEncoder deployment, or in this replica),
   fans the encoded batch out to every ShardSearcher group of one generation at once; each
   group answers its own merged top-k as generation rows; this replica merges them with
   `pipeline.search.merge_rows` (the in-process merge) and resolves the ids.
 
 Responses carry a ``Server-Timing`` header with the stages measured here (ms): ``encode``,
-``search``, ``merge``, ``serialize`` and ``ingress`` (the handler, end to end).
+``search``, ``merge``, ``serialize`` and ``ingress`` (the handler, end to end); a micro-batched
+request also ``queue`` (its wait for the batch, part of ``encode``).
 
 Each request reads the active route once, so all its shards belong to one generation, and
 the response names it. Shards that do not answer within the request's time budget (or whose
@@ -148,6 +152,12 @@ class Ingress:
         self._encoders: dict[str, Any] = {}   # encoder_key -> in-process encoder
         self._activation = asyncio.Lock()
         self.active: _Active | None = None
+        self.batcher = None
+        if self.config.embedded_batch_size > 1:
+            from pipeline.serve.batching import MicroBatcher
+
+            self.batcher = MicroBatcher(self._answer_embedded_batch, self.config.embedded_batch_size,
+                                        self.config.embedded_batch_wait_s)
         await self._activate(await controller.get_route.remote())
         self._refresher = asyncio.create_task(self._refresh_loop())
 
@@ -354,7 +364,12 @@ class Ingress:
         generation = active.route.generation
         self.inflight[generation] += 1
         try:
-            if active.route.embedded:
+            if active.route.embedded and self.batcher is not None and len(req.texts()) == 1 \
+                    and extras.filter is None and not extras.details:
+                # Every request field that changes the answer belongs in the key.
+                key = (id(active), req.k, req.exact, req.query_cut, req.heap_factor)
+                body, status, stages = await self.batcher.submit(key, (active, req, started))
+            elif active.route.embedded:
                 body, status, stages = await asyncio.to_thread(self._answer_embedded, active,
                                                                req, extras, started)
             else:
@@ -376,38 +391,60 @@ class Ingress:
     def _answer_embedded(self, active: _Active, req: SearchRequest, extras: _Extras,
                          started: float) -> tuple[dict, str, dict]:
         """Encode, search every shard, merge and resolve ids, in this worker thread."""
+        return self._answer_embedded_batch([(active, req, started)], extras)[0]
+
+    def _answer_embedded_batch(self, items: list[tuple[_Active, SearchRequest, float]],
+                               extras: _Extras = _Extras()) -> list[tuple[dict, str, dict]]:
+        """`_answer_embedded` for requests with the same route and search parameters: one
+        encode call and one search per shard for all their queries; each query is encoded
+        on its own and scored independently, so each answer equals the request's alone.
+        `extras` (filter, fields, explain) apply to every item: the micro-batcher only
+        batches requests without any, so a batch with extras is a batch of one."""
         from pipeline.search import merge_rows
 
+        active, first, _ = items[0]
         engine = active.engine
+        texts = [t for _, req, _ in items for t in req.texts()]
+        begun = time.perf_counter()
         try:
-            queries = active.encode.encode_queries(req.texts())
+            queries = active.encode.encode_queries(texts)
         except Exception as exc:  # noqa: BLE001 - the encoder's failure becomes a 503
             self.metrics.error("encode_failed")
             log.error("query encoding failed: %s: %s", type(exc).__name__, exc)
             raise HTTPException(503, detail=f"query encoder failed ({type(exc).__name__})") from None
         encoded = time.perf_counter()
-        params = {"query_cut": req.query_cut, "heap_factor": req.heap_factor}
+        params = {"query_cut": first.query_cut, "heap_factor": first.heap_factor}
         params = {k: v for k, v in params.items() if v is not None}
         allowed = [None] * len(engine.shards) if extras.filter is None \
             else engine.allowed(extras.filter)
-        parts = [s.search_rows(queries, req.k, exact=req.exact, threads=self.config.search_threads,
+        parts = [s.search_rows(queries, first.k, exact=first.exact,
+                               threads=self.config.search_threads,
                                **params, **({} if a is None else {"allowed": a}))
                  for s, a in zip(engine.shards, allowed)]
         searched = time.perf_counter()
-        rows, scores = parts[0] if len(parts) == 1 else merge_rows(parts, req.k)
+        all_rows, all_scores = parts[0] if len(parts) == 1 else merge_rows(parts, first.k)
         merged = time.perf_counter()
         details = None
-        if extras.details:
+        if extras.details:      # only ever a batch of one (the batcher takes no extras)
             from pipeline.search.sharded import hit_details
 
-            details = hit_details(engine.shards, rows, queries, extras.fields, extras.explain,
-                                  req.exact, engine.tokens() if extras.explain else None,
+            details = hit_details(engine.shards, all_rows, queries, extras.fields, extras.explain,
+                                  first.exact, engine.tokens() if extras.explain else None,
                                   extras.explain_terms)
-        body = self._body(active, req, extras, rows, scores, details, list(active.route.shards),
-                          [], started, encoded, searched, merged)
-        stages = {"encode": encoded - started, "search": searched - encoded,
-                  "merge": time.perf_counter() - searched}
-        return body, "ok", stages
+        out, start = [], 0
+        for _, req, started in items:
+            stop = start + len(req.texts())
+            body = self._body(active, req, extras, all_rows[start:stop], all_scores[start:stop],
+                              None if details is None else details[start:stop],
+                              list(active.route.shards), [], started, encoded, searched, merged)
+            start = stop
+            # encode: from the request's arrival (its wait for the batch included)
+            stages = {"encode": encoded - started, "search": searched - encoded,
+                      "merge": merged - searched}
+            if len(items) > 1:
+                stages["queue"] = begun - started
+            out.append((body, "ok", stages))
+        return out
 
     def _body(self, active: _Active, req: SearchRequest, extras: _Extras, rows, scores,
               details: list[list[dict]] | None, shards: list[str], missing: list[str],
@@ -560,6 +597,8 @@ class Ingress:
                 "encoder": route.encoder_app or "ingress", "ingress_replica": self.replica,
                 "topology": "embedded" if route.embedded else "split",
                 "inflight": {str(g): n for g, n in self.inflight.items() if n},
+                "batching": None if self.batcher is None else {
+                    "batches": self.batcher.batches, "requests": self.batcher.items},
                 "shards": shards, "controller": controller}
 
     @app.post("/admin/reload", response_model=ReloadResponse,

@@ -1,0 +1,138 @@
+"""Benchmark of single-query encoding (`pipeline.encode.query.QueryFastPath.encode_one`).
+
+splade-tiny, torch on one thread, the first N real scifact query texts, one query at a time:
+p50/p99 of `encode_one` for each body (lean BERT / Hugging Face forward) and head (int8 or
+bfloat16 screen with float32 on the candidates, or float32 over the whole vocabulary), the
+batch encoder's `encode_queries([q])` for reference, and the stage split of the default
+configuration measured per query: tokenize, body, screen (the upper bound of every term),
+exact (float32 on the candidates), rest (log1p, ReLU, top-k/threshold, CSR row).
+
+    flock /tmp/lsr-cpu.lock .venv/bin/python jobs/bench_query_encode.py \
+        --out bench-results/query-encode-issue11.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def pct(values: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(values), q)), 3)
+
+
+def timed(fn, items, repeat_warm: int = 20) -> list[float]:
+    for item in items[:repeat_warm]:
+        fn(item)
+    out = []
+    for item in items:
+        t0 = time.perf_counter()
+        fn(item)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def stage_split(fast, texts: list[str]) -> dict:
+    """Per-query time of each stage of `encode_one` in the configuration in use (medians)."""
+    import torch
+
+    stages: dict[str, list[float]] = {k: [] for k in ("tokenize", "body", "screen", "exact",
+                                                      "rest", "candidates")}
+    for text in texts:
+        t0 = time.perf_counter()
+        ids = fast.tokenizer(text, truncation=True, max_length=fast.max_length,
+                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            hidden = fast._hidden(ids)                                   # noqa: SLF001
+            t2 = time.perf_counter()
+            if fast.screen == "none":
+                top = fast._head(hidden, "none")                         # noqa: SLF001
+                t3 = t4 = time.perf_counter()
+                n = fast.vocab_size
+            else:
+                bound = fast._upper_int8 if fast.screen == "int8" else fast._upper_bf16  # noqa: SLF001
+                candidates = torch.nonzero(bound(hidden) > 0).squeeze(1)
+                t3 = time.perf_counter()
+                top = torch.full((fast.vocab_size,), -1.0)
+                top[candidates] = torch.addmm(fast.bias[candidates], hidden,
+                                              fast.weight_rows[candidates].t()).amax(dim=0)
+                t4 = time.perf_counter()
+                n = int(candidates.numel())
+            weights = torch.log1p(torch.relu(top))
+            cols = torch.nonzero(weights > fast.threshold).squeeze(1)
+            cols.numpy().astype(np.int32), weights[cols].numpy().astype(np.float32)
+            t5 = time.perf_counter()
+        for name, ms in (("tokenize", t1 - t0), ("body", t2 - t1), ("screen", t3 - t2),
+                         ("exact", t4 - t3), ("rest", t5 - t4)):
+            stages[name].append(ms * 1000)
+        stages["candidates"].append(n)
+    return {name: pct(v, 50) for name, v in stages.items()}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--queries", type=Path,
+                        default=Path("/work/shared/data/scifact/queries.jsonl"))
+    parser.add_argument("--n-queries", type=int, default=300)
+    parser.add_argument("--model", default="splade-tiny")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from pipeline.encode import SpladeEncoder
+    from pipeline.encode.query import QueryFastPath, set_torch_threads
+    from pipeline.testing.machine import describe_machine
+
+    set_torch_threads(1)
+    with open(args.queries, encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line, _ in zip(f, range(args.n_queries))]
+    report = {"command": " ".join([sys.executable, *sys.argv]),
+              "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+              "machine": describe_machine(), "load_avg_start": list(os.getloadavg()),
+              "n_queries": len(texts), "torch_threads": torch.get_num_threads(), "runs": []}
+    reference = SpladeEncoder(args.model, device="cpu")
+    fast = QueryFastPath.from_settings(reference.settings(), device="cpu")
+    report["default"] = {"body": "lean" if fast.lean is not None else "hf", "screen": fast.screen}
+    lean, default_screen = fast.lean, fast.screen
+    for body in ("lean", "hf"):
+        if body == "lean" and lean is None:
+            continue
+        fast.lean = lean if body == "lean" else None
+        for screen in QueryFastPath.SCREENS:
+            fast.screen = screen
+            ms = timed(fast.encode_one, texts)
+            report["runs"].append({"body": body, "screen": screen, "p50_ms": pct(ms, 50),
+                                   "p99_ms": pct(ms, 99), "mean_ms": round(float(np.mean(ms)), 3)})
+            print(json.dumps(report["runs"][-1]), flush=True)
+    ms = timed(lambda t: reference.encode_queries([t]), texts)
+    report["runs"].append({"body": "SpladeEncoder.encode_queries([q])", "screen": "-",
+                           "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99),
+                           "mean_ms": round(float(np.mean(ms)), 3)})
+    print(json.dumps(report["runs"][-1]), flush=True)
+    fast.lean, fast.screen = lean, default_screen
+    ms = timed(fast.encode_one, texts)          # the default again, after everything is warm
+    report["default"].update({"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99)})
+    report["stages_p50_ms"] = stage_split(fast, texts)
+    report["load_avg_end"] = list(os.getloadavg())
+    print(json.dumps({"default": report["default"], "stages_p50_ms": report["stages_p50_ms"],
+                      "load_avg": [report["load_avg_start"], report["load_avg_end"]]}))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

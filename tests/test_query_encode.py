@@ -1,0 +1,135 @@
+"""The single-query encoding fast path (lean BERT body, int8 / bfloat16 screens) against
+`SpladeEncoder.encode_queries` of the same settings and against an independent expression:
+Hugging Face `AutoModelForMaskedLM` logits -> log1p(relu) -> max over the tokens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from pipeline.encode import SpladeEncoder
+from pipeline.encode.models import resolve_model
+from pipeline.encode.query import QueryFastPath
+
+N_QUERIES = 40
+
+
+def _texts(scifact_dir: Path, n: int) -> list[str]:
+    with open(scifact_dir / "queries.jsonl", encoding="utf-8") as f:
+        return [json.loads(line)["text"] for line, _ in zip(f, range(n))]
+
+
+def _reference(model_dir: str, texts: list[str], max_length: int) -> sp.csr_matrix:
+    """SPLADE of each query written out: the MLM logits of the whole unpadded sequence,
+    log1p(relu(.)), max over its tokens; float64 after the logits."""
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForMaskedLM.from_pretrained(model_dir).eval()
+    rows = []
+    with torch.no_grad():
+        for text in texts:
+            enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
+            logits = model(**enc).logits[0].double().numpy()               # (L, V)
+            rows.append(np.log1p(np.maximum(logits, 0.0)).max(axis=0))
+    return sp.csr_matrix(np.vstack(rows))
+
+
+def _assert_same_vectors(got: sp.csr_matrix, expected: sp.csr_matrix, rtol: float = 1e-4,
+                         atol: float = 2e-5) -> None:
+    """Same weights up to float32 rounding; a term present on one side only must be one
+    whose weight rounds to zero there (a logit within rounding of 0)."""
+    assert got.shape == expected.shape
+    g, e = got.toarray(), expected.toarray()
+    np.testing.assert_allclose(g, e, rtol=rtol, atol=atol)
+    only = (g > 0) != (e > 0)
+    assert np.all(np.maximum(g, e)[only] < atol), "a term with a real weight is missing"
+
+
+@pytest.fixture(scope="module")
+def random_bert(tmp_path_factory) -> str:
+    """A small random BERT masked LM (3 layers, hidden 64, 4 heads) with splade-tiny's
+    tokenizer, saved as a model directory."""
+    from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("random-bert")
+    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=3,
+                        num_attention_heads=4, intermediate_size=128, max_position_embeddings=128)
+    BertForMaskedLM(config).eval().save_pretrained(path)
+    AutoTokenizer.from_pretrained(resolve_model("splade-tiny")).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("model", ["splade-tiny", "random-bert"])
+def test_fast_path_matches_the_written_out_expression(model, scifact_dir, random_bert):
+    """Every screen, lean and HF body, against log1p(relu(MLM logits)) max over tokens."""
+    model_dir = resolve_model("splade-tiny") if model == "splade-tiny" else random_bert
+    texts = _texts(scifact_dir, N_QUERIES)
+    fast = QueryFastPath.from_encoder(SpladeEncoder(model_dir, device="cpu"))
+    assert fast.lean is not None, "a plain BERT masked LM gets the lean body"
+    expected = _reference(model_dir, texts, fast.max_length)
+    lean = fast.lean
+    for body in (lean, None):
+        fast.lean = body
+        for screen in QueryFastPath.SCREENS:
+            fast.screen = screen
+            _assert_same_vectors(fast.encode_queries(texts), expected)
+
+
+def test_lean_body_equals_the_encoder_on_real_queries(scifact_dir):
+    """Lean body and the int8 screen (and each other screen) against `SpladeEncoder.
+    encode_queries` of each query alone, same settings: the same terms, the same weights
+    up to float32 rounding. (The lean body sums in another order than HF's modules: fused
+    QKV, SDPA on (heads, L, d); measured differences reach 5e-6 absolute, 4e-5 relative, on
+    weights of ~0.1, so the tolerance is 1e-4 relative / 1e-5 absolute; the HF body keeps
+    test_serve_load's tighter one.)"""
+    reference = SpladeEncoder("splade-tiny", device="cpu")
+    fast = QueryFastPath.from_settings(reference.settings(), device="cpu")
+    assert fast.lean is not None
+    texts = _texts(scifact_dir, 150)
+    expected = sp.vstack([reference.encode_queries([t]) for t in texts], format="csr")
+    for screen in QueryFastPath.SCREENS:
+        fast.screen = screen
+        got = fast.encode_queries(texts)
+        assert (got.indptr == expected.indptr).all() and (got.indices == expected.indices).all()
+        np.testing.assert_allclose(got.data, expected.data, rtol=1e-4, atol=1e-5)
+
+
+def test_screens_keep_every_positive_term(scifact_dir):
+    """The screens' candidate sets contain every term whose float32 max logit is > 0,
+    including on long queries (64 tokens) and on hidden states scaled up 30x."""
+    fast = QueryFastPath.from_encoder(SpladeEncoder("splade-tiny", device="cpu"))
+    texts = _texts(scifact_dir, 30) + [" ".join(_texts(scifact_dir, 12))]
+    with torch.inference_mode():
+        for text in texts:
+            ids = fast.tokenizer(text, truncation=True, max_length=fast.max_length,
+                                 return_attention_mask=False,
+                                 return_token_type_ids=False)["input_ids"]
+            hidden = fast._hidden(ids)                           # noqa: SLF001
+            for h in (hidden, hidden * 30):
+                truth = torch.addmm(fast.bias, h, fast.weight_t).amax(dim=0)
+                for bound in (fast._upper_int8, fast._upper_bf16):   # noqa: SLF001
+                    upper = bound(h)
+                    assert bool((upper >= truth).all()), bound.__name__
+
+
+def test_other_architectures_keep_the_hf_body():
+    """The lean body is only built for a plain float32 BertForMaskedLM."""
+    from transformers import BertConfig, BertForMaskedLM, DistilBertConfig, DistilBertForMaskedLM
+
+    from pipeline.encode.lean_bert import LeanBert
+
+    small = dict(vocab_size=100, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    assert LeanBert.from_model(BertForMaskedLM(BertConfig(num_hidden_layers=1, **small))) is not None
+    assert LeanBert.from_model(BertForMaskedLM(BertConfig(num_hidden_layers=1, hidden_act="relu",
+                                                          **small))) is None
+    assert LeanBert.from_model(BertForMaskedLM(BertConfig(
+        num_hidden_layers=1, position_embedding_type="relative_key", **small))) is None
+    assert LeanBert.from_model(DistilBertForMaskedLM(DistilBertConfig(
+        vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64))) is None
