@@ -218,7 +218,7 @@ def one_size(n_docs: int, args, queries: list[str]) -> dict:
     }
     print(json.dumps(row), flush=True)
     row.update(measure_index(str(out), queries, args.k))
-    row["in_process"] = in_process(str(out), queries, args.k)
+    row["in_process"] = in_process(str(out), queries, args.k, {}, [])   # the recorded defaults
     if args.clients:
         import ray
         from ray import serve
@@ -232,7 +232,7 @@ def one_size(n_docs: int, args, queries: list[str]) -> dict:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
             row["served"] = served(str(out), "embedded", queries, args.k, args.clients,
-                                   args.duration_s, port)
+                                   args.duration_s, port, {})
         finally:
             stop_endpoint("bench")
             serve.shutdown()
