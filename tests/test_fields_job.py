@@ -116,13 +116,19 @@ def test_filters_on_job_built_fields_match_the_corpus(fields_index, flt):
     want = {str(d["_id"]) for d in docs if allowed(d)}
     assert 0 < len(want) < N_DOCS
     index = ShardedIndex.open(str(root))
+    queries = ["clinical trial outcomes", "protein structure"]
+    # Reference: unfiltered exact search over every document, then the corpus-evaluated filter.
+    unfiltered = index.search(queries, k=N_DOCS, exact=True)
     for exact in (True, False):
-        for hits in index.search(["clinical trial outcomes", "protein structure"], k=N_DOCS,
-                                 exact=exact, filter=flt):
-            got = {h.doc_id for h in hits}
-            assert got <= want
-            if exact:       # every allowed document with a positive score is returned
-                assert len(got) == len([h for h in hits if h.score > 0])
+        filtered = index.search(queries, k=N_DOCS, exact=exact, filter=flt)
+        for all_hits, hits in zip(unfiltered, filtered, strict=True):
+            got = [h.doc_id for h in hits]
+            assert set(got) <= want
+            if exact:       # exactly the allowed documents with a positive score, in rank order
+                expected = [h for h in all_hits if h.doc_id in want]
+                assert got == [h.doc_id for h in expected]
+                np.testing.assert_allclose([h.score for h in hits], [h.score for h in expected],
+                                           rtol=1e-6)
 
 
 def test_bad_field_values_are_bad_records_with_reasons(ray_local, scifact_dir, tmp_path):

@@ -145,23 +145,30 @@ def test_postings_round_trip_keep_term_ids_above_65535(collection, tmp_path):
         np.testing.assert_allclose(back.vectors.data, part.data, rtol=1e-3 if dtype == "float16" else 0)
 
 
-def test_encoder_with_128k_vocabulary_into_the_index(tmp_path):
-    """A random masked-LM whose projection has 131,072 rows: vectors use dimensions above 65,535,
-    and they index and search like any other."""
+def random_big_vocab_model(folder, seed: int, bias_mean: float, vocab: int = VOCAB):
+    """A random 1-layer BERT masked-LM with a `vocab`-row projection and splade-tiny's tokenizer,
+    saved to `folder`. The projection bias ~ N(bias_mean, 0.5) sets how many terms are positive."""
     from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig
 
-    from pipeline.encode import SpladeEncoder
     from pipeline.encode.models import resolve_model
 
-    torch.manual_seed(5)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32, pad_token_id=0)
     model = AutoModelForMaskedLM.from_config(config)
     with torch.no_grad():
-        model.get_output_embeddings().bias.normal_(-1.0, 0.5)
-    folder = tmp_path / "big-vocab"
+        model.get_output_embeddings().bias.normal_(bias_mean, 0.5)
     model.save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve_model("splade-tiny")).save_pretrained(folder)
+    return folder
+
+
+def test_encoder_with_128k_vocabulary_into_the_index(tmp_path):
+    """A random masked-LM whose projection has 131,072 rows: vectors use dimensions above 65,535,
+    and they index and search like any other."""
+    from pipeline.encode import SpladeEncoder
+
+    folder = random_big_vocab_model(tmp_path / "big-vocab", seed=5, bias_mean=-1.0)
     encoder = SpladeEncoder(str(folder), device="cpu", max_length=32, query_max_length=16)
     assert encoder.settings()["vocab_size"] == VOCAB
     texts = [f"document {i} about heart disease, vitamin {i % 7} and bone {i % 5}" for i in range(60)]

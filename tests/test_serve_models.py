@@ -140,24 +140,14 @@ BIG_VOCAB = 131_072
 def big_vocab_index(tmp_path_factory):
     """A random masked-LM with a 131,072-row projection (splade-tiny's tokenizer), its vectors
     of 200 short texts in a 2-shard blocked index (float32 forward values, 4-byte summary terms)."""
-    import torch
-    from transformers import AutoModelForMaskedLM, AutoTokenizer, BertConfig
+    from test_large_vocab import random_big_vocab_model
 
     from pipeline.encode import SpladeEncoder
-    from pipeline.encode.models import resolve_model
     from pipeline.testing.direct_writer import write_generation
 
     work = tmp_path_factory.mktemp("serve-128k")
-    torch.manual_seed(11)
-    config = BertConfig(vocab_size=BIG_VOCAB, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=32, pad_token_id=0)
-    model = AutoModelForMaskedLM.from_config(config)
-    with torch.no_grad():
-        # ~0.1% of the terms positive per token: queries keep under the endpoint's query_cut limit
-        model.get_output_embeddings().bias.normal_(-1.5, 0.5)
-    folder = work / "big-vocab"
-    model.save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve_model("splade-tiny")).save_pretrained(folder)
+    # ~0.1% of the terms positive per token: queries keep under the endpoint's query_cut limit
+    folder = random_big_vocab_model(work / "big-vocab", seed=11, bias_mean=-1.5, vocab=BIG_VOCAB)
     encoder = SpladeEncoder(str(folder), device="cpu", max_length=32, query_max_length=16)
     texts = [f"document {i} about heart disease, vitamin {i % 7} and bone {i % 5}" for i in range(200)]
     docs = encoder.encode(texts)

@@ -104,7 +104,7 @@ class IndexJobConfig:
         if self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         object.__setattr__(self, "fields", tuple(self.fields))
-        self.field_schema   # validates every NAME:TYPE (FieldsFormatError names the bad one)
+        parse_schema(self.fields)   # FieldsFormatError names a bad NAME:TYPE or a repeated name
         if self.vector_keys not in VECTOR_KEYS:
             raise ValueError(f"vector_keys must be one of {VECTOR_KEYS}, got {self.vector_keys!r}")
         if self.format == "vectors":
