@@ -97,8 +97,9 @@ _SPILLED = re.compile(r"Spilled (\d+) MiB")
 class Sampler:
     """Peak RSS of the driver and of the largest Ray process; object-store peak and spill."""
 
-    def __init__(self, driver_pid: int, ray_address: str):
+    def __init__(self, driver_pid: int, ray_address: str, head_pid: int):
         self.driver_pid = driver_pid
+        self.head_pid = head_pid
         self.address = ray_address
         self.driver_peak = 0
         self.worker_peak = 0
@@ -132,14 +133,21 @@ class Sampler:
     def _run(self) -> None:
         import psutil
 
+        head = psutil.Process(self.head_pid)
         while not self._stop.is_set():
-            for proc in psutil.process_iter(["pid", "cmdline", "memory_info"]):
-                info = proc.info
-                if not info["memory_info"]:
+            # Only this Ray session's processes (descendants of its head): other Ray clusters on
+            # the machine (tests, other jobs) must not count.
+            try:
+                session = head.children(recursive=True)
+            except psutil.NoSuchProcess:
+                session = []
+            for proc in [psutil.Process(self.driver_pid), *session]:
+                try:
+                    rss = proc.memory_info().rss
+                    cmd = " ".join(proc.cmdline())
+                except psutil.Error:
                     continue
-                rss = info["memory_info"].rss
-                cmd = " ".join(info["cmdline"] or [])
-                if info["pid"] == self.driver_pid:
+                if proc.pid == self.driver_pid:
                     self.driver_peak = max(self.driver_peak, rss)
                 elif "ray::" in cmd or "default_worker.py" in cmd:
                     if rss > self.worker_peak:
@@ -153,14 +161,15 @@ def du_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def run_job(corpus: Path, out: Path, shard_size: int, address: str) -> tuple[dict, Sampler, float]:
+def run_job(corpus: Path, out: Path, shard_size: int, address: str,
+            head_pid: int) -> tuple[dict, Sampler, float]:
     cmd = [sys.executable, "-m", "pipeline.cli", "index", str(corpus), str(out),
            "--format", "vectors", "--vector-keys", "ids", "--model", "splade-tiny",
            "--shard-size", str(shard_size), "--address", address, "--json"]
     print("$ " + " ".join(cmd), flush=True)
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with Sampler(proc.pid, address) as sampler:
+    with Sampler(proc.pid, address, head_pid) as sampler:
         stdout, stderr = proc.communicate()
     wall = time.perf_counter() - started
     if proc.returncode != 0:
@@ -202,7 +211,7 @@ def one_size(n_docs: int, args, queries: list[str]) -> dict:
         shutil.rmtree(out)
     head, address = start_local_ray(None)
     try:
-        summary, sampler, wall = run_job(corpus, out, args.shard_size, address)
+        summary, sampler, wall = run_job(corpus, out, args.shard_size, address, head.pid)
     finally:
         stop_local_ray(head)
     row = {
@@ -217,6 +226,12 @@ def one_size(n_docs: int, args, queries: list[str]) -> dict:
         "index_disk_mb": round(du_bytes(out) / 2**20, 1),
     }
     print(json.dumps(row), flush=True)
+    if args.job_only:
+        if not args.keep:
+            import shutil
+
+            shutil.rmtree(out)
+        return row
     row.update(measure_index(str(out), queries, args.k))
     row["in_process"] = in_process(str(out), queries, args.k, {}, [])   # the recorded defaults
     if args.clients:
@@ -251,6 +266,12 @@ def print_table(rows: list[dict]) -> None:
           "(1 client) | 8 clients QPS |")
     print("|" + "---|" * 15)
     for r in rows:
+        if "in_process" not in r:
+            print(f"| {r['docs']:,} | {r['job_wall_s']} | {r['job_docs_per_s']} | {r['bound_stage']} | "
+                  f"{r['driver_peak_rss_mb']} | {r['largest_worker_peak_rss_mb']} | "
+                  f"{r['object_store_peak_mb']} | {r['spilled_mb']} | {r['index_disk_mb']} | "
+                  + "– | " * 6)
+            continue
         served = {s["clients"]: s for s in r.get("served", [])}
         one, eight = served.get(1, {}), served.get(8, {})
         ip = r["in_process"]
@@ -279,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration-s", type=float, default=10.0)
     parser.add_argument("--keep", action="store_true", help="Keep each index (default: removed after).")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--job-only", action="store_true",
+                        help="Measure the job only: no load, in-process or served run (for an index "
+                             "larger than this machine's memory).")
     args = parser.parse_args(argv)
     args.clients = [int(c) for c in args.clients.split(",") if c]
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
