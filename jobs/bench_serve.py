@@ -49,7 +49,38 @@ TOPOLOGIES = {
     "embedded-nobatch": {"topology": "embedded", "embedded_batch_size": 1},
     "embedded-2r": {"topology": "embedded", "ingress_replicas": 2},
     "split": {"topology": "split", "encoder_placement": "deployment", "shards_per_replica": 1},
+    # the ingress replica answers HTTP itself (Ray Serve direct ingress): no proxy hop
+    "embedded-direct": {"topology": "embedded", "direct_port": 0},
+    "embedded-direct-2r": {"topology": "embedded", "direct_port": 0, "ingress_replicas": 2},
 }
+DIRECT_PORTS = (30600, 30632)
+"""Port range of direct-ingress replicas in this benchmark's Ray (every topology's ingress
+replicas take one while the feature is on; the benchmark finds which by its listening socket)."""
+
+
+def direct_env() -> dict[str, str]:
+    from pipeline.serve import ServeConfig
+
+    env = ServeConfig(index="-", topology="embedded", direct_port=DIRECT_PORTS[0]).direct_ingress_env()
+    env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(DIRECT_PORTS[1])
+    return env
+
+
+def direct_bases(app_name: str, route_prefix: str) -> list[str]:
+    """The URLs of the app's ingress replicas' own HTTP servers (listening in DIRECT_PORTS)."""
+    import psutil
+
+    bases = []
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status != psutil.CONN_LISTEN or not DIRECT_PORTS[0] <= conn.laddr.port < DIRECT_PORTS[1]:
+            continue
+        try:
+            cmd = " ".join(psutil.Process(conn.pid).cmdline())
+        except (psutil.Error, TypeError):
+            continue
+        if f"{app_name}:Ingress" in cmd:
+            bases.append(f"http://127.0.0.1:{conn.laddr.port}{route_prefix}")
+    return sorted(bases)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -162,8 +193,10 @@ def in_process(url: str, queries: list[str], k: int, params: dict,
 
 
 # -- served ----------------------------------------------------------------------------------------
-async def load(base: str, queries: list[str], k: int, clients: int, duration_s: float,
-               params: dict) -> dict:
+async def load(base: str | list[str], queries: list[str], k: int, clients: int,
+               duration_s: float, params: dict) -> dict:
+    """``clients`` concurrent clients for ``duration_s``; with several base URLs (direct
+    ingress replicas), client w uses base w mod their number."""
     import httpx
 
     latencies: list[float] = []
@@ -174,7 +207,8 @@ async def load(base: str, queries: list[str], k: int, clients: int, duration_s: 
 
     async def client(worker: int) -> None:
         nonlocal partial
-        async with httpx.AsyncClient(base_url=base, timeout=30.0) as http:
+        url = base if isinstance(base, str) else base[worker % len(base)]
+        async with httpx.AsyncClient(base_url=url, timeout=30.0) as http:
             i = worker
             while time.perf_counter() < stop_at:
                 q = queries[i % len(queries)]
@@ -214,15 +248,25 @@ def served(url: str, topology: str, queries: list[str], k: int, clients: list[in
     from pipeline.serve import ServeConfig
     from pipeline.serve.app import run_endpoint, stop_endpoint
 
+    settings = dict(TOPOLOGIES[topology])
+    if "direct_port" in settings:
+        settings["direct_port"] = DIRECT_PORTS[0]
     config = ServeConfig(index=url, app_name="bench", route_prefix="/bench", poll_s=0,
-                         timeout_s=10.0, **TOPOLOGIES[topology])
+                         timeout_s=10.0, **settings)
     started = time.perf_counter()
     run_endpoint(config)
     startup_s = time.perf_counter() - started
     base = f"http://127.0.0.1:{port}/bench"
+    if "direct_port" in settings:
+        bases = direct_bases("bench", "/bench")
+        if len(bases) != config.ingress_replicas:
+            raise RuntimeError(f"expected {config.ingress_replicas} direct-ingress replicas, "
+                               f"found {bases}")
+        base = bases
     rows = []
     try:
-        asyncio.run(load(base, queries, k, 1, 3.0, params))          # warm up every replica and handle
+        warm = 1 if isinstance(base, str) else len(base)
+        asyncio.run(load(base, queries, k, warm, 3.0, params))       # warm up every replica and handle
         for c in clients:
             result = asyncio.run(load(base, queries, k, c, duration_s, params))
             rows.append({"topology": topology, "clients": c, "startup_s": round(startup_s, 1),
@@ -300,6 +344,8 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(json.dumps(report, indent=2) + "\n")
         return
     report["load_avg_before_served"] = list(os.getloadavg())
+    if any("direct_port" in TOPOLOGIES[t] for t in topologies):
+        os.environ.update(direct_env())      # read once by every process of the Ray started here
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     port = free_port()

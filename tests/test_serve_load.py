@@ -31,7 +31,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_encoder
+from conftest import REPO, free_port, tiny_encoder
 from serve_fixtures import ConcurrentLoad, serve_http_port, wait_until
 
 N_DOCS = 600
@@ -363,73 +363,142 @@ def test_concurrent_batches_under_workqueue_threading_layer(small_index):
 def test_lsr_serve_stops_cleanly_on_signal(small_index, sig, target):
     """`lsr serve` (its own local Ray) gets SIGTERM/SIGINT at the driver or its whole process
     group: exit status 0 within 30 s, and no process it started is left."""
+    port = free_port()
+    proc, started = _start_lsr_serve(small_index, port, "lsrstop")
+    try:
+        _wait_healthy(proc, started, [f"http://127.0.0.1:{port}"])
+        _signal_and_check_stopped(proc, started, sig, target)
+    finally:
+        _kill_leftovers(proc, started)
+
+
+def _free_port_pair() -> int:
+    """A port P with P and P + 1 both free (two direct-ingress replicas)."""
+    import socket
+
+    for candidate in range(31100, 31900, 7):
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", candidate))
+                b.bind(("127.0.0.1", candidate + 1))
+            return candidate
+        except OSError:
+            continue
+    raise RuntimeError("no two consecutive free ports in 31100..31900")
+
+
+def test_lsr_serve_direct_ingress_under_load(small_index, queries):
+    """`lsr serve --direct-port P --ingress-replicas 2`: each embedded ingress replica answers
+    HTTP on its own port (P, P + 1) as well as through the proxy. 8 concurrent clients, 4 on
+    each replica's port, mixing exact and blocked, single queries and batches: every answer
+    equals in-process search; the proxy's answers too. Then SIGTERM to the process group stops
+    everything within 30 s (Serve's drain of a direct-ingress replica included)."""
+    port, direct = free_port(), _free_port_pair()
+    proc, started = _start_lsr_serve(small_index, port, "lsrdirect", "--direct-port", str(direct),
+                                     "--ingress-replicas", "2")
+    try:
+        bases = [f"http://127.0.0.1:{direct + i}" for i in range(2)]
+        _wait_healthy(proc, started, [f"http://127.0.0.1:{port}", *bases])
+        expected = _expected(small_index, queries)
+        make = _mixed_requests(queries, expected)
+        loads = [ConcurrentLoad(base, make, clients=4, max_requests=80, generations={1})
+                 for base in bases]
+        for load in loads:
+            load.__enter__()
+        for load in loads:
+            load.join()
+            load.assert_clean(min_answered=80)
+        with ConcurrentLoad(f"http://127.0.0.1:{port}", make, clients=2, max_requests=20,
+                            generations={1}) as through_proxy:
+            pass
+        through_proxy.assert_clean(min_answered=20)
+        _signal_and_check_stopped(proc, started, "SIGTERM", "group")
+    finally:
+        _kill_leftovers(proc, started)
+
+
+def _start_lsr_serve(index: str, port: int, app_name: str, *extra: str):
+    from ray_procs import subprocess_env
+
+    lsr = Path(sys.executable).with_name("lsr")
+    cmd = [str(lsr), "serve", index, "--port", str(port), "--num-cpus", "2", "--poll-s", "0",
+           "--app-name", app_name, *extra]
+    proc = subprocess.Popen(cmd, env=subprocess_env(PYTHONPATH=str(REPO), RAY_ADDRESS=""),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, cwd=REPO)
+    return proc, {}
+
+
+def _record_descendants(proc, started: dict[int, float]) -> None:
+    import psutil
+
+    from ray_procs import descendants
+
+    for pid in descendants(proc.pid):
+        try:
+            started.setdefault(pid, psutil.Process(pid).create_time())
+        except psutil.NoSuchProcess:
+            pass
+
+
+def _wait_healthy(proc, started: dict[int, float], bases: list[str]) -> None:
+    """Until every base URL answers /healthz, recording the processes `lsr serve` starts."""
+    deadline = time.monotonic() + 240
+    pending = list(bases)
+    while pending:
+        _record_descendants(proc, started)
+        try:
+            if httpx.get(f"{pending[0]}/healthz", timeout=2).status_code == 200:
+                pending.pop(0)
+                continue
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, f"lsr serve never answered at {pending[0]}"
+        time.sleep(0.5)
+    _record_descendants(proc, started)
+    assert len(started) >= 3          # at least the Ray head, GCS and raylet
+
+
+def _signal_and_check_stopped(proc, started: dict[int, float], sig: str, target: str) -> None:
     import signal
 
     import psutil
 
-    from conftest import free_port
-    from ray_procs import descendants, subprocess_env
+    signum = getattr(signal, sig)
+    if target == "group":
+        os.killpg(proc.pid, signum)
+    else:
+        proc.send_signal(signum)
+    code = proc.wait(timeout=30)      # the issue's bound: stopped within 30 s
+    err = proc.stderr.read()
+    assert code == 0, err[-3000:]
 
-    port = free_port()
-    lsr = Path(sys.executable).with_name("lsr")
-    cmd = [str(lsr), "serve", small_index, "--port", str(port), "--num-cpus", "2", "--poll-s", "0",
-           "--app-name", "lsrstop"]
-    proc = subprocess.Popen(cmd, env=subprocess_env(PYTHONPATH=str(REPO), RAY_ADDRESS=""),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, cwd=REPO)
-    started: dict[int, float] = {}
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            for pid in descendants(proc.pid):
-                try:
-                    started.setdefault(pid, psutil.Process(pid).create_time())
-                except psutil.NoSuchProcess:
-                    pass
+    def left() -> list[int]:
+        alive = []
+        for pid, created in started.items():
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, proc.stderr.read()[-3000:]
-            assert time.monotonic() < deadline, "lsr serve never answered"
-            time.sleep(0.5)
-        for pid in descendants(proc.pid):
-            try:
-                started.setdefault(pid, psutil.Process(pid).create_time())
+                p = psutil.Process(pid)
+                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(pid)
             except psutil.NoSuchProcess:
                 pass
-        assert len(started) >= 3          # at least the Ray head, GCS and raylet
-        signum = getattr(signal, sig)
-        if target == "group":
-            os.killpg(proc.pid, signum)
-        else:
-            proc.send_signal(signum)
-        code = proc.wait(timeout=30)      # the issue's bound: stopped within 30 s
-        err = proc.stderr.read()
-        assert code == 0, err[-3000:]
+        return alive
 
-        def left() -> list[int]:
-            alive = []
-            for pid, created in started.items():
-                try:
-                    p = psutil.Process(pid)
-                    if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                        alive.append(pid)
-                except psutil.NoSuchProcess:
-                    pass
-            return alive
+    wait_until(lambda: not left(), 10, "every process lsr serve started to end")
 
-        wait_until(lambda: not left(), 10, "every process lsr serve started to end")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in started:           # whatever is left of a failed run
-            try:
-                psutil.Process(pid).kill()
-            except psutil.NoSuchProcess:
-                pass
+
+def _kill_leftovers(proc, started: dict[int, float]) -> None:
+    import psutil
+
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    for pid in started:           # whatever is left of a failed run
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def test_query_fast_path_equals_the_encoder(scifact_dir):

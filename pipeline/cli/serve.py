@@ -29,6 +29,13 @@ def serve_command(
     on_shard_failure: str = typer.Option("partial", help="partial | fail (503)."),
     poll_s: float = typer.Option(10.0, help="Seconds between reads of CURRENT.json (0 = off)."),
     max_queries: int = typer.Option(64, help="Most queries per request."),
+    ingress_replicas: int = typer.Option(1, help="Ingress replicas (embedded: each encodes and "
+                                                 "searches on its own)."),
+    embedded_batch_size: int = typer.Option(8, help="Embedded: concurrent single queries "
+                                                    "answered as one batch (1 = off)."),
+    direct_port: int = typer.Option(None, help="Embedded: the ingress replicas also answer on "
+                                               "ports DIRECT_PORT.. themselves, skipping the "
+                                               "proxy's hop (needs a Ray started here)."),
     app_name: str = typer.Option("lsr", help="Serve application name."),
     storage_options: str = typer.Option(None, help="JSON object passed to fsspec."),
     address: str = typer.Option(None, help="Ray cluster address; default: start Ray locally."),
@@ -39,6 +46,8 @@ def serve_command(
 
     from pipeline.serve.config import ServeConfig
 
+    if direct_port is not None and topology == "auto":
+        topology = "embedded"               # direct ingress is for the one-node topology
     try:
         config = ServeConfig(index=index, storage_options=parse_json_option(storage_options,
                                                                             "--storage-options"),
@@ -47,9 +56,17 @@ def serve_command(
                              shards_per_replica=shards_per_replica,
                              encoder_placement=encoder_placement, api_key_env=api_key_env,
                              timeout_s=timeout_s, on_shard_failure=on_shard_failure, poll_s=poll_s,
-                             max_queries=max_queries)
+                             max_queries=max_queries, ingress_replicas=ingress_replicas,
+                             embedded_batch_size=embedded_batch_size, direct_port=direct_port)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    if direct_port is not None and address is not None \
+            and os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") != "1":
+        raise typer.BadParameter(
+            "--direct-port with --address: Ray Serve reads its direct-ingress settings when the "
+            "cluster starts; start it with " + " ".join(
+                f"{k}={v}" for k, v in config.direct_ingress_env().items())
+            + " (and set RAY_SERVE_ENABLE_DIRECT_INGRESS=1 here), or leave out --address")
     if api_key_env and not os.environ.get(api_key_env):
         raise typer.BadParameter(f"--api-key-env {api_key_env}: that variable is not set")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -87,7 +104,7 @@ def run_until_signalled(config, host: str, port: int, address: str | None,
     head = None
     try:
         if address is None:
-            head, address = start_local_ray(num_cpus)
+            head, address = start_local_ray(num_cpus, env=config.direct_ingress_env())
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  ignore_reinit_error=True)
         # Ray's core worker installs its own SIGTERM handler (it logs, then aborts the
@@ -99,6 +116,8 @@ def run_until_signalled(config, host: str, port: int, address: str | None,
         started.set()
         typer.echo(f"serving {config.index} at http://{host}:{port}/search (docs: /docs); "
                    f"Ctrl-C stops", err=True)
+        for url in config.direct_urls(host):
+            typer.echo(f"  direct (no proxy hop): {url}", err=True)
         while not stop.wait(0.5):
             pass
     except _Stop:
@@ -130,8 +149,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_local_ray(num_cpus: int | None, timeout_s: float = 120.0):
-    """`ray start --head --block` in its own session on 127.0.0.1; (process, GCS address)."""
+def start_local_ray(num_cpus: int | None, timeout_s: float = 120.0,
+                    env: dict[str, str] | None = None):
+    """`ray start --head --block` in its own session on 127.0.0.1; (process, GCS address).
+    ``env``: extra environment for every process of the cluster (read at their start)."""
     import os
     import shutil
     import subprocess
@@ -149,7 +170,7 @@ def start_local_ray(num_cpus: int | None, timeout_s: float = 120.0):
            "--include-dashboard=false", *ports]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
-    env = dict(os.environ, RAY_ADDRESS="")
+    env = dict(os.environ, RAY_ADDRESS="", **(env or {}))
     head = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"127.0.0.1:{gcs}"

@@ -39,6 +39,12 @@ class ServeConfig:
         arriving while the previous batch runs; `pipeline.serve.batching`); 1 = off.
         ``embedded_batch_wait_s``: extra wait to fill a batch (0: none, a lone request runs at
         once). Answers equal the unbatched ones.
+      * ``direct_port``: embedded topology only; each ingress replica also answers HTTP itself,
+        on ports ``direct_port`` .. ``direct_port + ingress_replicas - 1`` (Ray Serve's direct
+        ingress), so a request skips the proxy actor and its hop into the replica (measured
+        at 6-10 ms on 2 cores, BENCHMARKS.md). The proxy's port keeps answering too. Ray reads
+        the setting once, when a cluster starts: that cluster must be started with
+        `direct_ingress_env` in its environment (`lsr serve` does so for the Ray it starts).
       * ``*_cpus`` / ``encoder_gpus``: Ray resources per replica. Fractional by default: a switch
         holds two generations' searchers at once, and they must all fit.
 
@@ -83,6 +89,7 @@ class ServeConfig:
     embedded_batch_wait_s: float = 0.0
     ingress_replicas: int = 1
     ingress_cpus: float = 0.1
+    direct_port: int | None = None
     controller_cpus: float = 0.05
     # requests
     api_key_env: str | None = None
@@ -140,6 +147,16 @@ class ServeConfig:
                              f"got {self.on_shard_failure!r}")
         if not self.route_prefix.startswith("/"):
             raise ValueError(f"route_prefix must start with '/', got {self.route_prefix!r}")
+        if self.direct_port is not None:
+            if not isinstance(self.direct_port, int) or isinstance(self.direct_port, bool) \
+                    or not 1024 <= self.direct_port <= 65536 - self.ingress_replicas:
+                raise ValueError(f"direct_port must be an integer port in 1024..65535 (with room "
+                                 f"for {self.ingress_replicas} ingress replicas), got "
+                                 f"{self.direct_port!r}")
+            if self.topology != "embedded":
+                # In the split topology every searcher application's replicas would take a
+                # direct port too (each is its application's ingress).
+                raise ValueError(f"direct_port needs topology 'embedded', got {self.topology!r}")
         if self.api_key_env is not None and not self.api_key_env:
             raise ValueError("api_key_env must be an environment variable name or None")
         if self.server_id is not None:
@@ -152,6 +169,31 @@ class ServeConfig:
         a second generation during a switch) can hold an index of `index_bytes` in half of
         this node's `available_bytes`."""
         return (self.ingress_replicas + 2) * index_bytes <= available_bytes // 2
+
+    def direct_ingress_env(self) -> dict[str, str]:
+        """Environment variables a Ray cluster must start with for ``direct_port`` (Serve
+        reads them once per process); empty when ``direct_port`` is None."""
+        if self.direct_port is None:
+            return {}
+        return {
+            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.direct_port),
+            # the range's end is exclusive: one port per ingress replica, so ports are fixed
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.direct_port + self.ingress_replicas),
+            # Serve holds a stopping direct-ingress replica open 30 s for a load balancer to
+            # deregister it; with none in front, 1 s lets `lsr serve` stop promptly
+            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
+            # a restarted replica takes its port back at once (no load balancer to confuse)
+            "RAY_SERVE_PORT_QUARANTINE_S": "0",
+        }
+
+    def direct_urls(self, host: str) -> list[str]:
+        """The ingress replicas' own search URLs (``direct_port``), one per replica."""
+        if self.direct_port is None:
+            return []
+        prefix = self.route_prefix.rstrip("/")
+        return [f"http://{host}:{self.direct_port + i}{prefix}/search"
+                for i in range(self.ingress_replicas)]
 
     @property
     def lease_id(self) -> str:

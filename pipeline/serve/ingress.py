@@ -14,8 +14,10 @@ Two topologies (`ServeConfig.topology`):
   `pipeline.search.merge_rows` (the in-process merge) and resolves the ids.
 
 Responses carry a ``Server-Timing`` header with the stages measured here (ms): ``encode``,
-``search``, ``merge``, ``serialize`` and ``ingress`` (the handler, end to end); a micro-batched
-request also ``queue`` (its wait for the batch, part of ``encode``).
+``search``, ``merge``, ``serialize`` and ``ingress`` (the handler, end to end); in the
+embedded topology also ``wait``: from the handler's start to the encode call in the worker
+thread (body read and parse, the thread hop, the wait for a GIL and, micro-batched, for the
+batch). In the split topology ``encode`` includes the handle hop to the encoder.
 
 Each request reads the active route once, so all its shards belong to one generation, and
 the response names it. Shards that do not answer within the request's time budget (or whose
@@ -438,11 +440,8 @@ class Ingress:
                               None if details is None else details[start:stop],
                               list(active.route.shards), [], started, encoded, searched, merged)
             start = stop
-            # encode: from the request's arrival (its wait for the batch included)
-            stages = {"encode": encoded - started, "search": searched - encoded,
-                      "merge": merged - searched}
-            if len(items) > 1:
-                stages["queue"] = begun - started
+            stages = {"wait": begun - started, "encode": encoded - begun,
+                      "search": searched - encoded, "merge": merged - searched}
             out.append((body, "ok", stages))
         return out
 
