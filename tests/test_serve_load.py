@@ -12,7 +12,8 @@ these tests short. Each endpoint is shared by the tests of its class:
 Plus, without Ray: concurrent batches through `pipeline.search` under numba's workqueue
 threading layer, which aborts the process on concurrent entry into its pool; the single-query
 encoding fast path against the encoder. And `lsr serve` (its own Ray) stopped by SIGTERM or
-SIGINT at the driver or its process group (two cases in the default run, two marked slow).
+SIGINT at the driver or its process group (SIGINT to the driver in the default run, the
+others marked slow; the direct-ingress test ends with SIGTERM to the group).
 """
 
 from __future__ import annotations
@@ -355,7 +356,8 @@ def test_concurrent_batches_under_workqueue_threading_layer(small_index):
 
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig, target", [
-    pytest.param("SIGTERM", "group", id="sigterm-group"),
+    # SIGTERM to the group also ends test_lsr_serve_direct_ingress_under_load (default run)
+    pytest.param("SIGTERM", "group", id="sigterm-group", marks=pytest.mark.slow),
     pytest.param("SIGINT", "driver", id="sigint-driver"),
     pytest.param("SIGTERM", "driver", id="sigterm-driver", marks=pytest.mark.slow),
     pytest.param("SIGINT", "group", id="sigint-group", marks=pytest.mark.slow),
