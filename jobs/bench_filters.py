@@ -17,7 +17,8 @@ Example (under the shared CPU lock):
 At 1M documents the derived n_postings (~37,000) does not fit this machine's memory while
 building; pass --n-postings 5000 (as BENCHMARKS §14 does):
   flock /tmp/lsr-cpu.lock .venv/bin/python jobs/bench_filters.py --docs 1000000 --queries 100 \
-      --repeat 1 --n-postings 5000 --selectivities 1,0.5,0.2,0.1,0.07,0.05,0.03,0.02,0.01,0.001
+      --repeat 1 --n-postings 5000 --no-exact \
+      --selectivities 1,0.5,0.2,0.1,0.07,0.05,0.03,0.02,0.01,0.001
 """
 
 from __future__ import annotations

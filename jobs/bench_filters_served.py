@@ -14,7 +14,9 @@ documents. Real query texts (scifact), encoded by the index's model (splade-tiny
 * ``--mode in-process``: the same index, queries and filters through `ShardedIndex` in this
   process: encode (1 torch thread) then ``search_rows`` (1 thread), one query at a time.
 
-Run the two modes as separate processes (a loaded 1M index is ~10 GB resident):
+* ``--mode prepare``: write the index and exit (untimed; at 1M it peaks at ~13 GB).
+
+Run the modes as separate processes (a loaded 1M index is ~10 GB resident):
 
     flock /tmp/lsr-cpu.lock .venv/bin/python jobs/bench_filters_served.py --mode served \\
         --docs 1000000 --n-postings 5000 --out bench-results/filters-1m-served.json
