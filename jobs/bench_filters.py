@@ -13,12 +13,19 @@ The crossover where `allowed` becomes cheaper than `walk` is what
 
 Example (under the shared CPU lock):
   flock /tmp/lsr-cpu.lock .venv/bin/python jobs/bench_filters.py --docs 100000 --queries 200
+
+At 1M documents the derived n_postings (~37,000) does not fit this machine's memory while
+building; pass --n-postings 5000 (as BENCHMARKS §14 does):
+  flock /tmp/lsr-cpu.lock .venv/bin/python jobs/bench_filters.py --docs 1000000 --queries 100 \
+      --repeat 1 --n-postings 5000 --no-exact \
+      --selectivities 1,0.5,0.2,0.1,0.07,0.05,0.03,0.02,0.01,0.001
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import numpy as np
@@ -39,7 +46,7 @@ def _time_per_query(fn, queries, repeat: int) -> float:
 
 
 def main() -> None:
-    from pipeline.index import BlockedIndex, ExactIndex, recall_at_k
+    from pipeline.index import BlockedIndex, BlockedIndexConfig, ExactIndex, recall_at_k
     from pipeline.index.allowed import AllowedDocs
     from pipeline.testing.synthetic import generate
 
@@ -49,6 +56,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--n-postings", type=int, default=None,
+                    help="Blocked index n_postings (default: derived from the shard).")
+    ap.add_argument("--query-cut", type=int, default=None, help="Build-time query_cut default.")
+    ap.add_argument("--heap-factor", type=float, default=None,
+                    help="Build-time heap_factor default.")
+    ap.add_argument("--selectivities", default=",".join(str(s) for s in SELECTIVITIES),
+                    help="Comma-separated fractions of the shard a filter allows.")
     ap.add_argument("--no-exact", action="store_true", help="Skip the ExactIndex column.")
     ap.add_argument("--json", default=None, help="Also write the table as JSON here.")
     args = ap.parse_args()
@@ -56,7 +70,10 @@ def main() -> None:
     t0 = time.perf_counter()
     docs, queries = generate(args.docs, args.queries, args.seed)
     t1 = time.perf_counter()
-    blocked = BlockedIndex.build(docs)
+    overrides = {"n_postings": args.n_postings, "query_cut": args.query_cut,
+                 "heap_factor": args.heap_factor}
+    config = BlockedIndexConfig(**{k: v for k, v in overrides.items() if v is not None})
+    blocked = BlockedIndex.build(docs, config)
     t2 = time.perf_counter()
     exact = None if args.no_exact else ExactIndex(docs)
     print(f"# {args.docs} docs, {args.queries} queries, k={args.k}; generate {t1 - t0:.1f}s, "
@@ -69,7 +86,7 @@ def main() -> None:
               f"{'allowed_us':>10} {'exact_us':>9} {'walk_recall':>11}")
     print(header)
     table = []
-    for sel in SELECTIVITIES:
+    for sel in (float(s) for s in args.selectivities.split(",")):
         mask = rng.random(args.docs) < sel if sel < 1 else np.ones(args.docs, np.bool_)
         allowed = AllowedDocs(mask)
         # compile every path outside the clock
@@ -95,8 +112,9 @@ def main() -> None:
               f"{ex:>9.0f} {rec:>11.3f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"docs": args.docs, "queries": args.queries, "k": k, "rows": table}, f,
-                      indent=2)
+            json.dump({"docs": args.docs, "queries": args.queries, "k": k, "repeat": args.repeat,
+                       "config": blocked.config.to_dict(), "build_s": t2 - t1,
+                       "load_avg_end": list(os.getloadavg()), "rows": table}, f, indent=2)
 
 
 if __name__ == "__main__":
