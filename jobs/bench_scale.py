@@ -172,9 +172,25 @@ def run_job(corpus: Path, out: Path, shard_size: int, address: str,
     with Sampler(proc.pid, address, head_pid) as sampler:
         stdout, stderr = proc.communicate()
     wall = time.perf_counter() - started
+    out.with_name(out.name + ".stdout").write_text(stdout)       # kept for diagnosis
+    out.with_name(out.name + ".stderr").write_text(stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"lsr index exited {proc.returncode}:\n{stderr[-3000:]}")
-    return json.loads(stdout), sampler, wall
+    return job_summary(stdout, stderr), sampler, wall
+
+
+def job_summary(stdout: str, stderr: str) -> dict:
+    """The job's ``--json`` summary: the last JSON object in its stdout (anything a library
+    printed before it is skipped, and kept in the error when there is none)."""
+    decoder = json.JSONDecoder()
+    for start in reversed([0] + [m.end() for m in re.finditer(r"\n", stdout)]):
+        if stdout.startswith("{", start):
+            try:
+                return decoder.raw_decode(stdout, start)[0]
+            except json.JSONDecodeError:
+                continue
+    raise RuntimeError(f"no JSON summary in the job's stdout:\n{stdout[-2000:]}\n"
+                       f"stderr:\n{stderr[-2000:]}")
 
 
 def measure_index(root: str, queries: list[str], k: int) -> dict:
