@@ -207,7 +207,7 @@ class BlockedIndex:
         list_ptr = np.zeros(vocab + 1, dtype=np.int64)
         np.cumsum(lengths, out=list_ptr[1:])
         list_docs = np.empty(int(list_ptr[-1]), dtype=np.int32)
-        bk.fill_pruned_lists(col_ptr, csc.indices.astype(np.int32), csc.data, keep,
+        bk.fill_pruned_lists(col_ptr, csc.indices.astype(np.int32, copy=False), csc.data, keep,
                              list_ptr, list_docs)
         del csc, keep, col_ptr
         t1 = time.perf_counter()
@@ -231,7 +231,9 @@ class BlockedIndex:
         del top_terms, top_weights
         t2 = time.perf_counter()
 
+        parts = [list(p) for p in parts]
         arrays = cls._assemble(parts, vocab, list_ptr, doc_start, words)
+        del parts
         index = cls(arrays, config, n_docs, vocab, csr.nnz)
         log.info("BlockedIndex: %d docs, %d postings, %d blocks, %.1f MB; pruning %.2fs, "
                  "blocks+summaries %.2fs, total %.2fs", n_docs, arrays["postings"].size,
@@ -241,10 +243,25 @@ class BlockedIndex:
 
     @staticmethod
     def _assemble(parts, vocab, list_ptr, doc_start, words) -> dict[str, np.ndarray]:
+        # ``parts`` is a list of per-chunk lists: each piece is dropped once concatenated,
+        # so the chunks' outputs and the index's arrays are not all alive at once
         def cat(i, dtype):
             pieces = [p[i] for p in parts]
-            return np.concatenate(pieces).astype(dtype, copy=False) if pieces else \
-                np.zeros(0, dtype)
+            for p in parts:
+                p[i] = None
+            if not pieces:
+                return np.zeros(0, dtype)
+            out = np.concatenate(pieces)
+            del pieces
+            return out.astype(dtype, copy=False)
+
+        def gather_u32(ids):
+            """doc_start[ids] as uint32, in slices (no int64 copy of every posting)."""
+            out = np.empty(ids.size, np.uint32)
+            step = 1 << 22
+            for a in range(0, ids.size, step):
+                out[a:a + step] = doc_start[ids[a:a + step]]
+            return out
 
         def ptr(counts):
             out = np.zeros(counts.size + 1, np.int64)
@@ -258,6 +275,7 @@ class BlockedIndex:
         if block_post_ptr[-1] != list_ptr[-1]:
             raise AssertionError("blocks do not hold every posting")
         seg_sizes = np.concatenate([p[6] for p in parts]) if parts else np.zeros((0, 3), np.int64)
+        postings = gather_u32(cat(2, np.int64))
         pair_terms = cat(7, np.int64)
         pair_counts = cat(8, np.uint8)
         pair_start = ptr(pair_counts.astype(np.int64) + 1)
@@ -272,7 +290,7 @@ class BlockedIndex:
             "fwd_words": words,
             "list_block_ptr": ptr(list_n_blocks),
             "block_post_ptr": block_post_ptr.astype(np.uint32),
-            "postings": doc_start[cat(2, np.int64)].astype(np.uint32),
+            "postings": postings,
             "block_min": cat(4, np.float32),
             "block_step": cat(5, np.float32),
             "list_seg_ptr": ptr(cat(1, np.int64)),
