@@ -12,7 +12,8 @@ lengths, weights, query-document overlap), then runs the same grid on both: our
 `BlockedIndex` and pyseismic-lsr with ``n_postings`` = fraction x the collection's mean list
 length, x the search points (query_cut, heap_factor). Per point: recall@10 against exact
 search over all queries, and single-thread single-query latency (best of ``--rounds`` passes
-per query, mean over ``--latency-queries``). Our derived defaults are measured too.
+per query, mean over ``--latency-queries``), the real and the synthetic index of a point
+measured interleaved query by query. Our derived defaults are measured too.
 
 Verdict, per library, against a tolerance stated before the measurement (``--lat-tol``,
 ``--recall-tol``): at every matched grid point, |recall(synthetic) - recall(real)| <=
@@ -102,58 +103,75 @@ def statistics(ds: Dataset) -> dict[str, float]:
     return out
 
 
-def measure(ds: Dataset, truth: np.ndarray, fractions: list[float], searches: list[dict],
-            k: int, n_lat: int, rounds: int, threads: int) -> list[dict]:
-    """Every (library, build, search) point of the grid on ``ds``."""
+def measure(pair: tuple[Dataset, Dataset], truths: tuple[np.ndarray, np.ndarray],
+            fractions: list[float], searches: list[dict], k: int, n_lat: int, rounds: int,
+            threads: int) -> dict[str, list[dict]]:
+    """Every (library, build, search) point of the grid on both collections of ``pair``.
+
+    The two collections' indexes of one library and build are alive together, and their
+    single-query latencies are measured interleaved, query by query (`interleaved`), so that
+    load changes on the shared machine hit both alike: the ratio is what is compared."""
     from pipeline.index import BlockedIndex
 
-    mean_list = ds.docs.nnz / ds.docs.shape[1]
-    nq = ds.queries.shape[0]
-    n_lat = min(n_lat, nq)
-    rows = rows_of(ds.queries)
-    points = []
+    n_lat = min([n_lat] + [ds.queries.shape[0] for ds in pair])
+    rows = [rows_of(ds.queries) for ds in pair]
+    points: dict[str, list[dict]] = {ds.name: [] for ds in pair}
 
-    def add(lib, frac, build, s, got, lat, build_s, memory):
+    def add(j, lib, frac, build, s, got, lat, build_s, memory):
+        ds = pair[j]
         p = {"library": lib, "fraction": frac, "build": build, "search": s,
-             "recall": recall_at_k(got, truth), "lat_us": float(lat.mean()),
+             "recall": recall_at_k(got, truths[j]), "lat_us": float(lat.mean()),
              "build_s": build_s, "memory": memory}
-        points.append(p)
-        print(f"    {lib:8s} {str(frac):>8s}x n_postings={build.get('n_postings')} "
+        points[ds.name].append(p)
+        print(f"    {ds.name:9s} {lib:8s} {str(frac):>8s}x n_postings={build.get('n_postings')} "
               f"qc={s.get('query_cut')} hf={s.get('heap_factor')}: recall {p['recall']:.3f} "
               f"{p['lat_us']:6.0f} us  build {build_s:.1f} s  {memory / 1e6:.1f} MB",
               flush=True)
 
-    # our derived defaults (what a shard built by the job uses)
-    t = time.perf_counter()
-    ours = BlockedIndex.build(ds.docs)
-    build_s = time.perf_counter() - t
-    got, _ = ours.search(ds.queries, k=k, threads=1)
-    lat, = interleaved([lambda i: ours.search(rows[i], k=k)], n_lat, rounds)
-    cfg = ours.config
-    add("blocked", "derived", {"n_postings": cfg.n_postings,
-                               "centroid_fraction": cfg.centroid_fraction,
-                               "summary_energy": cfg.summary_energy},
-        {"query_cut": cfg.query_cut, "heap_factor": cfg.heap_factor}, got, lat, build_s,
-        ours.nbytes)
-    del ours
+    def ours(builds):
+        out = []
+        for ds, build in zip(pair, builds):
+            t = time.perf_counter()
+            index = BlockedIndex.build(ds.docs, **build)
+            out.append((index, time.perf_counter() - t))
+        return out
+
+    # our derived defaults (what a shard built by the job uses), each at its own defaults
+    built = ours([{}] * len(pair))
+    lats = interleaved([lambda i, j=j: built[j][0].search(rows[j][i], k=k)
+                        for j in range(len(pair))], n_lat, rounds)
+    for j, ds in enumerate(pair):
+        index, build_s = built[j]
+        got, _ = index.search(ds.queries, k=k, threads=1)
+        cfg = index.config
+        add(j, "blocked", "derived", {"n_postings": cfg.n_postings,
+                                      "centroid_fraction": cfg.centroid_fraction,
+                                      "summary_energy": cfg.summary_energy},
+            {"query_cut": cfg.query_cut, "heap_factor": cfg.heap_factor}, got, lats[j],
+            build_s, index.nbytes)
+    del built
     for frac in fractions:
-        build = {"n_postings": max(1, round(frac * mean_list)), "centroid_fraction": 0.1,
-                 "summary_energy": 0.4, "max_fraction": 1.5}
-        t = time.perf_counter()
-        ours = BlockedIndex.build(ds.docs, **build)
-        build_s = time.perf_counter() - t
+        builds = [{"n_postings": max(1, round(frac * ds.docs.nnz / ds.docs.shape[1])),
+                   "centroid_fraction": 0.1, "summary_energy": 0.4, "max_fraction": 1.5}
+                  for ds in pair]
+        built = ours(builds)
         for s in searches:
-            got, _ = ours.search(ds.queries, k=k, threads=1, **s)
-            lat, = interleaved([lambda i: ours.search(rows[i], k=k, **s)], n_lat, rounds)
-            add("blocked", frac, build, s, got, lat, build_s, ours.nbytes)
-        del ours
-        index, build_s, memory = seismic_index(ds, build, threads)
-        sq = SeismicQueries(index, ds.queries, k)
+            lats = interleaved([lambda i, j=j: built[j][0].search(rows[j][i], k=k, **s)
+                                for j in range(len(pair))], n_lat, rounds)
+            for j, ds in enumerate(pair):
+                got, _ = built[j][0].search(ds.queries, k=k, threads=1, **s)
+                add(j, "blocked", frac, builds[j], s, got, lats[j], built[j][1],
+                    built[j][0].nbytes)
+        del built
+        theirs = [seismic_index(ds, b, threads) for ds, b in zip(pair, builds)]
+        sqs = [SeismicQueries(index, ds.queries, k) for (index, _, _), ds in zip(theirs, pair)]
         for s in searches:
-            got = sq.batch(s, nq, 1)
-            lat, = interleaved([lambda i: sq.one(i, s)], n_lat, rounds)
-            add("seismic", frac, build, s, got, lat, build_s, memory)
-        del index, sq
+            lats = interleaved([lambda i, j=j: sqs[j].one(i, s) for j in range(len(pair))],
+                               n_lat, rounds)
+            for j, ds in enumerate(pair):
+                got = sqs[j].batch(s, ds.queries.shape[0], 1)
+                add(j, "seismic", frac, builds[j], s, got, lats[j], theirs[j][1], theirs[j][2])
+        del theirs, sqs
     return points
 
 
@@ -269,14 +287,16 @@ def main() -> None:
     results = {"command": sys.argv, "machine": info,
                "date": dt.datetime.now(dt.timezone.utc).isoformat(),
                "load": os.getloadavg(), "stats": stats, "points": {}}
+    truths = []
     for ds in (real, synth):
         exact = ExactIndex(ds.docs)
-        truth, _ = exact.search(ds.queries, k=args.k, threads=threads)
+        truths.append(exact.search(ds.queries, k=args.k, threads=threads)[0])
         del exact
-        print(f"\n--- {ds.name}: {ds.docs.shape[0]} docs, {ds.queries.shape[0]} queries, "
-              f"mean list {ds.docs.nnz / ds.docs.shape[1]:.1f} ---", flush=True)
-        results["points"][ds.name] = measure(ds, truth, fractions, searches, args.k,
-                                             args.latency_queries, args.rounds, threads)
+        print(f"{ds.name}: {ds.docs.shape[0]} docs, {ds.queries.shape[0]} queries, mean list "
+              f"{ds.docs.nnz / ds.docs.shape[1]:.1f}", flush=True)
+    print("\n--- grid (latency interleaved real/synthetic, query by query) ---", flush=True)
+    results["points"] = measure((real, synth), (truths[0], truths[1]), fractions, searches,
+                                args.k, args.latency_queries, args.rounds, threads)
     cmp = compare(results["points"]["real"], results["points"]["synthetic"], args.lat_tol,
                   args.recall_tol)
     results["comparison"] = cmp
