@@ -246,14 +246,14 @@ class BlockedIndex:
         # ``parts`` is a list of per-chunk lists: each piece is dropped once concatenated,
         # so the chunks' outputs and the index's arrays are not all alive at once
         def cat(i, dtype):
-            pieces = [p[i] for p in parts]
+            pieces = [p[i].astype(dtype, copy=False) for p in parts]
             for p in parts:
                 p[i] = None
             if not pieces:
                 return np.zeros(0, dtype)
             out = np.concatenate(pieces)
             del pieces
-            return out.astype(dtype, copy=False)
+            return out
 
         def gather_u32(ids):
             """doc_start[ids] as uint32, in slices (no int64 copy of every posting)."""
@@ -276,15 +276,23 @@ class BlockedIndex:
             raise AssertionError("blocks do not hold every posting")
         seg_sizes = np.concatenate([p[6] for p in parts]) if parts else np.zeros((0, 3), np.int64)
         postings = gather_u32(cat(2, np.int64))
-        pair_terms = cat(7, np.int64)
-        pair_counts = cat(8, np.uint8)
-        pair_start = ptr(pair_counts.astype(np.int64) + 1)
-        if pair_start[-1] >= MAX_WORDS:
-            raise ValueError("summaries too large for one index (> 2**32 entries); shard it")
         term_bytes = summary_term_bytes(vocab)
-        records = np.empty((pair_terms.size, term_bytes + 1), np.uint8)
-        records[:, :term_bytes] = pair_terms.astype(f"<u{term_bytes}").view(np.uint8).reshape(
-            -1, term_bytes)
+        pair_terms = cat(7, np.dtype(f"<u{term_bytes}"))
+        pair_counts = cat(8, np.uint8)
+        n_pairs = pair_counts.size
+        if int(pair_counts.sum(dtype=np.int64)) + n_pairs >= MAX_WORDS:
+            raise ValueError("summaries too large for one index (> 2**32 entries); shard it")
+        # entry offset of every PAIR_GROUP-th pair (exclusive prefix sums of count + 1), from
+        # per-group sums: no int64 offset of every pair
+        padded = np.zeros(-(-n_pairs // PAIR_GROUP) * PAIR_GROUP, np.uint8)
+        padded[:n_pairs] = pair_counts
+        group_sums = padded.reshape(-1, PAIR_GROUP).sum(axis=1, dtype=np.int64) + PAIR_GROUP
+        del padded
+        group_base = np.zeros(group_sums.size, np.int64)
+        np.cumsum(group_sums[:-1], out=group_base[1:])
+        records = np.empty((n_pairs, term_bytes + 1), np.uint8)
+        records[:, :term_bytes] = pair_terms.view(np.uint8).reshape(-1, term_bytes)
+        del pair_terms
         records[:, term_bytes] = pair_counts
         return {
             "fwd_words": words,
@@ -297,7 +305,7 @@ class BlockedIndex:
             "seg_block_ptr": ptr(seg_sizes[:, 0]),
             "seg_pair_ptr": ptr(seg_sizes[:, 1]),
             "pair_records": records.reshape(-1),
-            "pair_group_base": pair_start[:-1][::PAIR_GROUP].astype(np.uint32),
+            "pair_group_base": group_base.astype(np.uint32),
             "entries": cat(9, np.uint16),
         }
 
