@@ -174,3 +174,68 @@ def test_evaluation_encodes_an_empty_document_as_an_empty_vector():
     assert vectors.shape == (4, 3) and vectors.getrow(1).nnz == 0 and vectors.getrow(3).nnz == 0
     assert vectors.toarray()[[0, 2]].tolist() == [[2.0, 1.0, 0.0], [4.0, 1.0, 0.0]]
     assert encode_documents(Fake(), ["", ""]).nnz == 0
+
+
+def test_plan_id_follows_the_vocab_files_contents_not_its_path(tmp_path):
+    """An edited vocab.txt at the same path maps tokens to other ids: its run must not resume
+    the old plan; the same contents at another path may."""
+    import json
+    import shutil
+
+    from pipeline.batch.config import EncoderOptions, IndexJobConfig
+    from pipeline.batch.plan import make_plan
+    from pipeline.data.vectors import VectorVocabularyError
+
+    corpus = tmp_path / "v.jsonl"
+    corpus.write_text("".join(json.dumps({"id": f"d{i}", "vector": {"a": 1.0}}) + "\n"
+                              for i in range(5)))
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("a\nb\n")
+
+    def plan_id(vocab_path):
+        config = IndexJobConfig(corpus=str(corpus), output=str(tmp_path / "idx"), format="vectors",
+                                vocab=str(vocab_path), encoder=EncoderOptions(model=None))
+        plan, resumed = make_plan(config, IndexLayout.at(config.output), name_unit=shard_name)
+        return plan.plan_id, resumed
+
+    first, resumed = plan_id(vocab)
+    assert not resumed
+    assert plan_id(vocab) == (first, True)
+    moved = tmp_path / "elsewhere" / "vocab.txt"
+    moved.parent.mkdir()
+    shutil.copy(vocab, moved)
+    assert plan_id(moved) == (first, True)
+    vocab.write_text("b\na\n")          # same path, other ids
+    changed, resumed = plan_id(vocab)
+    assert changed != first and not resumed
+    with pytest.raises(VectorVocabularyError, match="cannot read --vocab"):
+        plan_id(tmp_path / "missing.txt")
+
+
+def test_staged_vectors_from_several_and_sliced_chunks():
+    """The CSR of staged rows equals the rows' own (term, weight) lists, whatever the chunks
+    of the table (one per staged part, sliced by a filter) and unsorted terms within a row."""
+    import pyarrow as pa
+
+    from pipeline.batch.staging import staged_vectors
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for _ in range(40):
+        n = int(rng.integers(0, 6))
+        rows.append((rng.choice(50, n, replace=False).astype(np.int32).tolist(),
+                     rng.random(n).astype(np.float32).tolist()))
+
+    def part(lo, hi):
+        return pa.table({"indices": pa.array([r[0] for r in rows[lo:hi]], pa.large_list(pa.int32())),
+                         "values": pa.array([r[1] for r in rows[lo:hi]], pa.large_list(pa.float32()))})
+
+    table = pa.concat_tables([part(0, 13), part(13, 14), part(14, 30).slice(3, 10), part(30, 40)])
+    kept = rows[:14] + rows[17:27] + rows[30:]
+    got = staged_vectors(table, 50)
+    want = np.zeros((len(kept), 50), np.float32)
+    for i, (terms, weights) in enumerate(kept):
+        want[i, terms] = weights
+    assert got.shape == (len(kept), 50) and got.has_sorted_indices
+    assert got.indices.dtype == np.int32 and got.data.dtype == np.float32
+    assert np.array_equal(got.toarray(), want)

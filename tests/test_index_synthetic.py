@@ -11,7 +11,7 @@ from pipeline.testing import synthetic
 
 @pytest.fixture(scope="module")
 def small():
-    return synthetic.generate(5000, 300, seed=1)
+    return synthetic.generate(18072, 300, seed=1)   # the size of the real union it is fitted on
 
 
 def test_deterministic_and_seeded():
@@ -25,7 +25,7 @@ def test_deterministic_and_seeded():
 
 def test_canonical_csr(small):
     docs, queries = small
-    for m, rows in ((docs, 5000), (queries, 300)):
+    for m, rows in ((docs, 18072), (queries, 300)):
         assert m.shape == (rows, 30522) and m.dtype == np.float32
         assert m.indices.dtype == np.int32 and m.has_canonical_format
         assert np.isfinite(m.data).all() and (m.data > 0).all()

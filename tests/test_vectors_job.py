@@ -177,7 +177,8 @@ def _bad_corpus(path: Path) -> Path:
     return path
 
 
-def test_bad_vectors_are_rejected_with_reasons_and_quantised_weights_recorded(ray_local, tmp_path):
+def test_bad_vectors_are_rejected_with_reasons_and_quantised_weights_recorded(ray_local, tmp_path,
+                                                                          scifact_dir):
     corpus = _bad_corpus(tmp_path / "anserini.jsonl")
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("".join(t + "\n" for t in _tokens()), encoding="utf-8")
@@ -199,12 +200,21 @@ def test_bad_vectors_are_rejected_with_reasons_and_quantised_weights_recorded(ra
     # Integer weights are indexed as the numbers they are.
     ids, csr = _stored(tmp_path / "idx")
     assert ids[0] == "d0" and sorted(csr[0].data.tolist()) == [1.0, 3.0, 12.0]
-    # No query model: text queries fail with one clear line.
-    out = subprocess.run([*LSR, "search", str(tmp_path / "idx"), "heart disease"], env=subprocess_env(),
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 1 and "Traceback" not in out.stderr
-    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "has no query model" in errors[0], out.stderr[-2000:]
+    # No query model: whatever needs text queries or token strings fails with one clear line
+    # that says what to pass (search, evaluate, serve: --model when indexing; export: --keys ids).
+    idx = str(tmp_path / "idx")
+    for argv, said in (
+            (["search", idx, "heart disease"], "--model"),
+            (["evaluate", str(scifact_dir), "--index", idx, "--no-latency"], "--model"),
+            (["serve", idx, "--port", "1"], "--model"),
+            (["export", idx, str(tmp_path / "out.jsonl"), "--keys", "tokens"], "pass --keys ids")):
+        out = subprocess.run([*LSR, *argv], env=subprocess_env(), capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, (argv, out.stderr[-2000:])
+        errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and said in errors[0], (argv, out.stderr[-2000:])
+        assert "no query model" in errors[0] or "has none" in errors[0], errors[0]
+    assert not (tmp_path / "out.jsonl").exists()
 
 
 def test_bad_vector_fails_the_cli_in_one_line(tmp_path):

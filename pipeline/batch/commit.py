@@ -49,11 +49,14 @@ def _assemble_shard(plan: JobPlan, layout: IndexLayout, shard: int, drop_rows: l
     if table.num_rows == 0:
         return ShardResult(entry=None)
     postings = staged_postings(table, vocab_size)
+    fields = staged_fields(table, field_schema)
+    # The staged table is the largest thing alive besides the vectors: gone before the
+    # postings are written and the index is built (`write_shard` streams the rest).
+    del table
     read_s = time.perf_counter() - started
     result = write_shard(layout, plan.shards[shard].name, postings, index_kind=index_kind,
                          index_params=index_params, values_dtype=values_dtype,
-                         record=shard_record(plan, shard), threads=threads,
-                         fields=staged_fields(table, field_schema))
+                         record=shard_record(plan, shard), threads=threads, fields=fields)
     result.write_s += read_s
     return result
 

@@ -10,7 +10,7 @@ from typing import Any
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.catalog.writer_lock import LOCK_TTL_S
 from pipeline.data.corpus import FORMATS
-from pipeline.data.vectors import VECTOR_KEYS, VectorSource
+from pipeline.data.vectors import VECTOR_KEYS, VectorSource, vocab_fingerprint
 from pipeline.format.fields import FieldSpec, parse_schema
 
 INDEX_KINDS = ("blocked", "exact")
@@ -154,4 +154,7 @@ class IndexJobConfig:
         relevant = {k: v for k, v in asdict(self).items()
                     if k not in ("resources", "storage_options", "keep_generations", "gc_min_age_s",
                                  "lock_ttl_s", "output", *ignored)}
+        if self.vectors and self.vocab is not None:
+            # the file's contents, not its path, decide the term ids
+            relevant["vocab"] = vocab_fingerprint(self.vocab, self.storage_options)
         return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()

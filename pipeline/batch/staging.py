@@ -179,10 +179,16 @@ def read_staged_unit(plan: JobPlan, layout: IndexLayout, unit: int,
     for _, name in sort_parts(list_dir(loc))[0]:
         tables.append(pq.read_table(io.BytesIO(read_bytes(loc.child(name))), columns=columns))
     if tables:
-        table = pa.concat_tables(tables).sort_by("row")
+        table = pa.concat_tables(tables)
+        del tables
+        rows = table.column("row").to_numpy()
+        if len(rows) > 1 and not (rows[1:] > rows[:-1]).all():
+            # parts are listed in row order (`sort_parts`), so this copy is the rare case
+            table = table.sort_by("row")
+            rows = table.column("row").to_numpy()
     else:
         table = pa.table({"row": pa.array([], pa.int64())})
-    rows = table.column("row").to_numpy()
+        rows = table.column("row").to_numpy()
     if len(rows) != summary["n_valid"] or (len(rows) and not np.array_equal(rows, np.arange(len(rows)))):
         raise RuntimeError(f"read unit {unit}: staged rows do not cover 0..{summary['n_valid'] - 1} "
                            f"exactly ({len(rows)} rows staged); re-run the job to redo it")
@@ -190,14 +196,32 @@ def read_staged_unit(plan: JobPlan, layout: IndexLayout, unit: int,
 
 
 def staged_vectors(table: pa.Table, vocab_size: int) -> sp.csr_matrix:
-    """The `indices`/`values` list columns of staged rows as a CSR matrix (sorted indices)."""
-    indices = table.column("indices").combine_chunks()
-    values = table.column("values").combine_chunks()
-    indptr = indices.offsets.to_numpy().astype(np.int64)
-    indptr = indptr - indptr[0]
-    vectors = sp.csr_matrix((values.values.to_numpy(zero_copy_only=False).astype(np.float32),
-                             indices.values.to_numpy(zero_copy_only=False).astype(np.int32), indptr),
-                            shape=(table.num_rows, vocab_size))
+    """The `indices`/`values` list columns of staged rows as a CSR matrix (sorted indices).
+
+    The flat arrays are filled chunk by chunk straight into the matrix's own arrays: one copy
+    of the postings, not the two that combining the chunks and then converting would make."""
+    indices, values = table.column("indices"), table.column("values")
+    n_rows = table.num_rows
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    row = 0
+    for chunk in indices.chunks:
+        offsets = chunk.offsets.to_numpy()
+        indptr[row + 1:row + len(chunk) + 1] = indptr[row] + offsets[1:] - offsets[0]
+        row += len(chunk)
+    nnz = int(indptr[-1])
+    flat_indices = np.empty(nnz, dtype=np.int32)
+    flat_values = np.empty(nnz, dtype=np.float32)
+    for column, out in ((indices, flat_indices), (values, flat_values)):
+        at = 0
+        for chunk in column.chunks:
+            offsets = chunk.offsets.to_numpy()
+            lo, hi = int(offsets[0]), int(offsets[-1])
+            out[at:at + hi - lo] = chunk.values.slice(lo, hi - lo).to_numpy(zero_copy_only=False)
+            at += hi - lo
+        if at != nnz:
+            raise RuntimeError("staged indices and values differ in length")
+    vectors = sp.csr_matrix((flat_values, flat_indices, indptr), shape=(n_rows, vocab_size),
+                            copy=False)
     vectors.sort_indices()
     return vectors
 

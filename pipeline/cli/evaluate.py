@@ -84,6 +84,9 @@ def evaluate(
 
         params = {key: v for key, v in (("query_cut", query_cut), ("heap_factor", heap_factor)) if v is not None}
         backend = ShardedBackend.open(index, options, generation=generation, exact=exact, search_params=params)
+        from pipeline.encode.query import check_query_model
+
+        check_query_model(backend.opened.manifest.encoder)  # one line, before any query is read
         exact_backend = None if backend.exact else backend.exact_twin()
         if backend.n_docs != len(collection.doc_ids):
             log.warning("index %s holds %d documents, %s has %d", index, backend.n_docs, collection.name,

@@ -38,6 +38,13 @@ def export(
     manifest = read_manifest(layout, generation)
     names = None
     if keys == "tokens":
+        if not manifest.encoder.get("model"):
+            from pipeline.errors import UserError
+
+            raise UserError(
+                "--keys tokens needs the index's tokenizer, and this index has none: it was "
+                f"built from pre-encoded vectors with --vocab {manifest.encoder.get('vocab')} and "
+                "no --model; pass --keys ids")
         from pipeline.encode.models import resolve_model
         from pipeline.encode.tokens import load_tokenizer
 

@@ -69,8 +69,18 @@ def serve_command(
             + " (and set RAY_SERVE_ENABLE_DIRECT_INGRESS=1 here), or leave out --address")
     if api_key_env and not os.environ.get(api_key_env):
         raise typer.BadParameter(f"--api-key-env {api_key_env}: that variable is not set")
+    _check_index(config)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     run_until_signalled(config, host, port, address, num_cpus)
+
+
+def _check_index(config) -> None:
+    """Refuse, before Ray starts, an index whose text queries nothing can encode (the endpoint
+    takes text queries only)."""
+    from pipeline.catalog import IndexLayout, read_manifest
+    from pipeline.encode.query import check_query_model
+
+    check_query_model(read_manifest(IndexLayout.at(config.index, config.storage_options)).encoder)
 
 
 class _Stop(Exception):

@@ -72,6 +72,20 @@ class Vocabulary:
         return cls(mapping, max(len(tokenizer), max(mapping.values(), default=-1) + 1))
 
 
+def vocab_fingerprint(path: str, storage_options: dict | None = None) -> str:
+    """SHA-256 of a ``vocab.txt``'s bytes: what a job's plan id depends on (an edited file at
+    the same path maps tokens to other ids, so it must not resume the old plan)."""
+    import hashlib
+
+    from pipeline.objstore import read_bytes, resolve
+
+    try:
+        data = read_bytes(resolve(path, storage_options))
+    except (FileNotFoundError, IsADirectoryError) as exc:
+        raise VectorVocabularyError(f"cannot read --vocab {path}: {exc}") from None
+    return hashlib.sha256(data).hexdigest()
+
+
 @dataclass
 class ParsedVector:
     """One validated record: its id, ascending term ids and their positive weights."""

@@ -105,11 +105,11 @@ class ShardPostings:
 def _checksum(indptr, indices, values, doc_ids, fingerprints) -> str:
     h = hashlib.sha256()
     for arr in (indptr, indices, values):
-        h.update(np.ascontiguousarray(arr).tobytes())
+        h.update(np.ascontiguousarray(arr))   # the buffer itself: no bytes copy
     for doc_id in doc_ids:
         h.update(str(doc_id).encode("utf-8"))
         h.update(b"\0")
-    h.update(np.ascontiguousarray(fingerprints, dtype=np.uint64).tobytes())
+    h.update(np.ascontiguousarray(fingerprints, dtype=np.uint64))
     return h.hexdigest()
 
 
@@ -123,8 +123,8 @@ def write_postings(loc: Location, postings: ShardPostings, *, values_dtype: str 
     csr = postings.vectors.tocsr()
     csr.sort_indices()
     indptr = csr.indptr.astype(np.int64)
-    indices = csr.indices.astype(np.int32)
-    values = csr.data.astype(values_dtype)
+    indices = csr.indices.astype(np.int32, copy=False)    # a shard's vectors: no second copy
+    values = csr.data.astype(values_dtype, copy=False)
     doc_ids = np.asarray([str(x) for x in postings.doc_ids], dtype=object)
     fingerprints = np.asarray(postings.fingerprints, dtype=np.uint64)
     checksum = _checksum(indptr, indices, values, doc_ids, fingerprints)

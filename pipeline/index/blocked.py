@@ -207,7 +207,7 @@ class BlockedIndex:
         list_ptr = np.zeros(vocab + 1, dtype=np.int64)
         np.cumsum(lengths, out=list_ptr[1:])
         list_docs = np.empty(int(list_ptr[-1]), dtype=np.int32)
-        bk.fill_pruned_lists(col_ptr, csc.indices.astype(np.int32), csc.data, keep,
+        bk.fill_pruned_lists(col_ptr, csc.indices.astype(np.int32, copy=False), csc.data, keep,
                              list_ptr, list_docs)
         del csc, keep, col_ptr
         t1 = time.perf_counter()
@@ -231,7 +231,9 @@ class BlockedIndex:
         del top_terms, top_weights
         t2 = time.perf_counter()
 
+        parts = [list(p) for p in parts]
         arrays = cls._assemble(parts, vocab, list_ptr, doc_start, words)
+        del parts
         index = cls(arrays, config, n_docs, vocab, csr.nnz)
         log.info("BlockedIndex: %d docs, %d postings, %d blocks, %.1f MB; pruning %.2fs, "
                  "blocks+summaries %.2fs, total %.2fs", n_docs, arrays["postings"].size,
@@ -241,10 +243,25 @@ class BlockedIndex:
 
     @staticmethod
     def _assemble(parts, vocab, list_ptr, doc_start, words) -> dict[str, np.ndarray]:
+        # ``parts`` is a list of per-chunk lists: each piece is dropped once concatenated,
+        # so the chunks' outputs and the index's arrays are not all alive at once
         def cat(i, dtype):
-            pieces = [p[i] for p in parts]
-            return np.concatenate(pieces).astype(dtype, copy=False) if pieces else \
-                np.zeros(0, dtype)
+            pieces = [p[i].astype(dtype, copy=False) for p in parts]
+            for p in parts:
+                p[i] = None
+            if not pieces:
+                return np.zeros(0, dtype)
+            out = np.concatenate(pieces)
+            del pieces
+            return out
+
+        def gather_u32(ids):
+            """doc_start[ids] as uint32, in slices (no int64 copy of every posting)."""
+            out = np.empty(ids.size, np.uint32)
+            step = 1 << 22
+            for a in range(0, ids.size, step):
+                out[a:a + step] = doc_start[ids[a:a + step]]
+            return out
 
         def ptr(counts):
             out = np.zeros(counts.size + 1, np.int64)
@@ -258,28 +275,37 @@ class BlockedIndex:
         if block_post_ptr[-1] != list_ptr[-1]:
             raise AssertionError("blocks do not hold every posting")
         seg_sizes = np.concatenate([p[6] for p in parts]) if parts else np.zeros((0, 3), np.int64)
-        pair_terms = cat(7, np.int64)
-        pair_counts = cat(8, np.uint8)
-        pair_start = ptr(pair_counts.astype(np.int64) + 1)
-        if pair_start[-1] >= MAX_WORDS:
-            raise ValueError("summaries too large for one index (> 2**32 entries); shard it")
+        postings = gather_u32(cat(2, np.int64))
         term_bytes = summary_term_bytes(vocab)
-        records = np.empty((pair_terms.size, term_bytes + 1), np.uint8)
-        records[:, :term_bytes] = pair_terms.astype(f"<u{term_bytes}").view(np.uint8).reshape(
-            -1, term_bytes)
+        pair_terms = cat(7, np.dtype(f"<u{term_bytes}"))
+        pair_counts = cat(8, np.uint8)
+        n_pairs = pair_counts.size
+        if int(pair_counts.sum(dtype=np.int64)) + n_pairs >= MAX_WORDS:
+            raise ValueError("summaries too large for one index (> 2**32 entries); shard it")
+        # entry offset of every PAIR_GROUP-th pair (exclusive prefix sums of count + 1), from
+        # per-group sums: no int64 offset of every pair
+        padded = np.zeros(-(-n_pairs // PAIR_GROUP) * PAIR_GROUP, np.uint8)
+        padded[:n_pairs] = pair_counts
+        group_sums = padded.reshape(-1, PAIR_GROUP).sum(axis=1, dtype=np.int64) + PAIR_GROUP
+        del padded
+        group_base = np.zeros(group_sums.size, np.int64)
+        np.cumsum(group_sums[:-1], out=group_base[1:])
+        records = np.empty((n_pairs, term_bytes + 1), np.uint8)
+        records[:, :term_bytes] = pair_terms.view(np.uint8).reshape(-1, term_bytes)
+        del pair_terms
         records[:, term_bytes] = pair_counts
         return {
             "fwd_words": words,
             "list_block_ptr": ptr(list_n_blocks),
             "block_post_ptr": block_post_ptr.astype(np.uint32),
-            "postings": doc_start[cat(2, np.int64)].astype(np.uint32),
+            "postings": postings,
             "block_min": cat(4, np.float32),
             "block_step": cat(5, np.float32),
             "list_seg_ptr": ptr(cat(1, np.int64)),
             "seg_block_ptr": ptr(seg_sizes[:, 0]),
             "seg_pair_ptr": ptr(seg_sizes[:, 1]),
             "pair_records": records.reshape(-1),
-            "pair_group_base": pair_start[:-1][::PAIR_GROUP].astype(np.uint32),
+            "pair_group_base": group_base.astype(np.uint32),
             "entries": cat(9, np.uint16),
         }
 
