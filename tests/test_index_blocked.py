@@ -376,6 +376,8 @@ def test_summary_scoring_equals_brute_force_decode(vocab):
     summaries = _dense_summaries(index)
     lbp = index.arrays()["list_block_ptr"]
     n_max = int(np.diff(lbp).max())
+    # 1..40 query terms against segments of ~100-200 pairs: both ways of matching a segment
+    # (straight read for long queries, galloping search for short ones) run
     for trial in range(20):
         n_terms = int(rng.integers(1, 40))
         q_terms = np.sort(rng.choice(hot, n_terms, replace=False)).astype(np.int32)
@@ -388,8 +390,10 @@ def test_summary_scoring_equals_brute_force_decode(vocab):
         n = n_cut * n_max
         cand, acc_code, acc_q, dots = (np.empty(n, np.int64), np.empty(n, np.float32),
                                        np.empty(n, np.float32), np.empty(n, np.float32))
-        n_cand = sk.score_summaries(view, q_terms, q_values, cut, n_cut, cand, acc_code, acc_q,
-                                    dots)
+        q_weight = np.zeros(vocab, np.float32)
+        q_weight[q_terms] = q_values
+        n_cand = sk.score_summaries(view, q_terms, q_values, q_weight, cut, n_cut, cand,
+                                    acc_code, acc_q, dots)
         expect_blocks = np.concatenate(
             [np.arange(lbp[t], lbp[t + 1]) for t in q_terms[cut[:n_cut]]])
         np.testing.assert_array_equal(cand[:n_cand], expect_blocks)
