@@ -600,6 +600,8 @@ def main() -> None:
     parser.add_argument("--seismic-energies", default="0.4")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved latency passes (best per query)")
+    parser.add_argument("--only", default="",
+                        help="benchmark only these collections (names as printed, e.g. union)")
     parser.add_argument("--out", default="bench-output")
     args = parser.parse_args()
 
@@ -630,6 +632,8 @@ def main() -> None:
         datasets.append(ds)
     if args.union:
         datasets.append(union([d for d in datasets if not d.name.startswith("synthetic")]))
+    if args.only:
+        datasets = [d for d in datasets if d.name in args.only.split(",")]
 
     results = {"command": sys.argv, "machine": info, "date": dt.datetime.now().isoformat(),
                "datasets": []}

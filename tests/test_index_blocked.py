@@ -138,17 +138,20 @@ def test_structure_follows_the_specification():
                              min_cluster_size=2, summary_energy=0.5)
     index = BlockedIndex.build(docs, cfg)
     a = index.arrays()
-    # static pruning: the vocab * n_postings largest weights, lists capped at 45
+    # static pruning: the vocab * n_postings largest weights, lists capped at 45 (their
+    # heaviest), plus each document's heaviest term whatever the cap
     kept = {(d, t) for b, ds in enumerate(_block_docs(index, docs))
             for t in [int(np.searchsorted(a["list_block_ptr"], b, side="right") - 1)] for d in ds}
-    assert len(kept) == min(docs.nnz, 40 * 30)
-    values = np.array([dense[d, t] for d, t in kept])
-    dropped = [dense[d, t] for d, t in zip(*docs.nonzero()) if (d, t) not in kept]
-    list_len = np.diff(a["block_post_ptr"].astype(np.int64))
-    per_list = np.add.reduceat(list_len, a["list_block_ptr"][:-1][np.diff(a["list_block_ptr"]) > 0])
-    assert per_list.max() <= cfg.list_cap
-    if dropped and per_list.max() < cfg.list_cap:
-        assert min(values) >= max(dropped)
+    rows, cols = docs.nonzero()
+    vals = dense[rows, cols]
+    top = set(np.argsort(-vals, kind="stable")[:40 * 30].tolist())
+    expect = set()
+    for t in range(docs.shape[1]):
+        mine = sorted((i for i in top if cols[i] == t), key=lambda i: (-vals[i], rows[i]))
+        expect |= {(int(rows[i]), t) for i in mine[:cfg.list_cap]}
+    expect |= {(d, int(np.argmax(dense[d]))) for d in range(docs.shape[0]) if dense[d].any()}
+    assert kept == expect
+    assert len(expect) > min(docs.nnz, 40 * 30)     # the coverage rule added entries here
     # blocks: a list's documents once each, ascending doc order inside a block, and
     # max(1, centroid_fraction * len) clusters at most
     blocks = _block_docs(index, docs)
@@ -229,26 +232,52 @@ def test_properties(cisi, cisi_default):
     assert cisi_default.vocab_size == cisi.docs.shape[1]
     assert cisi_default.nbytes == sum(a.nbytes for a in cisi_default.arrays().values())
     docs = cisi.docs
-    assert cisi_default.config == BlockedIndexConfig().derived_for(docs.shape[0], docs.shape[1],
-                                                                   docs.nnz)
+    assert cisi_default.config == BlockedIndexConfig().derived_for(
+        docs.shape[0], docs.shape[1], docs.nnz, np.unique(docs.indices).size)
 
 
 def test_defaults_are_derived_from_the_collection_and_recorded(cisi, cisi_default):
-    from pipeline.index.config import DERIVED_FIELDS, POSTINGS_PER_MEAN_LIST
+    from pipeline.index.config import DERIVED_FIELDS, POSTINGS_PER_USED_LIST
 
     cfg = cisi_default.config
     assert cfg.resolved and set(cfg.derived) == set(DERIVED_FIELDS)
-    mean_list = cisi.docs.nnz / cisi.docs.shape[1]
-    assert cfg.n_postings == max(1, round(POSTINGS_PER_MEAN_LIST * mean_list))
+    used = np.unique(cisi.docs.indices).size
+    assert cfg.n_postings == max(1, round(POSTINGS_PER_USED_LIST * cisi.docs.nnz / used))
     # the budget scales with the collection: twice the entries, about twice n_postings
     doubled = sp.vstack([cisi.docs, cisi.docs]).tocsr()
-    big = BlockedIndexConfig().derived_for(doubled.shape[0], doubled.shape[1], doubled.nnz)
+    big = BlockedIndexConfig().derived_for(doubled.shape[0], doubled.shape[1], doubled.nnz,
+                                           used)
     assert abs(big.n_postings - 2 * cfg.n_postings) <= 1
     # explicit values win and are not marked derived
     own = BlockedIndex.build(cisi.docs[:300], n_postings=7, query_cut=3).config
     assert own.n_postings == 7 and own.query_cut == 3
     assert "n_postings" not in own.derived and "query_cut" not in own.derived
     assert "heap_factor" in own.derived
+
+
+def test_small_shard_large_vocabulary_keeps_every_document_reachable():
+    # 300 documents over 131,072 terms, all drawing on the same 40 terms: the mean list over
+    # the whole vocabulary is under 0.1 posting. Each document must stay in some list, so
+    # approximate search that visits every query list finds every document exact search does.
+    rng = np.random.default_rng(3)
+    vocab, n_docs = 1 << 17, 300
+    rows = np.repeat(np.arange(n_docs), 12)
+    cols = np.concatenate([rng.choice(40, 12, replace=False) for _ in range(n_docs)]) + 70_000
+    docs = sp.csr_matrix((rng.uniform(0.1, 2.0, rows.size).astype(np.float32), (rows, cols)),
+                         shape=(n_docs, vocab))
+    index = BlockedIndex.build(docs, forward_values="float32")
+    assert index.config.n_postings >= 12 * n_docs // 40     # the mean list of the used terms
+    a = index.arrays()
+    listed = np.unique(a["fwd_words"][a["postings"].astype(np.int64)].astype(np.int64))
+    np.testing.assert_array_equal(listed, np.arange(n_docs))
+    # the same with a tight explicit cap: every document still in its heaviest term's list
+    capped = BlockedIndex.build(docs, forward_values="float32", n_postings=1).arrays()
+    listed = np.unique(capped["fwd_words"][capped["postings"].astype(np.int64)].astype(np.int64))
+    np.testing.assert_array_equal(listed, np.arange(n_docs))
+    query = sp.csr_matrix(np.asarray(docs.sum(axis=0)), dtype=np.float32)
+    d, _ = index.search(query, k=n_docs, **SEARCH_ALL)
+    truth, _ = ExactIndex(docs).search(query, k=n_docs)
+    assert set(d[0].tolist()) == set(truth[0].tolist()) == set(range(n_docs))
 
 
 def test_config_from_old_dict_reads_explicit_values():
@@ -347,6 +376,8 @@ def test_summary_scoring_equals_brute_force_decode(vocab):
     summaries = _dense_summaries(index)
     lbp = index.arrays()["list_block_ptr"]
     n_max = int(np.diff(lbp).max())
+    # 1..40 query terms against segments of ~100-200 pairs: both ways of matching a segment
+    # (straight read for long queries, galloping search for short ones) run
     for trial in range(20):
         n_terms = int(rng.integers(1, 40))
         q_terms = np.sort(rng.choice(hot, n_terms, replace=False)).astype(np.int32)
@@ -359,8 +390,10 @@ def test_summary_scoring_equals_brute_force_decode(vocab):
         n = n_cut * n_max
         cand, acc_code, acc_q, dots = (np.empty(n, np.int64), np.empty(n, np.float32),
                                        np.empty(n, np.float32), np.empty(n, np.float32))
-        n_cand = sk.score_summaries(view, q_terms, q_values, cut, n_cut, cand, acc_code, acc_q,
-                                    dots)
+        q_weight = np.zeros(vocab, np.float32)
+        q_weight[q_terms] = q_values
+        n_cand = sk.score_summaries(view, q_terms, q_values, q_weight, cut, n_cut, cand,
+                                    acc_code, acc_q, dots)
         expect_blocks = np.concatenate(
             [np.arange(lbp[t], lbp[t + 1]) for t in q_terms[cut[:n_cut]]])
         np.testing.assert_array_equal(cand[:n_cand], expect_blocks)

@@ -181,7 +181,8 @@ class BlockedIndex:
             config = config.replace(**overrides)
         csr = as_csr(docs, "docs")
         n_docs, vocab = csr.shape
-        config = config.derived_for(n_docs, vocab, csr.nnz)
+        used_terms = int(np.count_nonzero(np.bincount(csr.indices, minlength=vocab)))
+        config = config.derived_for(n_docs, vocab, csr.nnz, used_terms)
         codec = CODECS[config.forward_values]
         if vocab > codec.max_vocab:
             raise ValueError(f"docs: vocabulary of {vocab} terms exceeds the {codec.max_vocab} "
@@ -198,18 +199,18 @@ class BlockedIndex:
         words = forward_words(csr, codec)
         doc_start = (2 * np.arange(n_docs, dtype=np.int64) + csr.indptr[:-1])
 
-        # static pruning: the vocab * n_postings globally heaviest entries, lists capped
+        # static pruning: the vocab * n_postings globally heaviest entries, lists capped,
+        # every document kept in its heaviest term's list (reachable by search)
         csc = csr.tocsc()
         csc.sort_indices()
         col_ptr = csc.indptr.astype(np.int64)
-        keep = _global_keep(csc.data, vocab * config.n_postings)
-        lengths = bk.pruned_list_lengths(col_ptr, keep, cap)
+        chosen = bk.pruned_entries(col_ptr, csc.indices, csc.data,
+                                   _global_keep(csc.data, vocab * config.n_postings),
+                                   bk.heaviest_term(csr.indptr, csr.indices, csr.data), cap)
         list_ptr = np.zeros(vocab + 1, dtype=np.int64)
-        np.cumsum(lengths, out=list_ptr[1:])
-        list_docs = np.empty(int(list_ptr[-1]), dtype=np.int32)
-        bk.fill_pruned_lists(col_ptr, csc.indices.astype(np.int32, copy=False), csc.data, keep,
-                             list_ptr, list_docs)
-        del csc, keep, col_ptr
+        np.cumsum(bk.kept_per_list(col_ptr, chosen), out=list_ptr[1:])
+        list_docs = csc.indices[chosen].astype(np.int32, copy=False)
+        del csc, chosen, col_ptr
         t1 = time.perf_counter()
 
         # blocking and summaries, chunks of lists in parallel (the kernel releases the GIL)

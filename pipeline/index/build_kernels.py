@@ -24,48 +24,72 @@ def _reserve(buf, need):
 # ---------------------------------------------------------------------------------------------
 
 @njit(cache=True, nogil=True, parallel=True)
-def pruned_list_lengths(col_ptr, keep, cap):
-    """Per term: how many of its kept entries survive the per-list cap."""
-    vocab = col_ptr.size - 1
-    out = np.zeros(vocab, np.int64)
-    for t in prange(vocab):
-        n = 0
-        for p in range(col_ptr[t], col_ptr[t + 1]):
-            if keep[p]:
-                n += 1
-        out[t] = min(n, cap)
+def heaviest_term(indptr, indices, data):
+    """Each document's heaviest term (ties: lower term; -1 for an empty document)."""
+    n_docs = indptr.size - 1
+    out = np.full(n_docs, -1, np.int32)
+    for d in prange(n_docs):
+        best = -1
+        for e in range(indptr[d], indptr[d + 1]):
+            if best < 0 or data[e] > data[best]:
+                best = e
+        if best >= 0:
+            out[d] = indices[best]
     return out
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def fill_pruned_lists(col_ptr, row_idx, values, keep, list_ptr, list_docs):
-    """Each list keeps its heaviest kept entries (ties: lower doc), stored by ascending doc."""
+def pruned_entries(col_ptr, row_idx, values, keep, top_term, cap):
+    """Mask of the (CSC) entries static pruning keeps: per list its ``cap`` heaviest entries
+    among ``keep`` (ties: lower doc), plus every entry that is its document's heaviest term
+    (``top_term[doc] == term``), cap or not, so that no document drops out of every list."""
     vocab = col_ptr.size - 1
+    out = np.zeros(row_idx.size, np.bool_)
     for t in prange(vocab):
-        want = list_ptr[t + 1] - list_ptr[t]
-        if want == 0:
-            continue
         a, b = col_ptr[t], col_ptr[t + 1]
-        docs = np.empty(b - a, np.int32)
-        vals = np.empty(b - a, np.float32)
         n = 0
         for p in range(a, b):
             if keep[p]:
-                docs[n] = row_idx[p]
-                vals[n] = values[p]
                 n += 1
-        if n > want:
-            # docs are ascending, so a stable sort on -value breaks ties by lower doc
-            order = np.argsort(-vals[:n], kind="mergesort")[:want]
-            chosen = np.sort(docs[order])
+        if n <= cap:
+            for p in range(a, b):
+                out[p] = keep[p]
         else:
-            chosen = docs[:n]
-        list_docs[list_ptr[t]:list_ptr[t + 1]] = chosen
+            pos = np.empty(n, np.int64)
+            vals = np.empty(n, np.float32)
+            n = 0
+            for p in range(a, b):
+                if keep[p]:
+                    pos[n] = p
+                    vals[n] = values[p]
+                    n += 1
+            # positions ascend by doc, so a stable sort on -value breaks ties by lower doc
+            order = np.argsort(-vals, kind="mergesort")
+            for j in range(cap):
+                out[pos[order[j]]] = True
+        for p in range(a, b):
+            if top_term[row_idx[p]] == t:
+                out[p] = True
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Per-document heaviest terms (the clustering's approximate document vectors)
 # ---------------------------------------------------------------------------------------------
+
+@njit(cache=True, nogil=True, parallel=True)
+def kept_per_list(col_ptr, chosen):
+    """Entries of each (CSC) list that ``chosen`` keeps (no nnz-sized temporary)."""
+    vocab = col_ptr.size - 1
+    out = np.zeros(vocab, np.int64)
+    for t in prange(vocab):
+        n = 0
+        for p in range(col_ptr[t], col_ptr[t + 1]):
+            if chosen[p]:
+                n += 1
+        out[t] = n
+    return out
+
 
 @njit(cache=True, nogil=True, parallel=True)
 def heaviest_terms(indptr, indices, data, doc_cut):

@@ -32,7 +32,9 @@ class BlockedIndexConfig:
 
     * ``n_postings``: average posting-list length kept by static pruning. The globally
       largest ``vocab_size * n_postings`` (document, term) weights are kept ...
-    * ``max_fraction``: ... and no list keeps more than ``n_postings * max_fraction``.
+    * ``max_fraction``: ... and no list keeps more than ``n_postings * max_fraction``,
+      except that every document stays in the list of its heaviest term (ties: lower term),
+      so that none becomes unreachable by search.
     * ``centroid_fraction``: each list is clustered around ``max(1, centroid_fraction *
       len(list))`` randomly chosen member documents; each cluster becomes one block.
     * ``min_cluster_size``: clusters with at most this many documents are dissolved and their
@@ -103,14 +105,18 @@ class BlockedIndexConfig:
         """Every derivable field holds a value (true of a built index's config)."""
         return all(getattr(self, name) is not None for name in DERIVED_FIELDS)
 
-    def derived_for(self, n_docs: int, vocab_size: int, nnz: int) -> "BlockedIndexConfig":
+    def derived_for(self, n_docs: int, vocab_size: int, nnz: int,
+                    used_terms: int | None = None) -> "BlockedIndexConfig":
         """This config with every ``None`` field derived from the shard's statistics:
-        ``nnz`` (document, term) entries over ``n_docs`` documents and ``vocab_size`` terms.
+        ``nnz`` (document, term) entries over ``n_docs`` documents and ``vocab_size`` terms,
+        ``used_terms`` of which occur in some document (default: all of them).
 
-        * ``n_postings = max(1, round(POSTINGS_PER_MEAN_LIST * nnz / vocab_size))``: static
-          pruning keeps that fraction of the entries (the budget is ``vocab_size *
-          n_postings``), whatever the collection's size. A fixed value is either a no-op on
-          a small shard (3000 against a mean list of 34) or prunes a large one blind.
+        * ``n_postings = max(1, round(POSTINGS_PER_USED_LIST * nnz / used_terms))``: a
+          multiple of the mean length of the lists that exist, whatever the collection's size
+          (a fixed value is either a no-op on a small shard, 3000 against a mean list of 34,
+          or prunes a large one blind). The mean over the whole vocabulary would be wrong on
+          a shard that uses few of its terms (a 131k vocabulary, a few thousand documents):
+          it derives 1 and caps every list at one document.
         * ``centroid_fraction = clamp(MIN_LIST_BLOCKS / n_postings, CENTROID_FRACTION,
           MAX_CENTROID_FRACTION)``: Seismic's 0.1 (blocks of ~10 documents) on long lists;
           on short ones, enough blocks per mean list that summaries can still skip some.
@@ -122,8 +128,9 @@ class BlockedIndexConfig:
         """
         values: dict[str, Any] = {}
         mean_list = nnz / max(1, vocab_size)
+        used_list = nnz / max(1, vocab_size if used_terms is None else used_terms)
         if self.n_postings is None:
-            values["n_postings"] = max(1, round(POSTINGS_PER_MEAN_LIST * mean_list),
+            values["n_postings"] = max(1, round(POSTINGS_PER_USED_LIST * used_list),
                                        math.ceil(1 / self.max_fraction))
         n_postings = values.get("n_postings", self.n_postings)
         if self.centroid_fraction is None:
@@ -167,8 +174,11 @@ DERIVED_FIELDS = ("n_postings", "centroid_fraction", "summary_energy", "query_cu
                   "heap_factor")
 """Fields `BlockedIndexConfig.derived_for` fills from the shard when left at ``None``."""
 
-POSTINGS_PER_MEAN_LIST = 5.0
-"""Derived ``n_postings`` as a multiple of the mean posting-list length ``nnz / vocab``."""
+POSTINGS_PER_USED_LIST = 2.5
+"""Derived ``n_postings`` as a multiple of the mean length of the non-empty posting lists
+``nnz / used_terms``; with the per-list cap (``max_fraction``) lists keep up to 3.75 x that
+mean. (Before 2026-12-02 the rule was 5 x ``nnz / vocab``: 2-2.4 x the used-list mean on the
+three collections of BENCHMARKS §7, where 13-19k of the 30,522 terms occur.)"""
 CENTROID_FRACTION = 0.1
 MAX_CENTROID_FRACTION = 0.5
 MIN_LIST_BLOCKS = 4

@@ -30,6 +30,10 @@ from pipeline.index.bits import (ENTRY_BLOCK_SHIFT, ENTRY_CODE_MASK, PAIR_GROUP,
                                  PAIR_GROUP_SHIFT, SEGMENT_BLOCKS, bits_to_f32, prefetch)
 from pipeline.index.topk import heap_push, heap_to_row, worse
 
+SCAN_PAIRS_PER_TERM = 8
+"""`score_summaries` reads a segment straight through when it has at most this many pairs
+per query term, and searches it (galloping) otherwise."""
+
 IndexView = namedtuple("IndexView", [
     "words", "term_mask", "hi_shift", "lo_shift", "q_scale", "ordered",
     "list_block_ptr", "block_post_ptr", "postings", "block_min", "block_step",
@@ -41,10 +45,11 @@ IndexView.__doc__ = """What the search kernels read of a `BlockedIndex`: its arr
 words, scored in one ascending accumulator) and ``record_size`` (int, 3 or 5)."""
 
 Scratch = namedtuple("Scratch", [
-    "q_dense", "visited", "touched", "cand_block", "acc_code", "acc_q", "dots", "heap", "cut",
+    "q_dense", "q_weight", "visited", "touched", "cand_block", "acc_code", "acc_q", "dots", "heap", "cut",
     "h_scores", "h_docs"])
 Scratch.__doc__ = """One thread's working memory, left clean by every query: ``q_dense``
-float32 (V) the query, zero outside its terms; ``visited`` uint64 (N/64 + 1) bitset of scored
+float32 (V) the query scaled for the forward codec and ``q_weight`` float32 (V) unscaled,
+both zero outside its terms; ``visited`` uint64 (N/64 + 1) bitset of scored
 documents and ``touched`` int64 (N) their log; per candidate block (``n_candidates``):
 ``cand_block`` int64 global block id, ``acc_code``/``acc_q``/``dots`` float32 summary
 accumulators and score, ``heap`` int64 block order; ``cut`` int64 (query_cut) positions of the
@@ -90,9 +95,17 @@ def _scan_block(ix, p_lo, p_hi, q_dense, visited, touched, n_touched, h_scores, 
     postings = ix.postings
     words = ix.words
     capacity = h_scores.size
+    line = 64 // words.itemsize
     for p in range(p_lo, p_hi):
+        # two-stage prefetch: the header of the document after next, and every cache line
+        # of the next one (its header, fetched one step ago, gives its length), so scoring
+        # streams from cache instead of waiting on the first lines of each document
         if p + 2 < p_hi:
             prefetch(words, postings[p + 2])
+        if p + 1 < p_hi:
+            nxt = np.int64(postings[p + 1])
+            for w in range(nxt + line, nxt + 2 + np.int64(words[nxt + 1]), line):
+                prefetch(words, w)
         off = np.int64(postings[p])
         d = np.int64(words[off])
         word = d >> 6
@@ -155,13 +168,6 @@ def _pair_first(records, group_base, p, record_size):
     return off
 
 
-@njit(inline="always")
-def _grown(buf):
-    out = np.empty(2 * buf.size, buf.dtype)
-    out[:buf.size] = buf
-    return out
-
-
 @njit(cache=True, nogil=True, inline="always")
 def select_cut_terms(q_values, query_cut, cut):
     """Positions of the ``query_cut`` heaviest query terms into ``cut``, heaviest first (ties:
@@ -183,28 +189,36 @@ def select_cut_terms(q_values, query_cut, cut):
     return n_cut
 
 
-@njit(cache=True, nogil=True, inline="always")
-def score_summaries(ix, q_terms, q_values, cut, n_cut, cand_block, acc_code, acc_q, dots):
-    """Summary score ``summary . q`` (whole query, ``q_values`` unscaled) of every block of
-    the lists of ``q_terms[cut[:n_cut]]``, in list order then block order: candidate ``j``
-    is global block ``cand_block[j]`` with score ``dots[j]``. Returns the candidate count.
+@njit(inline="always")
+def _add_pair(entries, first, last, w, seg_base, acc_code, acc_q):
+    """Add one summary pair's entries (weight ``w``) to its blocks' accumulators."""
+    for j in range(first, last):
+        x = entries[j]
+        bl = seg_base + (x >> ENTRY_BLOCK_SHIFT)
+        acc_code[bl] += w * np.float32(x & ENTRY_CODE_MASK)
+        acc_q[bl] += w
 
-    Two passes: find the (term, blocks) pairs of the query's terms in each segment and
-    prefetch their entries, then read them (by then mostly in cache). The accumulators
-    keep ``sum w * code`` and ``sum w`` per block, dequantised once at the end:
-    ``step * sum(w * code) + min * sum(w)``."""
+
+@njit(cache=True, nogil=True, inline="always")
+def score_summaries(ix, q_terms, q_values, q_weight, cut, n_cut, cand_block, acc_code, acc_q,
+                    dots):
+    """Summary score ``summary . q`` (whole query, ``q_values`` unscaled; ``q_weight`` the
+    same query dense over the vocabulary, zero elsewhere) of every block of the lists of
+    ``q_terms[cut[:n_cut]]``, in list order then block order: candidate ``j`` is global
+    block ``cand_block[j]`` with score ``dots[j]``. Returns the candidate count.
+
+    Per segment, the query's (term, blocks) pairs are found one of two ways: a segment with
+    at most ``SCAN_PAIRS_PER_TERM`` x |q| pairs is read straight through, each pair's
+    weight gathered from ``q_weight`` (sequential, no search); a larger one is searched by
+    a galloping merge of the ascending query terms into its ascending pairs. The
+    accumulators keep ``sum w * code`` and ``sum w`` per block, dequantised once at the
+    end: ``step * sum(w * code) + min * sum(w)``."""
     nt = q_terms.size
     records = ix.pair_records
     record_size = ix.record_size
     entries = ix.entries
-    # matched summary pairs of this query: at most |q| per segment of a cut list
-    n_alloc = max(16, n_cut * nt)
-    match_first = np.empty(n_alloc, np.int64)
-    match_last = np.empty(n_alloc, np.int64)
-    match_base = np.empty(n_alloc, np.int64)
-    match_w = np.empty(n_alloc, np.float32)
+    scan_limit = SCAN_PAIRS_PER_TERM * nt
     n_cand = 0
-    n_match = 0
     for c in range(n_cut):
         t = q_terms[cut[c]]
         b0 = ix.list_block_ptr[t]
@@ -219,8 +233,16 @@ def score_summaries(ix, q_terms, q_values, cut, n_cut, cand_block, acc_code, acc
             seg_base = n_cand + (ix.seg_block_ptr[s] - b0)
             p_end = ix.seg_pair_ptr[s + 1]
             p = ix.seg_pair_ptr[s]
-            # merge the ascending query terms into the ascending pair terms, galloping
-            # over the pairs: O(|q| log(pairs / |q|)) probes instead of a pass over all
+            if p_end - p <= scan_limit:
+                first = _pair_first(records, ix.pair_group_base, p, record_size)
+                for pp in range(p, p_end):
+                    last = first + _pair_size(records, pp, record_size)
+                    w = q_weight[_pair_term(records, pp, record_size)]
+                    if w != 0:
+                        _add_pair(entries, first, last, w, seg_base, acc_code, acc_q)
+                    first = last
+                continue
+            # galloping merge: O(|q| log(pairs / |q|)) probes instead of a pass over all
             for i in range(nt):
                 qt = np.int64(q_terms[i])
                 if p >= p_end:
@@ -242,29 +264,10 @@ def score_summaries(ix, q_terms, q_values, cut, n_cut, cand_block, acc_code, acc
                         break
                 if _pair_term(records, p, record_size) == qt:
                     first = _pair_first(records, ix.pair_group_base, p, record_size)
-                    last = first + _pair_size(records, p, record_size)
-                    prefetch(entries, first)
-                    prefetch(entries, last - 1)
-                    if n_match == match_first.size:
-                        match_first = _grown(match_first)
-                        match_last = _grown(match_last)
-                        match_base = _grown(match_base)
-                        match_w = _grown(match_w)
-                    match_first[n_match] = first
-                    match_last[n_match] = last
-                    match_base[n_match] = seg_base
-                    match_w[n_match] = q_values[i]
-                    n_match += 1
+                    _add_pair(entries, first, first + _pair_size(records, p, record_size),
+                              q_values[i], seg_base, acc_code, acc_q)
                     p += 1
         n_cand += nb
-    for m in range(n_match):
-        w = match_w[m]
-        seg_base = match_base[m]
-        for j in range(match_first[m], match_last[m]):
-            x = entries[j]
-            bl = seg_base + (x >> ENTRY_BLOCK_SHIFT)
-            acc_code[bl] += w * np.float32(x & ENTRY_CODE_MASK)
-            acc_q[bl] += w
     for j in range(n_cand):
         blk = cand_block[j]
         dots[j] = ix.block_step[blk] * acc_code[j] + ix.block_min[blk] * acc_q[j]
@@ -323,13 +326,15 @@ def search_query(ix, q_terms, q_values, query_cut, heap_factor, sc, out_docs, ou
     nt = q_terms.size
     for i in range(nt):
         sc.q_dense[q_terms[i]] = q_values[i] * ix.q_scale
+        sc.q_weight[q_terms[i]] = q_values[i]
     n_cut = select_cut_terms(q_values, query_cut, sc.cut)
-    n_cand = score_summaries(ix, q_terms, q_values, sc.cut, n_cut, sc.cand_block, sc.acc_code,
-                             sc.acc_q, sc.dots)
+    n_cand = score_summaries(ix, q_terms, q_values, sc.q_weight, sc.cut, n_cut, sc.cand_block,
+                             sc.acc_code, sc.acc_q, sc.dots)
     order_blocks(sc.dots, sc.heap, n_cand)
     size, n_touched = score_blocks(ix, heap_factor, n_cand, sc)
     for i in range(nt):
         sc.q_dense[q_terms[i]] = 0.0
+        sc.q_weight[q_terms[i]] = 0.0
     if filtered:
         sc.visited[:] = 0
     else:
@@ -343,6 +348,7 @@ def alloc_scratch(vocab, n_docs, n_candidates, capacity, query_cut):
     """`Scratch` for one thread (zeroed where a query expects it clean)."""
     n_candidates = max(n_candidates, 1)
     return Scratch(np.zeros(vocab, np.float32),
+                   np.zeros(vocab, np.float32),
                    np.zeros(n_docs // 64 + 1, np.uint64),
                    np.empty(max(n_docs, 1), np.int64),
                    np.empty(n_candidates, np.int64),
