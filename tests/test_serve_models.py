@@ -154,9 +154,9 @@ def big_vocab_index(tmp_path_factory):
     assert docs.shape[1] == BIG_VOCAB and (docs.indices >= 65_536).any()
     root = work / "index"
     doc_ids = [f"d{i}" for i in range(len(texts))]
-    # No static pruning (n_postings above the shard size): these random documents share their
-    # bias-driven terms, so the derived pruning (n_postings 1 here) leaves some documents in no
-    # list at all; with every list whole, approximate search over every query term is exact.
+    # No static pruning (n_postings above the shard size): with every list whole, approximate
+    # search over every query term is exact, so it can be checked against the HF expression.
+    # (Derived pruning keeps every document reachable, but pruned lists are not exact.)
     write_generation(str(root), 1, doc_ids, docs, N_SHARDS, encoder.settings(),
                      index_params={"forward_values": "float32", "n_postings": 1000})
     return str(root), folder, docs, doc_ids
