@@ -42,7 +42,7 @@ class ServeConfig:
       * ``direct_port``: embedded topology only; each ingress replica also answers HTTP itself,
         on ports ``direct_port`` .. ``direct_port + ingress_replicas - 1`` (Ray Serve's direct
         ingress), so a request skips the proxy actor and its hop into the replica (measured
-        at 6-14 ms on 2 cores, BENCHMARKS.md §14). The proxy's port keeps answering too. Ray reads
+        at 7-16 ms on 2 cores, BENCHMARKS.md §14). The proxy's port keeps answering too. Ray reads
         the setting once, when a cluster starts: that cluster must be started with
         `direct_ingress_env` in its environment (`lsr serve` does so for the Ray it starts).
       * ``*_cpus`` / ``encoder_gpus``: Ray resources per replica. Fractional by default: a switch
