@@ -38,6 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jobs.bench_serve import encoder_settings, free_port, pct, read_queries, summary  # noqa: E402
+from jobs.bench_serve import load as served_load  # noqa: E402
 from pipeline.testing.machine import describe_machine  # noqa: E402
 
 BUCKETS = 10_000
@@ -83,52 +84,24 @@ def violations(doc_ids: list[str], buckets: np.ndarray, limit: int | None) -> in
 
 
 # -- served ---------------------------------------------------------------------------------------
-async def load(base: str, queries: list[str], k: int, clients: int, duration_s: float,
-               flt: dict | None, buckets: np.ndarray) -> dict:
-    import httpx
-
+def load(base: str, queries: list[str], k: int, clients: int, duration_s: float,
+         flt: dict | None, buckets: np.ndarray) -> dict:
+    """`bench_serve.load` with the filter in every request, and every hit checked against
+    the generated field values (violations), short answers counted."""
     limit = None if flt is None else flt["range"]["bucket"]["lt"]
-    body_extra = {} if flt is None else {"filter": flt}
-    latencies: list[float] = []
-    search_ms: list[float] = []
-    errors: list[str] = []
-    counts = {"hits": 0, "violations": 0, "short": 0, "partial": 0}
-    stop_at = time.perf_counter() + duration_s
+    counts = {"hits": 0, "violations": 0, "short": 0}
 
-    async def client(worker: int) -> None:
-        async with httpx.AsyncClient(base_url=base, timeout=30.0) as http:
-            i = worker
-            while time.perf_counter() < stop_at:
-                q = queries[i % len(queries)]
-                i += clients
-                t0 = time.perf_counter()
-                try:
-                    r = await http.post("/search", json={"query": q, "k": k, **body_extra})
-                except httpx.HTTPError as exc:
-                    errors.append(type(exc).__name__)
-                    continue
-                elapsed = (time.perf_counter() - t0) * 1000
-                if r.status_code != 200:
-                    errors.append(str(r.status_code))
-                    continue
-                body = r.json()
-                hits = body["results"][0]["doc_ids"]
-                counts["hits"] += len(hits)
-                counts["violations"] += violations(hits, buckets, limit)
-                counts["short"] += len(hits) < k
-                counts["partial"] += bool(body["partial"])
-                latencies.append(elapsed)
-                for part in r.headers.get("server-timing", "").split(","):
-                    if part.strip().startswith("search;dur="):
-                        search_ms.append(float(part.split(";dur=")[1]))
+    def check(body: dict) -> None:
+        hits = body["results"][0]["doc_ids"]
+        counts["hits"] += len(hits)
+        counts["violations"] += violations(hits, buckets, limit)
+        counts["short"] += len(hits) < k
 
-    started = time.perf_counter()
-    await asyncio.gather(*(client(w) for w in range(clients)))
-    wall = time.perf_counter() - started
-    return {**summary(latencies), "qps": round(len(latencies) / wall, 1), "errors": len(errors),
-            "error_kinds": sorted(set(errors)), **counts,
-            "server_search_p50_ms": round(pct(search_ms, 50), 3),
-            "server_search_p99_ms": round(pct(search_ms, 99), 3)}
+    result = asyncio.run(served_load(base, queries, k, clients, duration_s,
+                                          {} if flt is None else {"filter": flt}, check))
+    stages_p50, stages_p99 = result.pop("stages_p50_ms"), result.pop("stages_p99_ms")
+    return {**result, **counts, "server_search_p50_ms": stages_p50.get("search"),
+            "server_search_p99_ms": stages_p99.get("search")}
 
 
 def first_request(base: str, query: str, k: int, flt: dict) -> float:
@@ -161,7 +134,7 @@ def run_served(root: str, buckets: np.ndarray, queries: list[str], args) -> list
         startup_s = round(time.perf_counter() - started, 1)
         print(f"endpoint up in {startup_s}s", flush=True)
         base = f"http://127.0.0.1:{port}/bench"
-        asyncio.run(load(base, queries, args.k, 1, 3.0, None, buckets))           # warm up
+        load(base, queries, args.k, 1, 3.0, None, buckets)           # warm up
 
         def measure(sel: float | None, clients: int) -> None:
             flt = None if sel is None else bucket_filter(sel)
@@ -170,8 +143,7 @@ def run_served(root: str, buckets: np.ndarray, queries: list[str], args) -> list
                    int((buckets < flt["range"]["bucket"]["lt"]).sum())}
             if flt is not None and clients == 1:
                 row["first_request_ms"] = first_request(base, queries[0], args.k, flt)
-            row.update(asyncio.run(load(base, queries, args.k, clients, args.duration_s, flt,
-                                        buckets)))
+            row.update(load(base, queries, args.k, clients, args.duration_s, flt, buckets))
             row["load_avg"] = [round(x, 2) for x in os.getloadavg()]
             rows.append(row)
             print(json.dumps(row), flush=True)

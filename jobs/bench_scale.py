@@ -106,6 +106,8 @@ class Sampler:
         self.worker_peak_name = ""
         self.plasma_peak_mib = 0
         self.spilled_mib = 0
+        self.driver_series: list[tuple[float, float]] = []   # (s since start, driver RSS MB)
+        self._started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -149,6 +151,8 @@ class Sampler:
                     continue
                 if proc.pid == self.driver_pid:
                     self.driver_peak = max(self.driver_peak, rss)
+                    self.driver_series.append((round(time.perf_counter() - self._started, 1),
+                                               round(rss / 2**20, 1)))
                 elif "ray::" in cmd or "default_worker.py" in cmd:
                     if rss > self.worker_peak:
                         self.worker_peak, self.worker_peak_name = rss, cmd.split(" ")[0][:60]
@@ -162,10 +166,12 @@ def du_bytes(path: Path) -> int:
 
 
 def run_job(corpus: Path, out: Path, shard_size: int, address: str,
-            head_pid: int) -> tuple[dict, Sampler, float]:
+            head_pid: int, block_rows: int | None = None) -> tuple[dict, Sampler, float]:
     cmd = [sys.executable, "-m", "pipeline.cli", "index", str(corpus), str(out),
            "--format", "vectors", "--vector-keys", "ids", "--model", "splade-tiny",
            "--shard-size", str(shard_size), "--address", address, "--json"]
+    if block_rows is not None:
+        cmd += ["--block-rows", str(block_rows)]
     print("$ " + " ".join(cmd), flush=True)
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -227,11 +233,12 @@ def one_size(n_docs: int, args, queries: list[str]) -> dict:
         shutil.rmtree(out)
     head, address = start_local_ray(None)
     try:
-        summary, sampler, wall = run_job(corpus, out, args.shard_size, address, head.pid)
+        summary, sampler, wall = run_job(corpus, out, args.shard_size, address, head.pid,
+                                         args.block_rows)
     finally:
         stop_local_ray(head)
     row = {
-        "docs": n_docs, "corpus_write_s": round(gen_s, 1),
+        "docs": n_docs, "block_rows": args.block_rows, "corpus_write_s": round(gen_s, 1),
         "job_wall_s": round(wall, 1), "job_docs_per_s": round(n_docs / wall, 1),
         "summary_wall_s": summary["wall_s"], "stages": summary["stages"],
         "bound_stage": summary["bound_stage"], "shards": summary["shards"], "nnz": summary["nnz"],
@@ -240,6 +247,8 @@ def one_size(n_docs: int, args, queries: list[str]) -> dict:
         "largest_worker": sampler.worker_peak_name,
         "object_store_peak_mb": sampler.plasma_peak_mib, "spilled_mb": sampler.spilled_mib,
         "index_disk_mb": round(du_bytes(out) / 2**20, 1),
+        # where in the job the driver's memory grows (every 10th sample)
+        "driver_rss_mb_series": sampler.driver_series[::10],
     }
     print(json.dumps(row), flush=True)
     if args.job_only:
@@ -308,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", default="100000,1000000")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lsr-scale"))
     parser.add_argument("--shard-size", type=int, default=250_000)
+    parser.add_argument("--block-rows", type=int, default=None,
+                        help="The job's --block-rows (default: the job's own default).")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--queries", type=Path, default=Path("/work/shared/data/scifact/queries.jsonl"))

@@ -194,9 +194,11 @@ def in_process(url: str, queries: list[str], k: int, params: dict,
 
 # -- served ----------------------------------------------------------------------------------------
 async def load(base: str | list[str], queries: list[str], k: int, clients: int,
-               duration_s: float, params: dict) -> dict:
+               duration_s: float, params: dict, on_answer=None) -> dict:
     """``clients`` concurrent clients for ``duration_s``; with several base URLs (direct
-    ingress replicas), client w uses base w mod their number."""
+    ingress replicas), client w uses base w mod their number. ``params`` go into every
+    request body; ``on_answer(body)`` sees every 200 answer's parsed body (checks of the
+    caller's own, e.g. that every hit passes a filter)."""
     import httpx
 
     latencies: list[float] = []
@@ -225,6 +227,8 @@ async def load(base: str | list[str], queries: list[str], k: int, clients: int,
                     continue
                 body = r.json()
                 partial += bool(body["partial"])
+                if on_answer is not None:
+                    on_answer(body)
                 latencies.append(elapsed)
                 timing = dict(part.strip().split(";dur=") for part in
                               r.headers.get("server-timing", "").split(",") if ";dur=" in part)

@@ -239,3 +239,21 @@ def test_staged_vectors_from_several_and_sliced_chunks():
     assert got.shape == (len(kept), 50) and got.has_sorted_indices
     assert got.indices.dtype == np.int32 and got.data.dtype == np.float32
     assert np.array_equal(got.toarray(), want)
+
+
+def test_read_blocks_default_to_the_formats_size_and_an_explicit_size_wins(tmp_path):
+    """Vectors corpora stage fewer, larger parts (nothing to encode again after a kill); text
+    keeps the encoder-sized block; a given --block-rows is kept; re-indexing resolves the same."""
+    from pipeline.batch.config import BLOCK_ROWS, VECTOR_BLOCK_ROWS, IndexJobConfig
+    from pipeline.batch.reindex_config import ReindexConfig
+
+    text = IndexJobConfig(corpus="c", output="o")
+    vectors = IndexJobConfig(corpus="c", output="o", format="vectors")
+    assert (text.block_rows, vectors.block_rows) == (BLOCK_ROWS, VECTOR_BLOCK_ROWS)
+    assert VECTOR_BLOCK_ROWS > BLOCK_ROWS
+    assert IndexJobConfig(corpus="c", output="o", format="vectors", block_rows=64).block_rows == 64
+    assert ReindexConfig(corpus="c", index="o", format="vectors", vocab="v.txt").job_config(None).block_rows \
+        == VECTOR_BLOCK_ROWS
+    assert ReindexConfig(corpus="c", index="o").job_config(None).block_rows == BLOCK_ROWS
+    with pytest.raises(ValueError, match="block_rows"):
+        IndexJobConfig(corpus="c", output="o", block_rows=0)

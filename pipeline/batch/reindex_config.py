@@ -16,7 +16,7 @@ from typing import Any
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.catalog.writer_lock import LOCK_TTL_S
 from pipeline.data.corpus import FORMATS
-from pipeline.batch.config import (BLOCK_ROWS, ENCODE_BATCH_SIZE, EncoderOptions, IndexJobConfig,
+from pipeline.batch.config import (ENCODE_BATCH_SIZE, EncoderOptions, IndexJobConfig,
                                    ResourceOptions)
 from pipeline.catalog import Manifest
 
@@ -70,7 +70,7 @@ class ReindexConfig:
     gc_min_age_s: float = GC_MIN_AGE_S
     lock_ttl_s: float = LOCK_TTL_S
     on_bad_record: str = "fail"
-    block_rows: int = BLOCK_ROWS
+    block_rows: int | None = None                # None: the job's default for the format
     shard_size: int | None = None
     format: str | None = None
     id_field: str | None = None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-from pipeline.batch.config import (BLOCK_ROWS, ENCODE_BATCH_SIZE, MAX_LENGTH, MODEL, QUERY_MAX_LENGTH,
+from pipeline.batch.config import (BLOCK_ROWS, ENCODE_BATCH_SIZE, VECTOR_BLOCK_ROWS, MAX_LENGTH, MODEL, QUERY_MAX_LENGTH,
                                    SHARD_SIZE)
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.catalog.writer_lock import LOCK_TTL_S
@@ -39,7 +41,7 @@ def index(
     top_k: int = typer.Option(None, help="Keep at most this many terms per document."),
     threshold: float = typer.Option(0.0, help="Drop term weights <= this."),
     shard_size: int = typer.Option(SHARD_SIZE, help="Target documents per shard."),
-    block_rows: int = typer.Option(BLOCK_ROWS, help="Documents per read block: the unit of resume after a crash."),
+    block_rows: Optional[int] = typer.Option(None, help=f"Documents per read block: the unit of resume after a crash (default: {BLOCK_ROWS} for text, {VECTOR_BLOCK_ROWS} for --format vectors)."),
     index_kind: str = typer.Option("blocked", help="blocked (Seismic-style) or exact."),
     index_param: list[str] = typer.Option(None, help="Blocked index parameter KEY=VALUE (repeatable), e.g. n_postings=2000."),
     values_dtype: str = typer.Option("float32", help="Stored postings values: float32 or float16."),

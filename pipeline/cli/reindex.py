@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import typer
 
-from pipeline.batch.config import BLOCK_ROWS, ENCODE_BATCH_SIZE
+from pipeline.batch.config import BLOCK_ROWS, ENCODE_BATCH_SIZE, VECTOR_BLOCK_ROWS
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.catalog.writer_lock import LOCK_TTL_S
 from pipeline.cli.common import echo_json, parse_json_option, parse_key_values
@@ -20,7 +22,7 @@ def reindex(
     full: bool = typer.Option(False, "--full", help="Re-encode everything into fresh shards."),
     on_bad_record: str = typer.Option("fail", help="fail: stop at the first bad record; skip: "
                                                    "write it to INDEX/rejects/."),
-    block_rows: int = typer.Option(BLOCK_ROWS, help="Documents per read block: the unit of resume."),
+    block_rows: Optional[int] = typer.Option(None, help=f"Documents per read block: the unit of resume (default: {BLOCK_ROWS} for text, {VECTOR_BLOCK_ROWS} for --format vectors)."),
     shard_size: int = typer.Option(None, help=f"Target documents per shard ({AS_RECORDED})."),
     format: str = typer.Option(None, help=f"auto, jsonl, parquet, beir or vectors (pre-encoded; "
                                           f"{AS_RECORDED})."),
