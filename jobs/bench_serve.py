@@ -194,12 +194,22 @@ def in_process(url: str, queries: list[str], k: int, params: dict,
 
 # -- served ----------------------------------------------------------------------------------------
 async def load(base: str | list[str], queries: list[str], k: int, clients: int,
-               duration_s: float, params: dict, on_answer=None) -> dict:
+               duration_s: float, params: dict, on_answer=None, http_client: str = "raw") -> dict:
     """``clients`` concurrent clients for ``duration_s``; with several base URLs (direct
     ingress replicas), client w uses base w mod their number. ``params`` go into every
     request body; ``on_answer(body)`` sees every 200 answer's parsed body (checks of the
-    caller's own, e.g. that every hit passes a filter)."""
+    caller's own, e.g. that every hit passes a filter).
+
+    ``http_client``: "raw" (`pipeline.testing.rawhttp`, one keep-alive connection per client)
+    or "httpx" (an httpx.AsyncClient per client). When the server stamps its clock
+    (``X-LSR-Clock``, `pipeline.serve.ingress.TRACE_ENV`; same host, same monotonic clock),
+    the time outside the app is split into ``to_app`` (client send, HTTP server, Ray Serve's
+    request path up to the app) and ``from_app`` (the way back, up to the client having read
+    the response); ``route`` is FastAPI's routing, up to the handler.
+    """
     import httpx
+
+    from pipeline.testing.rawhttp import RawHTTPClient, RawHTTPError
 
     latencies: list[float] = []
     stages: dict[str, list[float]] = {}
@@ -207,21 +217,31 @@ async def load(base: str | list[str], queries: list[str], k: int, clients: int,
     partial = 0
     stop_at = time.perf_counter() + duration_s
 
+    def open_client(url: str):
+        if http_client == "raw":
+            return RawHTTPClient(url, timeout=30.0)
+        if http_client == "httpx":
+            return httpx.AsyncClient(base_url=url, timeout=30.0)
+        raise ValueError(f"http_client must be raw or httpx, got {http_client!r}")
+
     async def client(worker: int) -> None:
         nonlocal partial
         url = base if isinstance(base, str) else base[worker % len(base)]
-        async with httpx.AsyncClient(base_url=url, timeout=30.0) as http:
+        async with open_client(url) as http:
             i = worker
             while time.perf_counter() < stop_at:
                 q = queries[i % len(queries)]
                 i += clients
                 t0 = time.perf_counter()
                 try:
-                    r = await http.post("/search", json={"query": q, "k": k, **params})
-                except httpx.HTTPError as exc:
+                    r = await http.post("/search", {"query": q, "k": k, **params}) \
+                        if http_client == "raw" else \
+                        await http.post("/search", json={"query": q, "k": k, **params})
+                except (httpx.HTTPError, RawHTTPError) as exc:
                     errors.append(f"{type(exc).__name__}")
                     continue
-                elapsed = (time.perf_counter() - t0) * 1000
+                t1 = time.perf_counter()
+                elapsed = (t1 - t0) * 1000
                 if r.status_code != 200:
                     errors.append(str(r.status_code))
                     continue
@@ -235,6 +255,11 @@ async def load(base: str | list[str], queries: list[str], k: int, clients: int,
                 timing = {name: float(ms) for name, ms in timing.items()}
                 if "ingress" in timing:
                     timing["proxy+client"] = elapsed - timing["ingress"]
+                clock = dict(kv.split("=") for kv in r.headers.get("x-lsr-clock", "").split(";")
+                             if "=" in kv)
+                if "arrived" in clock and "done" in clock:
+                    timing["to_app"] = (float(clock["arrived"]) - t0) * 1000
+                    timing["from_app"] = (t1 - float(clock["done"])) * 1000
                 for name, ms in timing.items():
                     stages.setdefault(name, []).append(ms)
 
@@ -242,13 +267,14 @@ async def load(base: str | list[str], queries: list[str], k: int, clients: int,
     await asyncio.gather(*(client(w) for w in range(clients)))
     wall = time.perf_counter() - started
     return {**summary(latencies), "qps": round(len(latencies) / wall, 1), "errors": len(errors),
-            "error_kinds": sorted(set(errors)), "partial": partial,
+            "error_kinds": sorted(set(errors)), "partial": partial, "http_client": http_client,
             "stages_p50_ms": {name: round(pct(v, 50), 3) for name, v in stages.items()},
             "stages_p99_ms": {name: round(pct(v, 99), 3) for name, v in stages.items()}}
 
 
 def served(url: str, topology: str, queries: list[str], k: int, clients: list[int],
-           duration_s: float, port: int, params: dict) -> list[dict]:
+           duration_s: float, port: int, params: dict,
+           http_clients: tuple[str, ...] = ("raw",)) -> list[dict]:
     from pipeline.serve import ServeConfig
     from pipeline.serve.app import run_endpoint, stop_endpoint
 
@@ -272,10 +298,12 @@ def served(url: str, topology: str, queries: list[str], k: int, clients: list[in
         warm = 1 if isinstance(base, str) else len(base)
         asyncio.run(load(base, queries, k, warm, 3.0, params))       # warm up every replica and handle
         for c in clients:
-            result = asyncio.run(load(base, queries, k, c, duration_s, params))
-            rows.append({"topology": topology, "clients": c, "startup_s": round(startup_s, 1),
-                         **result})
-            print(json.dumps(rows[-1]), flush=True)
+            for http_client in http_clients:
+                result = asyncio.run(load(base, queries, k, c, duration_s, params,
+                                          http_client=http_client))
+                rows.append({"topology": topology, "clients": c, "startup_s": round(startup_s, 1),
+                             **result})
+                print(json.dumps(rows[-1]), flush=True)
     finally:
         stop_endpoint("bench")
     return rows
@@ -305,6 +333,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sweep", default="",
                         help="query_cut:heap_factor pairs, comma-separated: recall@k and search "
                              "time of each, in process (to choose the served parameters).")
+    parser.add_argument("--http-client", default="raw",
+                        help="Benchmark HTTP clients, comma-separated, each measured in turn: raw "
+                             "(pipeline.testing.rawhttp, lean) and/or httpx.")
     parser.add_argument("--skip-served", action="store_true", help="In process only.")
     parser.add_argument("--work", type=Path, default=Path("/tmp/lsr-bench-serve"))
     parser.add_argument("--out", type=Path, default=None, help="Write all results as JSON here.")
@@ -348,6 +379,9 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(json.dumps(report, indent=2) + "\n")
         return
     report["load_avg_before_served"] = list(os.getloadavg())
+    from pipeline.serve.ingress import TRACE_ENV
+
+    os.environ[TRACE_ENV] = "1"              # replicas stamp their clock: to_app / from_app split
     if any("direct_port" in TOPOLOGIES[t] for t in topologies):
         os.environ.update(direct_env())      # read once by every process of the Ray started here
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
@@ -358,7 +392,7 @@ def main(argv: list[str] | None = None) -> None:
         for s in shard_counts:
             for topology in topologies:
                 for row in served(roots[s], topology, queries, args.k, clients, args.duration_s,
-                                  port, params):
+                                  port, params, tuple(args.http_client.split(","))):
                     ref = report["in_process"][s]
                     row.update({"shards": s, "in_process_p50_ms": ref["p50_ms"],
                                 "served_over_in_process_p50": round(row["p50_ms"] / ref["p50_ms"], 2)})
@@ -389,12 +423,13 @@ def print_tables(report: dict) -> None:
         print(f"| {s} | {r['p50_ms']} | {r['p99_ms']} | {r['encode_p50_ms']} / {r['encode_p99_ms']} | "
               f"{r['search_p50_ms']} / {r['search_p99_ms']} | {r['recall_at_10']} |")
     print("\n## Served over HTTP (one query per request)\n")
-    print("| shards | topology | clients | p50 ms | p95 ms | p99 ms | QPS | errors | partial | "
+    print("| shards | topology | client | clients | p50 ms | p95 ms | p99 ms | QPS | errors | partial | "
           "served/in-process p50 | stages p50 ms |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     for r in report["served"]:
         stages = ", ".join(f"{k} {v}" for k, v in r["stages_p50_ms"].items())
-        print(f"| {r['shards']} | {r['topology']} | {r['clients']} | {r['p50_ms']} | {r['p95_ms']} | "
+        print(f"| {r['shards']} | {r['topology']} | {r.get('http_client')} | {r['clients']} | "
+              f"{r['p50_ms']} | {r['p95_ms']} | "
               f"{r['p99_ms']} | {r['qps']} | {r['errors']} | {r['partial']} | "
               f"{r['served_over_in_process_p50']} | {stages} |")
 

@@ -397,7 +397,8 @@ def test_lsr_serve_direct_ingress_under_load(small_index, queries):
     everything within 30 s (Serve's drain of a direct-ingress replica included)."""
     port, direct = free_port(), _free_port_pair()
     proc, started = _start_lsr_serve(small_index, port, "lsrdirect", "--direct-port", str(direct),
-                                     "--ingress-replicas", "2")
+                                     "--ingress-replicas", "2", "--no-access-log",
+                                     env={"LSR_SERVE_TRACE": "1"})
     try:
         bases = [f"http://127.0.0.1:{direct + i}" for i in range(2)]
         _wait_healthy(proc, started, [f"http://127.0.0.1:{port}", *bases])
@@ -414,18 +415,47 @@ def test_lsr_serve_direct_ingress_under_load(small_index, queries):
                             generations={1}) as through_proxy:
             pass
         through_proxy.assert_clean(min_answered=20)
+        _check_timing_headers(bases[0], queries[0])
         _signal_and_check_stopped(proc, started, "SIGTERM", "group")
     finally:
         _kill_leftovers(proc, started)
 
 
-def _start_lsr_serve(index: str, port: int, app_name: str, *extra: str):
+def _check_timing_headers(base: str, query: str) -> None:
+    """Server-Timing names the handler's stages and FastAPI's routing; with LSR_SERVE_TRACE=1
+    the replica's clock stamps (same host, same monotonic clock) fall inside the client's
+    own interval, arrival before the handler's end (the benchmark's to_app/from_app split)."""
+    import asyncio
+
+    from pipeline.testing.rawhttp import RawHTTPClient
+
+    async def one():
+        async with RawHTTPClient(base) as client:
+            t0 = time.perf_counter()
+            r = await client.post("/search", {"query": query, "k": 5})
+            return r, t0, time.perf_counter()
+
+    r, t0, t1 = asyncio.run(one())
+    assert r.status_code == 200 and len(r.json()["results"][0]["doc_ids"]) == 5
+    stages = {part.split(";dur=")[0].strip(): float(part.split(";dur=")[1])
+              for part in r.headers["server-timing"].split(",")}
+    assert {"route", "wait", "encode", "search", "merge", "serialize", "ingress"} <= set(stages)
+    assert all(ms >= 0 for ms in stages.values())
+    clock = dict(kv.split("=") for kv in r.headers["x-lsr-clock"].split(";"))
+    arrived, done = float(clock["arrived"]), float(clock["done"])
+    assert t0 < arrived < done < t1
+    assert abs((done - arrived) * 1000 - stages["route"] - stages["ingress"]) < 1.0
+
+
+def _start_lsr_serve(index: str, port: int, app_name: str, *extra: str,
+                     env: dict[str, str] | None = None):
     from ray_procs import subprocess_env
 
     lsr = Path(sys.executable).with_name("lsr")
     cmd = [str(lsr), "serve", index, "--port", str(port), "--num-cpus", "2", "--poll-s", "0",
            "--app-name", app_name, *extra]
-    proc = subprocess.Popen(cmd, env=subprocess_env(PYTHONPATH=str(REPO), RAY_ADDRESS=""),
+    proc = subprocess.Popen(cmd, env=subprocess_env(PYTHONPATH=str(REPO), RAY_ADDRESS="",
+                                                    **(env or {})),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, cwd=REPO)
     return proc, {}

@@ -84,6 +84,7 @@ def test_lease_server_id_is_checked(tmp_path, server_id):
     ({"direct_port": 80, "topology": "embedded"}, "direct_port must be"),
     ({"direct_port": 65535, "topology": "embedded", "ingress_replicas": 2}, "direct_port must be"),
     ({"direct_port": True, "topology": "embedded"}, "direct_port must be"),
+    ({"access_log": "no"}, "access_log must be true or false"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     with pytest.raises(ValueError, match=message):

@@ -36,6 +36,8 @@ def serve_command(
     direct_port: int = typer.Option(None, help="Embedded: the ingress replicas also answer on "
                                                "ports DIRECT_PORT.. themselves, skipping the "
                                                "proxy's hop (needs a Ray started here)."),
+    access_log: bool = typer.Option(True, help="Ray Serve's access log line per request (the "
+                                               "endpoint's metrics count requests either way)."),
     app_name: str = typer.Option("lsr", help="Serve application name."),
     storage_options: str = typer.Option(None, help="JSON object passed to fsspec."),
     address: str = typer.Option(None, help="Ray cluster address; default: start Ray locally."),
@@ -57,7 +59,8 @@ def serve_command(
                              encoder_placement=encoder_placement, api_key_env=api_key_env,
                              timeout_s=timeout_s, on_shard_failure=on_shard_failure, poll_s=poll_s,
                              max_queries=max_queries, ingress_replicas=ingress_replicas,
-                             embedded_batch_size=embedded_batch_size, direct_port=direct_port)
+                             embedded_batch_size=embedded_batch_size, direct_port=direct_port,
+                             access_log=access_log)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     if direct_port is not None and address is not None \

@@ -39,8 +39,9 @@ def build_endpoint(config: ServeConfig, ingress_env: dict[str, str] | None = Non
     actor_options: dict[str, Any] = {"num_cpus": config.ingress_cpus}
     if ingress_env:
         actor_options["runtime_env"] = {"env_vars": dict(ingress_env)}
-    return Ingress.options(num_replicas=config.ingress_replicas,
-                           ray_actor_options=actor_options).bind(args, controller)
+    return Ingress.options(num_replicas=config.ingress_replicas, ray_actor_options=actor_options,
+                           logging_config={"enable_access_log": config.access_log}
+                           ).bind(args, controller)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -45,6 +45,8 @@ class ServeConfig:
         at 7-16 ms on 2 cores, BENCHMARKS.md §14). The proxy's port keeps answering too. Ray reads
         the setting once, when a cluster starts: that cluster must be started with
         `direct_ingress_env` in its environment (`lsr serve` does so for the Ray it starts).
+      * ``access_log``: Ray Serve's per-request access log line of the ingress replicas (off:
+        the endpoint's own metrics and Server-Timing still cover every request).
       * ``*_cpus`` / ``encoder_gpus``: Ray resources per replica. Fractional by default: a switch
         holds two generations' searchers at once, and they must all fit.
 
@@ -90,6 +92,7 @@ class ServeConfig:
     ingress_replicas: int = 1
     ingress_cpus: float = 0.1
     direct_port: int | None = None
+    access_log: bool = True
     controller_cpus: float = 0.05
     # requests
     api_key_env: str | None = None
@@ -157,6 +160,8 @@ class ServeConfig:
                 # In the split topology every searcher application's replicas would take a
                 # direct port too (each is its application's ingress).
                 raise ValueError(f"direct_port needs topology 'embedded', got {self.topology!r}")
+        if not isinstance(self.access_log, bool):
+            raise ValueError(f"access_log must be true or false, got {self.access_log!r}")
         if self.api_key_env is not None and not self.api_key_env:
             raise ValueError("api_key_env must be an environment variable name or None")
         if self.server_id is not None:

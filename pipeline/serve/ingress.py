@@ -13,11 +13,16 @@ Two topologies (`ServeConfig.topology`):
   group answers its own merged top-k as generation rows; this replica merges them with
   `pipeline.search.merge_rows` (the in-process merge) and resolves the ids.
 
-Responses carry a ``Server-Timing`` header with the stages measured here (ms): ``encode``,
-``search``, ``merge``, ``serialize`` and ``ingress`` (the handler, end to end); in the
-embedded topology also ``wait``: from the handler's start to the encode call in the worker
-thread (body read and parse, the thread hop, the wait for a GIL and, micro-batched, for the
-batch). In the split topology ``encode`` includes the handle hop to the encoder.
+Responses carry a ``Server-Timing`` header with the stages measured here (ms): ``route``
+(from the request's arrival in this app to the handler: FastAPI's middleware, routing and
+dependencies), ``encode``, ``search``, ``merge``, ``serialize`` and ``ingress`` (the handler,
+end to end); in the embedded topology also ``wait``: from the handler's start to the encode
+call in the worker thread (body read and parse, the thread hop, the wait for a GIL and,
+micro-batched, for the batch). In the split topology ``encode`` includes the handle hop to
+the encoder. With ``LSR_SERVE_TRACE=1`` in the replica's environment (`TRACE_ENV`), responses
+also carry ``X-LSR-Clock: arrived=S;done=S``: this process's monotonic clock (seconds) at
+the arrival and at the end of the handler, which a client on the same host compares with its
+own clock to split the time outside the app (`jobs/bench_serve.py`).
 
 Each request reads the active route once, so all its shards belong to one generation, and
 the response names it. Shards that do not answer within the request's time budget (or whose
@@ -55,8 +60,29 @@ log = logging.getLogger(__name__)
 API_KEY_HEADER = "X-API-Key"
 _REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
 
+TRACE_ENV = "LSR_SERVE_TRACE"
+"""Set to 1 in the ingress replicas' environment: responses carry ``X-LSR-Clock``."""
+ARRIVED = "lsr.arrived"
+"""ASGI scope key: the request's arrival in this app (`time.perf_counter`)."""
+
 app = FastAPI(title="lsr-pipeline search",
               description="Learned sparse retrieval over a sharded, generation-versioned index.")
+
+
+class _StampArrival:
+    """Pure ASGI middleware, outermost in the app: stamps each request's arrival (one
+    clock read; the ``route`` stage of Server-Timing starts here)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            scope[ARRIVED] = time.perf_counter()
+        await self.inner(scope, receive, send)
+
+
+app.add_middleware(_StampArrival)
 _api_key_doc = APIKeyHeader(name=API_KEY_HEADER, auto_error=False,
                             description="Required when the server runs with an API key.")
 _SEARCH_BODY = {"requestBody": {"required": True, "content": {
@@ -149,6 +175,7 @@ class Ingress:
                 raise RuntimeError(f"API key auth is on (api_key_env={self.config.api_key_env!r}) "
                                    f"but that environment variable is empty in the ingress replica")
         self.replica = serve.get_replica_context().replica_id.unique_id
+        self.trace = os.environ.get(TRACE_ENV) == "1"
         self.metrics = EndpointMetrics()
         self.inflight: Counter[int] = Counter()
         self._encoders: dict[str, Any] = {}   # encoder_key -> in-process encoder
@@ -386,9 +413,14 @@ class Ingress:
         done = time.perf_counter()
         stages["serialize"] = done - before
         stages["ingress"] = done - started
+        arrived = request.scope.get(ARRIVED, started)
+        stages["route"] = started - arrived
         self.metrics.request(status, done - started, len(req.texts()))
-        timing = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in stages.items())
-        return Response(content, media_type="application/json", headers={"Server-Timing": timing})
+        headers = {"Server-Timing": ", ".join(f"{name};dur={seconds * 1000:.3f}"
+                                              for name, seconds in stages.items())}
+        if self.trace:
+            headers["X-LSR-Clock"] = f"arrived={arrived:.6f};done={done:.6f}"
+        return Response(content, media_type="application/json", headers=headers)
 
     def _answer_embedded(self, active: _Active, req: SearchRequest, extras: _Extras,
                          started: float) -> tuple[dict, str, dict]:
