@@ -107,6 +107,10 @@ class Sampler:
         self.plasma_peak_mib = 0
         self.spilled_mib = 0
         self.driver_series: list[tuple[float, float]] = []   # (s since start, driver RSS MB)
+        # CPU seconds by what each process was doing (its Ray task title, e.g.
+        # "ray::ReadCorpus->Write", sampled once a second: a delta goes to the current title)
+        self.cpu_by_task: dict[str, float] = {}
+        self._last_cpu: dict[int, float] = {}
         self._started = time.perf_counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -147,8 +151,14 @@ class Sampler:
                 try:
                     rss = proc.memory_info().rss
                     cmd = " ".join(proc.cmdline())
+                    times = proc.cpu_times()
                 except psutil.Error:
                     continue
+                cpu = times.user + times.system
+                title = "driver" if proc.pid == self.driver_pid else cmd.split(" ")[0][:60]
+                self.cpu_by_task[title] = self.cpu_by_task.get(title, 0.0) + \
+                    cpu - self._last_cpu.get(proc.pid, cpu)
+                self._last_cpu[proc.pid] = cpu
                 if proc.pid == self.driver_pid:
                     self.driver_peak = max(self.driver_peak, rss)
                     self.driver_series.append((round(time.perf_counter() - self._started, 1),
@@ -247,6 +257,8 @@ def one_size(n_docs: int, args, queries: list[str]) -> dict:
         "largest_worker": sampler.worker_peak_name,
         "object_store_peak_mb": sampler.plasma_peak_mib, "spilled_mb": sampler.spilled_mib,
         "index_disk_mb": round(du_bytes(out) / 2**20, 1),
+        "cpu_s_by_task": {t: round(c, 1) for t, c in sorted(sampler.cpu_by_task.items(),
+                                                             key=lambda kv: -kv[1]) if c >= 0.5},
         # where in the job the driver's memory grows (every 10th sample)
         "driver_rss_mb_series": sampler.driver_series[::10],
     }

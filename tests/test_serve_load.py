@@ -397,7 +397,7 @@ def test_lsr_serve_direct_ingress_under_load(small_index, queries):
     everything within 30 s (Serve's drain of a direct-ingress replica included)."""
     port, direct = free_port(), _free_port_pair()
     proc, started = _start_lsr_serve(small_index, port, "lsrdirect", "--direct-port", str(direct),
-                                     "--ingress-replicas", "2", "--no-access-log",
+                                     "--ingress-replicas", "2", "--access-log",
                                      env={"LSR_SERVE_TRACE": "1"})
     try:
         bases = [f"http://127.0.0.1:{direct + i}" for i in range(2)]

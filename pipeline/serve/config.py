@@ -45,8 +45,10 @@ class ServeConfig:
         at 7-16 ms on 2 cores, BENCHMARKS.md §14). The proxy's port keeps answering too. Ray reads
         the setting once, when a cluster starts: that cluster must be started with
         `direct_ingress_env` in its environment (`lsr serve` does so for the Ray it starts).
-      * ``access_log``: Ray Serve's per-request access log line of the ingress replicas (off:
-        the endpoint's own metrics and Server-Timing still cover every request).
+      * ``access_log``: Ray Serve's per-request access log line of the ingress replicas. Off by
+        default: written on the replica's event loop, it cost ~0.9 ms of a 4-5 ms served p50 on
+        2 cores (BENCHMARKS.md §14), and the endpoint's own metrics and Server-Timing cover every
+        request anyway.
       * ``*_cpus`` / ``encoder_gpus``: Ray resources per replica. Fractional by default: a switch
         holds two generations' searchers at once, and they must all fit.
 
@@ -92,7 +94,7 @@ class ServeConfig:
     ingress_replicas: int = 1
     ingress_cpus: float = 0.1
     direct_port: int | None = None
-    access_log: bool = True
+    access_log: bool = False
     controller_cpus: float = 0.05
     # requests
     api_key_env: str | None = None
