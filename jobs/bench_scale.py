@@ -97,7 +97,8 @@ _SPILLED = re.compile(r"Spilled (\d+) MiB")
 class Sampler:
     """Peak RSS of the driver and of the largest Ray process; object-store peak and spill."""
 
-    def __init__(self, driver_pid: int, ray_address: str, head_pid: int):
+    def __init__(self, driver_pid: int, ray_address: str, head_pid: int,
+                 dump_to: Path | None = None, dump_jump_mb: float = 100.0):
         self.driver_pid = driver_pid
         self.head_pid = head_pid
         self.address = ray_address
@@ -112,6 +113,12 @@ class Sampler:
         self.cpu_by_task: dict[str, float] = {}
         self._last_cpu: dict[int, float] = {}
         self._started = time.perf_counter()
+        # When the driver's RSS first rises `dump_jump_mb` above its level after start-up, its
+        # Python stacks (py-spy dump, all threads) go to `dump_to`: what it was doing then.
+        self.dump_to = dump_to
+        self.dump_jump_mb = dump_jump_mb
+        self._driver_base: float | None = None
+        self.dumped_at: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -135,6 +142,26 @@ class Sampler:
             self.plasma_peak_mib = max(self.plasma_peak_mib, int(m.group(1)))
         if m := _SPILLED.search(text):
             self.spilled_mib = max(self.spilled_mib, int(m.group(1)))
+
+    def _maybe_dump(self, rss_mb: float) -> None:
+        elapsed = time.perf_counter() - self._started
+        if self.dump_to is None or self.dumped_at is not None or elapsed < 20:
+            return
+        if self._driver_base is None:        # the level once Ray, torch and the plan are loaded
+            self._driver_base = rss_mb
+            return
+        if rss_mb - self._driver_base < self.dump_jump_mb:
+            return
+        self.dumped_at = round(elapsed, 1)
+        spy = Path(sys.executable).with_name("py-spy")
+        try:
+            out = subprocess.run([str(spy), "dump", "--pid", str(self.driver_pid)],
+                                 capture_output=True, text=True, timeout=30)
+            text = out.stdout + out.stderr
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            text = f"py-spy dump failed: {exc}"
+        self.dump_to.write_text(f"# driver RSS {rss_mb:.0f} MB at {elapsed:.1f} s "
+                                f"(base {self._driver_base:.0f} MB)\n{text}")
 
     def _run(self) -> None:
         import psutil
@@ -163,6 +190,7 @@ class Sampler:
                     self.driver_peak = max(self.driver_peak, rss)
                     self.driver_series.append((round(time.perf_counter() - self._started, 1),
                                                round(rss / 2**20, 1)))
+                    self._maybe_dump(rss / 2**20)
                 elif "ray::" in cmd or "default_worker.py" in cmd:
                     if rss > self.worker_peak:
                         self.worker_peak, self.worker_peak_name = rss, cmd.split(" ")[0][:60]
@@ -185,7 +213,8 @@ def run_job(corpus: Path, out: Path, shard_size: int, address: str,
     print("$ " + " ".join(cmd), flush=True)
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with Sampler(proc.pid, address, head_pid) as sampler:
+    with Sampler(proc.pid, address, head_pid,
+                 dump_to=out.with_name(out.name + ".driver-dump.txt")) as sampler:
         stdout, stderr = proc.communicate()
     wall = time.perf_counter() - started
     out.with_name(out.name + ".stdout").write_text(stdout)       # kept for diagnosis
@@ -257,6 +286,7 @@ def one_size(n_docs: int, args, queries: list[str]) -> dict:
         "largest_worker": sampler.worker_peak_name,
         "object_store_peak_mb": sampler.plasma_peak_mib, "spilled_mb": sampler.spilled_mib,
         "index_disk_mb": round(du_bytes(out) / 2**20, 1),
+        "driver_dumped_at_s": sampler.dumped_at,
         "cpu_s_by_task": {t: round(c, 1) for t, c in sorted(sampler.cpu_by_task.items(),
                                                              key=lambda kv: -kv[1]) if c >= 0.5},
         # where in the job the driver's memory grows (every 10th sample)
