@@ -6,8 +6,9 @@ direct writer (`pipeline.testing.direct_writer`) together with one filterable fi
 documents. Real query texts (scifact), encoded by the index's model (splade-tiny) in the server.
 
 * ``--mode served``: the real endpoint (embedded topology, `pipeline.serve.app.run_endpoint`) on
-  127.0.0.1; per selectivity, C concurrent HTTP clients (one query per request, back to back)
-  for T seconds, unfiltered and filtered at the same k. Every hit of every filtered answer is
+  127.0.0.1; per selectivity, C concurrent HTTP clients (`bench_serve.load`: the lean raw
+  client since 2026-12-02; §12's numbers were taken with httpx; one query per request, back to
+  back) for T seconds, unfiltered and filtered at the same k. Every hit of every filtered answer is
   checked against the generated field values (a hit outside the filter counts as a violation);
   failed requests are counted. The first request with a new filter (the filter cache's miss:
   the filter evaluated over the shard) is timed apart and not in the percentiles.

@@ -8,10 +8,13 @@ one run:
 * in process: encode (the single-query fast path, torch on 1 thread) then search
   (`ShardedIndex.search_rows`, 1 thread), one query at a time; and recall@10 of the blocked
   search against exact search for the same queries (the configuration served);
-* served, for each topology: C concurrent HTTP clients (asyncio + httpx, one query per
+* served, for each topology: C concurrent HTTP clients (asyncio; ``--http-client raw``, the
+  lean `pipeline.testing.rawhttp`, and/or ``httpx``, each measured in turn; one query per
   request, back to back) for T seconds. Per request the client's latency and the server's
-  ``Server-Timing`` stages (encode, search, merge, serialize, ingress handler); the rest of
-  the client's latency (HTTP proxy, routing, client) is reported as ``proxy+client``.
+  ``Server-Timing`` stages (route, wait, encode, search, merge, serialize, ingress handler);
+  the rest of the client's latency (HTTP proxy, routing, client) is reported as
+  ``proxy+client``, and split into ``to_app`` / ``from_app`` by the replicas' clock stamps
+  (``LSR_SERVE_TRACE=1``, set here for the Ray this script starts).
 
 Topologies:
 * embedded: one ingress replica answers HTTP, encodes and searches every shard in process;
