@@ -235,3 +235,29 @@ def test_ray_job_submit_against_a_head_node(data_dir, tmp_path):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     manifest = read_manifest(IndexLayout.at(str(output)))
     assert manifest.counts["docs_indexed"] == 1460 and len(manifest.shards) == 2
+
+
+def test_duplicates_across_many_units_keep_the_first_in_corpus_order(ray_local, tmp_path):
+    """9 units, so 9 hash buckets: ids repeated within a unit, across units and three times;
+    each kept copy is the first in corpus order, every other copy is a reject naming its line
+    and the first one's."""
+    repeats = {12: 3, 13: 3, 25: 3, 31: 0, 40: 0, 44: 20}    # line -> the line whose id it repeats
+    corpus = tmp_path / "c.jsonl"
+    with open(corpus, "w") as f:
+        for i in range(45):
+            src = repeats.get(i, i)
+            f.write(json.dumps({"_id": f"d{src}", "text": f"line {i} of the corpus"}) + "\n")
+    summary = run_index_job(IndexJobConfig(corpus=str(corpus), output=str(tmp_path / "idx"),
+                                           index_kind="exact", on_bad_record="skip", shard_size=5))
+    assert summary.shards == 9 and summary.docs_rejected == len(repeats)
+    rejects = [json.loads(line) for line in open(tmp_path / "idx" / "rejects" / "g000001" / "rejects.jsonl")]
+    assert sorted(int(r["source"].rsplit(" ", 1)[1]) for r in rejects) == sorted(i + 1 for i in repeats)
+    for r in rejects:
+        line = int(r["source"].rsplit(" ", 1)[1]) - 1
+        assert f"line {repeats[line] + 1}" in r["reason"], r
+    ids, _ = _stored_vectors(str(tmp_path / "idx"))
+    assert sorted(ids) == sorted(f"d{i}" for i in range(45) if i not in repeats)
+    index = ShardedIndex.open(str(tmp_path / "idx"))
+    for src in (3, 0, 20):              # the kept copy is the first line's text
+        top = index.search([f"line {src} of the corpus"], k=1, exact=True)[0][0]
+        assert top.doc_id == f"d{src}"
