@@ -205,13 +205,14 @@ async def load(base: str | list[str], queries: list[str], k: int, clients: int,
 
     ``http_client``: "raw" (`pipeline.testing.rawhttp`, one keep-alive connection per client)
     or "httpx" (an httpx.AsyncClient per client). When the server stamps its clock
-    (``X-LSR-Clock``, `pipeline.serve.ingress.TRACE_ENV`; same host, same monotonic clock),
+    (``X-LSR-Clock``, `pipeline.serve.timing`; same host, same monotonic clock),
     the time outside the app is split into ``to_app`` (client send, HTTP server, Ray Serve's
     request path up to the app) and ``from_app`` (the way back, up to the client having read
     the response); ``route`` is FastAPI's routing, up to the handler.
     """
     import httpx
 
+    from pipeline.serve.timing import CLOCK_HEADER, parse_clock, parse_server_timing
     from pipeline.testing.rawhttp import RawHTTPClient, RawHTTPError
 
     latencies: list[float] = []
@@ -237,9 +238,7 @@ async def load(base: str | list[str], queries: list[str], k: int, clients: int,
                 i += clients
                 t0 = time.perf_counter()
                 try:
-                    r = await http.post("/search", {"query": q, "k": k, **params}) \
-                        if http_client == "raw" else \
-                        await http.post("/search", json={"query": q, "k": k, **params})
+                    r = await http.post("/search", json={"query": q, "k": k, **params})
                 except (httpx.HTTPError, RawHTTPError) as exc:
                     errors.append(f"{type(exc).__name__}")
                     continue
@@ -253,16 +252,13 @@ async def load(base: str | list[str], queries: list[str], k: int, clients: int,
                 if on_answer is not None:
                     on_answer(body)
                 latencies.append(elapsed)
-                timing = dict(part.strip().split(";dur=") for part in
-                              r.headers.get("server-timing", "").split(",") if ";dur=" in part)
-                timing = {name: float(ms) for name, ms in timing.items()}
+                timing = parse_server_timing(r.headers.get("server-timing", ""))
                 if "ingress" in timing:
                     timing["proxy+client"] = elapsed - timing["ingress"]
-                clock = dict(kv.split("=") for kv in r.headers.get("x-lsr-clock", "").split(";")
-                             if "=" in kv)
-                if "arrived" in clock and "done" in clock:
-                    timing["to_app"] = (float(clock["arrived"]) - t0) * 1000
-                    timing["from_app"] = (t1 - float(clock["done"])) * 1000
+                stamps = parse_clock(r.headers.get(CLOCK_HEADER.lower(), ""))
+                if stamps is not None:
+                    timing["to_app"] = (stamps[0] - t0) * 1000
+                    timing["from_app"] = (t1 - stamps[1]) * 1000
                 for name, ms in timing.items():
                     stages.setdefault(name, []).append(ms)
 
@@ -382,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
             args.out.write_text(json.dumps(report, indent=2) + "\n")
         return
     report["load_avg_before_served"] = list(os.getloadavg())
-    from pipeline.serve.ingress import TRACE_ENV
+    from pipeline.serve.timing import TRACE_ENV
 
     os.environ[TRACE_ENV] = "1"              # replicas stamp their clock: to_app / from_app split
     if any("direct_port" in TOPOLOGIES[t] for t in topologies):

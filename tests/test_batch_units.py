@@ -241,7 +241,7 @@ def test_staged_vectors_from_several_and_sliced_chunks():
     assert np.array_equal(got.toarray(), want)
 
 
-def test_read_blocks_default_to_the_formats_size_and_an_explicit_size_wins(tmp_path):
+def test_read_blocks_default_to_the_formats_size_and_an_explicit_size_wins():
     """Vectors corpora stage fewer, larger parts (nothing to encode again after a kill); text
     keeps the encoder-sized block; a given --block-rows is kept; re-indexing resolves the same."""
     from pipeline.batch.config import BLOCK_ROWS, VECTOR_BLOCK_ROWS, IndexJobConfig
@@ -252,8 +252,8 @@ def test_read_blocks_default_to_the_formats_size_and_an_explicit_size_wins(tmp_p
     assert (text.block_rows, vectors.block_rows) == (BLOCK_ROWS, VECTOR_BLOCK_ROWS)
     assert VECTOR_BLOCK_ROWS > BLOCK_ROWS
     assert IndexJobConfig(corpus="c", output="o", format="vectors", block_rows=64).block_rows == 64
-    assert ReindexConfig(corpus="c", index="o", format="vectors", vocab="v.txt").job_config(None).block_rows \
-        == VECTOR_BLOCK_ROWS
+    reindex = ReindexConfig(corpus="c", index="o", format="vectors", vocab="v.txt")
+    assert reindex.job_config(None).block_rows == VECTOR_BLOCK_ROWS
     assert ReindexConfig(corpus="c", index="o").job_config(None).block_rows == BLOCK_ROWS
     with pytest.raises(ValueError, match="block_rows"):
         IndexJobConfig(corpus="c", output="o", block_rows=0)

@@ -64,14 +64,14 @@ def test_bodies_headers_keep_alive_and_reconnect(base_url):
     async def run():
         payload = {"query": "ünïcode " * 50, "k": 10}
         async with RawHTTPClient(base_url) as client:
-            first = await client.post("/echo", payload)
+            first = await client.post("/echo", json=payload)
             writer = client._writer
-            second = await client.post("/echo", payload)
+            second = await client.post("/echo", json=payload)
             assert client._writer is writer            # the same connection, kept alive
-            chunked = await client.post("/chunked", payload)
-            closed = await client.post("/close", payload)
+            chunked = await client.post("/chunked", json=payload)
+            closed = await client.post("/close", json=payload)
             assert client._writer is None              # the server said close: dropped
-            again = await client.post("/echo", payload)  # reconnects
+            again = await client.post("/echo", json=payload)  # reconnects
         return first, second, chunked, closed, again
 
     first, second, chunked, closed, again = asyncio.run(run())
@@ -90,7 +90,7 @@ def test_refused_connection_and_bad_urls_are_errors():
 
     async def run():
         async with RawHTTPClient(f"http://127.0.0.1:{port}") as client:
-            await client.post("/x", {})
+            await client.post("/x", json={})
 
     with pytest.raises(RawHTTPError, match="connect"):
         asyncio.run(run())

@@ -186,3 +186,29 @@ def test_config_topology_and_embedded_fit():
     config = ServeConfig(index="/tmp/x", ingress_replicas=2)
     assert config.topology == "auto"
     assert config.embedded_fits(1 << 30, 8 << 30) and not config.embedded_fits(1 << 30, 7 << 30)
+
+
+def test_timing_headers_round_trip():
+    from pipeline.serve.timing import clock, parse_clock, parse_server_timing, server_timing
+
+    value = server_timing({"route": 0.0002, "encode": 0.0031, "ingress": 0.0045})
+    assert value == "route;dur=0.200, encode;dur=3.100, ingress;dur=4.500"
+    assert parse_server_timing(value + ", cache;desc=hit") == {"route": 0.2, "encode": 3.1,
+                                                               "ingress": 4.5}
+    assert parse_server_timing("") == {}
+    assert parse_clock(clock(12.5, 12.503)) == (12.5, 12.503)
+    assert parse_clock("") is None and parse_clock("arrived=1.0") is None
+
+
+@pytest.mark.parametrize("access_log", [False, True])
+def test_access_log_setting_reaches_the_endpoints_deployments(access_log):
+    """The setting is the endpoint's: the ingress and the controller built here carry it (the
+    controller passes the same `logging_config()` to the searchers and encoder it starts)."""
+    from pipeline.serve.app import build_endpoint
+
+    app = build_endpoint(ServeConfig(index="/tmp/x", access_log=access_log))
+    ingress = app._bound_deployment                       # noqa: SLF001 - Serve's own handle
+    controller = ingress.init_args[1]._bound_deployment   # noqa: SLF001
+    for deployment in (ingress, controller):
+        assert deployment.logging_config["enable_access_log"] is access_log
+    assert ServeConfig(index="/tmp/x").access_log is False

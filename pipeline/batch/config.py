@@ -36,8 +36,8 @@ per read task in flight (256 documents to encode again), and a 1e9-document corp
 VECTOR_BLOCK_ROWS = 2048
 """Documents per read block of a pre-encoded vectors corpus. Nothing is encoded, so a block
 costs little to read again, while each staged part has a fixed cost (one atomic write with
-fsync locally, one PUT on S3): 256-row parts took ~28 ms each here and made staging write
-5x slower than 2048-row parts (BENCHMARKS §15)."""
+fsync locally, one PUT on S3): at 300k documents, 256-row parts took 5x the staging-write
+time of 2048-row parts (BENCHMARKS §15)."""
 
 
 @dataclass(frozen=True)

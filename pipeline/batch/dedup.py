@@ -51,8 +51,8 @@ def dedup_loc(plan: JobPlan, layout: IndexLayout, unit: int) -> Location:
 
 @ray.remote
 def _bucket_ids(plan: JobPlan, layout: IndexLayout, unit: int, committed: bool,
-                n_buckets: int) -> int:
-    """Write one unit's (row, id) pairs split by hash bucket (`dedup_loc`); returns how many."""
+                n_buckets: int) -> None:
+    """Write one unit's (row, id) pairs split by hash bucket (`dedup_loc`)."""
     if committed:
         ids = [str(x) for x in read_doc_ids(layout.postings(plan.shards[unit].name))]
         rows = np.arange(len(ids), dtype=np.int64)  # committed shards hold no duplicates any more
@@ -70,7 +70,6 @@ def _bucket_ids(plan: JobPlan, layout: IndexLayout, unit: int, committed: bool,
                                          "doc_id": id_arr.take(pa.array(sel))},
                                         schema=DEDUP_SCHEMA))
     write_bytes_atomic(dedup_loc(plan, layout, unit), buf.getvalue())
-    return len(ids)
 
 
 @ray.remote

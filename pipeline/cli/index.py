@@ -6,8 +6,8 @@ from typing import Optional
 
 import typer
 
-from pipeline.batch.config import (BLOCK_ROWS, ENCODE_BATCH_SIZE, VECTOR_BLOCK_ROWS, MAX_LENGTH, MODEL, QUERY_MAX_LENGTH,
-                                   SHARD_SIZE)
+from pipeline.batch.config import (BLOCK_ROWS, ENCODE_BATCH_SIZE, MAX_LENGTH, MODEL, QUERY_MAX_LENGTH,
+                                   SHARD_SIZE, VECTOR_BLOCK_ROWS)
 from pipeline.catalog.gc import GC_MIN_AGE_S, KEEP_GENERATIONS
 from pipeline.catalog.writer_lock import LOCK_TTL_S
 from pipeline.cli.common import echo_json, parse_json_option, parse_key_values

@@ -35,13 +35,13 @@ def build_endpoint(config: ServeConfig, ingress_env: dict[str, str] | None = Non
     controller_options: dict[str, Any] = {"num_cpus": config.controller_cpus}
     if controller_env:
         controller_options["runtime_env"] = {"env_vars": dict(controller_env)}
-    controller = IndexController.options(ray_actor_options=controller_options).bind(args)
+    controller = IndexController.options(ray_actor_options=controller_options,
+                                         logging_config=config.logging_config()).bind(args)
     actor_options: dict[str, Any] = {"num_cpus": config.ingress_cpus}
     if ingress_env:
         actor_options["runtime_env"] = {"env_vars": dict(ingress_env)}
     return Ingress.options(num_replicas=config.ingress_replicas, ray_actor_options=actor_options,
-                           logging_config={"enable_access_log": config.access_log}
-                           ).bind(args, controller)
+                           logging_config=config.logging_config()).bind(args, controller)
 
 
 def build_app(args: dict[str, Any]) -> Application:

@@ -45,9 +45,10 @@ class ServeConfig:
         at 7-16 ms on 2 cores, BENCHMARKS.md §14). The proxy's port keeps answering too. Ray reads
         the setting once, when a cluster starts: that cluster must be started with
         `direct_ingress_env` in its environment (`lsr serve` does so for the Ray it starts).
-      * ``access_log``: Ray Serve's per-request access log line of the ingress replicas. Off by
-        default: written on the replica's event loop, it cost ~0.9 ms of a 4-5 ms served p50 on
-        2 cores (BENCHMARKS.md §14), and the endpoint's own metrics and Server-Timing cover every
+      * ``access_log``: Ray Serve's per-request access log line, in every deployment the
+        endpoint starts (ingress, controller, searchers, query encoder: `logging_config`). Off
+        by default: on the ingress it cost ~0.9 ms of a 4-5 ms served p50 on 2 cores
+        (BENCHMARKS.md §14), and the endpoint's own metrics and Server-Timing cover every
         request anyway.
       * ``*_cpus`` / ``encoder_gpus``: Ray resources per replica. Fractional by default: a switch
         holds two generations' searchers at once, and they must all fit.
@@ -209,6 +210,10 @@ class ServeConfig:
             return self.server_id
         host = "".join(c if c.isalnum() or c in "._-" else "-" for c in socket.gethostname())
         return f"{self.app_name}-{host}"[:128]
+
+    def logging_config(self) -> dict[str, Any]:
+        """Ray Serve ``logging_config`` of every deployment of the endpoint."""
+        return {"enable_access_log": self.access_log}
 
     def to_args(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -181,6 +181,7 @@ class IndexController:
             searcher = ShardSearcher.options(
                 name=deployment, num_replicas=cfg.replicas_per_shard,
                 ray_actor_options={"num_cpus": cfg.searcher_cpus},
+                logging_config=cfg.logging_config(),
             ).bind(cfg.index, cfg.storage_options, generation, names, cfg.search_threads,
                    cfg.filter_cache_bytes)
             targets.append(serve.RunTarget(target=searcher, name=app, route_prefix=None))
@@ -193,6 +194,7 @@ class IndexController:
             encoder = QueryEncoder.options(
                 num_replicas=cfg.encoder_replicas,
                 ray_actor_options={"num_cpus": cfg.encoder_cpus, "num_gpus": cfg.encoder_gpus},
+                logging_config=cfg.logging_config(),
             ).bind(manifest.encoder, cfg.encoder_threads, cfg.max_batch_size,
                    cfg.batch_wait_timeout_s)
             targets.append(serve.RunTarget(target=encoder, name=encoder_app, route_prefix=None))

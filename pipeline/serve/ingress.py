@@ -19,10 +19,9 @@ dependencies), ``encode``, ``search``, ``merge``, ``serialize`` and ``ingress`` 
 end to end); in the embedded topology also ``wait``: from the handler's start to the encode
 call in the worker thread (body read and parse, the thread hop, the wait for a GIL and,
 micro-batched, for the batch). In the split topology ``encode`` includes the handle hop to
-the encoder. With ``LSR_SERVE_TRACE=1`` in the replica's environment (`TRACE_ENV`), responses
-also carry ``X-LSR-Clock: arrived=S;done=S``: this process's monotonic clock (seconds) at
-the arrival and at the end of the handler, which a client on the same host compares with its
-own clock to split the time outside the app (`jobs/bench_serve.py`).
+the encoder. With ``LSR_SERVE_TRACE=1`` in the replica's environment, responses also carry
+``X-LSR-Clock``: this process's clock at the arrival and at the end of the handler (the
+headers' format: `pipeline.serve.timing`).
 
 Each request reads the active route once, so all its shards belong to one generation, and
 the response names it. Shards that do not answer within the request's time budget (or whose
@@ -54,14 +53,13 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from pipeline.serve.api import ReloadResponse, SearchRequest, SearchResponse
 from pipeline.serve.config import ServeConfig
 from pipeline.serve.protocol import GroupAnswer, QueryBatch, Route, SearchParams, encoder_key
+from pipeline.serve.timing import CLOCK_HEADER, TRACE_ENV, clock, server_timing
 
 log = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-API-Key"
 _REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
 
-TRACE_ENV = "LSR_SERVE_TRACE"
-"""Set to 1 in the ingress replicas' environment: responses carry ``X-LSR-Clock``."""
 ARRIVED = "lsr.arrived"
 """ASGI scope key: the request's arrival in this app (`time.perf_counter`)."""
 
@@ -416,10 +414,9 @@ class Ingress:
         arrived = request.scope.get(ARRIVED, started)
         stages["route"] = started - arrived
         self.metrics.request(status, done - started, len(req.texts()))
-        headers = {"Server-Timing": ", ".join(f"{name};dur={seconds * 1000:.3f}"
-                                              for name, seconds in stages.items())}
+        headers = {"Server-Timing": server_timing(stages)}
         if self.trace:
-            headers["X-LSR-Clock"] = f"arrived={arrived:.6f};done={done:.6f}"
+            headers[CLOCK_HEADER] = clock(arrived, done)
         return Response(content, media_type="application/json", headers=headers)
 
     def _answer_embedded(self, active: _Active, req: SearchRequest, extras: _Extras,
