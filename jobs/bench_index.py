@@ -359,8 +359,12 @@ def compare_defaults(ds: Dataset, truth: np.ndarray, fractions: list[float],
                      threads: int, rounds: int) -> dict:
     """Our `BlockedIndex` with its derived defaults against Seismic's best point over a grid
     (``n_postings`` = fraction x mean list length, x ``energies``, x ``searches``), at each
-    recall target: the pair's single-query latency re-measured interleaved, and their
-    one-thread batch time, same process, same vectors."""
+    recall target: single-query latency re-measured interleaved, and one-thread batch time,
+    same process, same vectors.
+
+    Ours is measured two ways: with every parameter at its derived default, and with the
+    derived build but the cheapest point of the same ``searches`` that reaches the target
+    (the search parameters are per request; the issue's baseline was measured so)."""
     from pipeline.index import BlockedIndex
 
     nq = ds.queries.shape[0]
@@ -377,6 +381,14 @@ def compare_defaults(ds: Dataset, truth: np.ndarray, fractions: list[float],
           f"mem {ours.nbytes / 1e6:.1f} MB  n_postings={cfg.n_postings} "
           f"centroid_fraction={cfg.centroid_fraction:.3f} summary_energy={cfg.summary_energy} "
           f"query_cut={cfg.query_cut} heap_factor={cfg.heap_factor}", flush=True)
+    ours_grid = []
+    for s in searches:
+        got, _ = ours.search(ds.queries, k=k, threads=threads, **s)
+        rec = recall_at_k(got, truth)
+        lat = per_call_latency(lambda i: ours.search(rows[i], k=k, **s), n_lat, warmup=3)
+        ours_grid.append({"search": s, "recall": rec, "lat": float(lat.mean())})
+        print(f"    ours (derived build) qc={s['query_cut']} hf={s['heap_factor']}: recall "
+              f"{rec:.3f} {lat.mean():.0f} us", flush=True)
     grid = []
     for frac in fractions:
         for energy in energies:
@@ -405,20 +417,30 @@ def compare_defaults(ds: Dataset, truth: np.ndarray, fractions: list[float],
         g = min(ok, key=lambda g: g["lat"])
         sq = SeismicQueries(g["index"], ds.queries, k)
         s = g["search"]
-        lat_ours, lat_theirs = interleaved(
-            [lambda i: ours.search(rows[i], k=k), lambda i: sq.one(i, s)], n_lat, rounds)
-        b_ours, b_theirs = np.inf, np.inf
+        mine = [o for o in ours_grid if o["recall"] >= target]
+        tuned = min(mine, key=lambda o: o["lat"])["search"] if mine else {}
+        tuned_recall = min(mine, key=lambda o: o["lat"])["recall"] if mine else ours_recall
+        lat_ours, lat_tuned, lat_theirs = interleaved(
+            [lambda i: ours.search(rows[i], k=k), lambda i: ours.search(rows[i], k=k, **tuned),
+             lambda i: sq.one(i, s)], n_lat, rounds)
+        b_ours, b_tuned, b_theirs = np.inf, np.inf, np.inf
         for _ in range(rounds):
             b_ours = min(b_ours, timed(lambda: ours.search(ds.queries[:n_lat], k=k,
                                                            threads=1))[0])
+            b_tuned = min(b_tuned, timed(lambda: ours.search(ds.queries[:n_lat], k=k,
+                                                             threads=1, **tuned))[0])
             b_theirs = min(b_theirs, timed(lambda: sq.batch(s, n_lat, 1))[0])
         row = {"seismic_build": g["build"], "seismic_search": s, "seismic_recall": g["recall"],
                "seismic_build_s": g["build_s"], "seismic_memory": g["memory"],
                "ours_us": float(lat_ours.mean()), "seismic_us": float(lat_theirs.mean()),
                "ours_batch1_us": b_ours / n_lat * 1e6,
-               "seismic_batch1_us": b_theirs / n_lat * 1e6}
+               "seismic_batch1_us": b_theirs / n_lat * 1e6,
+               "tuned_search": tuned, "tuned_recall": tuned_recall,
+               "tuned_us": float(lat_tuned.mean()), "tuned_batch1_us": b_tuned / n_lat * 1e6}
         row["ratio"] = row["ours_us"] / row["seismic_us"]
         row["batch_ratio"] = row["ours_batch1_us"] / row["seismic_batch1_us"]
+        row["tuned_ratio"] = row["tuned_us"] / row["seismic_us"]
+        row["tuned_batch_ratio"] = row["tuned_batch1_us"] / row["seismic_batch1_us"]
         out["targets"][str(target)] = row
         flag = "" if ours_recall >= target else "  (ours below target!)"
         print(f"  recall>={target}: single ratio {row['ratio']:.2f} (ours {row['ours_us']:.0f} us"
@@ -429,6 +451,16 @@ def compare_defaults(ds: Dataset, truth: np.ndarray, fractions: list[float],
               f"Seismic n_postings={g['build']['n_postings']} ({g['frac']}x mean list) "
               f"energy={g['build']['summary_energy']} query_cut={s['query_cut']} "
               f"heap_factor={s['heap_factor']}{flag}", flush=True)
+        if mine:
+            print(f"  recall>={target}, ours at its cheapest search point (derived build, "
+                  f"query_cut={tuned['query_cut']} heap_factor={tuned['heap_factor']}, recall "
+                  f"{tuned_recall:.3f}): single ratio {row['tuned_ratio']:.2f} "
+                  f"({row['tuned_us']:.0f} us); batch1 ratio {row['tuned_batch_ratio']:.2f} "
+                  f"({row['tuned_batch1_us']:.0f} us)", flush=True)
+        else:
+            print(f"  recall>={target}: no search point reaches it on our derived build",
+                  flush=True)
+    out["ours_grid"] = ours_grid
     return out
 
 
