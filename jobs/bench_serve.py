@@ -21,6 +21,9 @@ Topologies:
   concurrent single queries micro-batched (the default).
 * embedded-nobatch: the same without micro-batching; embedded-2r: two ingress replicas.
 * split:    QueryEncoder deployment + one ShardSearcher deployment per shard (2 handle hops).
+* embedded-direct, embedded-direct-2r, split-direct: the same with ``direct_port``: each ingress
+  replica answers on its own HTTP server (`pipeline.serve.direct`), no proxy, no Serve request
+  path; with two replicas the clients split over their two ports.
 
     flock /tmp/lsr-cpu.lock .venv/bin/python jobs/bench_serve.py \
         --docs 1000000 --shards 1 --clients 1,8 --duration-s 20 --out bench-results/serve-embedded.json
@@ -52,38 +55,15 @@ TOPOLOGIES = {
     "embedded-nobatch": {"topology": "embedded", "embedded_batch_size": 1},
     "embedded-2r": {"topology": "embedded", "ingress_replicas": 2},
     "split": {"topology": "split", "encoder_placement": "deployment", "shards_per_replica": 1},
-    # the ingress replica answers HTTP itself (Ray Serve direct ingress): no proxy hop
+    # the ingress replica answers HTTP itself (`direct_port`, uvicorn in the replica): no proxy
+    # hop, no Serve request path
     "embedded-direct": {"topology": "embedded", "direct_port": 0},
     "embedded-direct-2r": {"topology": "embedded", "direct_port": 0, "ingress_replicas": 2},
+    "split-direct": {"topology": "split", "encoder_placement": "deployment", "shards_per_replica": 1,
+                     "direct_port": 0},
 }
-DIRECT_PORTS = (30600, 30632)
-"""Port range of direct-ingress replicas in this benchmark's Ray (every topology's ingress
-replicas take one while the feature is on; the benchmark finds which by its listening socket)."""
-
-
-def direct_env() -> dict[str, str]:
-    from pipeline.serve import ServeConfig
-
-    env = ServeConfig(index="-", topology="embedded", direct_port=DIRECT_PORTS[0]).direct_ingress_env()
-    env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"] = str(DIRECT_PORTS[1])
-    return env
-
-
-def direct_bases(app_name: str, route_prefix: str) -> list[str]:
-    """The URLs of the app's ingress replicas' own HTTP servers (listening in DIRECT_PORTS)."""
-    import psutil
-
-    bases = []
-    for conn in psutil.net_connections(kind="tcp"):
-        if conn.status != psutil.CONN_LISTEN or not DIRECT_PORTS[0] <= conn.laddr.port < DIRECT_PORTS[1]:
-            continue
-        try:
-            cmd = " ".join(psutil.Process(conn.pid).cmdline())
-        except (psutil.Error, TypeError):
-            continue
-        if f"{app_name}:Ingress" in cmd:
-            bases.append(f"http://127.0.0.1:{conn.laddr.port}{route_prefix}")
-    return sorted(bases)
+DIRECT_PORT = 30600
+"""First port of the ingress replicas' own HTTP servers in the direct topologies."""
 
 
 def pct(values: list[float], q: float) -> float:
@@ -279,7 +259,7 @@ def served(url: str, topology: str, queries: list[str], k: int, clients: list[in
 
     settings = dict(TOPOLOGIES[topology])
     if "direct_port" in settings:
-        settings["direct_port"] = DIRECT_PORTS[0]
+        settings["direct_port"] = DIRECT_PORT
     config = ServeConfig(index=url, app_name="bench", route_prefix="/bench", poll_s=0,
                          timeout_s=10.0, **settings)
     started = time.perf_counter()
@@ -287,11 +267,7 @@ def served(url: str, topology: str, queries: list[str], k: int, clients: list[in
     startup_s = time.perf_counter() - started
     base = f"http://127.0.0.1:{port}/bench"
     if "direct_port" in settings:
-        bases = direct_bases("bench", "/bench")
-        if len(bases) != config.ingress_replicas:
-            raise RuntimeError(f"expected {config.ingress_replicas} direct-ingress replicas, "
-                               f"found {bases}")
-        base = bases
+        base = [url.removesuffix("/search") for url in config.direct_urls()]
     rows = []
     try:
         warm = 1 if isinstance(base, str) else len(base)
@@ -381,8 +357,6 @@ def main(argv: list[str] | None = None) -> None:
     from pipeline.serve.timing import TRACE_ENV
 
     os.environ[TRACE_ENV] = "1"              # replicas stamp their clock: to_app / from_app split
-    if any("direct_port" in TOPOLOGIES[t] for t in topologies):
-        os.environ.update(direct_env())      # read once by every process of the Ray started here
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False,
              log_to_driver=False, configure_logging=False)
     port = free_port()

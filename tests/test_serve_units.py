@@ -80,7 +80,7 @@ def test_lease_server_id_is_checked(tmp_path, server_id):
     ({"searcher_cpus": -1}, "searcher_cpus"),
     ({"route_prefix": "api"}, "route_prefix"),
     ({"server_id": "a b"}, "server id"),
-    ({"direct_port": 31000}, "direct_port needs topology 'embedded'"),
+    ({"direct_host": ""}, "direct_host must be"),
     ({"direct_port": 80, "topology": "embedded"}, "direct_port must be"),
     ({"direct_port": 65535, "topology": "embedded", "ingress_replicas": 2}, "direct_port must be"),
     ({"direct_port": True, "topology": "embedded"}, "direct_port must be"),
@@ -91,16 +91,13 @@ def test_config_rejects_bad_values(overrides, message):
         ServeConfig(index="/tmp/x", **overrides)
 
 
-def test_direct_ingress_env_gives_each_replica_a_fixed_port():
-    """Serve's port range ends exclusive: exactly one port per ingress replica."""
-    config = ServeConfig(index="/tmp/x", topology="embedded", direct_port=31000,
-                         ingress_replicas=2, route_prefix="/api/")
-    env = config.direct_ingress_env()
-    assert env["RAY_SERVE_ENABLE_DIRECT_INGRESS"] == "1"
-    assert (env["RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"],
-            env["RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT"]) == ("31000", "31002")
-    assert config.direct_urls("h") == ["http://h:31000/api/search", "http://h:31001/api/search"]
-    assert ServeConfig(index="/tmp/x").direct_ingress_env() == {}
+def test_direct_ports_one_per_ingress_replica():
+    config = ServeConfig(index="/tmp/x", direct_port=31000, ingress_replicas=2,
+                         route_prefix="/api/", direct_host="0.0.0.0")
+    assert config.direct_ports() == range(31000, 31002)
+    assert config.direct_urls() == ["http://0.0.0.0:31000/api/search",
+                                     "http://0.0.0.0:31001/api/search"]
+    assert ServeConfig(index="/tmp/x").direct_urls() == []
 
 
 def test_config_from_args_rejects_unknown_keys():

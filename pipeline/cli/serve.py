@@ -33,9 +33,10 @@ def serve_command(
                                                  "searches on its own)."),
     embedded_batch_size: int = typer.Option(8, help="Embedded: concurrent single queries "
                                                     "answered as one batch (1 = off)."),
-    direct_port: int = typer.Option(None, help="Embedded: the ingress replicas also answer on "
-                                               "ports DIRECT_PORT.. themselves, skipping the "
-                                               "proxy's hop (needs a Ray started here)."),
+    direct_port: int = typer.Option(None, help="Each ingress replica also answers /search, "
+                                               "/healthz and /metrics on its own HTTP server, "
+                                               "on ports DIRECT_PORT.. (one per replica, on "
+                                               "--host): no proxy hop, no Serve request path."),
     access_log: bool = typer.Option(False, help="Ray Serve's access log line per request (off: "
                                                 "~0.9 ms a request on 2 cores; the endpoint's "
                                                 "metrics count requests either way)."),
@@ -49,8 +50,6 @@ def serve_command(
 
     from pipeline.serve.config import ServeConfig
 
-    if direct_port is not None and topology == "auto":
-        topology = "embedded"               # direct ingress is for the one-node topology
     try:
         config = ServeConfig(index=index, storage_options=parse_json_option(storage_options,
                                                                             "--storage-options"),
@@ -61,16 +60,9 @@ def serve_command(
                              timeout_s=timeout_s, on_shard_failure=on_shard_failure, poll_s=poll_s,
                              max_queries=max_queries, ingress_replicas=ingress_replicas,
                              embedded_batch_size=embedded_batch_size, direct_port=direct_port,
-                             access_log=access_log)
+                             direct_host=host, access_log=access_log)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    if direct_port is not None and address is not None \
-            and os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") != "1":
-        raise typer.BadParameter(
-            "--direct-port with --address: Ray Serve reads its direct-ingress settings when the "
-            "cluster starts; start it with " + " ".join(
-                f"{k}={v}" for k, v in config.direct_ingress_env().items())
-            + " (and set RAY_SERVE_ENABLE_DIRECT_INGRESS=1 here), or leave out --address")
     if api_key_env and not os.environ.get(api_key_env):
         raise typer.BadParameter(f"--api-key-env {api_key_env}: that variable is not set")
     _check_index(config)
@@ -118,7 +110,7 @@ def run_until_signalled(config, host: str, port: int, address: str | None,
     head = None
     try:
         if address is None:
-            head, address = start_local_ray(num_cpus, env=config.direct_ingress_env())
+            head, address = start_local_ray(num_cpus)
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  ignore_reinit_error=True)
         # Ray's core worker installs its own SIGTERM handler (it logs, then aborts the
@@ -130,7 +122,7 @@ def run_until_signalled(config, host: str, port: int, address: str | None,
         started.set()
         typer.echo(f"serving {config.index} at http://{host}:{port}/search (docs: /docs); "
                    f"Ctrl-C stops", err=True)
-        for url in config.direct_urls(host):
+        for url in config.direct_urls():
             typer.echo(f"  direct (no proxy hop): {url}", err=True)
         while not stop.wait(0.5):
             pass
@@ -163,10 +155,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_local_ray(num_cpus: int | None, timeout_s: float = 120.0,
-                    env: dict[str, str] | None = None):
-    """`ray start --head --block` in its own session on 127.0.0.1; (process, GCS address).
-    ``env``: extra environment for every process of the cluster (read at their start)."""
+def start_local_ray(num_cpus: int | None, timeout_s: float = 120.0):
+    """`ray start --head --block` in its own session on 127.0.0.1; (process, GCS address)."""
     import os
     import shutil
     import subprocess
@@ -184,7 +174,7 @@ def start_local_ray(num_cpus: int | None, timeout_s: float = 120.0,
            "--include-dashboard=false", *ports]
     if num_cpus is not None:
         cmd.append(f"--num-cpus={num_cpus}")
-    env = dict(os.environ, RAY_ADDRESS="", **(env or {}))
+    env = dict(os.environ, RAY_ADDRESS="")
     head = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     address = f"127.0.0.1:{gcs}"

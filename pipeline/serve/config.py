@@ -39,12 +39,12 @@ class ServeConfig:
         arriving while the previous batch runs; `pipeline.serve.batching`); 1 = off.
         ``embedded_batch_wait_s``: extra wait to fill a batch (0: none, a lone request runs at
         once). Answers equal the unbatched ones.
-      * ``direct_port``: embedded topology only; each ingress replica also answers HTTP itself,
-        on ports ``direct_port`` .. ``direct_port + ingress_replicas - 1`` (Ray Serve's direct
-        ingress), so a request skips the proxy actor and its hop into the replica (measured
-        at 7-16 ms on 2 cores, BENCHMARKS.md §14). The proxy's port keeps answering too. Ray reads
-        the setting once, when a cluster starts: that cluster must be started with
-        `direct_ingress_env` in its environment (`lsr serve` does so for the Ray it starts).
+      * ``direct_port``: each ingress replica (either topology) also runs its own HTTP
+        server (uvicorn on the replica's event loop, `pipeline.serve.direct`) on the first free
+        port of ``direct_port`` .. ``direct_port + ingress_replicas - 1``, on ``direct_host``.
+        It answers ``/search``, ``/healthz`` and ``/metrics`` with the same handlers, and a
+        request skips the Serve proxy and Serve's request path (BENCHMARKS.md §14). The Serve
+        port keeps answering every route.
       * ``access_log``: Ray Serve's per-request access log line, in every deployment the
         endpoint starts (ingress, controller, searchers, query encoder: `logging_config`). Off
         by default: on the ingress it cost ~0.9 ms of a 4-5 ms served p50 on 2 cores
@@ -95,6 +95,7 @@ class ServeConfig:
     ingress_replicas: int = 1
     ingress_cpus: float = 0.1
     direct_port: int | None = None
+    direct_host: str = "127.0.0.1"
     access_log: bool = False
     controller_cpus: float = 0.05
     # requests
@@ -159,10 +160,8 @@ class ServeConfig:
                 raise ValueError(f"direct_port must be an integer port in 1024..65535 (with room "
                                  f"for {self.ingress_replicas} ingress replicas), got "
                                  f"{self.direct_port!r}")
-            if self.topology != "embedded":
-                # In the split topology every searcher application's replicas would take a
-                # direct port too (each is its application's ingress).
-                raise ValueError(f"direct_port needs topology 'embedded', got {self.topology!r}")
+        if not isinstance(self.direct_host, str) or not self.direct_host:
+            raise ValueError(f"direct_host must be a host name or address, got {self.direct_host!r}")
         if not isinstance(self.access_log, bool):
             raise ValueError(f"access_log must be true or false, got {self.access_log!r}")
         if self.api_key_env is not None and not self.api_key_env:
@@ -178,30 +177,16 @@ class ServeConfig:
         this node's `available_bytes`."""
         return (self.ingress_replicas + 2) * index_bytes <= available_bytes // 2
 
-    def direct_ingress_env(self) -> dict[str, str]:
-        """Environment variables a Ray cluster must start with for ``direct_port`` (Serve
-        reads them once per process); empty when ``direct_port`` is None."""
+    def direct_ports(self) -> range:
+        """The ports the ingress replicas' own HTTP servers take (``direct_port``)."""
         if self.direct_port is None:
-            return {}
-        return {
-            "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
-            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(self.direct_port),
-            # the range's end is exclusive: one port per ingress replica, so ports are fixed
-            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(self.direct_port + self.ingress_replicas),
-            # Serve holds a stopping direct-ingress replica open 30 s for a load balancer to
-            # deregister it; with none in front, 1 s lets `lsr serve` stop promptly
-            "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "1",
-            # a restarted replica takes its port back at once (no load balancer to confuse)
-            "RAY_SERVE_PORT_QUARANTINE_S": "0",
-        }
+            return range(0)
+        return range(self.direct_port, self.direct_port + self.ingress_replicas)
 
-    def direct_urls(self, host: str) -> list[str]:
+    def direct_urls(self) -> list[str]:
         """The ingress replicas' own search URLs (``direct_port``), one per replica."""
-        if self.direct_port is None:
-            return []
         prefix = self.route_prefix.rstrip("/")
-        return [f"http://{host}:{self.direct_port + i}{prefix}/search"
-                for i in range(self.ingress_replicas)]
+        return [f"http://{self.direct_host}:{port}{prefix}/search" for port in self.direct_ports()]
 
     @property
     def lease_id(self) -> str:

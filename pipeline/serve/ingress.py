@@ -35,7 +35,6 @@ import asyncio
 import hmac
 import json
 import logging
-import math
 import os
 import time
 from collections import Counter
@@ -52,6 +51,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from pipeline.serve.api import ReloadResponse, SearchRequest, SearchResponse
 from pipeline.serve.config import ServeConfig
+from pipeline.serve.direct import ARRIVED, validation_response
 from pipeline.serve.protocol import GroupAnswer, QueryBatch, Route, SearchParams, encoder_key
 from pipeline.serve.timing import CLOCK_HEADER, TRACE_ENV, clock, server_timing
 
@@ -59,9 +59,6 @@ log = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-API-Key"
 _REPLICA_GONE = (ActorDiedError, ActorUnavailableError, RayActorError)
-
-ARRIVED = "lsr.arrived"
-"""ASGI scope key: the request's arrival in this app (`time.perf_counter`)."""
 
 app = FastAPI(title="lsr-pipeline search",
               description="Learned sparse retrieval over a sharded, generation-versioned index.")
@@ -87,28 +84,9 @@ _SEARCH_BODY = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": SearchRequest.model_json_schema()}}}}
 
 
-def _safe(value: Any) -> Any:
-    """A JSON-renderable copy of an error detail: finite numbers, str, lists, dicts."""
-    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
-    if isinstance(value, (list, tuple)):
-        return [_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _safe(v) for k, v in value.items()}
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
 @app.exception_handler(RequestValidationError)
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    """422 with the location, message and type of each error, never the input itself (it may
-    be a non-finite number or bytes that are not UTF-8, which no JSON body can carry)."""
-    detail = [{"loc": _safe(list(e.get("loc", ()))), "msg": _safe(e.get("msg", "")),
-               "type": _safe(e.get("type", ""))} for e in exc.errors()]
-    return JSONResponse({"detail": detail}, status_code=422)
+    return validation_response(exc)
 
 
 @dataclass(frozen=True)
@@ -187,6 +165,29 @@ class Ingress:
                                         self.config.embedded_batch_wait_s)
         await self._activate(await controller.get_route.remote())
         self._refresher = asyncio.create_task(self._refresh_loop())
+        self.direct = None
+        if self.config.direct_port is not None:
+            from pipeline.serve.direct import start_direct_server
+
+            prefix = self.config.route_prefix.rstrip("/")
+            self.direct = await start_direct_server(
+                {f"{prefix}/search": {"POST": self.search},
+                 f"{prefix}/healthz": {"GET": lambda request: self.healthz()},
+                 f"{prefix}/metrics": {"GET": lambda request: self.metrics_text()}},
+                self.config.direct_host, self.config.direct_ports(),
+                "this port serves /search, /healthz and /metrics; the rest is on the Serve port")
+
+    def check_health(self) -> None:
+        """Serve's health check: a direct-port server that stopped on its own fails it, so
+        Serve replaces the replica."""
+        if self.direct is not None and self.direct.failed is not None:
+            raise RuntimeError(f"direct port {self.direct.port}: {self.direct.failed!r}")
+
+    async def __del__(self) -> None:
+        """Serve's replica shutdown: let the direct port's accepted requests finish, then
+        close it (Serve drains only the requests it routed itself)."""
+        if getattr(self, "direct", None) is not None:
+            await self.direct.stop()
 
     # -- routes ---------------------------------------------------------------------------------
     async def _activate(self, route: Route) -> None:
