@@ -79,7 +79,20 @@ def test_fast_path_matches_the_written_out_expression(model, scifact_dir, random
         fast.lean = body
         for screen in QueryFastPath.SCREENS:
             fast.screen = screen
-            _assert_same_vectors(fast.encode_queries(texts), expected)
+            for _ in _int8_kernels(fast) if screen == "int8" else [None]:
+                _assert_same_vectors(fast.encode_queries(texts), expected)
+
+
+def _int8_kernels(fast):
+    """Run the caller's loop body once per int8 matmul: oneDNN's prepacked one (where this
+    CPU runs it) and `torch._int_mm`."""
+    packed = fast.weight_i8_packed
+    try:
+        for kernel in ([packed] if packed is not None else []) + [None]:
+            fast.weight_i8_packed = kernel
+            yield "onednn" if kernel is not None else "int_mm"
+    finally:
+        fast.weight_i8_packed = packed
 
 
 def test_lean_body_equals_the_encoder_on_real_queries(scifact_dir):
@@ -96,9 +109,10 @@ def test_lean_body_equals_the_encoder_on_real_queries(scifact_dir):
     expected = sp.vstack([reference.encode_queries([t]) for t in texts], format="csr")
     for screen in QueryFastPath.SCREENS:
         fast.screen = screen
-        got = fast.encode_queries(texts)
-        assert (got.indptr == expected.indptr).all() and (got.indices == expected.indices).all()
-        np.testing.assert_allclose(got.data, expected.data, rtol=1e-4, atol=1e-5)
+        for _ in _int8_kernels(fast) if screen == "int8" else [None]:
+            got = fast.encode_queries(texts)
+            assert (got.indptr == expected.indptr).all() and (got.indices == expected.indices).all()
+            np.testing.assert_allclose(got.data, expected.data, rtol=1e-4, atol=1e-5)
 
 
 def test_screens_keep_every_positive_term(scifact_dir):
@@ -114,9 +128,9 @@ def test_screens_keep_every_positive_term(scifact_dir):
             hidden = fast._hidden(ids)                           # noqa: SLF001
             for h in (hidden, hidden * 30):
                 truth = torch.addmm(fast.bias, h, fast.weight_t).amax(dim=0)
-                for bound in (fast._upper_int8, fast._upper_bf16):   # noqa: SLF001
-                    upper = bound(h)
-                    assert bool((upper >= truth).all()), bound.__name__
+                for kernel in _int8_kernels(fast):
+                    assert bool((fast._upper_int8(h) >= truth).all()), kernel  # noqa: SLF001
+                assert bool((fast._upper_bf16(h) >= truth).all())              # noqa: SLF001
 
 
 def test_other_architectures_keep_the_hf_body():

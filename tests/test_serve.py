@@ -2,7 +2,8 @@
 
 Two endpoints run one after the other (each shared by the tests of its class):
 * `TestEndpoint`: API key on, QueryEncoder deployment, 3 shards in 2 groups (2 + 1), 2
-  replicas per group; answers, validation, auth, stats/metrics, partial results, replica loss.
+  replicas per group, and a direct port (the ingress's own HTTP server); answers, validation
+  and auth on both ports, stats/metrics, partial results, replica loss.
 * `TestGenerations`: no auth, encoder inside the ingress, CURRENT polled every second, on a
   copy of the index; generation switches by `POST /admin/reload` and by polling under load,
   and a generation that cannot load refused while the old one keeps answering.
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from conftest import free_port
 from serve_fixtures import LoadLoop, replica_actors, serve_http_port, serve_index, wait_until  # noqa: F401
 
 N_SHARDS = 3          # scifact at shard_size=2000
@@ -62,7 +64,7 @@ def endpoint(serve_index, ray_local):
     config = ServeConfig(index=serve_index, app_name="lsrt", route_prefix="/t", topology="split",
                          replicas_per_shard=2, shards_per_replica=2, api_key_env=KEY_ENV,
                          timeout_s=3.0, poll_s=0, max_queries=8, max_body_bytes=16_384,
-                         server_id="test-endpoint")
+                         server_id="test-endpoint", direct_port=free_port())
     port = serve_http_port()
     run_endpoint(config, ingress_env={KEY_ENV: key})
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}/t", timeout=30.0)
@@ -71,9 +73,26 @@ def endpoint(serve_index, ray_local):
     stop_endpoint(config.app_name)
 
 
+@pytest.fixture(scope="class")
+def direct_client(endpoint):
+    """A client of the ingress replica's own HTTP server (``direct_port``), same prefix."""
+    _, _, config = endpoint
+    client = httpx.Client(base_url=config.direct_urls()[0].removesuffix("/search"), timeout=30.0)
+    yield client
+    client.close()
+
+
+@pytest.fixture(params=["serve-port", "direct-port"])
+def any_port(request, endpoint, direct_client):
+    """(client, auth headers) for Serve's port, then for the ingress's own port: both answer
+    /search with the same handlers, so every check holds on both."""
+    client, auth, _ = endpoint
+    return (client if request.param == "serve-port" else direct_client), auth
+
+
 class TestEndpoint:
-    def test_answers_equal_in_process_search(self, endpoint, in_process, scifact_dir):
-        client, auth, _ = endpoint
+    def test_answers_equal_in_process_search(self, any_port, in_process, scifact_dir):
+        client, auth = any_port
         queries = read_queries(scifact_dir, 24)
         for text in queries[:16]:  # one at a time: same encoder batch as in process
             r = client.post("/search", json={"query": text, "k": 10}, headers=auth)
@@ -113,14 +132,14 @@ class TestEndpoint:
         ({"query": "x" * 3000}, 422, "exceed 2048 characters"),
         ({"queries": ["heart disease"] * 8, "pad": "x" * 20_000}, 413, "larger than 16384 bytes"),
     ])
-    def test_validation(self, endpoint, body, status, fragment):
-        client, auth, _ = endpoint
+    def test_validation(self, any_port, body, status, fragment):
+        client, auth = any_port
         r = client.post("/search", json=body, headers=auth)
         assert r.status_code == status, r.text
         assert fragment in r.text
 
-    def test_malformed_json_is_422(self, endpoint):
-        client, auth, _ = endpoint
+    def test_malformed_json_is_422(self, any_port):
+        client, auth = any_port
         r = client.post("/search", content=b"{not json", headers={**auth, "content-type": "application/json"})
         assert r.status_code == 422
 
@@ -144,25 +163,35 @@ class TestEndpoint:
         (b'[1, 2]', "model_type"),
         (b'', "json_invalid"),
     ])
-    def test_bad_values_are_strict_4xx_with_a_renderable_body(self, endpoint, raw, fragment):
-        client, auth, _ = endpoint
+    def test_bad_values_are_strict_4xx_with_a_renderable_body(self, any_port, raw, fragment):
+        client, auth = any_port
         r = client.post("/search", content=raw, headers={**auth, "content-type": "application/json"})
         assert r.status_code == 422, r.text
         body = r.json()                     # always valid JSON
         assert body["detail"] and fragment in r.text
 
-    def test_api_key(self, endpoint):
+    def test_api_key(self, endpoint, direct_client):
         client, auth, _ = endpoint
         body = {"query": "vitamin d", "k": 3}
-        assert client.post("/search", json=body).status_code == 401
-        assert client.post("/search", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
-        assert client.post("/search", json=body, headers=auth).status_code == 200
+        for c in (client, direct_client):
+            assert c.post("/search", json=body).status_code == 401
+            assert c.post("/search", json=body, headers={"X-API-Key": "wrong"}).status_code == 401
+            assert c.post("/search", json=body, headers=auth).status_code == 200
         assert client.get("/stats").status_code == 401
         assert client.post("/admin/reload").status_code == 401
         assert client.get("/healthz").json() == {"status": "ok", "generation": 1}
         spec = client.get("/openapi.json").json()
         assert {"/search", "/healthz", "/stats", "/metrics", "/admin/reload"} <= set(spec["paths"])
         assert spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]
+
+    def test_direct_port_routes(self, endpoint, direct_client):
+        """The ingress's own port answers /healthz and /metrics; other routes say where they are."""
+        _, auth, _ = endpoint
+        assert direct_client.get("/healthz").json() == {"status": "ok", "generation": 1}
+        assert "lsr_generation" in direct_client.get("/metrics").text
+        r = direct_client.get("/stats", headers=auth)
+        assert r.status_code == 404 and "Serve port" in r.json()["detail"]
+        assert direct_client.get("/search").status_code == 405
 
     def test_stats_and_metrics(self, endpoint, in_process):
         client, auth, _ = endpoint
