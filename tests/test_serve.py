@@ -185,12 +185,20 @@ class TestEndpoint:
         assert spec["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]
 
     def test_direct_port_routes(self, endpoint, direct_client):
-        """The ingress's own port answers /healthz and /metrics; other routes say where they are."""
+        """The ingress's own port answers every route of the Serve app, auth included; an
+        unknown route gets a 404 naming the routes, a wrong method a 405."""
         _, auth, _ = endpoint
         assert direct_client.get("/healthz").json() == {"status": "ok", "generation": 1}
         assert "lsr_generation" in direct_client.get("/metrics").text
-        r = direct_client.get("/stats", headers=auth)
-        assert r.status_code == 404 and "Serve port" in r.json()["detail"]
+        assert direct_client.get("/stats").status_code == 401
+        stats = direct_client.get("/stats", headers=auth).json()
+        assert stats["generation"] == 1 and stats["n_shards"] == N_SHARDS
+        assert direct_client.post("/admin/reload").status_code == 401
+        spec = direct_client.get("/openapi.json").json()
+        assert {"/search", "/healthz", "/stats", "/metrics", "/admin/reload"} <= set(spec["paths"])
+        assert "/t/openapi.json" in direct_client.get("/docs").text
+        r = direct_client.get("/nothing")
+        assert r.status_code == 404 and "/t/search" in r.json()["detail"]
         assert direct_client.get("/search").status_code == 405
 
     def test_stats_and_metrics(self, endpoint, in_process):

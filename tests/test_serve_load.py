@@ -13,7 +13,7 @@ Plus, without Ray: concurrent batches through `pipeline.search` under numba's wo
 threading layer, which aborts the process on concurrent entry into its pool; the single-query
 encoding fast path against the encoder. And `lsr serve` (its own Ray) stopped by SIGTERM or
 SIGINT at the driver or its process group (SIGINT to the driver in the default run, the
-others marked slow; the direct-ingress test ends with SIGTERM to the group).
+others marked slow; the own-ports load test ends with SIGTERM to the group).
 """
 
 from __future__ import annotations
@@ -356,7 +356,7 @@ def test_concurrent_batches_under_workqueue_threading_layer(small_index):
 
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig, target", [
-    # SIGTERM to the group also ends test_lsr_serve_direct_ingress_under_load (default run)
+    # SIGTERM to the group also ends test_lsr_serve_own_ports_under_load (default run)
     pytest.param("SIGTERM", "group", id="sigterm-group", marks=pytest.mark.slow),
     pytest.param("SIGINT", "driver", id="sigint-driver"),
     pytest.param("SIGTERM", "driver", id="sigterm-driver", marks=pytest.mark.slow),
@@ -375,7 +375,7 @@ def test_lsr_serve_stops_cleanly_on_signal(small_index, sig, target):
 
 
 def _free_port_pair() -> int:
-    """A port P with P and P + 1 both free (two direct-ingress replicas)."""
+    """A port P with P and P + 1 both free (two ingress replicas' own servers)."""
     import socket
 
     for candidate in range(31100, 31900, 7):
@@ -389,19 +389,19 @@ def _free_port_pair() -> int:
     raise RuntimeError("no two consecutive free ports in 31100..31900")
 
 
-def test_lsr_serve_direct_ingress_under_load(small_index, queries):
-    """`lsr serve --direct-port P --ingress-replicas 2`: each embedded ingress replica answers
-    HTTP on its own port (P, P + 1) as well as through the proxy. 8 concurrent clients, 4 on
+def test_lsr_serve_own_ports_under_load(small_index, queries):
+    """`lsr serve --port P --ingress-replicas 2 --serve-port Q`: each ingress replica answers
+    HTTP on its own server (P, P + 1), and Ray Serve's proxy on Q. 8 concurrent clients, 4 on
     each replica's port, mixing exact and blocked, single queries and batches: every answer
     equals in-process search; the proxy's answers too. Then SIGTERM to the process group stops
-    everything within 30 s (Serve's drain of a direct-ingress replica included)."""
-    port, direct = free_port(), _free_port_pair()
-    proc, started = _start_lsr_serve(small_index, port, "lsrdirect", "--direct-port", str(direct),
-                                     "--ingress-replicas", "2", "--access-log",
+    everything within 30 s (the replicas' servers drained and closed)."""
+    port, serve_port = _free_port_pair(), free_port()
+    proc, started = _start_lsr_serve(small_index, port, "lsrdirect", "--ingress-replicas", "2",
+                                     "--serve-port", str(serve_port), "--access-log",
                                      env={"LSR_SERVE_TRACE": "1"})
     try:
-        bases = [f"http://127.0.0.1:{direct + i}" for i in range(2)]
-        _wait_healthy(proc, started, [f"http://127.0.0.1:{port}", *bases])
+        bases = [f"http://127.0.0.1:{port + i}" for i in range(2)]
+        _wait_healthy(proc, started, [f"http://127.0.0.1:{serve_port}", *bases])
         expected = _expected(small_index, queries)
         make = _mixed_requests(queries, expected)
         loads = [ConcurrentLoad(base, make, clients=4, max_requests=80, generations={1})
@@ -411,7 +411,7 @@ def test_lsr_serve_direct_ingress_under_load(small_index, queries):
         for load in loads:
             load.join()
             load.assert_clean(min_answered=80)
-        with ConcurrentLoad(f"http://127.0.0.1:{port}", make, clients=2, max_requests=20,
+        with ConcurrentLoad(f"http://127.0.0.1:{serve_port}", make, clients=2, max_requests=20,
                             generations={1}) as through_proxy:
             pass
         through_proxy.assert_clean(min_answered=20)

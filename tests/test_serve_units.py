@@ -81,7 +81,7 @@ def test_lease_server_id_is_checked(tmp_path, server_id):
     ({"route_prefix": "api"}, "route_prefix"),
     ({"server_id": "a b"}, "server id"),
     ({"direct_host": ""}, "direct_host must be"),
-    ({"direct_port": 80, "topology": "embedded"}, "direct_port must be"),
+    ({"direct_port": 0, "topology": "embedded"}, "direct_port must be"),
     ({"direct_port": 65535, "topology": "embedded", "ingress_replicas": 2}, "direct_port must be"),
     ({"direct_port": True, "topology": "embedded"}, "direct_port must be"),
     ({"access_log": "no"}, "access_log must be true or false"),

@@ -16,7 +16,10 @@ log = logging.getLogger(__name__)
 def serve_command(
     index: str = typer.Argument(..., help="Index root written by `lsr index` (local or s3://)."),
     host: str = typer.Option("127.0.0.1", help="HTTP host to listen on."),
-    port: int = typer.Option(8000, help="HTTP port."),
+    port: int = typer.Option(8000, help="HTTP port: each ingress replica answers every route on "
+                                        "its own server, on PORT .. PORT + replicas - 1."),
+    serve_port: int = typer.Option(None, help="Also start Ray Serve's HTTP proxy on this port "
+                                              "(off by default: one more hop per request)."),
     replicas_per_shard: int = typer.Option(1, help="ShardSearcher replicas per shard group."),
     shards_per_replica: int = typer.Option(1, help="Shards one searcher replica holds (0 = all)."),
     topology: str = typer.Option("auto", help="embedded (one replica encodes and searches every "
@@ -33,10 +36,6 @@ def serve_command(
                                                  "searches on its own)."),
     embedded_batch_size: int = typer.Option(8, help="Embedded: concurrent single queries "
                                                     "answered as one batch (1 = off)."),
-    direct_port: int = typer.Option(None, help="Each ingress replica also answers /search, "
-                                               "/healthz and /metrics on its own HTTP server, "
-                                               "on ports DIRECT_PORT.. (one per replica, on "
-                                               "--host): no proxy hop, no Serve request path."),
     access_log: bool = typer.Option(False, help="Ray Serve's access log line per request (off: "
                                                 "~0.9 ms a request on 2 cores; the endpoint's "
                                                 "metrics count requests either way)."),
@@ -59,7 +58,7 @@ def serve_command(
                              encoder_placement=encoder_placement, api_key_env=api_key_env,
                              timeout_s=timeout_s, on_shard_failure=on_shard_failure, poll_s=poll_s,
                              max_queries=max_queries, ingress_replicas=ingress_replicas,
-                             embedded_batch_size=embedded_batch_size, direct_port=direct_port,
+                             embedded_batch_size=embedded_batch_size, direct_port=port,
                              direct_host=host, access_log=access_log)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
@@ -67,7 +66,7 @@ def serve_command(
         raise typer.BadParameter(f"--api-key-env {api_key_env}: that variable is not set")
     _check_index(config)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    run_until_signalled(config, host, port, address, num_cpus)
+    run_until_signalled(config, host, serve_port, address, num_cpus)
 
 
 def _check_index(config) -> None:
@@ -83,7 +82,7 @@ class _Stop(Exception):
     """SIGTERM or SIGINT arrived before the endpoint was up."""
 
 
-def run_until_signalled(config, host: str, port: int, address: str | None,
+def run_until_signalled(config, host: str, serve_port: int | None, address: str | None,
                         num_cpus: int | None) -> None:
     """Serve until SIGTERM or SIGINT (to this process or its whole process group), then stop
     the endpoint and everything started here, and return (exit status 0).
@@ -117,13 +116,19 @@ def run_until_signalled(config, host: str, port: int, address: str | None,
         # process): put ours back over it.
         for s in previous:
             signal.signal(s, on_signal)
-        serve.start(http_options={"host": host, "port": port})
+        if serve_port is None:
+            serve.start(proxy_location="Disabled")
+        else:
+            serve.start(http_options={"host": host, "port": serve_port})
         run_endpoint(config)
         started.set()
-        typer.echo(f"serving {config.index} at http://{host}:{port}/search (docs: /docs); "
-                   f"Ctrl-C stops", err=True)
         for url in config.direct_urls():
-            typer.echo(f"  direct (no proxy hop): {url}", err=True)
+            typer.echo(f"serving {config.index} at {url} (docs: {url.removesuffix('/search')}"
+                       f"/docs)", err=True)
+        if serve_port is not None:
+            typer.echo(f"  and through Ray Serve's proxy: http://{host}:{serve_port}"
+                       f"{config.route_prefix.rstrip('/')}/search", err=True)
+        typer.echo("Ctrl-C stops", err=True)
         while not stop.wait(0.5):
             pass
     except _Stop:

@@ -156,8 +156,8 @@ class ServeConfig:
             raise ValueError(f"route_prefix must start with '/', got {self.route_prefix!r}")
         if self.direct_port is not None:
             if not isinstance(self.direct_port, int) or isinstance(self.direct_port, bool) \
-                    or not 1024 <= self.direct_port <= 65536 - self.ingress_replicas:
-                raise ValueError(f"direct_port must be an integer port in 1024..65535 (with room "
+                    or not 1 <= self.direct_port <= 65536 - self.ingress_replicas:
+                raise ValueError(f"direct_port must be an integer port in 1..65535 (with room "
                                  f"for {self.ingress_replicas} ingress replicas), got "
                                  f"{self.direct_port!r}")
         if not isinstance(self.direct_host, str) or not self.direct_host:

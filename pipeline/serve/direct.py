@@ -3,20 +3,18 @@
 Through Serve, a request goes client -> proxy actor -> replica (or, with Ray's direct ingress,
 through Serve's wrapper inside the replica) -> FastAPI -> handler. On 2 cores that path cost
 1.4 ms of a 7 ms served p50 at 1M documents, against 0.18 ms for bare uvicorn (BENCHMARKS.md
-§14). Here each embedded ingress replica runs uvicorn itself, on the replica's user-code event
-loop (the loop its handlers and micro-batcher run on), with a small ASGI app that routes the hot
-paths straight to the replica's handler methods:
-
-* ``POST {prefix}/search``, ``GET {prefix}/healthz``, ``GET {prefix}/metrics``; every other
-  route (``/stats``, ``/admin/reload``, ``/docs``) stays on the Serve port, and this server
-  answers 404 saying so.
+§14). Here each ingress replica (either topology) runs uvicorn itself, on the replica's user-code event
+loop (the loop its handlers and micro-batcher run on), with a small ASGI app that routes each
+path straight to the replica's handler method: ``POST {prefix}/search``, ``GET {prefix}/healthz``,
+``/stats``, ``/metrics``, ``/openapi.json``, ``/docs`` and ``POST {prefix}/admin/reload``.
 
 The handlers are the same methods FastAPI calls, so checks, limits, errors and Server-Timing are
 identical on both ports; errors render as FastAPI renders them (``{"detail": ...}``). Each
 replica binds the first free port of ``direct_port .. direct_port + ingress_replicas - 1`` (a
 replaced replica waits for its predecessor's port). Ray Serve does not see these requests: its
 request metrics and autoscaling count the Serve port only; the endpoint's own ``/metrics``
-counts both.
+counts both. `lsr serve` answers its ``--port`` this way (Serve's proxy only with
+``--serve-port``); a Serve config (`cluster/serve.yaml`) sets ``direct_port`` to do the same.
 """
 
 from __future__ import annotations

@@ -171,11 +171,33 @@ class Ingress:
 
             prefix = self.config.route_prefix.rstrip("/")
             self.direct = await start_direct_server(
-                {f"{prefix}/search": {"POST": self.search},
-                 f"{prefix}/healthz": {"GET": lambda request: self.healthz()},
-                 f"{prefix}/metrics": {"GET": lambda request: self.metrics_text()}},
-                self.config.direct_host, self.config.direct_ports(),
-                "this port serves /search, /healthz and /metrics; the rest is on the Serve port")
+                self._direct_routes(prefix), self.config.direct_host, self.config.direct_ports(),
+                f"the routes are {prefix}/search, /healthz, /stats, /metrics, /admin/reload, /docs")
+
+    def _direct_routes(self, prefix: str) -> dict:
+        """Every route of the Serve app, for this replica's own HTTP server (same handlers)."""
+        from fastapi.openapi.docs import get_swagger_ui_html
+        from starlette.responses import JSONResponse
+
+        async def openapi(request):
+            return JSONResponse(app.openapi())
+
+        async def docs(request):
+            return get_swagger_ui_html(openapi_url=f"{prefix}/openapi.json", title=app.title)
+
+        async def healthz(request):
+            return await self.healthz()
+
+        async def metrics(request):
+            return await self.metrics_text()
+
+        return {f"{prefix}/search": {"POST": self.search},
+                f"{prefix}/healthz": {"GET": healthz},
+                f"{prefix}/stats": {"GET": self.stats},
+                f"{prefix}/metrics": {"GET": metrics},
+                f"{prefix}/admin/reload": {"POST": self.reload},
+                f"{prefix}/openapi.json": {"GET": openapi},
+                f"{prefix}/docs": {"GET": docs}}
 
     def check_health(self) -> None:
         """Serve's health check: a direct-port server that stopped on its own fails it, so
