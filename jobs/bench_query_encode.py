@@ -5,7 +5,8 @@ p50/p99 of `encode_one` for each body (lean BERT / Hugging Face forward) and hea
 bfloat16 screen with float32 on the candidates, or float32 over the whole vocabulary), the
 batch encoder's `encode_queries([q])` for reference, and the stage split of the default
 configuration measured per query: tokenize, body, screen (the upper bound of every term),
-exact (float32 on the candidates), rest (log1p, ReLU, top-k/threshold, CSR row).
+exact (float32 on the candidates), rest (log1p, ReLU, top-k/threshold, CSR row); then the int8
+screen's two matmuls (oneDNN's prepacked one, `torch._int_mm`) in alternating passes.
 
     flock /tmp/lsr-cpu.lock .venv/bin/python jobs/bench_query_encode.py \
         --out bench-results/query-encode-issue11.json
@@ -79,6 +80,24 @@ def stage_split(fast, texts: list[str]) -> dict:
     return {name: pct(v, 50) for name, v in stages.items()}
 
 
+def int8_kernels(fast, texts: list[str], rounds: int) -> dict:
+    """The int8 screen's two matmuls, oneDNN's prepacked one and `torch._int_mm`, in the
+    default body: ``rounds`` alternating passes over the queries (so load changes hit both
+    alike); p50/p99 of each over all its passes. Empty where oneDNN's does not run."""
+    packed = fast.weight_i8_packed
+    if packed is None or fast.screen != "int8":
+        return {}
+    times: dict[str, list[float]] = {"onednn": [], "int_mm": []}
+    try:
+        for _ in range(rounds):
+            for name, kernel in (("onednn", packed), ("int_mm", None)):
+                fast.weight_i8_packed = kernel
+                times[name] += timed(fast.encode_one, texts)
+    finally:
+        fast.weight_i8_packed = packed
+    return {name: {"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99)} for name, ms in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -86,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
                         default=Path("/work/shared/data/scifact/queries.jsonl"))
     parser.add_argument("--n-queries", type=int, default=300)
     parser.add_argument("--model", default="splade-tiny")
+    parser.add_argument("--int8-rounds", type=int, default=3,
+                        help="Alternating passes of the int8 screen's two matmuls (0 = skip).")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -125,8 +146,10 @@ def main(argv: list[str] | None = None) -> None:
     ms = timed(fast.encode_one, texts)          # the default again, after everything is warm
     report["default"].update({"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99)})
     report["stages_p50_ms"] = stage_split(fast, texts)
+    report["int8_kernels"] = int8_kernels(fast, texts, args.int8_rounds)
     report["load_avg_end"] = list(os.getloadavg())
     print(json.dumps({"default": report["default"], "stages_p50_ms": report["stages_p50_ms"],
+                      "int8_kernels": report["int8_kernels"],
                       "load_avg": [report["load_avg_start"], report["load_avg_end"]]}))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
