@@ -22,7 +22,8 @@ For each N:
    measurements of `jobs/bench_serve.py` (the same functions): load time of
    `ShardedIndex.open` and the RSS it adds, encode + search p50/p99 of 300 real query texts
    (scifact, splade-tiny) one at a time, recall@10 of the served blocked configuration against
-   exact search, and the embedded endpoint with 1 and 8 concurrent clients.
+   exact search, and the embedded endpoint on its replica's own port (as `lsr serve` answers) with
+   1 and 8 concurrent clients.
 
 Prints one JSON object per N and a table at the end. Timings are what this machine measured
 while the job ran; nothing is extrapolated here (BENCHMARKS.md does that from these numbers).
@@ -313,7 +314,7 @@ def one_size(n_docs: int, args, queries: list[str]) -> dict:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
-            row["served"] = served(str(out), "embedded", queries, args.k, args.clients,
+            row["served"] = served(str(out), "embedded-direct", queries, args.k, args.clients,
                                    args.duration_s, port, {})
         finally:
             stop_endpoint("bench")
