@@ -374,6 +374,29 @@ def test_lsr_serve_stops_cleanly_on_signal(small_index, sig, target):
         _kill_leftovers(proc, started)
 
 
+def test_lsr_serve_refuses_a_port_in_use_before_starting(small_index):
+    """A port already taken fails `lsr serve` at once, with one line naming it (no Ray started,
+    no replica retrying its constructor)."""
+    import socket
+
+    from ray_procs import subprocess_env
+
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen(1)
+    port = held.getsockname()[1]
+    try:
+        lsr = Path(sys.executable).with_name("lsr")
+        result = subprocess.run([str(lsr), "serve", small_index, "--port", str(port)],
+                                env=subprocess_env(PYTHONPATH=str(REPO), RAY_ADDRESS=""),
+                                capture_output=True, text=True, timeout=120, cwd=REPO)
+    finally:
+        held.close()
+    assert result.returncode == 2, result.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def _free_port_pair() -> int:
     """A port P with P and P + 1 both free (two ingress replicas' own servers)."""
     import socket

@@ -64,6 +64,13 @@ def serve_command(
         raise typer.BadParameter(str(exc)) from None
     if api_key_env and not os.environ.get(api_key_env):
         raise typer.BadParameter(f"--api-key-env {api_key_env}: that variable is not set")
+    if address is None:                     # the ingress replicas run on this machine
+        from pipeline.serve.direct import check_ports_free
+
+        try:
+            check_ports_free(host, config.direct_ports())
+        except (RuntimeError, OSError) as exc:
+            raise typer.BadParameter(f"--port: {exc}") from None
     _check_index(config)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     run_until_signalled(config, host, serve_port, address, num_cpus)

@@ -140,6 +140,16 @@ def bind_first_free(host: str, ports: range, wait_s: float = BIND_WAIT_S) -> soc
         time.sleep(0.5)
 
 
+def check_ports_free(host: str, ports: range) -> None:
+    """Raise `RuntimeError` naming the first port of ``ports`` that cannot be bound on
+    ``host`` now (checked before an endpoint starts, so a clash fails at once)."""
+    for port in ports:
+        try:
+            bind_first_free(host, range(port, port + 1), wait_s=0).close()
+        except RuntimeError:
+            raise RuntimeError(f"port {port} on {host} is in use") from None
+
+
 class DirectServer:
     """uvicorn serving a `DirectApp` on a bound socket, as a task of the running event loop."""
 
