@@ -64,10 +64,6 @@ DOC_WEIGHT_QUANTILES = np.array(
     [3e-6, 0.007829, 0.04088, 0.08517, 0.2358, 0.5743, 1.148, 1.613, 1.823, 2.114, 2.362, 2.756])
 QUERY_WEIGHT_QUANTILES = np.array(
     [3e-6, 0.007057, 0.03778, 0.08025, 0.2241, 0.5618, 1.191, 1.74, 1.954, 2.258, 2.484, 2.678])
-MEASURED_DOC_WEIGHTS = np.array(
-    [1.9e-07, 0.007976, 0.04033, 0.08225, 0.2214, 0.5294, 1.057, 1.527, 1.748, 2.080, 2.345, 2.725])
-MEASURED_QUERY_WEIGHTS = np.array(
-    [1.7e-05, 0.008694, 0.04315, 0.08801, 0.2334, 0.5567, 1.153, 1.683, 1.912, 2.234, 2.471, 2.663])
 #: the statistics the fit aims at (`describe` keys, measured on the real union); reported
 #: beside the achieved ones
 CALIBRATION_TARGETS = {
@@ -99,12 +95,6 @@ class SyntheticParams:
     share_concentration: float = 0.6  # per-vector shares ~ Beta with this a + b: vectors vary
     #                                   widely in how on-topic they are (1.5 lost too little
     #                                   recall at heap_factor 1.0 against real vectors)
-    weights_by_rank: bool = False     # EXPERIMENT
-    subtopics: int = 0                # EXPERIMENT sub-topics per topic
-    subtopic_terms: int = 20
-    subtopic_share: float = 0.3       # share of topical draws from the sub-topic
-    term_weight_corr: float = 0.0     # EXPERIMENT
-    topic_blur: float = 0.0           # EXPERIMENT
 
 
 _CHUNK_DOCS = 1 << 16
@@ -184,37 +174,11 @@ def _weights(rng: np.random.Generator, background: np.ndarray, table: np.ndarray
     return table[idx]
 
 
-def _weights_term(rng, background, table, z, corr):
-    from scipy.special import ndtr
-    g = rng.standard_normal(background.size) * np.sqrt(1.0 - corr) + z * np.sqrt(corr)
-    idx = np.minimum((ndtr(g) * _QUANTILE_TABLE).astype(np.int32), _QUANTILE_TABLE - 1)
-    idx += background.astype(np.int32) * _QUANTILE_TABLE
-    return table[idx]
-
-
-def _rank_weights(rng, background, row, cnt, table, quantiles):
-    """Weights ordered within each vector as the flag-based draws, but with the vector's
-    weights a stratified sample of ``quantiles`` (so every length gets the same distribution)."""
-    idx = rng.integers(0, _QUANTILE_TABLE, size=background.size, dtype=np.int32)
-    idx += background.astype(np.int32) * _QUANTILE_TABLE
-    raw = table[idx]
-    order = np.lexsort((raw, row))
-    start = np.zeros(cnt.size + 1, np.int64)
-    np.cumsum(cnt, out=start[1:])
-    rank = np.arange(row.size, dtype=np.int64) - start[row[order]]
-    u = (rank + rng.random(row.size)) / cnt[row[order]]
-    w = np.empty(row.size, np.float32)
-    w[order] = np.interp(u, WEIGHT_PROBS, quantiles).astype(np.float32)
-    return w
-
-
 def _vectors(rng: np.random.Generator, n: int, topics: np.ndarray, nnz_log: tuple[float, float],
              nnz_max: int, topic_share: float, quantiles: np.ndarray, rank_to_term: np.ndarray,
              bg_table, topic_pos_table, topic_terms: np.ndarray, vocab_size: int,
              draw_factor: float, share_concentration: float,
-             weight_power: float, rank_quantiles: np.ndarray | None = None,
-             sub_terms=None, vec_subs=None, sub_share: float = 0.0,
-             term_effect=None, term_corr: float = 0.0, topic_blur: float = 0.0) -> sp.csr_matrix:
+             weight_power: float) -> sp.csr_matrix:
     """``n`` sparse vectors of the given topics, generated in chunks of rows."""
     lengths = np.clip(np.rint(rng.lognormal(nnz_log[0], nnz_log[1], n)), 1,
                       min(vocab_size, nnz_max) if nnz_max > 0 else vocab_size)
@@ -240,15 +204,8 @@ def _vectors(rng: np.random.Generator, n: int, topics: np.ndarray, nnz_log: tupl
         n_top = n_topical[start:stop]
         top_rows = np.repeat(local, n_top)
         bg_rows = np.repeat(local, draws[start:stop] - n_top)
-        tz = np.repeat(topics[start:stop], n_top)
-        if topic_blur > 0:
-            tz = (tz + np.rint(rng.standard_normal(tz.size) * topic_blur).astype(np.int64)) \
-                % topic_terms.shape[0]
-        top_terms = topic_terms[tz, _draw(rng, topic_pos_table, top_rows.size)]
-        if sub_terms is not None:
-            in_sub = rng.random(top_rows.size) < sub_share
-            subs = np.repeat(vec_subs[start:stop], n_top)[in_sub]
-            top_terms[in_sub] = sub_terms[subs, rng.integers(0, sub_terms.shape[1], subs.size)]
+        top_terms = topic_terms[np.repeat(topics[start:stop], n_top),
+                                _draw(rng, topic_pos_table, top_rows.size)]
         bg_terms = rank_to_term[_draw(rng, bg_table, bg_rows.size)]
         # key: row, term, background flag -> sorting groups a row's terms ascending and puts
         # a term's topical draw first, so dedup keeps the topical copy
@@ -264,18 +221,9 @@ def _vectors(rng: np.random.Generator, n: int, topics: np.ndarray, nnz_log: tupl
         key = key[first]
         base = base[first]
         row = base // key_type(vocab_size)
-        terms = (base - row * key_type(vocab_size)).astype(np.int32)
-        indices.append(terms)
-        cnt = np.bincount(row.astype(np.int64), minlength=m)
-        if term_effect is not None:
-            data.append(_weights_term(rng, key & key_type(1), table, term_effect[terms],
-                                      term_corr))
-        elif rank_quantiles is None:
-            data.append(_weights(rng, key & key_type(1), table))
-        else:
-            data.append(_rank_weights(rng, key & key_type(1), row.astype(np.int64), cnt, table,
-                                      rank_quantiles))
-        counts.append(cnt)
+        indices.append((base - row * key_type(vocab_size)).astype(np.int32))
+        data.append(_weights(rng, key & key_type(1), table))
+        counts.append(np.bincount(row.astype(np.int64), minlength=m))
     indptr = np.zeros(n + 1, np.int64)
     if counts:
         np.cumsum(np.concatenate(counts), out=indptr[1:])
@@ -314,31 +262,15 @@ def generate(n_docs: int, n_queries: int, seed: int, vocab_size: int = 30522, *,
     topic_pos_table = _alias_table(1.0 / np.arange(1, size + 1) ** params.topic_zipf)
     doc_topics = rng.integers(0, n_topics, n_docs)
     query_topics = rng.integers(0, n_topics, n_queries)
-    sub_terms = doc_subs = query_subs = None
-    term_effect = rng.standard_normal(vocab_size) if params.term_weight_corr > 0 else None
-    if params.subtopics > 0:
-        sub_terms = rank_to_term[_draw(rng, _alias_table(flat),
-                                       n_topics * params.subtopics * params.subtopic_terms)]
-        sub_terms = sub_terms.reshape(n_topics * params.subtopics, params.subtopic_terms)
-        sub_terms = sub_terms.astype(np.uint32)
-        doc_subs = doc_topics * params.subtopics + rng.integers(0, params.subtopics, n_docs)
-        query_subs = query_topics * params.subtopics + rng.integers(0, params.subtopics,
-                                                                    n_queries)
     docs = _vectors(rng, n_docs, doc_topics, params.doc_nnz_log, params.doc_nnz_max,
                     params.doc_topic_share,
                     DOC_WEIGHT_QUANTILES, rank_to_term, bg_table, topic_pos_table, topic_terms,
                     vocab_size, params.draw_factor, params.share_concentration,
-                    params.topic_weight_power,
-                    MEASURED_DOC_WEIGHTS if params.weights_by_rank else None,
-                    sub_terms, doc_subs, params.subtopic_share, term_effect,
-                    params.term_weight_corr, params.topic_blur)
+                    params.topic_weight_power)
     queries = _vectors(rng, n_queries, query_topics, params.query_nnz_log, params.query_nnz_max,
                        params.query_topic_share, QUERY_WEIGHT_QUANTILES, rank_to_term, bg_table,
                        topic_pos_table, topic_terms, vocab_size, params.draw_factor,
-                       params.share_concentration, params.topic_weight_power,
-                       MEASURED_QUERY_WEIGHTS if params.weights_by_rank else None,
-                       sub_terms, query_subs, params.subtopic_share, term_effect,
-                       params.term_weight_corr, params.topic_blur)
+                       params.share_concentration, params.topic_weight_power)
     return docs, queries
 
 
