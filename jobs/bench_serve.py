@@ -23,8 +23,7 @@ Topologies:
 * split:    QueryEncoder deployment + one ShardSearcher deployment per shard (2 handle hops).
 * embedded-direct, embedded-direct-2r, split-direct: the same with ``direct_port``: each ingress
   replica answers on its own HTTP server (`pipeline.serve.direct`), no proxy, no Serve request
-  path; with two replicas the clients split over their two ports; -unpinned: the replica's batch
-  thread not kept on one CPU (``pin_compute_thread`` off).
+  path; with two replicas the clients split over their two ports.
 
     flock /tmp/lsr-cpu.lock .venv/bin/python jobs/bench_serve.py \
         --docs 1000000 --shards 1 --clients 1,8 --duration-s 20 --out bench-results/serve-embedded.json
@@ -60,7 +59,6 @@ TOPOLOGIES = {
     # hop, no Serve request path
     "embedded-direct": {"topology": "embedded", "direct_port": 0},
     "embedded-direct-2r": {"topology": "embedded", "direct_port": 0, "ingress_replicas": 2},
-    "embedded-direct-unpinned": {"topology": "embedded", "direct_port": 0, "pin_compute_thread": False},
     "split-direct": {"topology": "split", "encoder_placement": "deployment", "shards_per_replica": 1,
                      "direct_port": 0},
 }

@@ -81,22 +81,6 @@ def test_a_failing_run_fails_every_caller_of_its_batch_only():
     assert isinstance(failed[0], RuntimeError)
 
 
-def test_batches_run_on_the_given_executor():
-    from concurrent.futures import ThreadPoolExecutor
-
-    run, calls = _recording_run(0.0)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="only") as executor:
-        only = executor.submit(threading.get_ident).result()
-        batcher = MicroBatcher(run, max_size=4, executor=executor)
-
-        async def main():
-            return await asyncio.gather(*(batcher.submit("k", i) for i in range(6)))
-
-        results = asyncio.run(main())
-    assert [r[0] for r in results] == list(range(6))
-    assert {r[1] for r in results} == {only}
-
-
 def test_validation():
     with pytest.raises(ValueError):
         MicroBatcher(lambda items: items, max_size=0)

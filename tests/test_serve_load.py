@@ -439,10 +439,6 @@ def test_lsr_serve_own_ports_under_load(small_index, queries):
             pass
         through_proxy.assert_clean(min_answered=20)
         _check_timing_headers(bases[0], queries[0])
-        # each replica's batch thread stays on its own CPU (rank on the node modulo the CPUs)
-        cpus = [httpx.get(f"{b}/stats", timeout=30).json()["batching"]["compute_cpu"] for b in bases]
-        allowed = os.sched_getaffinity(0)
-        assert set(cpus) <= allowed and len(set(cpus)) == min(2, len(allowed)), cpus
         _signal_and_check_stopped(proc, started, "SIGTERM", "group")
     finally:
         _kill_leftovers(proc, started)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import Executor
 from typing import Any, Callable, Hashable, Sequence
 
 log = logging.getLogger(__name__)
@@ -31,20 +30,18 @@ class MicroBatcher:
     ``max_size`` items, when it finishes (after ``wait_s`` more, if set). One batch per key
     runs at a time.
 
-    ``executor`` runs ``run`` (default: asyncio's thread pool).
     ``run(items) -> results``: one result per item, in order; an item whose result is an
     exception instance has that exception raised to its caller. An exception raised by
     ``run`` itself goes to every caller of the batch.
     """
 
     def __init__(self, run: Callable[[list[Any]], Sequence[Any]], max_size: int,
-                 wait_s: float = 0.0, executor: Executor | None = None) -> None:
+                 wait_s: float = 0.0) -> None:
         if max_size < 1:
             raise ValueError(f"max_size must be >= 1, got {max_size}")
         if wait_s < 0:
             raise ValueError(f"wait_s must be >= 0, got {wait_s}")
         self._run = run
-        self._executor = executor           # None: asyncio's default thread pool
         self.max_size = max_size
         self.wait_s = wait_s
         self._queues: dict[Hashable, list[tuple[Any, asyncio.Future]]] = {}
@@ -82,8 +79,7 @@ class MicroBatcher:
         self.batches += 1
         self.items += len(items)
         try:
-            results = await asyncio.get_running_loop().run_in_executor(self._executor,
-                                                                       self._run, items)
+            results = await asyncio.to_thread(self._run, items)
             if len(results) != len(items):
                 raise RuntimeError(f"batch of {len(items)} got {len(results)} results")
         except Exception as exc:  # noqa: BLE001 - every caller of the batch gets it

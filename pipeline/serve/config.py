@@ -38,10 +38,7 @@ class ServeConfig:
         same search parameters that one replica encodes and searches as one batch (those
         arriving while the previous batch runs; `pipeline.serve.batching`); 1 = off.
         ``embedded_batch_wait_s``: extra wait to fill a batch (0: none, a lone request runs at
-        once). Answers equal the unbatched ones. ``pin_compute_thread``: those batches run on
-        one thread per replica kept on one CPU (the replica's rank on its node modulo its CPUs):
-        a thread that moved between CPUs read the encoder's and the index's data from another
-        core's cache, +0.5 ms of a 4.4 ms encode on the 2-core box (BENCHMARKS.md §14).
+        once). Answers equal the unbatched ones.
       * ``direct_port``: each ingress replica (either topology) also runs its own HTTP
         server (uvicorn on the replica's event loop, `pipeline.serve.direct`) on the first free
         port of ``direct_port`` .. ``direct_port + ingress_replicas - 1``, on ``direct_host``.
@@ -95,7 +92,6 @@ class ServeConfig:
     batch_wait_timeout_s: float = 0.002
     embedded_batch_size: int = 8
     embedded_batch_wait_s: float = 0.0
-    pin_compute_thread: bool = True
     ingress_replicas: int = 1
     ingress_cpus: float = 0.1
     direct_port: int | None = None
@@ -166,9 +162,6 @@ class ServeConfig:
                                  f"{self.direct_port!r}")
         if not isinstance(self.direct_host, str) or not self.direct_host:
             raise ValueError(f"direct_host must be a host name or address, got {self.direct_host!r}")
-        if not isinstance(self.pin_compute_thread, bool):
-            raise ValueError(f"pin_compute_thread must be true or false, got "
-                             f"{self.pin_compute_thread!r}")
         if not isinstance(self.access_log, bool):
             raise ValueError(f"access_log must be true or false, got {self.access_log!r}")
         if self.api_key_env is not None and not self.api_key_env:

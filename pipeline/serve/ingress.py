@@ -158,17 +158,11 @@ class Ingress:
         self._activation = asyncio.Lock()
         self.active: _Active | None = None
         self.batcher = None
-        self.compute_cpu = None
         if self.config.embedded_batch_size > 1:
-            from concurrent.futures import ThreadPoolExecutor
-
             from pipeline.serve.batching import MicroBatcher
 
-            self.compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lsr-compute",
-                                              initializer=self._pin_compute_thread,
-                                              initargs=(self._compute_cpu(),))
             self.batcher = MicroBatcher(self._answer_embedded_batch, self.config.embedded_batch_size,
-                                        self.config.embedded_batch_wait_s, self.compute)
+                                        self.config.embedded_batch_wait_s)
         await self._activate(await controller.get_route.remote())
         self._refresher = asyncio.create_task(self._refresh_loop())
         self.direct = None
@@ -204,26 +198,6 @@ class Ingress:
                 f"{prefix}/admin/reload": {"POST": self.reload},
                 f"{prefix}/openapi.json": {"GET": openapi},
                 f"{prefix}/docs": {"GET": docs}}
-
-    def _compute_cpu(self) -> int | None:
-        """The CPU the batch thread stays on: the replica's rank on its node modulo this
-        process's CPUs (so replicas of one node spread over its CPUs); None = not pinned."""
-        if not self.config.pin_compute_thread or not hasattr(os, "sched_setaffinity"):
-            return None
-        cpus = sorted(os.sched_getaffinity(0))
-        rank = getattr(serve.get_replica_context().rank, "local_rank", 0) or 0
-        return cpus[rank % len(cpus)]
-
-    def _pin_compute_thread(self, cpu: int | None) -> None:
-        """The batch thread's initializer; never raises (a failed initializer would break
-        the executor): an unpinned thread is only slower."""
-        if cpu is None:
-            return
-        try:
-            os.sched_setaffinity(0, {cpu})       # 0: the calling thread
-            self.compute_cpu = cpu
-        except OSError as exc:
-            log.warning("could not pin the compute thread to CPU %d: %s", cpu, exc)
 
     def check_health(self) -> None:
         """Serve's health check: a direct-port server that stopped on its own fails it, so
@@ -675,8 +649,7 @@ class Ingress:
                 "topology": "embedded" if route.embedded else "split",
                 "inflight": {str(g): n for g, n in self.inflight.items() if n},
                 "batching": None if self.batcher is None else {
-                    "batches": self.batcher.batches, "requests": self.batcher.items,
-                    "compute_cpu": self.compute_cpu},
+                    "batches": self.batcher.batches, "requests": self.batcher.items},
                 "shards": shards, "controller": controller}
 
     @app.post("/admin/reload", response_model=ReloadResponse,
