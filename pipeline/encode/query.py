@@ -17,12 +17,14 @@ head over (B, L, V). For one query at a time none of that is needed:
   computed again, in float32. Two screens (int8 where this CPU runs `torch._int_mm`, else
   bfloat16 if faster than no screen):
 
-  - int8 (oneDNN's prepacked int8 matmul where it runs, else `torch._int_mm`): the hidden states are quantised with one scale
-    ``s = max|h| / 127`` and each term's weight row with its own ``t_v = max|w_v| / 127``;
-    the int32 products are exact, so ``h_l . w_v`` differs from ``s t_v (hq_l . wq_v)`` only by
-    the rounding of the operands: at most ``|h - ĥ| |w| + |ĥ| |w - ŵ| <= sqrt(H)/2 (s |w_v| +
-    t_v |ĥ_l|)`` (Cauchy-Schwarz, each element off by at most half a step). The bound used
-    is 1.5 times that (float32 rounding of the scales and sums is orders smaller);
+  - int8 (oneDNN's prepacked int8 matmul where it runs, else `torch._int_mm`): the hidden
+    states are quantised with one scale ``s = max|h| / 127`` and each term's weight row with
+    its own ``t_v = max|w_v| / 127``; the int32 products are exact, so ``h_l . w_v`` differs
+    from ``s t_v (hq_l . wq_v)`` only by the rounding of the operands: at most
+    ``|h - ĥ| |w| + |ĥ| |w - ŵ| <= sqrt(H)/2 (s |w_v| + t_v |ĥ_l|)`` (Cauchy-Schwarz, each
+    element off by at most half a step). The bound used is 1.5 times that (float32 rounding of
+    the scales and sums, and oneDNN's float32 product of the integer and the scales, are
+    orders smaller);
   - bfloat16: the logits in bfloat16, off by at most ``3 * 2**-8 * |h_l| |w_v|`` (both
     operands and the result rounded to an 8-bit mantissa); SCREEN_ERROR = 0.02 leaves a
     margin of more than 2x.

@@ -42,9 +42,9 @@ class ServeConfig:
       * ``direct_port``: each ingress replica (either topology) also runs its own HTTP
         server (uvicorn on the replica's event loop, `pipeline.serve.direct`) on the first free
         port of ``direct_port`` .. ``direct_port + ingress_replicas - 1``, on ``direct_host``.
-        It answers ``/search``, ``/healthz`` and ``/metrics`` with the same handlers, and a
-        request skips the Serve proxy and Serve's request path (BENCHMARKS.md §14). The Serve
-        port keeps answering every route.
+        It answers every route of the app with the same handlers, and a request skips the
+        Serve proxy and Serve's request path (BENCHMARKS.md §14). A Serve proxy, where one
+        runs, keeps answering too. `lsr serve --port` sets it (and starts no proxy).
       * ``access_log``: Ray Serve's per-request access log line, in every deployment the
         endpoint starts (ingress, controller, searchers, query encoder: `logging_config`). Off
         by default: on the ingress it cost ~0.9 ms of a 4-5 ms served p50 on 2 cores
