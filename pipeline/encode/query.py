@@ -115,7 +115,8 @@ class QueryFastPath:
             self.weight_i8_t = torch.round(weight / self.weight_step[:, None]).clamp_(
                 -127, 127).to(torch.int8).t()                                       # (H, V) view
             self.weight_i8_packed = _onednn_pack(self.weight_i8_t.t())
-            self.weight_zero_points = torch.zeros(self.vocab_size, dtype=torch.long)
+            self.weight_zero_points = torch.zeros(self.vocab_size, dtype=torch.long) \
+                if self.weight_i8_packed is not None else None
             self.screen = self._fastest_screen()
         log.info("query fast path: %s body, %s screen", "lean" if self.lean else "HF", self.screen)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import math
 import socket
 import time
 from typing import Any, Awaitable, Callable
@@ -68,8 +69,6 @@ def validation_response(exc: RequestValidationError) -> JSONResponse:
 
 def safe_json(value: Any) -> Any:
     """A JSON-renderable copy of an error detail: finite numbers, str, lists, dicts."""
-    import math
-
     if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
         return value
     if isinstance(value, float):
