@@ -57,21 +57,21 @@ def stage_split(fast, texts: list[str]) -> dict:
             hidden = fast._hidden(ids)                                   # noqa: SLF001
             t2 = time.perf_counter()
             if fast.screen == "none":
-                top = fast._head(hidden, "none")                         # noqa: SLF001
+                terms, top = fast._top_logits(hidden, "none")           # noqa: SLF001
                 t3 = t4 = time.perf_counter()
                 n = fast.vocab_size
             else:
-                bound = fast._upper_int8 if fast.screen == "int8" else fast._upper_bf16  # noqa: SLF001
-                candidates = torch.nonzero(bound(hidden) > 0).squeeze(1)
+                screen = fast._candidates_int8 if fast.screen == "int8" \
+                    else fast._candidates_bf16                             # noqa: SLF001
+                terms = screen(hidden)
                 t3 = time.perf_counter()
-                top = torch.full((fast.vocab_size,), -1.0)
-                top[candidates] = torch.addmm(fast.bias[candidates], hidden,
-                                              fast.weight_rows[candidates].t()).amax(dim=0)
+                top = torch.addmm(fast.bias[terms], hidden,
+                                  fast.weight_rows[terms].t()).amax(dim=0)
                 t4 = time.perf_counter()
-                n = int(candidates.numel())
+                n = int(terms.numel())
             weights = torch.log1p(torch.relu(top))
-            cols = torch.nonzero(weights > fast.threshold).squeeze(1)
-            cols.numpy().astype(np.int32), weights[cols].numpy().astype(np.float32)
+            keep = weights > fast.threshold
+            terms[keep].numpy().astype(np.int32), weights[keep].numpy().astype(np.float32)
             t5 = time.perf_counter()
         for name, ms in (("tokenize", t1 - t0), ("body", t2 - t1), ("screen", t3 - t2),
                          ("exact", t4 - t3), ("rest", t5 - t4)):

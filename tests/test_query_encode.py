@@ -83,6 +83,25 @@ def test_fast_path_matches_the_written_out_expression(model, scifact_dir, random
                 _assert_same_vectors(fast.encode_queries(texts), expected)
 
 
+def test_top_k_and_threshold_prune_like_the_written_out_expression(scifact_dir):
+    """With top_k 8 and threshold 0.3: the terms of weight > 0.3, the 8 heaviest of them, in
+    ascending term order (the written-out expression, pruned with numpy), for every screen."""
+    texts = _texts(scifact_dir, 20)
+    model_dir = resolve_model("splade-tiny")
+    fast = QueryFastPath.from_encoder(SpladeEncoder(model_dir, device="cpu", top_k=8,
+                                                    threshold=0.3))
+    dense = _reference(model_dir, texts, fast.max_length).toarray()
+    for screen in QueryFastPath.SCREENS:
+        fast.screen = screen
+        for _ in _int8_kernels(fast) if screen == "int8" else [None]:
+            for text, row in zip(texts, dense):
+                terms, weights = fast.encode_one(text)
+                kept = np.flatnonzero(row > 0.3)
+                expected = np.sort(kept[np.argsort(-row[kept], kind="stable")[:8]])
+                assert terms.tolist() == expected.tolist(), (screen, text)
+                np.testing.assert_allclose(weights, row[expected], rtol=1e-4, atol=1e-5)
+
+
 def _int8_kernels(fast):
     """Run the caller's loop body once per int8 matmul: oneDNN's prepacked one (where this
     CPU runs it) and `torch._int_mm`."""
@@ -115,9 +134,23 @@ def test_lean_body_equals_the_encoder_on_real_queries(scifact_dir):
             np.testing.assert_allclose(got.data, expected.data, rtol=1e-4, atol=1e-5)
 
 
+def _positive_terms(fast, hidden: torch.Tensor) -> set[int]:
+    """Terms whose max logit, computed in float64 from the same hidden states, is > 0."""
+    logits = hidden.double() @ fast.weight_rows.double().t() + fast.bias.double()
+    return set(torch.nonzero(logits.amax(dim=0) > 0).squeeze(1).tolist())
+
+
+def _screened(fast, hidden: torch.Tensor) -> dict[str, set[int]]:
+    """Each screen's candidate terms (both int8 matmuls)."""
+    out = {"bf16": set(fast._candidates_bf16(hidden).tolist())}        # noqa: SLF001
+    for kernel in _int8_kernels(fast):
+        out[kernel] = set(fast._candidates_int8(hidden).tolist())       # noqa: SLF001
+    return out
+
+
 def test_screens_keep_every_positive_term(scifact_dir):
-    """The screens' candidate sets contain every term whose float32 max logit is > 0,
-    including on long queries (64 tokens) and on hidden states scaled up 30x."""
+    """The screens' candidate sets contain every term whose max logit is > 0, including on
+    long queries (64 tokens) and on hidden states scaled up 30x; and they stay small."""
     fast = QueryFastPath.from_encoder(SpladeEncoder("splade-tiny", device="cpu"))
     texts = _texts(scifact_dir, 30) + [" ".join(_texts(scifact_dir, 12))]
     with torch.inference_mode():
@@ -127,10 +160,60 @@ def test_screens_keep_every_positive_term(scifact_dir):
                                  return_token_type_ids=False)["input_ids"]
             hidden = fast._hidden(ids)                           # noqa: SLF001
             for h in (hidden, hidden * 30):
-                truth = torch.addmm(fast.bias, h, fast.weight_t).amax(dim=0)
-                for kernel in _int8_kernels(fast):
-                    assert bool((fast._upper_int8(h) >= truth).all()), kernel  # noqa: SLF001
-                assert bool((fast._upper_bf16(h) >= truth).all())              # noqa: SLF001
+                truth = _positive_terms(fast, h)
+                for screen, candidates in _screened(fast, h).items():
+                    assert truth <= candidates, (screen, sorted(truth - candidates)[:10])
+                    assert len(candidates) < fast.vocab_size / 4, screen
+
+
+def test_screens_keep_terms_just_above_zero(scifact_dir):
+    """The bound at its edge: the bias moved so that a third of the vocabulary has a max
+    logit of +1e-4 (just kept), and another third -1e-4 (just dropped), on real queries."""
+    fast = QueryFastPath.from_encoder(SpladeEncoder("splade-tiny", device="cpu"))
+    weight, original = fast.weight_rows, fast.bias.clone()
+    thirds = torch.arange(fast.vocab_size) % 3
+    with torch.inference_mode():
+        for text in _texts(scifact_dir, 10):
+            ids = fast.tokenizer(text, truncation=True, max_length=fast.max_length,
+                                 return_attention_mask=False,
+                                 return_token_type_ids=False)["input_ids"]
+            hidden = fast._hidden(ids)                           # noqa: SLF001
+            top = (hidden.double() @ weight.double().t()).amax(dim=0)
+            shifted = torch.where(thirds == 0, -top + 1e-4,
+                                  torch.where(thirds == 1, -top - 1e-4, original.double()))
+            fast._load_head(weight, shifted.float())                # noqa: SLF001
+            truth = _positive_terms(fast, hidden)
+            assert len(truth) > fast.vocab_size / 4
+            for screen, candidates in _screened(fast, hidden).items():
+                assert truth <= candidates, (screen, sorted(truth - candidates)[:10])
+
+
+def test_int8_screen_keeps_terms_at_its_worst_rounding():
+    """Hidden states and weight rows built so that every element rounds down by 0.49 of a
+    step, in the same direction: the int8 products then fall short of the true logit by
+    about 98% of the proven bound. The bias puts every true max logit at +0.01, so the
+    integer estimate alone is negative for each term, and the screen must still keep all."""
+    fast = QueryFastPath.from_encoder(SpladeEncoder("splade-tiny", device="cpu"))
+    width, n_terms, n_tokens = 128, 600, 24
+    gen = torch.Generator().manual_seed(7)
+    levels = torch.randint(1, 127, (n_terms, 1), generator=gen).double()
+    step = 0.01                                                      # t_v of every row
+    weight = ((levels + 0.49) * step).repeat(1, width)               # rounds down to the level
+    weight[:, 0] = 127 * step                                        # the row's max, exact
+    scale = 0.02
+    hidden = torch.full((n_tokens, width), (100 + 0.49) * scale, dtype=torch.float64)
+    hidden[:, 0] = 127 * scale                                               # s, exact max
+    true_top = (hidden @ weight.t()).amax(dim=0)
+    bias = -true_top + 0.01
+    integer = (torch.round(hidden / scale) @ torch.round(weight / step).t()).amax(dim=0) \
+        * scale * step
+    assert bool((integer + bias < 0).all()), "the construction must defeat the bare estimate"
+    fast._load_head(weight.float(), bias.float())                            # noqa: SLF001
+    truth = _positive_terms(fast, hidden.float())
+    assert len(truth) == n_terms
+    for kernel in _int8_kernels(fast):
+        candidates = set(fast._candidates_int8(hidden.float()).tolist())      # noqa: SLF001
+        assert truth <= candidates, (kernel, len(truth - candidates))
 
 
 def test_other_architectures_keep_the_hf_body():

@@ -4,7 +4,7 @@ Hugging Face's `BertForMaskedLM.forward` spends most of a 2-layer BERT-tiny quer
 dispatch, mask building and output bookkeeping, not arithmetic. For one query (L real tokens,
 no padding, so no attention mask) the same math is a few torch calls per layer:
 
-    x = LayerNorm(word[ids] + position[0:L] + token_type[0])
+    x = LayerNorm(word[ids] + (position + token_type[0])[0:L])      (the sum precomputed)
     per layer:  q, k, v = split(x @ W_qkv.T + b_qkv)             (one fused matmul)
                 a = LayerNorm(sdpa(q, k, v) @ W_o.T + b_o + x)     (heads, no mask)
                 x = LayerNorm(gelu(a @ W_i.T + b_i) @ W_out.T + b_out + a)
@@ -35,8 +35,9 @@ class LeanBert:
         self.heads = int(cfg.num_attention_heads)
         self.hidden = int(cfg.hidden_size)
         self.word = emb.word_embeddings.weight.detach()
-        self.position = emb.position_embeddings.weight.detach()
-        self.token_type0 = emb.token_type_embeddings.weight.detach()[0]
+        # Position and token type 0 summed once (every query is one segment).
+        self.position_type0 = (emb.position_embeddings.weight.detach()
+                               + emb.token_type_embeddings.weight.detach()[0])
         self.emb_norm = self._norm(emb.LayerNorm)
         self.layers = []
         for layer in bert.encoder.layer:
@@ -56,7 +57,7 @@ class LeanBert:
         self.t_b = transform.dense.bias.detach()
         self.t_w = transform.dense.weight.detach().t().contiguous()
         self.t_norm = self._norm(transform.LayerNorm)
-        self.max_positions = int(self.position.shape[0])
+        self.max_positions = int(self.position_type0.shape[0])
 
     @staticmethod
     def _norm(ln: torch.nn.LayerNorm) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,12 +92,14 @@ class LeanBert:
         if n > self.max_positions:
             raise ValueError(f"sequence of {n} tokens exceeds {self.max_positions} positions")
         index = torch.tensor(ids, dtype=torch.long)
-        x = self._ln(self.word[index] + self.position[:n] + self.token_type0, self.emb_norm)
+        x = self._ln(self.word[index] + self.position_type0[:n], self.emb_norm)
         h, d = self.heads, self.hidden // self.heads
         for qkv_b, qkv_w, o_b, o_w, o_norm, i_b, i_w, out_b, out_w, out_norm in self.layers:
-            qkv = torch.addmm(qkv_b, x, qkv_w).view(n, 3, h, d).permute(1, 2, 0, 3)   # (3, h, L, d)
-            ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])               # (h, L, d)
-            ctx = ctx.transpose(0, 1).reshape(n, self.hidden)
+            # (3, 1, h, L, d): 4-d operands, for which torch's CPU SDPA runs its fused kernel
+            # (3-d ones go down the op-by-op math path, twice as slow for one query).
+            qkv = torch.addmm(qkv_b, x, qkv_w).view(1, n, 3, h, d).permute(2, 0, 3, 1, 4)
+            ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])            # (1, h, L, d)
+            ctx = ctx[0].transpose(0, 1).reshape(n, self.hidden)
             a = self._ln(torch.addmm(o_b, ctx, o_w) + x, o_norm)
             x = self._ln(torch.addmm(out_b, F.gelu(torch.addmm(i_b, a, i_w)), out_w) + a, out_norm)
         return self._ln(F.gelu(torch.addmm(self.t_b, x, self.t_w)), self.t_norm)

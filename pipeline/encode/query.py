@@ -18,19 +18,30 @@ head over (B, L, V). For one query at a time none of that is needed:
   bfloat16 if faster than no screen):
 
   - int8 (oneDNN's prepacked int8 matmul where it runs, else `torch._int_mm`): the hidden
-    states are quantised with one scale ``s = max|h| / 127`` and each term's weight row with
-    its own ``t_v = max|w_v| / 127``; the int32 products are exact, so ``h_l . w_v`` differs
-    from ``s t_v (hq_l . wq_v)`` only by the rounding of the operands: at most
-    ``|h - ĥ| |w| + |ĥ| |w - ŵ| <= sqrt(H)/2 (s |w_v| + t_v |ĥ_l|)`` (Cauchy-Schwarz, each
-    element off by at most half a step). The bound used is 1.5 times that (float32 rounding of
-    the scales and sums, and oneDNN's float32 product of the integer and the scales, are
-    orders smaller);
+    states are quantised with one scale ``s = max|h| / 127`` (``r = round(h / s)``) and each
+    term's weight row with its own ``t_v = max|w_v| / 127`` (``q_v``); the integer products
+    ``I_lv = r_l . q_v`` are exact, and ``h_l . w_v`` differs from ``s t_v I_lv`` only by the
+    rounding of the operands: at most ``sqrt(H)/2 (s |w_v| + t_v s |r_l|)`` (Cauchy-Schwarz,
+    each element off by at most half a step). With a margin of 1.5 (``m = 1.5 sqrt(H)/2``)
+    and divided by ``s t_v > 0``, a term's max logit can only be > 0 if
+
+        max_l I_lv + m |w_v| / t_v + m max_l |r_l| + (b_v / t_v) / s > 0,
+
+    all in units of ``s t_v``: ``m |w_v| / t_v`` and ``b_v / t_v`` are per-term constants,
+    ``max_l |r_l| <= max_l |h_l| / s + sqrt(H)/2`` is one number per query, so the whole
+    right-hand side is a bias vector built with one fused op, and oneDNN adds it and writes
+    ``clamp(round(I_lv + bias_v + 1), 0, 255)`` as bytes (a non-zero byte wherever the sum
+    reaches 1, so every term that passes the test above gives one): a byte max over the
+    tokens and a ``nonzero`` give the candidates. No float (L, V) product is written. The
+    margin covers float32 rounding of the constants by orders of magnitude (it is at least
+    ``0.5 m 127`` units, the rounding a few ulp of ``|b_v| / (s t_v)``);
   - bfloat16: the logits in bfloat16, off by at most ``3 * 2**-8 * |h_l| |w_v|`` (both
     operands and the result rounded to an 8-bit mantissa); SCREEN_ERROR = 0.02 leaves a
     margin of more than 2x.
 
   No term is lost and every kept weight is computed in float32;
-* the CSR row is built directly from the non-zero weights;
+* only the candidates go on: ReLU, log1p, the threshold, top-k and the CSR row run on a few
+  hundred numbers, not on the vocabulary;
 * everything under ``torch.inference_mode``, and one call at a time (a lock): an HF fast
   tokenizer is not safe to share between threads ("Already borrowed"), and one thread per
   replica is the intended use. The caller sets torch's thread count (`set_torch_threads`).
@@ -94,31 +105,44 @@ class QueryFastPath:
         self.max_length = encoder.config.query_max_length
         self.top_k = encoder.config.top_k
         self.threshold = float(encoder.config.threshold)
-        self.vocab_size = body.vocab_size
         self.device = encoder.device
         self.model = body.model
-        # Logits = hidden @ weight.T + bias, computed by addmm on a transposed contiguous copy.
-        self.weight_t = body.weight.t().contiguous()
-        self.bias = body.bias if body.bias is not None else torch.zeros(
-            self.vocab_size, dtype=body.weight.dtype, device=body.weight.device)
         self.projection_path = _replace_module(self.model, body.projection, torch.nn.Identity())
         self.lean = LeanBert.from_model(self.model) if self.device.type == "cpu" else None
         self._lock = threading.Lock()
-        self.screen = "none"
-        if self.device.type == "cpu" and self.weight_t.dtype == torch.float32:
-            weight = body.weight.detach().contiguous()                              # (V, H)
-            self.weight_rows = weight                   # gathered per candidate (contiguous rows)
-            self.weight_norms = torch.linalg.vector_norm(weight, dim=1)             # (V,)
-            self.weight_bf16 = weight.to(torch.bfloat16)
-            step = weight.abs().amax(dim=1) / 127                                   # (V,)
-            self.weight_step = torch.where(step > 0, step, torch.ones_like(step))
-            self.weight_i8_t = torch.round(weight / self.weight_step[:, None]).clamp_(
-                -127, 127).to(torch.int8).t()                                       # (H, V) view
-            self.weight_i8_packed = _onednn_pack(self.weight_i8_t.t())
-            self.weight_zero_points = torch.zeros(self.vocab_size, dtype=torch.long) \
-                if self.weight_i8_packed is not None else None
-            self.screen = self._fastest_screen()
+        self._load_head(body.weight.detach(), None if body.bias is None else body.bias.detach())
+        self.screen = self._fastest_screen() if self.screened else "none"
         log.info("query fast path: %s body, %s screen", "lean" if self.lean else "HF", self.screen)
+
+    def _load_head(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        """The vocabulary projection (V, H) and bias (V,), and on CPU in float32 the screens'
+        forms of it; ``screen`` becomes "int8" there (the fastest is picked after), else "none"."""
+        self.vocab_size = int(weight.shape[0])
+        # Logits = hidden @ weight.T + bias, computed by addmm on a transposed contiguous copy.
+        self.weight_t = weight.t().contiguous()
+        self.bias = bias if bias is not None else torch.zeros(
+            self.vocab_size, dtype=weight.dtype, device=weight.device)
+        self.screen = "none"
+        if self.device.type != "cpu" or weight.dtype != torch.float32:
+            return
+        weight = weight.contiguous()                                                    # (V, H)
+        self.weight_rows = weight                       # gathered per candidate (contiguous rows)
+        self.weight_norms = torch.linalg.vector_norm(weight, dim=1)                     # (V,)
+        self.weight_bf16 = weight.to(torch.bfloat16)
+        step = weight.abs().amax(dim=1) / 127                                           # (V,)
+        self.weight_step = torch.where(step > 0, step, torch.ones_like(step))
+        self.weight_i8_t = torch.round(weight / self.weight_step[:, None]).clamp_(
+            -127, 127).to(torch.int8).t()                                               # (H, V) view
+        self.weight_i8_packed = _onednn_pack(self.weight_i8_t.t())
+        # The int8 bound's per-term constants, in units of s t_v (module docstring).
+        width = weight.shape[1]
+        self.half_steps = 1.5 * width ** 0.5 / 2
+        self.rounding_reach = width ** 0.5 / 2                 # |r_l| <= |h_l| / s + sqrt(H)/2
+        self.slack_units = (self.half_steps * self.weight_norms / self.weight_step).contiguous()
+        self.bias_units = (self.bias.float() / self.weight_step).contiguous()
+        self.unit_scales = torch.ones(self.vocab_size, dtype=torch.float32)        # for oneDNN
+        self.zero_points = torch.zeros(self.vocab_size, dtype=torch.long)
+        self.screen = "int8"
 
     @property
     def screened(self) -> bool:
@@ -135,62 +159,60 @@ class QueryFastPath:
         with torch.inference_mode():
             hidden = self._hidden(ids)
             try:
-                self._head(hidden, "int8")
+                self._top_logits(hidden, "int8")
                 return "int8"
             except RuntimeError:      # no int8 matmul kernel for this CPU
                 pass
             best = {}
             for name in ("bf16", "none"):
-                self._head(hidden, name)
+                self._top_logits(hidden, name)
                 started = time.perf_counter()
                 for _ in range(5):
-                    self._head(hidden, name)
+                    self._top_logits(hidden, name)
                 best[name] = time.perf_counter() - started
         return min(best, key=best.get)
 
-    def _head(self, hidden: torch.Tensor, screen: str) -> torch.Tensor:
-        """(L, H) -> max logits (V,): exact (float32) wherever the maximum may be > 0, and a
-        negative number elsewhere (those terms get weight 0 either way)."""
+    def _top_logits(self, hidden: torch.Tensor, screen: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, H) -> (terms, their max logits in float32): ascending term ids that include
+        every term whose max logit is > 0 (all other terms get weight 0)."""
         if screen == "none":
-            logits = torch.addmm(self.bias, hidden.to(self.weight_t.dtype), self.weight_t)
-            return logits.amax(dim=0).float()
+            top = torch.addmm(self.bias, hidden.to(self.weight_t.dtype),
+                              self.weight_t).amax(dim=0).float()
+            terms = torch.nonzero(top > 0).squeeze(1)
+            return terms, top[terms]
         hidden = hidden.float()
-        upper = self._upper_int8(hidden) if screen == "int8" else self._upper_bf16(hidden)
-        candidates = torch.nonzero(upper > 0).squeeze(1)
-        out = torch.full((self.vocab_size,), -1.0, dtype=torch.float32)
-        if candidates.numel():
-            exact = torch.addmm(self.bias[candidates], hidden, self.weight_rows[candidates].t())
-            out[candidates] = exact.amax(dim=0)
-        return out
+        terms = self._candidates_int8(hidden) if screen == "int8" else self._candidates_bf16(hidden)
+        if not terms.numel():
+            return terms, torch.zeros(0, dtype=torch.float32)
+        top = torch.addmm(self.bias[terms], hidden, self.weight_rows[terms].t()).amax(dim=0)
+        return terms, top
 
-    def _upper_bf16(self, hidden: torch.Tensor) -> torch.Tensor:
-        """An upper bound of every term's max logit, from bfloat16 logits."""
+    def _candidates_bf16(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Terms whose max logit may be > 0, from bfloat16 logits and their error bound."""
         approx = torch.nn.functional.linear(hidden.to(torch.bfloat16), self.weight_bf16)
         slack = SCREEN_ERROR * torch.linalg.vector_norm(hidden, dim=1).max() * self.weight_norms
-        return approx.float().amax(dim=0) + slack + self.bias
+        return torch.nonzero(approx.float().amax(dim=0) + slack + self.bias > 0).squeeze(1)
 
-    def _upper_int8(self, hidden: torch.Tensor) -> torch.Tensor:
-        """An upper bound of every term's max logit, from exact int32 products of int8 operands
-        (oneDNN's prepacked int8 matmul where it runs: it returns ``s t_v (hq . wq_v)`` in
-        float32, the exact integer times a rounded scale, off by a few ulp, which the bound's
-        1.5x margin covers by orders of magnitude; else `torch._int_mm`)."""
-        scale = hidden.abs().max() / 127
-        if not scale > 0:
-            scale = torch.ones((), dtype=torch.float32)
-        rounded = torch.round(hidden / scale).clamp_(-127, 127)                       # (L, H)
+    def _candidates_int8(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Terms whose max logit may be > 0, from exact int32 products of int8 operands and
+        the bound of the module docstring (oneDNN's prepacked int8 matmul, writing bytes,
+        where it runs; else `torch._int_mm`)."""
+        largest = float(hidden.abs().max())
+        scale = largest / 127 if largest > 0 else 1.0
+        rounded = torch.round(hidden * (1.0 / scale)).clamp_(-127, 127)               # (L, H)
+        reach = self.half_steps * (
+            float(torch.linalg.vector_norm(hidden, dim=1).max()) / scale + self.rounding_reach)
+        bound = torch.add(self.slack_units, self.bias_units, alpha=1.0 / scale).add_(reach)
         if self.weight_i8_packed is not None:
-            # u8 activations with zero point 128: oneDNN's x86 int8 matmul is u8 x s8.
-            products = torch.ops.onednn.qlinear_pointwise(
-                (rounded + 128).to(torch.uint8), float(scale), 128, self.weight_i8_packed,
-                self.weight_step, self.weight_zero_points, None, 1.0, 0, torch.float32, "none", [], "")
-            top = products.amax(dim=0)                                                 # (V,)
-        else:
-            products = torch._int_mm(rounded.to(torch.int8), self.weight_i8_t)         # (L, V) int32
-            top = products.amax(dim=0).float() * (scale * self.weight_step)
-        hidden_norm = torch.linalg.vector_norm(rounded, dim=1).max() * scale
-        half_steps = 1.5 * (hidden.shape[1] ** 0.5) / 2
-        slack = half_steps * (scale * self.weight_norms + hidden_norm * self.weight_step)
-        return top + slack + self.bias
+            # u8 activations with zero point 128 (oneDNN's x86 int8 matmul is u8 x s8); the
+            # output is clamp(round(I + bound + 1), 0, 255): non-zero wherever I + bound > 0.
+            hits = torch.ops.onednn.qlinear_pointwise(
+                rounded.add_(128).to(torch.uint8), 1.0, 128, self.weight_i8_packed,
+                self.unit_scales, self.zero_points, bound.add_(1.0), 1.0, 0, torch.uint8,
+                "none", [], "")                                                         # (L, V)
+            return torch.nonzero(hits.amax(dim=0)).squeeze(1)
+        products = torch._int_mm(rounded.to(torch.int8), self.weight_i8_t)             # (L, V) int32
+        return torch.nonzero(products.amax(dim=0).float().add_(bound) > 0).squeeze(1)
 
     @classmethod
     def from_encoder(cls, encoder) -> "QueryFastPath":
@@ -211,9 +233,13 @@ class QueryFastPath:
         return out.logits[0] if hasattr(out, "logits") else out[0][0]
 
     @torch.inference_mode()
-    def _weights(self, ids: list[int]) -> torch.Tensor:
-        top = self._head(self._hidden(ids), self.screen)
-        return torch.log1p(torch.relu(top))                                  # (V,)
+    def _weights(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids -> (ascending term ids, SPLADE weights), every term of weight > 0 included."""
+        hidden = self._hidden(ids)
+        if not bool(torch.isfinite(hidden).all()):
+            raise FloatingPointError("the model's hidden states contain NaN or inf")
+        terms, top = self._top_logits(hidden, self.screen)
+        return terms, torch.log1p(torch.relu(top))
 
     def encode_one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """One query -> (term ids int32 ascending, weights float32)."""
@@ -223,19 +249,15 @@ class QueryFastPath:
             ids = self.tokenizer(text, truncation=True, max_length=self.max_length,
                                  return_attention_mask=False,
                                  return_token_type_ids=False)["input_ids"]
-            weights = self._weights(ids)
+            terms, weights = self._weights(ids)
             if not bool(torch.isfinite(weights).all()):
                 raise FloatingPointError("SPLADE weights contain NaN or inf")
-            if self.top_k is not None and self.top_k < self.vocab_size:
-                values, cols = torch.topk(weights, self.top_k, sorted=False)
-                cols, order = torch.sort(cols)
-                values = values[order]
-                keep = values > self.threshold
-                cols, values = cols[keep], values[keep]
-            else:
-                cols = torch.nonzero(weights > self.threshold).squeeze(1)
-                values = weights[cols]
-        return cols.cpu().numpy().astype(np.int32), values.cpu().numpy().astype(np.float32)
+            keep = weights > self.threshold
+            terms, weights = terms[keep], weights[keep]
+            if self.top_k is not None and weights.numel() > self.top_k:
+                order = torch.sort(torch.topk(weights, self.top_k, sorted=False).indices).values
+                terms, weights = terms[order], weights[order]
+        return terms.cpu().numpy().astype(np.int32), weights.cpu().numpy().astype(np.float32)
 
     def encode_queries(self, texts: Sequence[str]) -> sp.csr_matrix:
         """Queries -> CSR float32 (n, vocab_size), each encoded on its own (no padding)."""
@@ -250,19 +272,26 @@ class QueryFastPath:
 
 
 def _onednn_pack(weight_i8: torch.Tensor):
-    """oneDNN's prepacked form of an int8 (V, H) weight for `qlinear_pointwise`, or None where
-    this torch or CPU has no oneDNN int8 matmul. On a 2-core Sapphire Rapids it took 0.47 ms
-    for a 19-token query against 1.1-1.5 ms for `torch._int_mm` (BENCHMARKS.md §14)."""
+    """oneDNN's prepacked form of an int8 (V, H) weight for `qlinear_pointwise` with a byte
+    output, or None where this torch or CPU has no oneDNN int8 matmul or it does not write
+    ``clamp(round(x . w_v + bias_v), 0, 255)`` as the int8 screen needs. On a 2-core Sapphire
+    Rapids it took 0.47 ms for a 19-token query against 1.1-1.5 ms for `torch._int_mm`
+    (BENCHMARKS.md §14)."""
+    vocab, width = weight_i8.shape
     try:
-        packed = torch.ops.onednn.qlinear_prepack(weight_i8.contiguous(), [1, weight_i8.shape[1]])
+        packed = torch.ops.onednn.qlinear_prepack(weight_i8.contiguous(), [1, width])
+        # A row of ones (u8 129 with zero point 128) times the weight gives each row's sum;
+        # the bias takes it away and leaves `offsets`, which must come out rounded and clamped.
+        sums = weight_i8.to(torch.float32).sum(dim=1)
+        offsets = torch.tensor([-3.0, -0.3, 0.7, 1.0, 1.3, 2.0, 300.0]).repeat(vocab // 7 + 1)[:vocab]
         probe = torch.ops.onednn.qlinear_pointwise(
-            torch.full((1, weight_i8.shape[1]), 129, dtype=torch.uint8), 1.0, 128, packed,
-            torch.ones(weight_i8.shape[0]), torch.zeros(weight_i8.shape[0], dtype=torch.long),
-            None, 1.0, 0, torch.float32, "none", [], "")
+            torch.full((1, width), 129, dtype=torch.uint8), 1.0, 128, packed,
+            torch.ones(vocab), torch.zeros(vocab, dtype=torch.long), offsets - sums, 1.0, 0,
+            torch.uint8, "none", [], "")
     except (AttributeError, RuntimeError, NotImplementedError):
         return None
-    # The probe multiplies a row of ones by the weight: it must give each row's sum, exactly.
-    if not torch.equal(probe[0], weight_i8.to(torch.float32).sum(dim=1)):
+    if probe.dtype != torch.uint8 or not torch.equal(
+            probe[0], torch.round(offsets).clamp(0, 255).to(torch.uint8)):
         return None
     return packed
 
