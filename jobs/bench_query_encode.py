@@ -6,10 +6,13 @@ bfloat16 screen with float32 on the candidates, or float32 over the whole vocabu
 batch encoder's `encode_queries([q])` for reference, and the stage split of the default
 configuration measured per query: tokenize, body, screen (the upper bound of every term),
 exact (float32 on the candidates), rest (log1p, ReLU, top-k/threshold, CSR row); then the int8
-screen's two matmuls (oneDNN's prepacked one, `torch._int_mm`) in alternating passes.
+screen's two matmuls (oneDNN's prepacked one, `torch._int_mm`) in alternating passes; and
+with ``--baseline REV``, the default configuration of this tree against the query encoder of git
+revision REV (its `pipeline/encode/query.py` and `lean_bert.py`, loaded beside this tree's), in
+alternating passes on the same queries, so that a slow or fast spell of the machine hits both.
 
     flock /tmp/lsr-cpu.lock .venv/bin/python jobs/bench_query_encode.py \
-        --out bench-results/query-encode-issue11.json
+        --out bench-results/query-encode-issue11.json [--baseline df762c5]
 """
 
 from __future__ import annotations
@@ -98,6 +101,46 @@ def int8_kernels(fast, texts: list[str], rounds: int) -> dict:
     return {name: {"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99)} for name, ms in times.items()}
 
 
+def load_baseline(revision: str, settings: dict):
+    """The fast path of git revision ``revision`` (its query.py and lean_bert.py as modules of
+    their own), built from ``settings``."""
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    folder = Path(tempfile.mkdtemp(prefix="lsr-baseline-"))
+    modules = {}
+    for name in ("query", "lean_bert"):
+        source = subprocess.run(["git", "-C", str(root), "show", f"{revision}:pipeline/encode/{name}.py"],
+                                check=True, capture_output=True, text=True).stdout
+        path = folder / f"baseline_{name}.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location(f"baseline_{name}", path)
+        modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(modules[name])
+    fast = modules["query"].QueryFastPath.from_settings(settings, device="cpu")
+    if fast.lean is not None:      # its own lean body, not this tree's
+        fast.lean = modules["lean_bert"].LeanBert.from_model(fast.model)
+    return fast
+
+
+def against_baseline(fast, baseline, texts: list[str], rounds: int) -> dict:
+    """p50/p99 of this tree's and the baseline's `encode_one`, ``rounds`` alternating passes
+    (ABBA order), after checking that both give the same terms."""
+    for text in texts:
+        ours, theirs = fast.encode_one(text), baseline.encode_one(text)
+        if ours[0].tolist() != theirs[0].tolist() or not np.allclose(ours[1], theirs[1],
+                                                                        rtol=1e-4, atol=1e-5):
+            raise SystemExit(f"the baseline encodes {text!r} differently")
+    times: dict[str, list[float]] = {"this tree": [], "baseline": []}
+    for i in range(rounds):
+        order = (("this tree", fast), ("baseline", baseline))
+        for name, encoder in order if i % 2 == 0 else order[::-1]:
+            times[name] += timed(encoder.encode_one, texts)
+    return {name: {"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99)} for name, ms in times.items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="splade-tiny")
     parser.add_argument("--int8-rounds", type=int, default=3,
                         help="Alternating passes of the int8 screen's two matmuls (0 = skip).")
+    parser.add_argument("--baseline", default=None, metavar="REV",
+                        help="Also time the query encoder of this git revision, alternating.")
+    parser.add_argument("--baseline-rounds", type=int, default=6)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -147,9 +193,14 @@ def main(argv: list[str] | None = None) -> None:
     report["default"].update({"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99)})
     report["stages_p50_ms"] = stage_split(fast, texts)
     report["int8_kernels"] = int8_kernels(fast, texts, args.int8_rounds)
+    if args.baseline:
+        report["baseline"] = {"revision": args.baseline, **against_baseline(
+            fast, load_baseline(args.baseline, reference.settings()), texts,
+            args.baseline_rounds)}
     report["load_avg_end"] = list(os.getloadavg())
     print(json.dumps({"default": report["default"], "stages_p50_ms": report["stages_p50_ms"],
                       "int8_kernels": report["int8_kernels"],
+                      "baseline": report.get("baseline"),
                       "load_avg": [report["load_avg_start"], report["load_avg_end"]]}))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -190,3 +190,30 @@ def test_consistent_checksums_but_broken_structure_is_refused(tmp_path, blocked)
     g.attrs["arrays"] = meta
     with pytest.raises(IndexFormatError, match="posting does not point at a document"):
         load_blocked(str(path))
+
+
+def test_check_index_refuses_what_a_load_refuses_first(tmp_path, blocked, exact):
+    """The serving controller's pre-deploy check: one small read, and the same refusals a
+    load starts with (missing, uncommitted, another kind or version, another size); a
+    corrupt chunk is left to the load (its checksum needs the whole array)."""
+    from pipeline.format.index_group import check_index
+
+    path = _saved(tmp_path, blocked, "ok")
+    check_index(str(path), None, "blocked", blocked.n_docs)
+    with pytest.raises(IndexFormatError, match="no index here|not a Zarr"):
+        check_index(str(tmp_path / "missing"), None, "blocked", blocked.n_docs)
+    with pytest.raises(IndexFormatError, match=f"holds {blocked.n_docs} documents"):
+        check_index(str(path), None, "blocked", blocked.n_docs + 1)
+    with pytest.raises(IndexFormatError, match="expected 'lsr-pipeline/exact-index'"):
+        check_index(str(path), None, "exact", blocked.n_docs)
+    with pytest.raises(IndexFormatError, match="unknown index kind"):
+        check_index(str(path), None, "bm25", blocked.n_docs)
+    _set_attrs(path, format_version=99)
+    with pytest.raises(IndexFormatError, match="format version 99"):
+        check_index(str(path), None, "blocked", blocked.n_docs)
+    uncommitted = _saved(tmp_path, exact, "uncommitted")
+    meta = json.loads((uncommitted / "zarr.json").read_text())
+    meta["attributes"] = {}
+    (uncommitted / "zarr.json").write_text(json.dumps(meta))
+    with pytest.raises(IndexFormatError, match="no 'format' attribute"):
+        check_index(str(uncommitted), None, "exact", exact.n_docs)

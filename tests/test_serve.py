@@ -362,7 +362,9 @@ class TestGenerations:
             loop.wait_for(5)
             r = client.post("/admin/reload")
             loop.wait_for(5)
+        # Refused by the pre-deploy check (the index is missing), naming the shard.
         assert r.status_code == 503 and "generation 3 could not be served" in r.json()["detail"]
+        assert f"shard {broken}" in r.json()["detail"] and "no index here" in r.json()["detail"]
         assert loop.errors == [] and set(loop.generations) == {2} and loop.partial == 0
         # Serve deletes the failed generation's applications asynchronously (a replica still
         # retrying its constructor must stop first): they must be gone soon, not at once.
@@ -382,3 +384,32 @@ class TestGenerations:
         assert set(loop.generations) == {2, 4} and loop.generations == sorted(loop.generations)
         stats = client.get("/stats").json()
         assert stats["generation"] == 4 and stats["n_shards"] == 4 and stats["n_docs"] == 5183
+
+    def test_generation_whose_replica_cannot_load_is_refused(self, generations_endpoint,
+                                                              scifact_dir):
+        """A corrupt chunk passes the pre-deploy check (only a load reads it): the searcher
+        replica's constructor fails, Serve gives up on it after its retries, the reload
+        answers 503 and generation 4 serves throughout. (Serve's retries start new worker
+        processes, so this reload may take a minute on a slow machine: a longer client
+        timeout, not a shorter wait.)"""
+        from ray import serve
+
+        from pipeline.catalog import IndexLayout, read_manifest
+
+        client, root, _ = generations_endpoint
+        write_modified_generation(root, 5, n_shards=2, drop=0)
+        corrupt = read_manifest(IndexLayout.at(root), 5).shards[0].name
+        words = Path(root) / "shards" / corrupt / "index" / "fwd_words"
+        chunk = next(p for p in words.rglob("*") if p.is_file() and p.name != "zarr.json")
+        with open(chunk, "r+b") as f:
+            f.seek(16)
+            f.write(b"\xff\xfe\xfd\xfc")
+        with LoadLoop(httpx.Client(base_url=str(client.base_url), timeout=60.0), "/search",
+                      read_queries(scifact_dir, 30)) as loop:
+            loop.wait_for(5)
+            r = client.post("/admin/reload", timeout=300.0)
+            loop.wait_for(5)
+        assert r.status_code == 503 and "generation 5 could not be served" in r.json()["detail"]
+        assert loop.errors == [] and set(loop.generations) == {4} and loop.partial == 0
+        wait_until(lambda: not [a for a in serve.status().applications if a.startswith("lsrg-g000005")],
+                   90, "the failed generation's applications to be deleted", interval_s=1.0)

@@ -209,6 +209,21 @@ def load_blocked(url: str, storage_options: dict | None = None) -> BlockedIndex:
         raise IndexFormatError(f"{loc.url}: {exc}") from exc
 
 
+def check_index(url: str, storage_options: dict | None, kind: str, n_docs: int) -> None:
+    """What a load refuses first, without reading an array: the group is there, committed
+    (its attributes written), of ``kind`` ("blocked" or "exact") at this code's format
+    version, and holds ``n_docs`` documents. One small read; raises `IndexFormatError`."""
+    cls = {"blocked": BlockedIndex, "exact": ExactIndex}.get(kind)
+    if cls is None:
+        raise IndexFormatError(f"{url}: unknown index kind {kind!r}")
+    loc, _, attrs = _open_group(url, storage_options, cls.FORMAT, cls.FORMAT_VERSION)
+    if not isinstance(attrs.get("arrays"), dict):
+        raise IndexFormatError(f"{loc.url}: 'arrays' attribute missing")
+    if _int_attr(loc, attrs, "n_docs") != n_docs:
+        raise IndexFormatError(f"{loc.url}: holds {attrs.get('n_docs')} documents, "
+                               f"the manifest says {n_docs}")
+
+
 def load_index(url: str, storage_options: dict | None = None) -> BlockedIndex | ExactIndex:
     """Load whichever index type the group at ``url`` holds."""
     import zarr

@@ -4,7 +4,10 @@ Switch protocol (zero downtime; every request is answered by exactly one generat
 
 1. Notice: CURRENT.json names generation G' != G (polled every ``poll_s``, or on
    ``POST /admin/reload``). The lease is widened to {G, G'} before anything is loaded.
-2. Load: G''s shard groups are deployed as new Serve applications (``<app>-gG'-NNN``, one per
+2. Load: every shard's stored index is checked first (committed, its format, its document
+   count: one small read each), so a generation with a missing or unfinished index is refused
+   in seconds, not after Serve's constructor retries. Then G''s shard groups are deployed as
+   new Serve applications (``<app>-gG'-NNN``, one per
    group, shard count free to differ from G), plus a QueryEncoder application when G' has
    encoder settings no running encoder has. The controller waits until every new replica has
    loaded its shards and reports healthy. If that fails, the new applications are deleted
@@ -48,6 +51,28 @@ from pipeline.catalog.leases import write_lease
 from pipeline.serve.protocol import Route, ShardGroup, encoder_key
 
 log = logging.getLogger(__name__)
+
+
+def check_shard_indexes(layout, manifest, threads: int = 16) -> None:
+    """`check_index` of every shard of ``manifest`` (in parallel: one small read each, which
+    on object storage is a round trip). Raises the first shard's `IndexFormatError`, named."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.format.index_group import IndexFormatError, check_index
+
+    def check(entry) -> str | None:
+        loc = layout.index(entry.name)
+        try:
+            check_index(loc.url, loc.storage_options, entry.index_kind, entry.n_docs)
+        except IndexFormatError as exc:
+            return f"shard {entry.name}: {exc}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(manifest.shards)))) as pool:
+        problems = [p for p in pool.map(check, manifest.shards) if p]
+    if problems:
+        more = f" (and {len(problems) - 1} more shards)" if len(problems) > 1 else ""
+        raise IndexFormatError(problems[0] + more)
 
 
 class SwitchError(RuntimeError):
@@ -172,6 +197,11 @@ class IndexController:
             await asyncio.sleep(delay)
         if self._embedded(manifest):
             return await self._bring_up_embedded(manifest)
+        try:
+            await asyncio.to_thread(check_shard_indexes, self.layout, manifest)
+        except Exception as exc:  # noqa: BLE001 - unreadable storage refuses it too
+            log.error("generation %d cannot be served: %s", generation, exc)
+            raise SwitchError(f"generation {generation} could not be served: {exc}") from exc
         targets, groups, apps = [], [], []
         by_name = {s.name: s for s in manifest.shards}
         for i, names in enumerate(group_shards([s.name for s in manifest.shards],
