@@ -44,7 +44,7 @@ import scipy.sparse as sp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jobs.bench_index import (Dataset, SeismicQueries, interleaved, load_real, rows_of,  # noqa: E402
-                              seismic_index, union)
+                              seismic_index, set_seismic_threads, union)
 from pipeline.index import recall_at_k  # noqa: E402
 from pipeline.testing.machine import describe_machine, machine_line  # noqa: E402
 
@@ -281,6 +281,7 @@ def main() -> None:
     from pipeline.testing import synthetic
 
     threads = numba.config.NUMBA_NUM_THREADS
+    set_seismic_threads(threads)
     info = describe_machine()
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"machine: {machine_line(info)}")

@@ -227,6 +227,29 @@ def bench_blocked(ds: Dataset, truth, build: dict, searches: list[dict], k: int,
     return points
 
 
+def set_seismic_threads(threads: int) -> None:
+    """Give pyseismic-lsr ``threads`` threads for the whole process. Its ``num_threads``
+    arguments do nothing (0.5.4: `build_from_dataset` and `batch_search` build a rayon pool
+    and drop it without installing it), so every build and batch search runs on rayon's
+    global pool, sized once per process from RAYON_NUM_THREADS, by default one thread per
+    CPU: measured here, a "num_threads=1" batch search used 1.87 CPU-seconds per second on
+    2 CPUs. Call before the first Seismic call; a one-thread batch time of Seismic is only
+    measured when this is 1."""
+    os.environ["RAYON_NUM_THREADS"] = str(threads)
+
+
+SEISMIC_BATCH1_NOTE = ("Seismic's one-thread batch time needs --threads 1 (its thread count "
+                       "is fixed per process)")
+
+
+def seismic_batch1_us(batch, n: int, rounds: int = 1) -> float:
+    """Seismic's batch search of ``n`` queries on one thread, µs a query (best of
+    ``rounds``); NaN where its process-wide pool has more than one thread."""
+    if os.environ.get("RAYON_NUM_THREADS") != "1":
+        return float("nan")
+    return min(timed(lambda: batch(n))[0] for _ in range(rounds)) / n * 1e6
+
+
 def bench_seismic(ds: Dataset, truth, build: dict, searches: list[dict], k: int, n_lat: int,
                   threads: int) -> list[Point]:
     import seismic
@@ -276,10 +299,10 @@ def bench_seismic(ds: Dataset, truth, build: dict, searches: list[dict], k: int,
         all_s, got = timed(lambda: batch(s, q.shape[0], threads))
         lat = per_call_latency(lambda i: index.search(ids[i], comps[i], vals[i], k,
                                                       s["query_cut"], s["heap_factor"]), n_lat)
-        b1, _ = timed(lambda: batch(s, n_lat, 1))
+        b1_us = seismic_batch1_us(lambda n: batch(s, n, 1), n_lat)
         points.append(Point("seismic", build, s, build_s, memory, recall_at_k(got, truth),
                             float(lat.mean()), float(np.percentile(lat, 50)),
-                            float(np.percentile(lat, 99)), b1 / n_lat * 1e6,
+                            float(np.percentile(lat, 99)), b1_us,
                             q.shape[0] / all_s))
     return points
 
@@ -419,7 +442,7 @@ def compare_defaults(ds: Dataset, truth: np.ndarray, fractions: list[float],
         g = min(ok, key=lambda g: g["lat"])
         sq = SeismicQueries(g["index"], ds.queries, k)
         s = g["search"]
-        b_theirs = min(timed(lambda: sq.batch(s, n_lat, 1))[0] for _ in range(rounds))
+        b_theirs_us = seismic_batch1_us(lambda n: sq.batch(s, n, 1), n_lat, rounds)
 
         def against_seismic(search: dict) -> tuple[float, float, float]:
             """(ours, Seismic) mean single-query µs, interleaved, and our batch1 µs. Each of
@@ -435,7 +458,7 @@ def compare_defaults(ds: Dataset, truth: np.ndarray, fractions: list[float],
         row = {"seismic_build": g["build"], "seismic_search": s, "seismic_recall": g["recall"],
                "seismic_build_s": g["build_s"], "seismic_memory": g["memory"],
                "ours_us": ours_us, "seismic_us": seismic_us, "ours_batch1_us": ours_b,
-               "seismic_batch1_us": b_theirs / n_lat * 1e6}
+               "seismic_batch1_us": b_theirs_us}
         row["ratio"] = row["ours_us"] / row["seismic_us"]
         row["batch_ratio"] = row["ours_batch1_us"] / row["seismic_batch1_us"]
         reaching = [o for o in ours_grid if o["recall"] >= target]
@@ -647,12 +670,16 @@ def main() -> None:
     import numba
 
     threads = args.threads or numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(threads)          # our builds get the same threads as Seismic's
+    set_seismic_threads(threads)
     info = describe_machine()
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
     print(f"machine: {machine_line(info)}")
     print(f"date:    {dt.datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(f"load:    {os.getloadavg()[0]:.2f} (1-min load average at start)")
-    print(f"threads for batches/builds: {threads}")
+    print(f"threads for batches/builds: {threads} (Seismic: RAYON_NUM_THREADS={threads})")
+    if threads != 1:
+        print(f"note: {SEISMIC_BATCH1_NOTE}; its batch1 columns read nan")
 
     datasets: list[Dataset] = []
     if args.synthetic:
