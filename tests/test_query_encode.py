@@ -166,6 +166,38 @@ def test_screens_keep_every_positive_term(scifact_dir):
                     assert len(candidates) < fast.vocab_size / 4, screen
 
 
+def test_stacked_int8_screens_keep_every_positive_term_and_encode_alike(scifact_dir):
+    """Queries screened together (one matmul, one scale for the stack, several stacks when
+    they exceed SCREEN_ROWS): each query's candidates still contain every term whose max
+    logit is > 0, including a query stacked with one 30x larger; and `encode_queries`
+    gives the same vectors as `encode_one` of each query."""
+    from pipeline.encode import query as query_module
+
+    fast = QueryFastPath.from_encoder(SpladeEncoder("splade-tiny", device="cpu"))
+    texts = _texts(scifact_dir, 40) + [" ".join(_texts(scifact_dir, 12))]
+    with torch.inference_mode():
+        hiddens = []
+        for text in texts:
+            ids = fast.tokenizer(text, truncation=True, max_length=fast.max_length,
+                                 return_attention_mask=False,
+                                 return_token_type_ids=False)["input_ids"]
+            hiddens.append(fast._hidden(ids))                   # noqa: SLF001
+        hiddens.insert(3, hiddens[2] * 30)
+        assert sum(h.shape[0] for h in hiddens) > query_module.SCREEN_ROWS   # two stacks at least
+        for kernel in _int8_kernels(fast):
+            stacked = fast._candidates_int8_many(hiddens)       # noqa: SLF001
+            for hidden, candidates in zip(hiddens, stacked):
+                truth = _positive_terms(fast, hidden)
+                assert truth <= set(candidates.tolist()), kernel
+    one_by_one = sp.vstack([sp.csr_matrix(
+        (v, c, [0, len(c)]), shape=(1, fast.vocab_size)) for c, v in map(fast.encode_one, texts)],
+        format="csr")
+    together = fast.encode_queries(texts)
+    assert (together.indptr == one_by_one.indptr).all()
+    assert (together.indices == one_by_one.indices).all()
+    np.testing.assert_allclose(together.data, one_by_one.data, rtol=1e-6, atol=0)
+
+
 def test_screens_keep_terms_just_above_zero(scifact_dir):
     """The bound at its edge: the bias moved so that a third of the vocabulary has a max
     logit of +1e-4 (just kept), and another third -1e-4 (just dropped), on real queries."""

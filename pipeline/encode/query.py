@@ -66,6 +66,9 @@ from pipeline.errors import UserError
 log = logging.getLogger(__name__)
 
 SCREEN_ERROR = 0.02
+# Token rows screened by one int8 matmul: a micro-batch of queries shares one read of the
+# weight; the (rows, V) byte output stays a few MB.
+SCREEN_ROWS = 256
 
 
 def set_torch_threads(threads: int) -> None:
@@ -175,17 +178,33 @@ class QueryFastPath:
     def _top_logits(self, hidden: torch.Tensor, screen: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, H) -> (terms, their max logits in float32): ascending term ids that include
         every term whose max logit is > 0 (all other terms get weight 0)."""
+        return self._top_logits_many([hidden], screen)[0]
+
+    def _top_logits_many(self, hiddens: Sequence[torch.Tensor], screen: str
+                         ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """`_top_logits` of several queries; the int8 screen runs them as one matmul (it
+        reads the 30k x H weight once for all of them, which is what it is bound by)."""
         if screen == "none":
-            top = torch.addmm(self.bias, hidden.to(self.weight_t.dtype),
-                              self.weight_t).amax(dim=0).float()
-            terms = torch.nonzero(top > 0).squeeze(1)
-            return terms, top[terms]
-        hidden = hidden.float()
-        terms = self._candidates_int8(hidden) if screen == "int8" else self._candidates_bf16(hidden)
-        if not terms.numel():
-            return terms, torch.zeros(0, dtype=torch.float32)
-        top = torch.addmm(self.bias[terms], hidden, self.weight_rows[terms].t()).amax(dim=0)
-        return terms, top
+            out = []
+            for hidden in hiddens:
+                top = torch.addmm(self.bias, hidden.to(self.weight_t.dtype),
+                                  self.weight_t).amax(dim=0).float()
+                terms = torch.nonzero(top > 0).squeeze(1)
+                out.append((terms, top[terms]))
+            return out
+        hiddens = [h.float() for h in hiddens]
+        if screen == "int8":
+            candidates = self._candidates_int8_many(hiddens)
+        else:
+            candidates = [self._candidates_bf16(h) for h in hiddens]
+        out = []
+        for hidden, terms in zip(hiddens, candidates):
+            if not terms.numel():
+                out.append((terms, torch.zeros(0, dtype=torch.float32)))
+                continue
+            top = torch.addmm(self.bias[terms], hidden, self.weight_rows[terms].t()).amax(dim=0)
+            out.append((terms, top))
+        return out
 
     def _candidates_bf16(self, hidden: torch.Tensor) -> torch.Tensor:
         """Terms whose max logit may be > 0, from bfloat16 logits and their error bound."""
@@ -194,25 +213,49 @@ class QueryFastPath:
         return torch.nonzero(approx.float().amax(dim=0) + slack + self.bias > 0).squeeze(1)
 
     def _candidates_int8(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Terms whose max logit may be > 0, from exact int32 products of int8 operands and
-        the bound of the module docstring (oneDNN's prepacked int8 matmul, writing bytes,
-        where it runs; else `torch._int_mm`)."""
+        """Terms whose max logit may be > 0 for one query's (L, H) hidden states."""
+        return self._candidates_int8_many([hidden])[0]
+
+    def _candidates_int8_many(self, hiddens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each query's terms whose max logit may be > 0, from exact int32 products of int8
+        operands and the bound of the module docstring (oneDNN's prepacked int8 matmul,
+        writing bytes, where it runs; else `torch._int_mm`). Queries are stacked up to
+        `SCREEN_ROWS` token rows a matmul, with one scale ``s`` and the largest ``|r_l|`` of
+        the stack: the bound holds for every row of it, so it holds for each query (a query
+        stacked with larger ones may keep a few more candidates, never fewer)."""
+        out: list[torch.Tensor] = []
+        start = 0
+        while start < len(hiddens):
+            stop, rows = start + 1, hiddens[start].shape[0]
+            while stop < len(hiddens) and rows + hiddens[stop].shape[0] <= SCREEN_ROWS:
+                rows += hiddens[stop].shape[0]
+                stop += 1
+            group = hiddens[start:stop]
+            stacked = group[0] if len(group) == 1 else torch.cat(group)
+            hits = self._screen_rows(stacked)                            # (rows, V)
+            out.extend(torch.nonzero(part.amax(dim=0) > 0).squeeze(1)
+                       for part in hits.split([h.shape[0] for h in group]))
+            start = stop
+        return out
+
+    def _screen_rows(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(rows, H) -> (rows, V), > 0 where a row's integer estimate plus the bound is > 0
+        (bytes from oneDNN; float32 sums from `torch._int_mm`)."""
         largest = float(hidden.abs().max())
         scale = largest / 127 if largest > 0 else 1.0
-        rounded = torch.round(hidden * (1.0 / scale)).clamp_(-127, 127)               # (L, H)
+        rounded = torch.round(hidden * (1.0 / scale)).clamp_(-127, 127)               # (rows, H)
         reach = self.half_steps * (
             float(torch.linalg.vector_norm(hidden, dim=1).max()) / scale + self.rounding_reach)
         bound = torch.add(self.slack_units, self.bias_units, alpha=1.0 / scale).add_(reach)
         if self.weight_i8_packed is not None:
             # u8 activations with zero point 128 (oneDNN's x86 int8 matmul is u8 x s8); the
             # output is clamp(round(I + bound + 1), 0, 255): non-zero wherever I + bound > 0.
-            hits = torch.ops.onednn.qlinear_pointwise(
+            return torch.ops.onednn.qlinear_pointwise(
                 rounded.add_(128).to(torch.uint8), 1.0, 128, self.weight_i8_packed,
                 self.unit_scales, self.zero_points, bound.add_(1.0), 1.0, 0, torch.uint8,
-                "none", [], "")                                                         # (L, V)
-            return torch.nonzero(hits.amax(dim=0)).squeeze(1)
-        products = torch._int_mm(rounded.to(torch.int8), self.weight_i8_t)             # (L, V) int32
-        return torch.nonzero(products.amax(dim=0).float().add_(bound) > 0).squeeze(1)
+                "none", [], "")
+        products = torch._int_mm(rounded.to(torch.int8), self.weight_i8_t)            # int32
+        return products.float().add_(bound)
 
     @classmethod
     def from_encoder(cls, encoder) -> "QueryFastPath":
@@ -232,38 +275,51 @@ class QueryFastPath:
         out = self.model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
         return out.logits[0] if hasattr(out, "logits") else out[0][0]
 
-    @torch.inference_mode()
-    def _weights(self, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids -> (ascending term ids, SPLADE weights), every term of weight > 0 included."""
-        hidden = self._hidden(ids)
-        if not bool(torch.isfinite(hidden).all()):
-            raise FloatingPointError("the model's hidden states contain NaN or inf")
-        terms, top = self._top_logits(hidden, self.screen)
-        return terms, torch.log1p(torch.relu(top))
-
     def encode_one(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """One query -> (term ids int32 ascending, weights float32)."""
         if not isinstance(text, str):
             raise TypeError(f"a query must be a string, got {type(text).__name__}")
+        return self._encode([text])[0]
+
+    @torch.inference_mode()
+    def _encode(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Queries -> per query (term ids int32 ascending, weights float32); each query's own
+        body (no padding), their screens as one matmul."""
         with self._lock:
-            ids = self.tokenizer(text, truncation=True, max_length=self.max_length,
-                                 return_attention_mask=False,
-                                 return_token_type_ids=False)["input_ids"]
-            terms, weights = self._weights(ids)
-            if not bool(torch.isfinite(weights).all()):
-                raise FloatingPointError("SPLADE weights contain NaN or inf")
-            keep = weights > self.threshold
-            terms, weights = terms[keep], weights[keep]
-            if self.top_k is not None and weights.numel() > self.top_k:
-                order = torch.sort(torch.topk(weights, self.top_k, sorted=False).indices).values
-                terms, weights = terms[order], weights[order]
-        return terms.cpu().numpy().astype(np.int32), weights.cpu().numpy().astype(np.float32)
+            hiddens = []
+            for text in texts:
+                ids = self.tokenizer(text, truncation=True, max_length=self.max_length,
+                                     return_attention_mask=False,
+                                     return_token_type_ids=False)["input_ids"]
+                hidden = self._hidden(ids)
+                if not bool(torch.isfinite(hidden).all()):
+                    raise FloatingPointError("the model's hidden states contain NaN or inf")
+                hiddens.append(hidden)
+            rows = []
+            for terms, top in self._top_logits_many(hiddens, self.screen):
+                weights = torch.log1p(torch.relu(top))
+                if not bool(torch.isfinite(weights).all()):
+                    raise FloatingPointError("SPLADE weights contain NaN or inf")
+                keep = weights > self.threshold
+                terms, weights = terms[keep], weights[keep]
+                if self.top_k is not None and weights.numel() > self.top_k:
+                    order = torch.sort(torch.topk(weights, self.top_k, sorted=False).indices).values
+                    terms, weights = terms[order], weights[order]
+                rows.append((terms.cpu().numpy().astype(np.int32),
+                             weights.cpu().numpy().astype(np.float32)))
+        return rows
 
     def encode_queries(self, texts: Sequence[str]) -> sp.csr_matrix:
-        """Queries -> CSR float32 (n, vocab_size), each encoded on its own (no padding)."""
+        """Queries -> CSR float32 (n, vocab_size): each query's own body (no padding), the
+        int8 screens of up to `SCREEN_ROWS` token rows as one matmul; the same vectors as
+        `encode_one` of each."""
         if isinstance(texts, str):
             raise TypeError("encode_queries takes a list of strings")
-        rows = [self.encode_one(t) for t in texts]
+        texts = list(texts)
+        for text in texts:
+            if not isinstance(text, str):
+                raise TypeError(f"a query must be a string, got {type(text).__name__}")
+        rows = self._encode(texts)
         indptr = np.zeros(len(rows) + 1, np.int64)
         np.cumsum([len(c) for c, _ in rows], out=indptr[1:])
         indices = np.concatenate([c for c, _ in rows]) if rows else np.zeros(0, np.int32)
