@@ -7,6 +7,8 @@ batch encoder's `encode_queries([q])` for reference, and the stage split of the 
 configuration measured per query: tokenize, body, screen (the upper bound of every term),
 exact (float32 on the candidates), rest (log1p, ReLU, top-k/threshold, CSR row); then the int8
 screen's two matmuls (oneDNN's prepacked one, `torch._int_mm`) in alternating passes; and
+`encode_queries` on micro-batches (``--micro-batch``, 8: one stacked int8 screen per
+batch) against `encode_one` on the same queries, alternating; and
 with ``--baseline REV``, the default configuration of this tree against the query encoder of git
 revision REV (its `pipeline/encode/query.py` and `lean_bert.py`, loaded beside this tree's), in
 alternating passes on the same queries, so that a slow or fast spell of the machine hits both.
@@ -88,7 +90,7 @@ def int8_kernels(fast, texts: list[str], rounds: int) -> dict:
     default body: ``rounds`` alternating passes over the queries (so load changes hit both
     alike); p50/p99 of each over all its passes. Empty where oneDNN's does not run."""
     packed = fast.weight_i8_packed
-    if packed is None or fast.screen != "int8":
+    if packed is None or fast.screen != "int8" or rounds < 1:
         return {}
     times: dict[str, list[float]] = {"onednn": [], "int_mm": []}
     try:
@@ -99,6 +101,31 @@ def int8_kernels(fast, texts: list[str], rounds: int) -> dict:
     finally:
         fast.weight_i8_packed = packed
     return {name: {"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99)} for name, ms in times.items()}
+
+
+def micro_batches(fast, texts: list[str], size: int, rounds: int) -> dict:
+    """ms per query of `encode_queries` on consecutive batches of ``size`` (what a serving
+    replica's micro-batcher hands it under load: one stacked int8 screen per batch) against
+    `encode_one` on the same queries, ``rounds`` alternating passes (medians of the passes)."""
+    batches = [texts[i:i + size] for i in range(0, len(texts), size)]
+    passes: dict[str, list[float]] = {"one by one": [], f"batches of {size}": []}
+
+    def one_by_one():
+        for batch in batches:
+            for text in batch:
+                fast.encode_one(text)
+
+    def batched():
+        for batch in batches:
+            fast.encode_queries(batch)
+
+    runs = (("one by one", one_by_one), (f"batches of {size}", batched))
+    for i in range(rounds):
+        for name, run in runs if i % 2 == 0 else runs[::-1]:
+            t0 = time.perf_counter()
+            run()
+            passes[name].append((time.perf_counter() - t0) / len(texts) * 1000)
+    return {name: round(float(np.median(ms)), 3) for name, ms in passes.items()}
 
 
 def load_baseline(revision: str, settings: dict):
@@ -150,6 +177,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="splade-tiny")
     parser.add_argument("--int8-rounds", type=int, default=3,
                         help="Alternating passes of the int8 screen's two matmuls (0 = skip).")
+    parser.add_argument("--micro-batch", type=int, default=8,
+                        help="Also time encode_queries on batches of this size (0 = skip).")
     parser.add_argument("--baseline", default=None, metavar="REV",
                         help="Also time the query encoder of this git revision, alternating.")
     parser.add_argument("--baseline-rounds", type=int, default=6)
@@ -193,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     report["default"].update({"p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99)})
     report["stages_p50_ms"] = stage_split(fast, texts)
     report["int8_kernels"] = int8_kernels(fast, texts, args.int8_rounds)
+    if args.micro_batch > 1:
+        report["micro_batch_ms_per_query"] = micro_batches(fast, texts, args.micro_batch, 6)
     if args.baseline:
         report["baseline"] = {"revision": args.baseline, **against_baseline(
             fast, load_baseline(args.baseline, reference.settings()), texts,
@@ -200,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     report["load_avg_end"] = list(os.getloadavg())
     print(json.dumps({"default": report["default"], "stages_p50_ms": report["stages_p50_ms"],
                       "int8_kernels": report["int8_kernels"],
+                      "micro_batch_ms_per_query": report.get("micro_batch_ms_per_query"),
                       "baseline": report.get("baseline"),
                       "load_avg": [report["load_avg_start"], report["load_avg_end"]]}))
     if args.out:
