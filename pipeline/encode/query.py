@@ -28,13 +28,16 @@ head over (B, L, V). For one query at a time none of that is needed:
         max_l I_lv + m |w_v| / t_v + m max_l |r_l| + (b_v / t_v) / s > 0,
 
     all in units of ``s t_v``: ``m |w_v| / t_v`` and ``b_v / t_v`` are per-term constants,
-    ``max_l |r_l| <= max_l |h_l| / s + sqrt(H)/2`` is one number per query, so the whole
-    right-hand side is a bias vector built with one fused op, and oneDNN adds it and writes
-    ``clamp(round(I_lv + bias_v + 1), 0, 255)`` as bytes (a non-zero byte wherever the sum
-    reaches 1, so every term that passes the test above gives one): a byte max over the
-    tokens and a ``nonzero`` give the candidates. No float (L, V) product is written. The
-    margin covers float32 rounding of the constants by orders of magnitude (it is at least
-    ``0.5 m 127`` units, the rounding a few ulp of ``|b_v| / (s t_v)``);
+    ``max_l |r_l| <= max_l |h_l| / s + sqrt(H)/2`` is one number per query, so everything
+    but ``I_lv`` is a bias vector built with one fused op, and oneDNN adds it and writes
+    ``clamp(round(I_lv + bias_v + 1), 0, 255)`` as bytes (at least 1 wherever the test above
+    passes): a byte max over the tokens and a ``nonzero`` give the candidates. No float
+    (L, V) product is written. The margin covers float32 rounding of the constants by orders
+    of magnitude (it is at least ``0.5 m 127`` units, the rounding a few ulp of
+    ``|b_v| / (s t_v)``). Several queries (a serving micro-batch) are screened as one
+    matmul over their stacked rows, with one ``s`` and the largest ``|r_l|`` of the stack:
+    the bound holds row by row, so it holds for each query, and the 3.9 MB weight the
+    screen is bound by is read once for all of them;
   - bfloat16: the logits in bfloat16, off by at most ``3 * 2**-8 * |h_l| |w_v|`` (both
     operands and the result rounded to an 8-bit mantissa); SCREEN_ERROR = 0.02 leaves a
     margin of more than 2x.
