@@ -536,7 +536,9 @@ def pareto(points: list[Point]) -> list[Point]:
 
 
 def best_at(points: list[Point], target: float, key: str = "lat_mean_us") -> Point | None:
-    ok = [p for p in points if p.recall >= target]
+    """The cheapest point reaching ``target`` by ``key``; points where ``key`` was not
+    measured (nan: Seismic's batch1 on more than one thread) do not count."""
+    ok = [p for p in points if p.recall >= target and not np.isnan(getattr(p, key))]
     return min(ok, key=lambda p: getattr(p, key)) if ok else None
 
 
@@ -578,7 +580,7 @@ def report(ds: Dataset, points: list[Point], out_dir: str) -> dict:
                       f"(ours {getattr(a, key):7.0f} us, {a.memory_bytes / 1e6:.1f} MB; "
                       f"Seismic {getattr(b, key):7.0f} us, {b.memory_bytes / 1e6:.1f} MB)")
             else:
-                print(f"    recall>={target:.2f} {label:15s}: not reached by "
+                print(f"    recall>={target:.2f} {label:15s}: not reached (or not measured) by "
                       f"{'ours' if not a else 'Seismic'}")
         summary["ratios"][str(target)] = row
     # memory: each system's smallest index reaching 0.95

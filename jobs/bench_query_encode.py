@@ -136,16 +136,17 @@ def load_baseline(revision: str, settings: dict):
     import tempfile
 
     root = Path(__file__).resolve().parents[1]
-    folder = Path(tempfile.mkdtemp(prefix="lsr-baseline-"))
     modules = {}
-    for name in ("query", "lean_bert"):
-        source = subprocess.run(["git", "-C", str(root), "show", f"{revision}:pipeline/encode/{name}.py"],
-                                check=True, capture_output=True, text=True).stdout
-        path = folder / f"baseline_{name}.py"
-        path.write_text(source)
-        spec = importlib.util.spec_from_file_location(f"baseline_{name}", path)
-        modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(modules[name])
+    with tempfile.TemporaryDirectory(prefix="lsr-baseline-") as folder:
+        for name in ("query", "lean_bert"):
+            source = subprocess.run(["git", "-C", str(root), "show",
+                                     f"{revision}:pipeline/encode/{name}.py"],
+                                    check=True, capture_output=True, text=True).stdout
+            path = Path(folder) / f"baseline_{name}.py"
+            path.write_text(source)
+            spec = importlib.util.spec_from_file_location(f"baseline_{name}", path)
+            modules[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(modules[name])
     fast = modules["query"].QueryFastPath.from_settings(settings, device="cpu")
     if fast.lean is not None:      # its own lean body, not this tree's
         fast.lean = modules["lean_bert"].LeanBert.from_model(fast.model)

@@ -217,3 +217,10 @@ def test_check_index_refuses_what_a_load_refuses_first(tmp_path, blocked, exact)
     (uncommitted / "zarr.json").write_text(json.dumps(meta))
     with pytest.raises(IndexFormatError, match="no 'format' attribute"):
         check_index(str(uncommitted), None, "exact", exact.n_docs)
+    corrupt = _saved(tmp_path, exact, "corrupt")
+    with open(_chunk_files(corrupt / "data")[0], "r+b") as f:
+        f.seek(10)
+        f.write(b"\xff\xfe")
+    check_index(str(corrupt), None, "exact", exact.n_docs)          # not its job
+    with pytest.raises(IndexFormatError, match="'data'"):
+        load_exact(str(corrupt))

@@ -223,8 +223,9 @@ def test_screens_keep_terms_just_above_zero(scifact_dir):
 def test_int8_screen_keeps_terms_at_its_worst_rounding():
     """Hidden states and weight rows built so that every element rounds down by 0.49 of a
     step, in the same direction: the int8 products then fall short of the true logit by
-    about 98% of the proven bound. The bias puts every true max logit at +0.01, so the
-    integer estimate alone is negative for each term, and the screen must still keep all."""
+    most of the proven bound (checked below). The bias puts every true max logit at +0.01,
+    so the integer estimate alone is negative for each term, and the screen must still keep
+    all."""
     fast = QueryFastPath.from_encoder(SpladeEncoder("splade-tiny", device="cpu"))
     width, n_terms, n_tokens = 128, 600, 24
     gen = torch.Generator().manual_seed(7)
@@ -240,6 +241,12 @@ def test_int8_screen_keeps_terms_at_its_worst_rounding():
     integer = (torch.round(hidden / scale) @ torch.round(weight / step).t()).amax(dim=0) \
         * scale * step
     assert bool((integer + bias < 0).all()), "the construction must defeat the bare estimate"
+    # The shortfall against the proven bound (before its 1.5 margin).
+    rounded_norm = torch.linalg.vector_norm(torch.round(hidden / scale), dim=1).max()
+    proven = (width ** 0.5 / 2) * scale * (torch.linalg.vector_norm(weight, dim=1)
+                                           + step * rounded_norm)
+    tightness = float(((true_top - integer) / proven).max())
+    assert 0.9 < tightness <= 1.0, tightness          # near the bound, and within it
     fast._load_head(weight.float(), bias.float())                            # noqa: SLF001
     truth = _positive_terms(fast, hidden.float())
     assert len(truth) == n_terms

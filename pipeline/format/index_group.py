@@ -83,12 +83,18 @@ def _open_group(url: str, storage_options: dict | None, fmt: str, version: int):
     return loc, root, attrs
 
 
-def _read_arrays(loc, root, attrs: dict, expected: dict[str, tuple[tuple[str, ...], tuple]]
-                 ) -> dict[str, np.ndarray]:
-    """Read the named arrays, checking dtype (one of the allowed), shape and checksum."""
+def _arrays_meta(loc, attrs: dict) -> dict:
+    """The per-array records (dtype, shape, CRC-32) the commit wrote last."""
     meta = attrs.get("arrays")
     if not isinstance(meta, dict):
         raise IndexFormatError(f"{loc.url}: 'arrays' attribute missing")
+    return meta
+
+
+def _read_arrays(loc, root, attrs: dict, expected: dict[str, tuple[tuple[str, ...], tuple]]
+                 ) -> dict[str, np.ndarray]:
+    """Read the named arrays, checking dtype (one of the allowed), shape and checksum."""
+    meta = _arrays_meta(loc, attrs)
     out = {}
     for name, (dtypes, shape) in expected.items():
         if name not in meta:
@@ -217,8 +223,7 @@ def check_index(url: str, storage_options: dict | None, kind: str, n_docs: int) 
     if cls is None:
         raise IndexFormatError(f"{url}: unknown index kind {kind!r}")
     loc, _, attrs = _open_group(url, storage_options, cls.FORMAT, cls.FORMAT_VERSION)
-    if not isinstance(attrs.get("arrays"), dict):
-        raise IndexFormatError(f"{loc.url}: 'arrays' attribute missing")
+    _arrays_meta(loc, attrs)
     if _int_attr(loc, attrs, "n_docs") != n_docs:
         raise IndexFormatError(f"{loc.url}: holds {attrs.get('n_docs')} documents, "
                                f"the manifest says {n_docs}")

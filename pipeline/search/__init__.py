@@ -13,6 +13,7 @@ from pipeline.search.sharded import (
     Hit,
     LoadedShard,
     ShardedIndex,
+    check_shards,
     load_shard,
     merge_rows,
     merge_top_k,
@@ -22,5 +23,5 @@ from pipeline.search.sharded import (
 )
 
 __all__ = ["DEFAULT_FILTER_CACHE_BYTES", "FilterCache", "Filter", "FilterError", "compile_filter",
-           "FieldRequestError", "PARALLEL_KERNEL_LOCK", "Hit", "LoadedShard", "ShardedIndex", "load_shard",
+           "FieldRequestError", "PARALLEL_KERNEL_LOCK", "Hit", "LoadedShard", "ShardedIndex", "check_shards", "load_shard",
            "merge_rows", "merge_top_k", "read_doc_ids", "rows_to_hits", "shard_offsets"]

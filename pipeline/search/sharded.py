@@ -29,6 +29,7 @@ from pipeline.catalog.layout import IndexLayout
 from pipeline.catalog.manifest import Manifest, ShardEntry, read_manifest
 from pipeline.errors import UserError
 from pipeline.format import load_blocked, load_exact, read_postings
+from pipeline.format.index_group import IndexFormatError, check_index
 from pipeline.format.fields import FieldColumn, FieldSpec, read_fields, schema_from_json
 from pipeline.index.allowed import AllowedDocs
 from pipeline.search.explain import MAX_EXPLAIN_TERMS, explain as explain_terms
@@ -211,6 +212,27 @@ def load_shard(layout: IndexLayout, entry: ShardEntry, offset: int = 0) -> Loade
         raise ValueError(f"shard {entry.name}: manifest says {entry.n_docs} docs, index has "
                          f"{index.n_docs}, postings {len(doc_ids)}")
     return LoadedShard(layout, entry, index, doc_ids, offset)
+
+
+def check_shards(layout: IndexLayout, manifest: Manifest, threads: int = 16) -> None:
+    """What `load_shard` of each shard would refuse first, without reading an array
+    (`check_index`: one small read each, in parallel, since on object storage each is a
+    round trip). Raises `IndexFormatError` naming the first shard that fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def check(entry: ShardEntry) -> str | None:
+        loc = layout.index(entry.name)
+        try:
+            check_index(loc.url, loc.storage_options, entry.index_kind, entry.n_docs)
+        except IndexFormatError as exc:
+            return f"shard {entry.name}: {exc}"
+        return None
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(manifest.shards)))) as pool:
+        problems = [p for p in pool.map(check, manifest.shards) if p]
+    if problems:
+        more = f" (and {len(problems) - 1} more shards)" if len(problems) > 1 else ""
+        raise IndexFormatError(problems[0] + more)
 
 
 def merge_rows(per_part: Sequence[tuple[np.ndarray, np.ndarray]], k: int

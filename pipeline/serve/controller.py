@@ -53,28 +53,6 @@ from pipeline.serve.protocol import Route, ShardGroup, encoder_key
 log = logging.getLogger(__name__)
 
 
-def check_shard_indexes(layout, manifest, threads: int = 16) -> None:
-    """`check_index` of every shard of ``manifest`` (in parallel: one small read each, which
-    on object storage is a round trip). Raises the first shard's `IndexFormatError`, named."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from pipeline.format.index_group import IndexFormatError, check_index
-
-    def check(entry) -> str | None:
-        loc = layout.index(entry.name)
-        try:
-            check_index(loc.url, loc.storage_options, entry.index_kind, entry.n_docs)
-        except IndexFormatError as exc:
-            return f"shard {entry.name}: {exc}"
-        return None
-
-    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(manifest.shards)))) as pool:
-        problems = [p for p in pool.map(check, manifest.shards) if p]
-    if problems:
-        more = f" (and {len(problems) - 1} more shards)" if len(problems) > 1 else ""
-        raise IndexFormatError(problems[0] + more)
-
-
 class SwitchError(RuntimeError):
     """A generation could not be brought up; the previous one keeps serving."""
 
@@ -183,6 +161,7 @@ class IndexController:
             return True
 
     async def _bring_up(self, generation: int) -> Route:
+        from pipeline.search import check_shards
         from pipeline.serve.encoder import QueryEncoder
         from pipeline.serve.searcher import ShardSearcher
         from pipeline.catalog import read_manifest
@@ -198,7 +177,7 @@ class IndexController:
         if self._embedded(manifest):
             return await self._bring_up_embedded(manifest)
         try:
-            await asyncio.to_thread(check_shard_indexes, self.layout, manifest)
+            await asyncio.to_thread(check_shards, self.layout, manifest)
         except Exception as exc:  # noqa: BLE001 - unreadable storage refuses it too
             log.error("generation %d cannot be served: %s", generation, exc)
             raise SwitchError(f"generation {generation} could not be served: {exc}") from exc
