@@ -55,8 +55,7 @@ def stage_split(fast, texts: list[str]) -> dict:
                                                       "rest", "candidates")}
     for text in texts:
         t0 = time.perf_counter()
-        ids = fast.tokenizer(text, truncation=True, max_length=fast.max_length,
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        ids = fast.token_ids(text)
         t1 = time.perf_counter()
         with torch.inference_mode():
             hidden = fast._hidden(ids)                                   # noqa: SLF001

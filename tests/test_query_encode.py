@@ -241,10 +241,14 @@ def test_int8_screen_keeps_terms_at_its_worst_rounding():
     integer = (torch.round(hidden / scale) @ torch.round(weight / step).t()).amax(dim=0) \
         * scale * step
     assert bool((integer + bias < 0).all()), "the construction must defeat the bare estimate"
-    # The shortfall against the proven bound (before its 1.5 margin).
-    rounded_norm = torch.linalg.vector_norm(torch.round(hidden / scale), dim=1).max()
-    proven = (width ** 0.5 / 2) * scale * (torch.linalg.vector_norm(weight, dim=1)
-                                           + step * rounded_norm)
+    # The shortfall against the proven bound, in logits (query.py's docstring):
+    # s max|r_l| |e_v| + max|h_l - s r_l| |w_v|, with the actual residuals.
+    rounded = torch.round(hidden / scale)
+    residual = weight - torch.round(weight / step) * step                   # e_v
+    proven = (scale * torch.linalg.vector_norm(rounded, dim=1).max()
+              * torch.linalg.vector_norm(residual, dim=1)
+              + torch.linalg.vector_norm(hidden - rounded * scale, dim=1).max()
+              * torch.linalg.vector_norm(weight, dim=1))
     tightness = float(((true_top - integer) / proven).max())
     assert 0.9 < tightness <= 1.0, tightness          # near the bound, and within it
     fast._load_head(weight.float(), bias.float())                            # noqa: SLF001
@@ -269,3 +273,51 @@ def test_other_architectures_keep_the_hf_body():
         num_hidden_layers=1, position_embedding_type="relative_key", **small))) is None
     assert LeanBert.from_model(DistilBertForMaskedLM(DistilBertConfig(
         vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64))) is None
+
+
+def test_single_text_tokenizer_cuts_like_the_hf_call(scifact_dir):
+    """`SingleTextTokenizer` (the fast path's tokenizer) gives the ids of the Hugging Face
+    tokenizer's own call on real queries and on edge cases, at two truncation lengths; a
+    tokenizer without a Rust backend, and one whose call disagrees with its backend, keep
+    the call."""
+    from transformers import AutoTokenizer
+
+    from pipeline.encode.tokens import SingleTextTokenizer
+
+    folder = resolve_model("splade-tiny")
+    hf = AutoTokenizer.from_pretrained(folder)
+    texts = _texts(scifact_dir, 300) + [
+        "", " ", "UPPER lower MiXeD", "e.g. COVID-19's R0 > 2.5 (p<0.05)", "[CLS] [SEP] [PAD]",
+        "emoji 🧬🦠 and 中文 and ümlauts", "x" * 500, " ".join(["word"] * 200)]
+
+    def hf_ids(tokenizer, text, max_length):
+        return tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
+
+    for max_length in (8, 64):
+        single = SingleTextTokenizer(hf, max_length)
+        assert single.backend is not None
+        for text in texts:
+            assert single(text) == hf_ids(hf, text, max_length), text
+
+    class NoBackend:
+        """A tokenizer with only a call (as a Python-only tokenizer has)."""
+
+        def __call__(self, texts, **kwargs):
+            return hf(texts, **kwargs)
+
+    single = SingleTextTokenizer(NoBackend(), 64)
+    assert single.backend is None
+    assert [single(t) for t in texts[:20]] == [hf_ids(hf, t, 64) for t in texts[:20]]
+
+    class Disagrees:
+        """A fast tokenizer whose call appends an id its backend does not."""
+
+        backend_tokenizer = hf.backend_tokenizer
+
+        def __call__(self, texts, **kwargs):
+            out = hf(texts, **kwargs)
+            return {"input_ids": [ids + [999] for ids in out["input_ids"]]}
+
+    single = SingleTextTokenizer(Disagrees(), 64)
+    assert single.backend is None
+    assert single("heart disease") == hf_ids(hf, "heart disease", 64) + [999]

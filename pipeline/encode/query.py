@@ -18,26 +18,34 @@ head over (B, L, V). For one query at a time none of that is needed:
   bfloat16 if faster than no screen):
 
   - int8 (oneDNN's prepacked int8 matmul where it runs, else `torch._int_mm`): the hidden
-    states are quantised with one scale ``s = max|h| / 127`` (``r = round(h / s)``) and each
-    term's weight row with its own ``t_v = max|w_v| / 127`` (``q_v``); the integer products
-    ``I_lv = r_l . q_v`` are exact, and ``h_l . w_v`` differs from ``s t_v I_lv`` only by the
-    rounding of the operands: at most ``sqrt(H)/2 (s |w_v| + t_v s |r_l|)`` (Cauchy-Schwarz,
-    each element off by at most half a step). With a margin of 1.5 (``m = 1.5 sqrt(H)/2``)
-    and divided by ``s t_v > 0``, a term's max logit can only be > 0 if
+    states are quantised with one scale ``s = max|h| / 127`` (``r_l = round(h_l / s)``) and
+    each term's weight row with its own ``t_v = max|w_v| / 127`` (``q_v``). The integer
+    products ``I_lv = r_l . q_v`` are exact, and with ``e_v = w_v - t_v q_v``
 
-        max_l I_lv + m |w_v| / t_v + m max_l |r_l| + (b_v / t_v) / s > 0,
+        h_l . w_v = s t_v I_lv + s r_l . e_v + (h_l - s r_l) . w_v
+                 <= s t_v (I_lv + |r_l| E_v + D_l N_v)          (Cauchy-Schwarz, twice)
 
-    all in units of ``s t_v``: ``m |w_v| / t_v`` and ``b_v / t_v`` are per-term constants,
-    ``max_l |r_l| <= max_l |h_l| / s + sqrt(H)/2`` is one number per query, so everything
-    but ``I_lv`` is a bias vector built with one fused op, and oneDNN adds it and writes
-    ``clamp(round(I_lv + bias_v + 1), 0, 255)`` as bytes (at least 1 wherever the test above
-    passes): a byte max over the tokens and a ``nonzero`` give the candidates. No float
-    (L, V) product is written. The margin covers float32 rounding of the constants by orders
-    of magnitude (it is at least ``0.5 m 127`` units, the rounding a few ulp of
-    ``|b_v| / (s t_v)``). Several queries (a serving micro-batch) are screened as one
-    matmul over their stacked rows, with one ``s`` and the largest ``|r_l|`` of the stack:
-    the bound holds row by row, so it holds for each query, and the 3.9 MB weight the
-    screen is bound by is read once for all of them;
+    where ``E_v = |e_v| / t_v``, ``N_v = |w_v| / t_v`` and ``D_l = |h_l - s r_l| / s`` are the
+    actual rounding residuals' norms (about 0.58 of the worst case ``sqrt(H)/2`` each, so
+    this keeps a third as many candidates as the worst case did). Divided by ``s t_v > 0``,
+    a term's max logit can only be > 0 if
+
+        max_l I_lv + R E_v + D N_v + (b_v / t_v) / s > 0,   R = max_l |r_l|, D = max_l D_l:
+
+    ``E_v``, ``N_v`` and ``b_v / t_v`` are per-term constants (float64, rounded up), ``R``
+    and ``D`` one number each per query (rounded up), so everything but ``I_lv`` is a bias
+    vector built with three fused ops. The candidates' logits are then computed in float32,
+    off the real ones by at most ``gamma (|h_l| |w_v| + |b_v|)`` with ``gamma = 2 (H + 1)
+    2**-24`` (a dot product of H terms plus the bias); that is added to the constants
+    (``|h_l| / s <= R + D``), so a term whose *float32* max logit is > 0 is kept. A cushion
+    of one unit covers the float32 arithmetic of the bias vector itself (at most a few
+    ulp of ``|I_lv|``, under 2**21). oneDNN adds the bias and writes
+    ``clamp(round(I_lv + bias_v + 1), 0, 255)`` as bytes (at least 1 wherever the test
+    above passes): a byte max over the tokens and a ``nonzero`` give the candidates. No
+    float (L, V) product is written. Several queries (a serving micro-batch) are screened
+    as one matmul over their stacked rows, with one ``s`` and the largest ``|r_l|`` and
+    ``D_l`` of the stack: the bound holds row by row, so it holds for each query, and the
+    3.9 MB weight the screen is bound by is read once for all of them;
   - bfloat16: the logits in bfloat16, off by at most ``3 * 2**-8 * |h_l| |w_v|`` (both
     operands and the result rounded to an 8-bit mantissa); SCREEN_ERROR = 0.02 leaves a
     margin of more than 2x.
@@ -45,6 +53,8 @@ head over (B, L, V). For one query at a time none of that is needed:
   No term is lost and every kept weight is computed in float32;
 * only the candidates go on: ReLU, log1p, the threshold, top-k and the CSR row run on a few
   hundred numbers, not on the vocabulary;
+* the text goes straight to the tokenizer's Rust backend (`SingleTextTokenizer`: the same
+  ids as the batch encoder's `token_ids`, without the Python wrapper's ~40 µs a call);
 * everything under ``torch.inference_mode``, and one call at a time (a lock): an HF fast
   tokenizer is not safe to share between threads ("Already borrowed"), and one thread per
   replica is the intended use. The caller sets torch's thread count (`set_torch_threads`).
@@ -105,10 +115,12 @@ class QueryFastPath:
 
     def __init__(self, encoder) -> None:
         from pipeline.encode.lean_bert import LeanBert
+        from pipeline.encode.tokens import SingleTextTokenizer
 
         body = encoder._body                      # noqa: SLF001 - the split masked LM
         self.tokenizer = encoder.tokenizer
         self.max_length = encoder.config.query_max_length
+        self.token_ids = SingleTextTokenizer(self.tokenizer, self.max_length)
         self.top_k = encoder.config.top_k
         self.threshold = float(encoder.config.threshold)
         self.device = encoder.device
@@ -137,15 +149,18 @@ class QueryFastPath:
         self.weight_bf16 = weight.to(torch.bfloat16)
         step = weight.abs().amax(dim=1) / 127                                           # (V,)
         self.weight_step = torch.where(step > 0, step, torch.ones_like(step))
-        self.weight_i8_t = torch.round(weight / self.weight_step[:, None]).clamp_(
-            -127, 127).to(torch.int8).t()                                               # (H, V) view
+        levels = torch.round(weight / self.weight_step[:, None]).clamp_(-127, 127)
+        self.weight_i8_t = levels.to(torch.int8).t()                                    # (H, V) view
         self.weight_i8_packed = _onednn_pack(self.weight_i8_t.t())
-        # The int8 bound's per-term constants, in units of s t_v (module docstring).
-        width = weight.shape[1]
-        self.half_steps = 1.5 * width ** 0.5 / 2
-        self.rounding_reach = width ** 0.5 / 2                 # |r_l| <= |h_l| / s + sqrt(H)/2
-        self.slack_units = (self.half_steps * self.weight_norms / self.weight_step).contiguous()
-        self.bias_units = (self.bias.float() / self.weight_step).contiguous()
+        # The int8 bound's per-term constants, in units of s t_v (module docstring): from
+        # the float32 weights in float64, then rounded up to float32.
+        w64, t64, b64 = weight.double(), self.weight_step.double(), self.bias.double()
+        residual = torch.linalg.vector_norm(w64 - levels.double() * t64[:, None], dim=1) / t64
+        norm = torch.linalg.vector_norm(w64, dim=1) / t64
+        gamma = 2 * (weight.shape[1] + 1) * 2.0 ** -24
+        self.residual_units = _round_up(residual + gamma * norm)        # E_v (+ float32 error)
+        self.norm_units = _round_up((1 + gamma) * norm)                  # N_v (+ float32 error)
+        self.bias_units = _round_up((b64 + gamma * b64.abs()) / t64)     # b_v / t_v (+ error)
         self.unit_scales = torch.ones(self.vocab_size, dtype=torch.float32)        # for oneDNN
         self.zero_points = torch.zeros(self.vocab_size, dtype=torch.long)
         self.screen = "int8"
@@ -160,8 +175,7 @@ class QueryFastPath:
         or none, timed on a real query (bfloat16 matmul is slow without hardware support)."""
         import time
 
-        ids = self.tokenizer("what causes heart disease and how is it treated",
-                             return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+        ids = self.token_ids("what causes heart disease and how is it treated")
         with torch.inference_mode():
             hidden = self._hidden(ids)
             try:
@@ -247,9 +261,13 @@ class QueryFastPath:
         largest = float(hidden.abs().max())
         scale = largest / 127 if largest > 0 else 1.0
         rounded = torch.round(hidden * (1.0 / scale)).clamp_(-127, 127)               # (rows, H)
-        reach = self.half_steps * (
-            float(torch.linalg.vector_norm(hidden, dim=1).max()) / scale + self.rounding_reach)
-        bound = torch.add(self.slack_units, self.bias_units, alpha=1.0 / scale).add_(reach)
+        # R = max_l |r_l| and D = max_l |h_l - s r_l| / s in float64, rounded up.
+        rounded64 = rounded.double()
+        reach = float(torch.linalg.vector_norm(rounded64, dim=1).max()) * (1 + 1e-9)
+        error = float(torch.linalg.vector_norm(hidden.double() - rounded64 * scale,
+                                               dim=1).max()) / scale * (1 + 1e-9)
+        bound = torch.mul(self.bias_units, 1.0 / scale).add_(
+            self.residual_units, alpha=reach).add_(self.norm_units, alpha=error).add_(1.0)
         if self.weight_i8_packed is not None:
             # u8 activations with zero point 128 (oneDNN's x86 int8 matmul is u8 x s8); the
             # output is clamp(round(I + bound + 1), 0, 255): non-zero wherever I + bound > 0.
@@ -291,10 +309,7 @@ class QueryFastPath:
         with self._lock:
             hiddens = []
             for text in texts:
-                ids = self.tokenizer(text, truncation=True, max_length=self.max_length,
-                                     return_attention_mask=False,
-                                     return_token_type_ids=False)["input_ids"]
-                hidden = self._hidden(ids)
+                hidden = self._hidden(self.token_ids(text))
                 if not bool(torch.isfinite(hidden).all()):
                     raise FloatingPointError("the model's hidden states contain NaN or inf")
                 hiddens.append(hidden)
@@ -328,6 +343,12 @@ class QueryFastPath:
         indices = np.concatenate([c for c, _ in rows]) if rows else np.zeros(0, np.int32)
         data = np.concatenate([v for _, v in rows]) if rows else np.zeros(0, np.float32)
         return sp.csr_matrix((data, indices, indptr), shape=(len(rows), self.vocab_size))
+
+
+def _round_up(values: torch.Tensor) -> torch.Tensor:
+    """float64 -> float32, never below the float64 value (the cast moves it by at most
+    2**-24 of itself)."""
+    return (values + values.abs() * 1e-6).float()
 
 
 def _onednn_pack(weight_i8: torch.Tensor):

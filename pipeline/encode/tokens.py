@@ -33,3 +33,51 @@ def token_ids(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int
         return []
     return tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+
+
+# Texts the single-text tokenizer must cut exactly as `token_ids` does before it is used:
+# plain, empty, accents and CJK, a special token written in the text, one far past any
+# query length (truncation), and whitespace only.
+_PROBES = ("what causes heart disease and how is it treated", "",
+           "naïve café Straße 東京大学 [SEP] [MASK] ünïcödé", "ab " * 600, "  \t\n ")
+
+
+class SingleTextTokenizer:
+    """One text -> its token ids, exactly as `token_ids` cuts it, for serving's one-query path.
+
+    A Hugging Face fast tokenizer's ``__call__`` spends about 100 µs a call in Python
+    (argument handling, setting truncation on its Rust backend, building a BatchEncoding)
+    for a query the backend tokenizes in about 60. This keeps its own copy of the backend
+    with truncation set once and calls ``encode`` on it. The copy is checked against
+    `token_ids` on a few probe texts when built; a tokenizer without a Rust backend, or a
+    copy that cuts any probe differently, keeps the ``__call__`` path. Not for concurrent
+    use (the caller serialises, as `pipeline.encode.query.QueryFastPath` does).
+    """
+
+    def __init__(self, tokenizer, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.backend = self._own_backend(tokenizer, max_length)
+
+    @staticmethod
+    def _own_backend(tokenizer, max_length: int):
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            return None
+        try:
+            from tokenizers import Tokenizer
+
+            own = Tokenizer.from_str(backend.to_str())
+            own.no_padding()
+            own.enable_truncation(max_length)
+            expected = token_ids(tokenizer, list(_PROBES), max_length)
+            if [own.encode(text).ids for text in _PROBES] != expected:
+                return None
+        except Exception:           # noqa: BLE001 - any failure keeps the __call__ path
+            return None
+        return own
+
+    def __call__(self, text: str) -> list[int]:
+        if self.backend is not None:
+            return self.backend.encode(text).ids
+        return token_ids(self.tokenizer, [text], self.max_length)[0]
