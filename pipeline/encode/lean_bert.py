@@ -98,8 +98,8 @@ class LeanBert:
             # (3, 1, h, L, d): 4-d operands, for which torch's CPU SDPA runs its fused kernel
             # (3-d ones go down the op-by-op math path, twice as slow for one query).
             qkv = torch.addmm(qkv_b, x, qkv_w).view(1, n, 3, h, d).permute(2, 0, 3, 1, 4)
-            ctx = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])            # (1, h, L, d)
-            ctx = ctx[0].transpose(0, 1).reshape(n, self.hidden)
+            ctx = F.scaled_dot_product_attention(*qkv.unbind())                    # (1, h, L, d)
+            ctx = ctx.transpose(1, 2).reshape(n, self.hidden)
             a = self._ln(torch.addmm(o_b, ctx, o_w) + x, o_norm)
             x = self._ln(torch.addmm(out_b, F.gelu(torch.addmm(i_b, a, i_w)), out_w) + a, out_norm)
         return self._ln(F.gelu(torch.addmm(self.t_b, x, self.t_w)), self.t_norm)

@@ -315,16 +315,18 @@ class QueryFastPath:
                 hiddens.append(hidden)
             rows = []
             for terms, top in self._top_logits_many(hiddens, self.screen):
-                weights = torch.log1p(torch.relu(top))
-                if not bool(torch.isfinite(weights).all()):
+                # A few hundred numbers: in numpy, whose per-call cost is a tenth of torch's.
+                terms = terms.cpu().numpy().astype(np.int32)
+                weights = np.log1p(np.maximum(top.float().cpu().numpy(), np.float32(0)))
+                if not np.isfinite(weights).all():
                     raise FloatingPointError("SPLADE weights contain NaN or inf")
-                keep = weights > self.threshold
+                keep = weights > np.float32(self.threshold)
                 terms, weights = terms[keep], weights[keep]
-                if self.top_k is not None and weights.numel() > self.top_k:
-                    order = torch.sort(torch.topk(weights, self.top_k, sorted=False).indices).values
+                if self.top_k is not None and weights.size > self.top_k:
+                    order = torch.sort(torch.topk(torch.from_numpy(weights), self.top_k,
+                                                  sorted=False).indices).values.numpy()
                     terms, weights = terms[order], weights[order]
-                rows.append((terms.cpu().numpy().astype(np.int32),
-                             weights.cpu().numpy().astype(np.float32)))
+                rows.append((terms, weights))
         return rows
 
     def encode_queries(self, texts: Sequence[str]) -> sp.csr_matrix:
