@@ -69,13 +69,10 @@ def stage_split(fast, texts: list[str]) -> dict:
                     else fast._candidates_bf16                             # noqa: SLF001
                 terms = screen(hidden)
                 t3 = time.perf_counter()
-                top = torch.addmm(fast.bias[terms], hidden,
-                                  fast.weight_rows[terms].t()).amax(dim=0)
+                top = fast._exact_top(hidden, terms)                     # noqa: SLF001
                 t4 = time.perf_counter()
                 n = int(terms.numel())
-            weights = torch.log1p(torch.relu(top))
-            keep = weights > fast.threshold
-            terms[keep].numpy().astype(np.int32), weights[keep].numpy().astype(np.float32)
+            fast._finish(terms, top)                                     # noqa: SLF001
             t5 = time.perf_counter()
         for name, ms in (("tokenize", t1 - t0), ("body", t2 - t1), ("screen", t3 - t2),
                          ("exact", t4 - t3), ("rest", t5 - t4)):
