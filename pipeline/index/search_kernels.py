@@ -99,13 +99,18 @@ def _scan_block(ix, p_lo, p_hi, q_dense, visited, touched, n_touched, h_scores, 
     for p in range(p_lo, p_hi):
         # two-stage prefetch: the header of the document after next, and every cache line
         # of the next one (its header, fetched one step ago, gives its length), so scoring
-        # streams from cache instead of waiting on the first lines of each document
+        # streams from cache instead of waiting on the first lines of each document. A
+        # next document already scored from another list (about a quarter of the postings
+        # a query scans) is not fetched: its lines would only evict useful ones (-4 to -6%
+        # a query, BENCHMARKS.md §7 run G)
         if p + 2 < p_hi:
             prefetch(words, postings[p + 2])
         if p + 1 < p_hi:
             nxt = np.int64(postings[p + 1])
-            for w in range(nxt + line, nxt + 2 + np.int64(words[nxt + 1]), line):
-                prefetch(words, w)
+            d_nxt = np.int64(words[nxt])
+            if not visited[d_nxt >> 6] & (np.uint64(1) << np.uint64(d_nxt & 63)):
+                for w in range(nxt + line, nxt + 2 + np.int64(words[nxt + 1]), line):
+                    prefetch(words, w)
         off = np.int64(postings[p])
         d = np.int64(words[off])
         word = d >> 6
