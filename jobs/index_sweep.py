@@ -47,23 +47,14 @@ from pipeline.testing.machine import machine_line  # noqa: E402
 K = 10
 
 
-def parse_builds(spec: str) -> list[tuple[str, str, str]]:
+def parse_items(spec: str, flag: str, fields: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """``a:b,c:d`` -> [(a, b), (c, d)], each item with exactly ``len(fields)`` parts."""
     out = []
     for item in spec.split(","):
-        parts = item.split(":")
-        if len(parts) != 3:
-            raise SystemExit(f"--builds: {item!r} is not multiple:centroid_fraction:energy")
-        out.append(tuple(parts))
-    return out
-
-
-def parse_searches(spec: str) -> list[tuple[str, str]]:
-    out = []
-    for item in spec.split(","):
-        parts = item.split(":")
-        if len(parts) != 2:
-            raise SystemExit(f"--searches: {item!r} is not query_cut:heap_factor")
-        out.append(tuple(parts))
+        parts = tuple(item.split(":"))
+        if len(parts) != len(fields):
+            raise SystemExit(f"{flag}: {item!r} is not {':'.join(fields)}")
+        out.append(parts)
     return out
 
 
@@ -127,7 +118,8 @@ def main() -> None:
         datasets.append(union(datasets))
     if args.only:
         datasets = [d for d in datasets if d.name in args.only.split(",")]
-    builds, searches = parse_builds(args.builds), parse_searches(args.searches)
+    builds = parse_items(args.builds, "--builds", ("multiple", "centroid_fraction", "energy"))
+    searches = parse_items(args.searches, "--searches", ("query_cut", "heap_factor"))
     rows = []
     for ds in datasets:
         truth, _ = ExactIndex(ds.docs).search(ds.queries, k=K)
