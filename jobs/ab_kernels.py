@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs.bench_index import load_real, union  # noqa: E402
+from jobs.bench_index import real_collections  # noqa: E402
 from pipeline.index import BlockedIndex  # noqa: E402
 from pipeline.index.fastcall import FastCall  # noqa: E402
 from pipeline.index.topk import empty_results  # noqa: E402
@@ -43,7 +43,8 @@ from pipeline.testing.machine import machine_line  # noqa: E402
 def load_variant(path: str, slot: int, scratch_dir: str):
     """Import ``path`` as its own module, with ``cache=True`` removed (every copy compiles
     for itself; on-disk cache entries are keyed by file and would collide)."""
-    source = re.sub(r"cache=True,?\s*", "", open(path).read())
+    with open(path) as f:
+        source = re.sub(r"cache=True,?\s*", "", f.read())
     copy = os.path.join(scratch_dir, f"variant_{slot}.py")
     with open(copy, "w") as f:
         f.write(source)
@@ -66,8 +67,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"command: {' '.join(sys.argv)}")
     print(f"machine: {machine_line()}", flush=True)
-    datasets = [load_real(n, args.cache, "") for n in args.real.split(",") if n]
-    datasets.append(union(datasets))
+    datasets = real_collections(args.real, args.cache, "", True)
     matches = [d for d in datasets if d.name == args.only]
     if not matches:
         raise SystemExit(f"--only {args.only!r}: not one of {[d.name for d in datasets]}")

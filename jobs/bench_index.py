@@ -501,6 +501,18 @@ def union(datasets: list[Dataset]) -> Dataset:
                    "+".join(d.name for d in datasets), datasets[0].builds)
 
 
+def real_collections(names: str, cache: str, data_dir: str = "", with_union: bool = False,
+                     only: str = "") -> list[Dataset]:
+    """The comma-separated real collections (`load_real`), plus their union when asked,
+    kept to the comma-separated names of ``only`` when given."""
+    datasets = [load_real(n, cache, data_dir) for n in names.split(",") if n]
+    if with_union:
+        datasets.append(union(datasets))
+    if only:
+        datasets = [d for d in datasets if d.name in only.split(",")]
+    return datasets
+
+
 # --------------------------------------------------------------------------------------------
 # grids and reporting
 # --------------------------------------------------------------------------------------------

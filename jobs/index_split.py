@@ -22,7 +22,7 @@ from numba import njit
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import pipeline.index.search_kernels as sk  # noqa: E402
-from jobs.bench_index import load_real, union  # noqa: E402
+from jobs.bench_index import real_collections  # noqa: E402
 from pipeline.index import BlockedIndex  # noqa: E402
 from pipeline.index.topk import empty_results, heap_to_row  # noqa: E402
 
@@ -71,12 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"date: {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}  load "
           f"{os.getloadavg()[0]:.2f}")
-    datasets = [load_real(n, args.cache, "") for n in args.real.split(",") if n]
-    if args.union:
-        datasets.append(union(datasets))
-    if args.only:
-        datasets = [d for d in datasets if d.name in args.only.split(",")]
-    for ds in datasets:
+    for ds in real_collections(args.real, args.cache, "", args.union, args.only):
         index = BlockedIndex.build(ds.docs)
         cfg = index.config
         q = ds.queries

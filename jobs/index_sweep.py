@@ -10,8 +10,9 @@ what a query *does* does not. Per (build, search) this prints recall@10 against 
 and, per query, the work behind its latency, counted by the search kernels themselves
 (`jobs.index_split`): candidate blocks (summary scoring), documents scored and forward-index
 entries read (document scoring, 60-80% of a query's time). Also per build: memory and
-build seconds (``--threads``, default 1, for both libraries); per point a hot single-thread batch time, for orientation only (compare
-configurations with `jobs/bench_index.py`'s interleaved timing, not with this column).
+build seconds (``--threads``, default 1, for both libraries); per point the single-thread
+time of the counting pass (which also reads each scored document's length), for orientation
+only: compare configurations with `jobs/bench_index.py`'s interleaved timing, not with it.
 
 Builds are ``multiple:centroid_fraction:summary_energy``: ``n_postings`` = multiple x the
 mean length of the non-empty posting lists (the unit of the derived rule,
@@ -36,10 +37,11 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs.bench_index import (SeismicQueries, load_real, seismic_index,  # noqa: E402
-                              set_seismic_threads, union)
+from jobs.bench_index import (SeismicQueries, real_collections,  # noqa: E402
+                              seismic_index, set_seismic_threads)
 from jobs.index_split import _run  # noqa: E402
 from pipeline.index import BlockedIndex, ExactIndex, recall_at_k  # noqa: E402
+from pipeline.index.blocked import used_terms  # noqa: E402
 from pipeline.index.fastcall import numba_threads  # noqa: E402
 from pipeline.index.topk import empty_results  # noqa: E402
 from pipeline.testing.machine import machine_line  # noqa: E402
@@ -63,8 +65,7 @@ def build_overrides(docs, build: tuple[str, str, str]) -> dict:
     multiple, fraction, energy = build
     out: dict = {}
     if multiple != "d":
-        used = int(np.count_nonzero(np.diff(docs.tocsc().indptr)))
-        out["n_postings"] = max(1, round(float(multiple) * docs.nnz / max(1, used)))
+        out["n_postings"] = max(1, round(float(multiple) * docs.nnz / max(1, used_terms(docs))))
     if fraction != "d":
         out["centroid_fraction"] = float(fraction)
     if energy != "d":
@@ -112,12 +113,8 @@ def main() -> None:
     print(f"machine: {machine_line()}")
     print(f"date:    {dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds')}  "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
-    datasets = [load_real(n, args.cache, os.path.normpath(args.data))
-                for n in args.real.split(",") if n]
-    if args.union:
-        datasets.append(union(datasets))
-    if args.only:
-        datasets = [d for d in datasets if d.name in args.only.split(",")]
+    datasets = real_collections(args.real, args.cache, os.path.normpath(args.data),
+                                args.union, args.only)
     builds = parse_items(args.builds, "--builds", ("multiple", "centroid_fraction", "energy"))
     searches = parse_items(args.searches, "--searches", ("query_cut", "heap_factor"))
     rows = []
@@ -153,7 +150,7 @@ def main() -> None:
                         f"energy={cfg.summary_energy} qc={query_cut} hf={heap_factor}: "
                         f"R@10 {row['recall']:.3f}  blocks {row['blocks']:.0f}  docs "
                         f"{row['docs']:.0f}  entries {row['entries']:.0f}  mem "
-                        f"{index.nbytes / 1e6:.1f} MB  build {build_s:.1f} s  (batch1 "
+                        f"{index.nbytes / 1e6:.1f} MB  build {build_s:.1f} s  (counting pass "
                         f"{row['batch1_us']:.0f} us)")
                 if seismic is not None:
                     sq, seismic_build_s, seismic_mem = seismic

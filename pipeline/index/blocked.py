@@ -97,6 +97,11 @@ def kernel_view(arrays: dict[str, np.ndarray], codec: EntryCodec, record_size: i
         arrays["pair_group_base"], arrays["entries"])
 
 
+def used_terms(csr: sp.csr_matrix) -> int:
+    """Terms that occur in some document of ``csr`` (the derived defaults' mean-list unit)."""
+    return int(np.count_nonzero(np.bincount(csr.indices, minlength=csr.shape[1])))
+
+
 def _global_keep(values: np.ndarray, budget: int) -> np.ndarray:
     """Mask of the ``budget`` largest values (ties at the threshold: first in term order)."""
     n = values.size
@@ -181,8 +186,7 @@ class BlockedIndex:
             config = config.replace(**overrides)
         csr = as_csr(docs, "docs")
         n_docs, vocab = csr.shape
-        used_terms = int(np.count_nonzero(np.bincount(csr.indices, minlength=vocab)))
-        config = config.derived_for(n_docs, vocab, csr.nnz, used_terms)
+        config = config.derived_for(n_docs, vocab, csr.nnz, used_terms(csr))
         codec = CODECS[config.forward_values]
         if vocab > codec.max_vocab:
             raise ValueError(f"docs: vocabulary of {vocab} terms exceeds the {codec.max_vocab} "

@@ -90,6 +90,12 @@ def _score_doc(words, start, n, q_dense, term_mask, hi_shift, lo_shift, ordered)
 
 
 @njit(inline="always")
+def _is_visited(visited, d):
+    """Whether document ``d`` is marked in the bitset (bit ``d & 63`` of word ``d >> 6``)."""
+    return (visited[d >> 6] & (np.uint64(1) << np.uint64(d & 63))) != 0
+
+
+@njit(inline="always")
 def _scan_block(ix, p_lo, p_hi, q_dense, visited, touched, n_touched, h_scores, h_docs, size):
     """Score the unvisited documents of one block; returns (heap size, n_touched)."""
     postings = ix.postings
@@ -102,25 +108,23 @@ def _scan_block(ix, p_lo, p_hi, q_dense, visited, touched, n_touched, h_scores, 
         # two-stage prefetch: the header of the document three ahead, and every cache line
         # of the one two ahead (its header, fetched a step ago, gives its length), so
         # scoring streams from cache instead of waiting on the first lines of each document
-        # (the block's first headers are fetched above). A document already scored from
-        # another list (about a quarter of the postings a query scans) is not fetched: its
-        # lines would only evict useful ones. Alternating A/B, BENCHMARKS.md §7 run G: the
-        # skip -4 to -6% a query, two ahead instead of one a further -2%.
+        # (a block's first three headers are fetched above; its first two bodies are not
+        # prefetched). A document already scored from another list (about a quarter of the
+        # postings a query scans) is not fetched: its lines would only evict useful ones.
+        # Alternating A/B, BENCHMARKS.md §7 run G: the skip -4 to -6% a query, two ahead
+        # instead of one a further -2%.
         if p + 3 < p_hi:
             prefetch(words, postings[p + 3])
         if p + 2 < p_hi:
             nxt = np.int64(postings[p + 2])
-            d_nxt = np.int64(words[nxt])
-            if not visited[d_nxt >> 6] & (np.uint64(1) << np.uint64(d_nxt & 63)):
+            if not _is_visited(visited, np.int64(words[nxt])):
                 for w in range(nxt + line, nxt + 2 + np.int64(words[nxt + 1]), line):
                     prefetch(words, w)
         off = np.int64(postings[p])
         d = np.int64(words[off])
-        word = d >> 6
-        bit = np.uint64(1) << np.uint64(d & 63)
-        if visited[word] & bit:
+        if _is_visited(visited, d):
             continue
-        visited[word] |= bit
+        visited[d >> 6] |= np.uint64(1) << np.uint64(d & 63)
         touched[n_touched] = d
         n_touched += 1
         score = _score_doc(words, off + 2, np.int64(words[off + 1]), q_dense,
