@@ -2,8 +2,8 @@
 
 For each shape (B, L, V, H) it times, in a fresh subprocess each (so peak memory is clean):
   plain   log1p(relu(hidden @ W.T + b)) * mask, max over L   (naver/splade; materialises B x L x V)
-  twin    kernels.splade_max_cpu                              (vocabulary-tiled, max-first)
-  triton  kernels.splade_triton.splade_max_triton             (CUDA only)
+  twin    lsr_kernels.splade_max_cpu                              (vocabulary-tiled, max-first)
+  triton  lsr_kernels.splade_triton.splade_max_triton             (CUDA only)
   gemm    (B*L, H) @ (H, V)                                   (the arithmetic floor; writes B x L x V)
 and prints median time, peak extra memory and ratios against peers measured in the same run.
 With --encoder N it also times end-to-end encoding of the first N scifact documents.
@@ -82,7 +82,7 @@ def worker(impl: str, shape, dtype_name: str, device: str, repeats: int, lengths
     """Time one implementation on one shape in this (fresh) process; returns a JSON-able dict."""
     import torch
 
-    from kernels import splade_max_cpu
+    from lsr_kernels import splade_max_cpu
     from pipeline.encode.reference import splade_head_reference
 
     dtype = getattr(torch, dtype_name)
@@ -98,7 +98,7 @@ def worker(impl: str, shape, dtype_name: str, device: str, repeats: int, lengths
     elif impl == "triton":
         if not cuda:
             return {"skipped": "Triton kernel needs CUDA"}
-        from kernels.splade_triton import splade_max_triton
+        from lsr_kernels.splade_triton import splade_max_triton
 
         def run():
             return splade_max_triton(hidden, weight, bias, mask)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels import (check_head_inputs, choose_backend, splade_head, splade_max, splade_max_cpu, splade_sum_cpu,
+from lsr_kernels import (check_head_inputs, choose_backend, splade_head, splade_max, splade_max_cpu, splade_sum_cpu,
                      vocab_tile_for)
 from pipeline.encode.reference import splade_head_reference
 
@@ -160,14 +160,14 @@ def test_cpu_twin_non_contiguous_inputs():
 
 
 def test_vocab_tile_for_bounds():
-    from kernels.splade_cpu import MAX_VOCAB_TILE, MIN_VOCAB_TILE
+    from lsr_kernels.splade_cpu import MAX_VOCAB_TILE, MIN_VOCAB_TILE
 
     assert vocab_tile_for(1) == MAX_VOCAB_TILE and vocab_tile_for(10**8) == MIN_VOCAB_TILE
     assert all(vocab_tile_for(t) % 64 == 0 for t in (1, 100, 8192, 12345, 10**6))
 
 
 def test_pack_tokens_chunks_rows():
-    from kernels.splade_cpu import CHUNK, pack_tokens
+    from lsr_kernels.splade_cpu import CHUNK, pack_tokens
 
     hidden = torch.arange(3 * 40, dtype=torch.float32).reshape(3, 40, 1)
     valid = torch.zeros(3, 40, dtype=torch.bool)
@@ -244,7 +244,7 @@ INTERPRETER_DTYPES = ("float32", "float16")  # bf16 tl.dot is wrong under the in
 def _interpreter_cases() -> dict:
     """Run in a subprocess with TRITON_INTERPRET=1: every case, through the kernel and the dispatcher."""
     assert os.environ.get("TRITON_INTERPRET") == "1"
-    from kernels.splade_triton import splade_max_triton
+    from lsr_kernels.splade_triton import splade_max_triton
 
     results = {}
     for name, (n_rows, seq_len, vocab_size, n_hidden, lengths, blocks, extra) in INTERPRETER_CASES.items():
@@ -305,7 +305,7 @@ def test_triton_dispatcher_forced_under_interpreter(interpreter_results):
 
 
 def test_autotune_pruning_fits_tiles_to_shapes():
-    from kernels.splade_triton import FP32_CONFIGS, HOPPER_CONFIGS, _prune_configs
+    from lsr_kernels.splade_triton import FP32_CONFIGS, HOPPER_CONFIGS, _prune_configs
 
     short = _prune_configs(HOPPER_CONFIGS, {"L": 20, "H": 768})
     assert short and all(c.kwargs["BLOCK_L"] == 32 for c in short)
@@ -331,7 +331,7 @@ def _resource_usage(cubin: bytes, tmp_path: Path) -> dict[str, int] | None:
 
 
 def _hopper_build_cases(all_configs: bool):
-    from kernels.splade_triton import FP32_CONFIGS, HOPPER_CONFIGS
+    from lsr_kernels.splade_triton import FP32_CONFIGS, HOPPER_CONFIGS
 
     if not all_configs:
         return [(torch.bfloat16, HOPPER_CONFIGS[0]), (torch.bfloat16, HOPPER_CONFIGS[-1]),
@@ -341,7 +341,7 @@ def _hopper_build_cases(all_configs: bool):
 
 
 def _check_hopper_build(dtype, config, tmp_path):
-    from kernels.splade_triton import compile_ahead
+    from lsr_kernels.splade_triton import compile_ahead
 
     kernel = compile_ahead(dtype, config, capability=90)
     ptx = kernel.asm["ptx"]
@@ -362,7 +362,7 @@ def test_hopper_configs_compile_default_subset(tmp_path):
 
 
 def test_hopper_build_with_log1p_relu_activation(tmp_path):
-    from kernels.splade_triton import HOPPER_CONFIGS, compile_ahead
+    from lsr_kernels.splade_triton import HOPPER_CONFIGS, compile_ahead
 
     kernel = compile_ahead(torch.bfloat16, HOPPER_CONFIGS[0], capability=90, activation="log1p_relu")
     plain = compile_ahead(torch.bfloat16, HOPPER_CONFIGS[0], capability=90)

@@ -2,7 +2,7 @@
 and the plain reference expression.
 
 Names load lazily so that `pipeline.encode.models` stays importable without torch.
-Imports `kernels` and `pipeline.errors` only: nothing about storage, indexes, Ray or serving.
+Imports `lsr_kernels` and `pipeline.errors` only: nothing about storage, indexes, Ray or serving.
 """
 
 from __future__ import annotations

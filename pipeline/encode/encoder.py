@@ -1,7 +1,7 @@
 """SpladeEncoder: texts -> SPLADE sparse vectors through the fused head.
 
 The masked-LM (or causal LM) runs up to its vocabulary projection (`pipeline.encode.mlm`); the
-head (`kernels.splade_head`: max pooling through the fused kernel on CUDA or the vocabulary-tiled
+head (`lsr_kernels.splade_head`: max pooling through the fused kernel on CUDA or the vocabulary-tiled
 twin on CPU, sum pooling through a vocabulary-tiled path) turns the final hidden states into
 (B, V) weights without materialising (B, L, V) logits; pruning and CSR conversion follow
 (`pipeline.encode.sparse`). Texts are batched by token length to cut padding.
@@ -29,8 +29,8 @@ import torch
 
 import os
 
-from kernels import splade_head
-from kernels.checks import check_activation, check_pooling
+from lsr_kernels import splade_head
+from lsr_kernels.checks import check_activation, check_pooling
 from pipeline.encode.batching import length_buckets, pad_token_ids
 from pipeline.encode.config import EncoderConfig, dtype_name, resolve_device, resolve_dtype
 from pipeline.encode.fingerprint import model_fingerprint

@@ -1,7 +1,7 @@
 """Fused SPLADE head in Triton: vocabulary projection + masked max over tokens + ReLU + log1p
 (+ a second log1p for the "log1p_relu" activation).
 
-Same contract as `kernels.checks`. One program owns one (row, vocabulary tile) pair and walks
+Same contract as `lsr_kernels.checks`. One program owns one (row, vocabulary tile) pair and walks
 the row's tokens in tiles of BLOCK_L; each token tile is a (BLOCK_L, BLOCK_H) x (BLOCK_H, BLOCK_V)
 tiled product over the hidden size accumulated in float32, reduced at once into a running max
 over raw logits. The (B, L, V) logits never leave registers.
@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-from kernels.checks import check_activation, check_head_inputs
+from lsr_kernels.checks import check_activation, check_head_inputs
 
 
 def _config(block_v: int, block_l: int, block_h: int, warps: int, stages: int) -> triton.Config:
@@ -186,7 +186,7 @@ def splade_max_triton(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     if hidden.device.type != "cuda" and not interpreter_active():
         raise RuntimeError(
             f"the Triton SPLADE kernel needs CUDA tensors (got {hidden.device}); on CPU use "
-            "kernels.splade_max_cpu, or set TRITON_INTERPRET=1 before importing triton to test it")
+            "lsr_kernels.splade_max_cpu, or set TRITON_INTERPRET=1 before importing triton to test it")
     if group_rows < 1:
         raise ValueError(f"group_rows must be >= 1, got {group_rows}")
     out = torch.empty((n_rows, vocab_size), dtype=torch.float32, device=hidden.device)

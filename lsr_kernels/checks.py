@@ -13,7 +13,7 @@ sentence-transformers' SpladePooling names it:
 
 This equals the plain expression `max_l(act(logits) * mask)` for binary masks, because both
 activations are monotone (the max can be taken on raw logits and the activation applied once).
-Sum pooling (`sum_l act(logits)`) has no such shortcut; `kernels.splade_cpu.splade_sum_cpu`
+Sum pooling (`sum_l act(logits)`) has no such shortcut; `lsr_kernels.splade_cpu.splade_sum_cpu`
 computes it vocabulary tile by vocabulary tile.
 """
 

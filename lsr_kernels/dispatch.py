@@ -16,8 +16,8 @@ from typing import Literal
 
 import torch
 
-from kernels.checks import check_activation, check_pooling
-from kernels.splade_cpu import splade_max_cpu, splade_sum_cpu
+from lsr_kernels.checks import check_activation, check_pooling
+from lsr_kernels.splade_cpu import splade_max_cpu, splade_sum_cpu
 
 Backend = Literal["auto", "triton", "torch"]
 BACKENDS: tuple[str, ...] = ("auto", "triton", "torch")
@@ -45,7 +45,7 @@ def splade_max(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | 
     """
     check_activation(activation)
     if choose_backend(hidden.device, backend) == "triton":
-        from kernels.splade_triton import splade_max_triton  # triton imports lazily
+        from lsr_kernels.splade_triton import splade_max_triton  # triton imports lazily
 
         return splade_max_triton(hidden, weight, bias, mask, activation=activation)
     return splade_max_cpu(hidden, weight, bias, mask, activation=activation)

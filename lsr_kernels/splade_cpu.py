@@ -1,6 +1,6 @@
 """CPU twin of the fused SPLADE head: padding-free, vocabulary-tiled, max-first.
 
-Same contract as the Triton kernel (see `kernels.checks`). The (B, L, V) logits never exist:
+Same contract as the Triton kernel (see `lsr_kernels.checks`). The (B, L, V) logits never exist:
 
 1. Pack. The valid tokens of each row are gathered into one (T, H) float32 matrix, each row
    rounded up to a whole number of chunks of `CHUNK` tokens by repeating one of its own tokens
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.checks import check_activation, check_head_inputs
+from lsr_kernels.checks import check_activation, check_head_inputs
 
 #: Tokens per level-1 max. Measured on the 2-core EPYC for one (8192, 1024) float32 logit tile:
 #: strided max over chunks of 16 ~9 ms CPU (4: 11, 8: 9, 32: 13), torch.segment_reduce over
