@@ -5,13 +5,15 @@ ever holds actor handles and counts, never the documents."""
 from __future__ import annotations
 
 import dataclasses
+import gc
+import time
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
 from pipeline.batch import reindex_diff
-from pipeline.batch.reindex_diff import (BasePartitions, ReindexError, id_keys, load_base_partitions,
+from pipeline.batch.reindex_diff import (BasePartitions, BaseTablePartition, ReindexError, id_keys, load_base_partitions,
                                          partition_bits, partition_of, send_pieces)
 from pipeline.catalog import IndexLayout, Manifest, ShardEntry
 from pipeline.format import ShardPostings
@@ -151,3 +153,27 @@ def test_the_partition_actors_are_killed_when_loading_fails(ray_local, tmp_path,
     for actor in started:                     # killed: calling one fails
         with pytest.raises(ray_local.exceptions.RayActorError):
             ray_local.get(actor.seal.remote(), timeout=60)
+
+
+def test_feeds_still_sending_when_loading_fails_are_stopped_and_collected(ray_local, tmp_path, monkeypatch):
+    # Partition actors that no node can place: the good shards' feeds wait to send for as long
+    # as the bad shard takes to fail, every time. Each feed must then be stopped and its outcome
+    # fetched; Ray reports an error nobody fetched as "Unhandled error" once its object is freed.
+    ids = [f"doc-{i}" for i in range(40)]
+    base = _write_key_only_base(str(tmp_path / "idx"), ids, np.arange(40, dtype=np.uint64), n_shards=4)
+    wrong = dataclasses.replace(base, shards=base.shards[:-1] + [
+        ShardEntry(base.shards[-1].name, 99, 0, "c" * 64, "exact")])
+
+    def unplaceable_start(bits):
+        return BasePartitions(bits, [BaseTablePartition.options(
+            num_cpus=0, resources={"lsr-test-no-such-resource": 1}).remote(p, bits) for p in range(1 << bits)])
+
+    unhandled = []
+    monkeypatch.setattr(ray_local._private.worker, "_unhandled_error_handler", unhandled.append)
+    monkeypatch.setattr(BasePartitions, "start", staticmethod(unplaceable_start))
+    with pytest.raises(ReindexError, match="manifest says 99 documents"):
+        load_base_partitions(IndexLayout.at(str(tmp_path / "idx")), wrong, partition_bytes=32 * 100)
+    gc.collect()
+    time.sleep(3)                             # Ray checks freed objects about once a second
+    assert unhandled == []
+

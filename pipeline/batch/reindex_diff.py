@@ -277,18 +277,33 @@ def _feed_partitions(layout: IndexLayout, entry: ShardEntry, position: int, bits
     return len(ids)
 
 
+def _collect_outcomes(tasks: list) -> None:
+    """Fetch every task's outcome, errors included: Ray logs each error nobody fetched as
+    unhandled. The first failure is already on its way to the caller."""
+    for task in tasks:
+        try:
+            ray.get(task)
+        except Exception:
+            pass
+
+
 def load_base_partitions(layout: IndexLayout, base: Manifest, read_cpus: float = 0.25,
                          partition_bytes: int = PARTITION_BYTES) -> BasePartitions:
     """Step 1 of the module docstring. The caller closes the result; on failure here the
     actors are killed before the error propagates."""
     partitions = BasePartitions.start(partition_bits(sum(s.n_docs for s in base.shards),
                                                      partition_bytes))
+    feeds = []
     try:
-        ray.get([_feed_partitions.options(num_cpus=read_cpus).remote(
-            layout, entry, i, partitions.bits, partitions.actors) for i, entry in enumerate(base.shards)])
+        feeds = [_feed_partitions.options(num_cpus=read_cpus).remote(
+            layout, entry, i, partitions.bits, partitions.actors) for i, entry in enumerate(base.shards)]
+        ray.get(feeds)
         partitions.seal()
     except BaseException:
+        for feed in feeds:
+            ray.cancel(feed)              # a feed still running would go on sending to the actors
         partitions.close()
+        _collect_outcomes(feeds)
         raise
     if partitions.shared:
         log.warning("base generation %d: %d document ids share a 128-bit hash; they are "
