@@ -22,6 +22,12 @@ mean length of the non-empty posting lists (the unit of the derived rule,
 ``--seismic-recall`` also builds pyseismic-lsr at the same parameters and reports its
 recall@10 at each search point (one thread; recall only, which is deterministic): where the
 two libraries reach different recall at equal parameters, their blocks or summaries differ.
+With ``--time-queries N`` it also times both libraries' single-query calls at each point,
+interleaved query by query over the first N queries (best of ``--rounds`` passes), so that
+the two see the same state of a drifting box.
+
+``--synthetic N`` sweeps N synthetic documents (`pipeline.testing.synthetic.generate`)
+before the real collections (``--real ""`` for none).
 """
 
 from __future__ import annotations
@@ -37,8 +43,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jobs.bench_index import (SeismicQueries, real_collections,  # noqa: E402
-                              seismic_index, set_seismic_threads)
+from jobs.bench_index import (Dataset, SeismicQueries, interleaved,  # noqa: E402
+                              real_collections, rows_of, seismic_index, set_seismic_threads)
 from jobs.index_split import _run  # noqa: E402
 from pipeline.index import BlockedIndex, ExactIndex, recall_at_k  # noqa: E402
 from pipeline.index.blocked import used_terms  # noqa: E402
@@ -106,8 +112,17 @@ def main() -> None:
     parser.add_argument("--seismic-recall", action="store_true")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads of both libraries' builds (searches run on one)")
+    parser.add_argument("--synthetic", type=int, default=0, help="synthetic documents (0: none)")
+    parser.add_argument("--synthetic-queries", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time-queries", type=int, default=0,
+                        help="with --seismic-recall: interleaved single-query times of both "
+                             "libraries over this many queries (0: none)")
+    parser.add_argument("--rounds", type=int, default=2, help="passes of --time-queries")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
+    if args.time_queries and not args.seismic_recall:
+        raise SystemExit("--time-queries needs --seismic-recall")
     set_seismic_threads(args.threads)
     print(f"command: {' '.join(sys.argv)}")
     print(f"machine: {machine_line()}")
@@ -115,6 +130,12 @@ def main() -> None:
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     datasets = real_collections(args.real, args.cache, os.path.normpath(args.data),
                                 args.union, args.only)
+    if args.synthetic:
+        from pipeline.testing import synthetic
+
+        docs, queries = synthetic.generate(args.synthetic, args.synthetic_queries, args.seed)
+        datasets.insert(0, Dataset(f"synthetic-{args.synthetic // 1000}k", docs, queries,
+                                   f"pipeline.testing.synthetic.generate(seed={args.seed})", ""))
     builds = parse_items(args.builds, "--builds", ("multiple", "centroid_fraction", "energy"))
     searches = parse_items(args.searches, "--searches", ("query_cut", "heap_factor"))
     rows = []
@@ -161,6 +182,16 @@ def main() -> None:
                     row["seismic_build_s"] = seismic_build_s
                     line += (f"  | seismic R@10 {row['seismic_recall']:.3f} mem "
                              f"{seismic_mem / 1e6:.1f} MB build {seismic_build_s:.1f} s")
+                    if args.time_queries:
+                        n = min(args.time_queries, ds.queries.shape[0])
+                        rows_q = rows_of(ds.queries[:n])
+                        mine, theirs = interleaved(
+                            [lambda i: index.search(rows_q[i], k=K, query_cut=query_cut,
+                                                    heap_factor=heap_factor),
+                             lambda i: sq.one(i, search)], n, args.rounds)
+                        row["ours_us"], row["seismic_us"] = float(mine.mean()), float(theirs.mean())
+                        line += (f"  | interleaved us: ours {row['ours_us']:.0f} seismic "
+                                 f"{row['seismic_us']:.0f} ({row['ours_us'] / row['seismic_us']:.2f})")
                 print(line, flush=True)
                 rows.append(row)
     if args.out:
