@@ -57,10 +57,11 @@ def main() -> None:
     started = time.perf_counter()
     results = [index.search_vectors(vectors[q:q + 1], k=3)[0] for q in range(len(QUERIES))]
     took = (time.perf_counter() - started) * 1000 / len(QUERIES)
+    tokens = index.tokens()
     for q, (query, hits) in enumerate(zip(QUERIES, results)):
         row = vectors[q]
         order = row.data.argsort()[::-1][:8]
-        terms = encoder.id_to_term(row.indices[order].tolist())
+        terms = [tokens[t] if tokens else str(t) for t in row.indices[order].tolist()]
         expansion = ", ".join(f"{t} {w:.2f}" for t, w in zip(terms, row.data[order]))
         print(f"\nquery: {query}\n  expansion: {expansion}")
         for rank, hit in enumerate(hits, 1):
