@@ -13,7 +13,8 @@ import pytest
 import scipy.sparse as sp
 
 from pipeline.batch import reindex_diff
-from pipeline.batch.reindex_diff import (BasePartitions, BaseTablePartition, ReindexError, id_keys, load_base_partitions,
+from pipeline.batch.reindex_diff import (BasePartitions, BaseTablePartition, ReindexError, id_keys,
+                                         load_base_partitions,
                                          partition_bits, partition_of, send_pieces)
 from pipeline.catalog import IndexLayout, Manifest, ShardEntry
 from pipeline.format import ShardPostings
