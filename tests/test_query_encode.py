@@ -321,3 +321,24 @@ def test_single_text_tokenizer_cuts_like_the_hf_call(scifact_dir):
     single = SingleTextTokenizer(Disagrees(), 64)
     assert single.backend is None
     assert single("heart disease") == hf_ids(hf, "heart disease", 64) + [999]
+
+
+def test_every_single_query_length_is_screened_once_at_load(monkeypatch):
+    """oneDNN builds its int8 matmul per input shape on first use: the fast path runs the
+    screen at load for every token count a single query can have, so no served query pays
+    for building one."""
+    seen: list[int] = []
+    screen_rows = QueryFastPath._screen_rows                                 # noqa: SLF001
+
+    def recording(self, hidden):
+        seen.append(int(hidden.shape[0]))
+        return screen_rows(self, hidden)
+
+    monkeypatch.setattr(QueryFastPath, "_screen_rows", recording)
+    fast = QueryFastPath.from_encoder(SpladeEncoder("splade-tiny", device="cpu"))
+    if fast.screen != "int8" or fast.weight_i8_packed is None:
+        pytest.skip("no oneDNN int8 matmul on this CPU: nothing is built per shape")
+    assert set(range(1, fast.max_length + 1)) <= set(seen)
+    seen.clear()
+    fast.encode_one("what causes heart disease")
+    assert len(seen) == 1                       # a query runs the screen once, as before

@@ -130,6 +130,7 @@ class QueryFastPath:
         self._lock = threading.Lock()
         self._load_head(body.weight.detach(), None if body.bias is None else body.bias.detach())
         self.screen = self._fastest_screen() if self.screened else "none"
+        self._warm_screen()
         log.info("query fast path: %s body, %s screen", "lean" if self.lean else "HF", self.screen)
 
     def _load_head(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -191,6 +192,21 @@ class QueryFastPath:
                     self._top_logits(hidden, name)
                 best[name] = time.perf_counter() - started
         return min(best, key=best.get)
+
+    def _warm_screen(self) -> None:
+        """Run the int8 screen once for every token count a single query can have.
+
+        oneDNN creates its matmul primitive per input shape on first use: about 1.6 ms
+        extra for each query length seen for the first time (2-core EPYC, BENCHMARKS.md §14),
+        so a fresh replica's first queries paid it. 64 shapes take about 0.08 s here (192
+        more, to `SCREEN_ROWS`, would take 1 s: stacked micro-batches create theirs on first
+        use)."""
+        if self.screen != "int8" or self.weight_i8_packed is None:
+            return
+        width = int(self.weight_rows.shape[1])
+        with torch.inference_mode():
+            for rows in range(1, min(self.max_length, SCREEN_ROWS) + 1):
+                self._screen_rows(torch.zeros(rows, width))
 
     def _top_logits(self, hidden: torch.Tensor, screen: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, H) -> (terms, their max logits in float32): ascending term ids that include
