@@ -255,6 +255,29 @@ def test_defaults_are_derived_from_the_collection_and_recorded(cisi, cisi_defaul
     assert "heap_factor" in own.derived
 
 
+def test_derived_postings_grow_slower_than_long_lists():
+    from pipeline.index.config import LONG_LIST, POSTINGS_PER_USED_LIST
+
+    def derived(mean_list: float) -> int:
+        used = 20_000
+        return BlockedIndexConfig().derived_for(10**6, 30_522, round(mean_list * used),
+                                                used).n_postings
+
+    # up to the joint: the fixed multiple of the mean list
+    for mean_list in (10, 80, LONG_LIST):
+        assert derived(mean_list) == round(POSTINGS_PER_USED_LIST * mean_list)
+    # beyond it: still growing, but a falling multiple of the list (continuous at the joint)
+    lists = [LONG_LIST * 1.01, 516, 4366, 35_000]
+    values = [derived(m) for m in lists]
+    assert abs(values[0] - POSTINGS_PER_USED_LIST * LONG_LIST) < 0.02 * values[0]
+    assert values == sorted(values)
+    multiples = [v / m for v, m in zip(values, lists)]
+    assert multiples == sorted(multiples, reverse=True)
+    # the calibration point (BENCHMARKS §7): 1M synthetic documents, mean list 4,366,
+    # where Seismic's best build and ours keep about 1 x the mean list
+    assert 0.95 < values[2] / 4366 < 1.05
+
+
 def test_small_shard_large_vocabulary_keeps_every_document_reachable():
     # 300 documents over 131,072 terms, all drawing on the same 40 terms: the mean list over
     # the whole vocabulary is under 0.1 posting. Each document must stay in some list, so
