@@ -325,8 +325,8 @@ def test_single_text_tokenizer_cuts_like_the_hf_call(scifact_dir):
 
 def test_every_single_query_length_is_screened_once_at_load(monkeypatch):
     """oneDNN builds its int8 matmul per input shape on first use: the fast path runs the
-    screen at load for every token count a single query can have, so no served query pays
-    for building one."""
+    screen at load for every token count a single query can have, so no single query pays
+    for building one (stacked micro-batches still build theirs on first use)."""
     seen: list[int] = []
     screen_rows = QueryFastPath._screen_rows                                 # noqa: SLF001
 

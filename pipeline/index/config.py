@@ -188,10 +188,11 @@ to the power `LONG_LIST_EXPONENT`, from 2.5 x `LONG_LIST` at the joint: a top-10
 smaller share of a longer list. Measured (BENCHMARKS §7): the multiple that reaches recall@10
 0.95-0.98 cheapest is 1.2-3.4 on the real collections of 1.5k-18k documents (mean lists 24-141,
 all under the joint: their derived values are as before), 1-1.5 on 100k synthetic documents
-(mean list 516) and 1.0 on 1M (4,366; Seismic's best build at both targets, where ours took
-0.82-0.92x its time at equal parameters on one box and 1.00-1.07x at equal recall on another). The exponent puts the curve through the 1M point (1.0 x);
-at 100k it gives 1.8 x, above the cheapest, on the side of recall. Not fitted on real
-collections over 18k documents: none is at hand."""
+(mean list 517) and 1.0 on 1M (4,366: Seismic's best build at both targets; ours there took
+0.82-0.92x its time at equal parameters on one box, 1.00-1.07x at equal recall on another).
+The exponent puts the curve through the 1M point (1.0 x); at 100k it gives 1.8 x, above the
+cheapest, on the side of recall. Not fitted on real collections over 18k documents: none is
+at hand."""
 
 
 def postings_for_list(mean_list: float) -> float:
