@@ -10,7 +10,7 @@ export RAY_AUTH_MODE ?= disabled
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test test-slow install install-test clean
+.PHONY: demo test test-slow test-gpu install install-test clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test: $(VENV)/.installed-test
 
 test-slow: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m slow
+
+# Needs a CUDA GPU and a CUDA build of torch in $(VENV) (the pinned CPU build skips every test).
+test-gpu: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m gpu tests/test_kernels.py tests/test_encoder.py
 
 clean:
 	rm -rf $(VENV) demo-output bench-output .pytest_cache
