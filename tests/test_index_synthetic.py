@@ -58,3 +58,31 @@ def test_one_million_documents_are_generated():
     docs, queries = synthetic.generate(1_000_000, 1000, seed=0)
     assert docs.shape[0] == 1_000_000 and queries.shape[0] == 1000
     assert docs.has_canonical_format and (docs.data > 0).all()
+
+
+def test_topic_weight_levels_make_a_topic_weight_a_term_alike():
+    """``topic_weight_corr`` (a calibration knob, off by default) correlates a topic term's
+    weights across its topic while leaving the pooled weight distribution as it was."""
+    # one topic and (nearly) only topical draws: one level per term
+    one_topic = dict(docs_per_topic=3000, doc_topic_share=0.99)
+    plain, _ = synthetic.generate(3000, 5, seed=2, params=synthetic.SyntheticParams(**one_topic))
+    levels, _ = synthetic.generate(3000, 5, seed=2, params=synthetic.SyntheticParams(
+        **one_topic, topic_weight_corr=0.95))
+
+    def within_term_variance(m):
+        m = m.tocsc()
+        df = np.diff(m.indptr)
+        common = np.flatnonzero(df >= 50)
+        return np.mean([m.data[m.indptr[t]:m.indptr[t + 1]].var() for t in common]) / m.data.var()
+
+    assert within_term_variance(levels) < 0.5 * within_term_variance(plain)
+    # the copula keeps each weight's marginal distribution: pooled over many topics' levels,
+    # the weight quantiles are those of independent draws
+    many, _ = synthetic.generate(10000, 5, seed=2)
+    many_levels, _ = synthetic.generate(10000, 5, seed=2, params=synthetic.SyntheticParams(
+        topic_weight_corr=0.95))
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+        assert abs(np.quantile(many_levels.data, q) / np.quantile(many.data, q) - 1) < 0.05, q
+    again, _ = synthetic.generate(3000, 5, seed=2, params=synthetic.SyntheticParams(
+        **one_topic, topic_weight_corr=0.95))
+    assert (again != levels).nnz == 0
