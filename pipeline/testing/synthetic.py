@@ -45,10 +45,11 @@ from scipy.special import ndtr, ndtri
 # weights 1.6 -> 1.8) against the recall grid of section 16: synthetic recall lost too little
 # at heap_factor 1.0. A fifth calibration traced that to block summaries (`jobs/summary_fidelity.py`):
 # for a query's exact top-10 documents, their best block's summary overstates their score by a
-# median 1.24x on the real union and 1.84x here, because topic-mates draw a term's weight
-# independently. Topics of 650 terms with `topic_weight_corr` 0.875 fit that grid (every point
-# within 0.036 over five seeds, against 0.053) but put the overlap statistics 22-29% off their
-# targets, so the defaults stay as they were (BENCHMARKS.md section 16).
+# median 1.25x on the real union and 1.81x here, because topic-mates draw a term's weight
+# independently. Topics of 650 terms with `topic_weight_corr` 0.875 fit that grid better (the
+# worst point 0.028-0.036 off over five seeds, against 0.042-0.053) but put three overlap
+# statistics 22-29% off their targets, so the defaults stay as they were (BENCHMARKS.md
+# section 16).
 
 #: (rank, document frequency) measured on the real encodings: the calibration target
 MEASURED_DF = np.array([
