@@ -22,6 +22,8 @@ EXTRA = [(256, 128, 64, 8, 3), (128, 256, 64, 8, 3), (256, 128, 32, 8, 4), (128,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--shape", default="128,512,30522,768")
+    parser.add_argument("--only", default="", help="BLOCK_V,BLOCK_L,BLOCK_H,warps,stages: time this tile alone "
+                        "(for a profiler: `ncu -k regex:_splade_max_kernel --launch-count 1 ...`)")
     args = parser.parse_args()
     b, l, v, h = (int(x) for x in args.shape.split(","))
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -33,6 +35,8 @@ def main() -> None:
     flop = 2 * b * l * v * h
     candidates = [(c.kwargs["BLOCK_V"], c.kwargs["BLOCK_L"], c.kwargs["BLOCK_H"], c.num_warps, c.num_stages)
                   for c in HOPPER_CONFIGS] + EXTRA
+    if args.only:
+        candidates = [tuple(int(x) for x in args.only.split(","))]
     results = []
     for bv, bl, bh, warps, stages in candidates:
         def run(group=8):
@@ -49,6 +53,8 @@ def main() -> None:
         print(f"{(bv, bl, bh, warps, stages)}: {ms:7.3f} ms  {flop / ms / 1e9:6.0f} TFLOP/s  rel err {err:.1e}",
               flush=True)
     ms, best = min(results)
+    if args.only:
+        return
     bv, bl, bh, warps, stages = best
     for group in (1, 4, 16, 32):
         t = triton.testing.do_bench(lambda: splade_max_triton(hidden, weight, bias, mask, blocks=(bv, bl, bh),
