@@ -6,7 +6,9 @@ For each shape (B, L, V, H) it times, in a fresh subprocess each (so peak memory
   triton  lsr_kernels.splade_triton.splade_max_triton             (CUDA only)
   gemm    (B*L, H) @ (H, V)                                   (the arithmetic floor; writes B x L x V)
 and prints median time, peak extra memory and ratios against peers measured in the same run.
-With --encoder N it also times end-to-end encoding of the first N scifact documents.
+With --encoder N it also times end-to-end encoding of the first N scifact documents by `--model`
+(splade-tiny, or a BERT-base-sized model with random weights), against the plain pipeline on the
+same device and dtype.
 
 Examples (run benchmarks under the shared lock):
   flock /tmp/lsr-bench.lock .venv/bin/python jobs/bench_head.py --device cpu
@@ -237,11 +239,7 @@ def random_bert_base(folder: Path, texts: list[str]) -> str:
 def bench_encoder(n_docs: int, args) -> None:
     import tempfile
 
-    import torch
-
     from pipeline.data.records import parse_record
-    from pipeline.encode import SpladeEncoder
-    from pipeline.encode.reference import encode_reference
 
     corpus = Path(args.data) / "corpus.jsonl"
     texts = []
@@ -250,9 +248,18 @@ def bench_encoder(n_docs: int, args) -> None:
             texts.append(parse_record(json.loads(line), source=str(corpus), position=position)[1])
             if len(texts) == n_docs:
                 break
+    with tempfile.TemporaryDirectory() as scratch:
+        model = random_bert_base(Path(scratch), texts) if args.model == RANDOM_BERT_BASE else args.model
+        _time_encoder(model, texts, corpus, args)
+
+
+def _time_encoder(model: str, texts: list[str], corpus: Path, args) -> None:
+    import torch
+
+    from pipeline.encode import SpladeEncoder
+    from pipeline.encode.reference import encode_reference
+
     batch = args.batch_size
-    scratch = tempfile.TemporaryDirectory()
-    model = random_bert_base(Path(scratch.name), texts) if args.model == RANDOM_BERT_BASE else args.model
     encoder = SpladeEncoder(model, device=args.device, batch_size=batch)
     # Warm-up. On CUDA the whole set: Triton autotunes once per token-length bucket, which must
     # stay out of the timed pass.
@@ -302,7 +309,6 @@ def bench_encoder(n_docs: int, args) -> None:
           f"({t_body:.1f} s wall, {c_body:.1f} s cpu)")
     print(f"  max |ours - plain| = {same:.2e}, nnz {ours.nnz} vs {reference.nnz}, "
           f"{ours.nnz / len(texts):.0f} terms a document")
-    scratch.cleanup()
 
 
 # ------------------------------------------------------------------------------------ main

@@ -3,30 +3,18 @@
 - copy bandwidth: a device-to-device copy of 4 GiB, counting bytes read plus bytes written;
 - bf16 matrix rate: an 8192 x 8192 x 8192 product on random data.
 
-Each is the median of 20 timed runs (CUDA events) after 3 warm-ups. Usage (on a CUDA machine):
-  python jobs/gpu_ceilings.py
+Each is the median time of `triton.testing.do_bench` (CUDA events, 0.5 s of runs after a warm-up).
+Usage, on a CUDA machine: python jobs/gpu_ceilings.py
 """
 
 from __future__ import annotations
 
-import statistics
-
 import torch
+import triton
 
 
-def _median_ms(fn, repeats: int = 20, warmups: int = 3) -> float:
-    for _ in range(warmups):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(stop))
-    return statistics.median(times)
+def _median_ms(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=50, rep=500, return_mode="median")
 
 
 def main() -> None:

@@ -6,7 +6,8 @@
 #          .gpu/site/cognition/model, the first 2,048 scifact documents as .gpu/data/scifact/corpus.jsonl)
 #   there: bash jobs/gpu_check.sh, carrying .gpu, with timeout_s 600
 # Each step has its own time limit and writes its log under $OUT; a failed step does not stop the
-# rest. About 8 minutes on an H200 (2026-12-04: the first four steps took 5.5 minutes).
+# rest. About 8 minutes on an H200 (2026-12-04: the first four steps took 5.5 minutes). The limits
+# add up to more than one call's 600 s, so the steps run in priority order, the profile last.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 mkdir -p "$OUT"

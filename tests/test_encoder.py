@@ -78,6 +78,20 @@ def test_scifact_documents_match_reference(tiny, scifact_docs):
     assert_same_vectors(ours, reference, atol=1e-4)
 
 
+def test_reference_runs_in_the_encoders_dtype(scifact_docs):
+    """`encode_reference(..., device, dtype)` is the benchmark's like-for-like peer of a 16-bit
+    encoder: the dtype takes effect, and the encoder agrees with it in that dtype."""
+    docs = scifact_docs[:16]
+    exact = encode_reference("splade-tiny", docs, max_length=256).toarray()
+    plain16 = encode_reference("splade-tiny", docs, max_length=256, device="cpu",
+                               dtype=torch.bfloat16).toarray()
+    ours16 = SpladeEncoder("splade-tiny", device="cpu", dtype="bfloat16").encode(docs).toarray()
+    assert not np.array_equal(plain16, exact)           # bf16 arithmetic, not float32
+    for got in (plain16, ours16):
+        assert np.abs(got - exact).max() <= 0.1 * exact.max()
+        assert ((got > 0) & (exact > 0)).sum() >= 0.9 * (exact > 0).sum()
+
+
 def test_scifact_queries_match_reference(tiny, scifact_queries):
     ours = tiny.encode_queries(scifact_queries)
     reference = encode_reference("splade-tiny", scifact_queries, max_length=64)

@@ -194,15 +194,14 @@ def _weights(rng: np.random.Generator, background: np.ndarray, table: np.ndarray
     """One weight per entry from ``table`` (`_weight_table`). ``topic_level``: uniform levels
     of the topic entries' (topic, term) pairs; their quantile is ``corr`` x that level plus
     independent noise on the normal scale (a Gaussian copula: each entry stays uniform)."""
-    background = background.astype(bool)
-    if topic_level is None or corr <= 0.0:
+    background = background.astype(np.int32)
+    if topic_level is None:
         idx = rng.integers(0, _QUANTILE_TABLE, size=background.size, dtype=np.int32)
     else:
         noise = rng.standard_normal(background.size)
         z = np.where(background, noise, corr * ndtri(topic_level) + np.sqrt(1.0 - corr ** 2) * noise)
         idx = np.minimum(ndtr(z) * _QUANTILE_TABLE, _QUANTILE_TABLE - 1).astype(np.int32)
-    idx += background.astype(np.int32) * _QUANTILE_TABLE
-    return table[idx]
+    return table[idx + background * _QUANTILE_TABLE]
 
 
 def _vectors(rng: np.random.Generator, n: int, topics: np.ndarray, nnz_log: tuple[float, float],
