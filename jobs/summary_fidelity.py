@@ -34,7 +34,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jobs.bench_index import load_real, union  # noqa: E402
 from pipeline.index import BlockedIndex  # noqa: E402
-from pipeline.index.bits import summary_record_size  # noqa: E402
 from pipeline.testing import synthetic  # noqa: E402
 from pipeline.testing.machine import machine_line  # noqa: E402
 
@@ -42,22 +41,11 @@ QUANTILES = (0.05, 0.1, 0.25, 0.5, 0.75)
 
 
 def summary_matrix(index: BlockedIndex) -> tuple[sp.csr_matrix, np.ndarray]:
-    """The dequantised summaries as a (blocks, vocab) matrix, and the document id of each posting
-    (layout: `pipeline.index.blocked`'s module docstring)."""
+    """The dequantised summaries as a (blocks, vocab) matrix, and the document id of each
+    posting."""
     a = index.arrays()
-    size = summary_record_size(index.vocab_size)
-    records = a["pair_records"].reshape(-1, size)
-    terms = np.zeros(records.shape[0], np.int64)
-    for byte in range(size - 1):  # little-endian term, then the count - 1
-        terms |= records[:, byte].astype(np.int64) << (8 * byte)
-    counts = records[:, size - 1].astype(np.int64) + 1
-    segment_of_pair = np.repeat(np.arange(a["seg_pair_ptr"].size - 1), np.diff(a["seg_pair_ptr"]))
-    pair_of_entry = np.repeat(np.arange(terms.size), counts)
-    entries = a["entries"].astype(np.int64)
-    block = a["seg_block_ptr"][segment_of_pair[pair_of_entry]] + (entries >> 8)
-    values = a["block_min"][block] + a["block_step"][block] * (entries & 255)
-    summaries = sp.csr_matrix((values.astype(np.float32), (block, terms[pair_of_entry])),
-                              shape=(a["block_min"].size, index.vocab_size))
+    block, term, value = index.summary_entries()
+    summaries = sp.csr_matrix((value, (block, term)), shape=(a["block_min"].size, index.vocab_size))
     posting_doc = (a["fwd_words"][a["postings"]].astype(np.int64)) & 0xFFFFFFFF  # header word 0: d
     return summaries, posting_doc
 

@@ -103,23 +103,64 @@ def test_build_is_deterministic(cisi):
 
 # --- the index structure, checked against a direct reading of the specification -------------
 
-def _summaries(index: BlockedIndex) -> dict[int, dict[int, float]]:
-    """Global block id -> {term: dequantised summary value}, decoded from the arrays."""
+def _summary_entries(index: BlockedIndex) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(global block, term, dequantised value) of every summary entry, decoded in plain Python
+    from the layout documented in `pipeline.index.blocked` (not through the library): groups
+    of 32 pairs per segment, each group's first term stored, the others as LEB128 deltas, a
+    pair's entries ending at the next set bit of ``pair_ends``, entries ``(block << 8) | code``.
+    Also checks every group's stored offsets against the decoded stream."""
     a = index.arrays()
-    records = a["pair_records"].reshape(-1, 3)
-    terms = records[:, 0].astype(int) | (records[:, 1].astype(int) << 8)
-    sizes = records[:, 2].astype(int) + 1
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    assert np.array_equal(a["pair_group_base"], starts[:-1][::16])
-    out: dict[int, dict[int, float]] = {}
+    n_entries = a["entries"].size
+    ends = np.unpackbits(a["pair_ends"].view(np.uint8), bitorder="little")
+    assert not ends[n_entries:].any()
+    last_of_pair = np.flatnonzero(ends[:n_entries])
+    first_of_pair = np.concatenate([[0], last_of_pair[:-1] + 1]).astype(int)
+    deltas = a["pair_deltas"].tolist()
+    blocks, terms, values = [], [], []
+    p = b = 0
     for s in range(a["seg_pair_ptr"].size - 1):
-        for p in range(a["seg_pair_ptr"][s], a["seg_pair_ptr"][s + 1]):
-            for e in range(starts[p], starts[p + 1]):
-                blk = int(a["seg_block_ptr"][s] + (a["entries"][e] >> 8))
-                code = int(a["entries"][e] & 255)
-                value = a["block_min"][blk] + a["block_step"][blk] * code
-                out.setdefault(blk, {})[int(terms[p])] = float(value)
+        for i in range(int(a["seg_pair_ptr"][s + 1] - a["seg_pair_ptr"][s])):
+            if i % 32 == 0:
+                g = int(a["seg_group_ptr"][s]) + i // 32
+                assert (a["group_entry"][g], a["group_byte"][g]) == (first_of_pair[p], b)
+                term = int(a["group_term"][g])
+            else:
+                delta, shift = 0, 0
+                while True:
+                    byte = deltas[b]
+                    b += 1
+                    delta |= (byte & 127) << shift
+                    shift += 7
+                    if byte < 128:
+                        break
+                assert delta > 0
+                term += delta
+            for e in range(first_of_pair[p], last_of_pair[p] + 1):
+                blk = int(a["seg_block_ptr"][s] + (int(a["entries"][e]) >> 8))
+                blocks.append(blk)
+                terms.append(term)
+                values.append(float(a["block_min"][blk])
+                              + float(a["block_step"][blk]) * (int(a["entries"][e]) & 255))
+            p += 1
+    assert p == last_of_pair.size and b == len(deltas)
+    return np.array(blocks, np.int64), np.array(terms, np.int64), np.array(values)
+
+
+def _summaries(index: BlockedIndex) -> dict[int, dict[int, float]]:
+    """Global block id -> {term: dequantised summary value}."""
+    out: dict[int, dict[int, float]] = {}
+    for blk, term, value in zip(*_summary_entries(index)):
+        out.setdefault(int(blk), {})[int(term)] = float(value)
     return out
+
+
+def test_summary_entries_method_matches_the_layout_decode(cisi):
+    index = BlockedIndex.build(cisi.docs[:600], n_postings=60, centroid_fraction=0.3)
+    blocks, terms, values = index.summary_entries()
+    expect_blocks, expect_terms, expect_values = _summary_entries(index)
+    np.testing.assert_array_equal(blocks, expect_blocks)
+    np.testing.assert_array_equal(terms, expect_terms)
+    np.testing.assert_allclose(values, expect_values, rtol=1e-6)
 
 
 def _block_docs(index: BlockedIndex, docs: sp.csr_matrix) -> list[np.ndarray]:
@@ -363,21 +404,10 @@ def test_bad_input():
 # --- the search kernels' steps, against brute force ---------------------------------------------
 
 def _dense_summaries(index: BlockedIndex) -> np.ndarray:
-    """(blocks, vocab) float64 summaries decoded with numpy from the documented layout: pair
-    records (term little-endian in 2 or 4 bytes, then entries - 1), entries ``(segment-local
-    block << 8) | u8 code``, values ``block_min + block_step * code``."""
-    a = index.arrays()
-    width = 3 if index.vocab_size <= 1 << 16 else 5
-    rec = a["pair_records"].reshape(-1, width).astype(np.int64)
-    terms = sum(rec[:, i] << (8 * i) for i in range(width - 1))
-    sizes = rec[:, width - 1] + 1
-    seg_of_pair = np.repeat(np.arange(a["seg_pair_ptr"].size - 1), np.diff(a["seg_pair_ptr"]))
-    pair_of_entry = np.repeat(np.arange(terms.size), sizes)
-    entries = a["entries"].astype(np.int64)
-    blocks = a["seg_block_ptr"][seg_of_pair[pair_of_entry]] + (entries >> 8)
-    values = a["block_min"][blocks].astype(np.float64) + a["block_step"][blocks] * (entries & 255)
-    out = np.zeros((a["block_min"].size, index.vocab_size))
-    out[blocks, terms[pair_of_entry]] = values
+    """(blocks, vocab) float64 summaries, decoded by `_summary_entries`."""
+    blocks, terms, values = _summary_entries(index)
+    out = np.zeros((index.arrays()["block_min"].size, index.vocab_size))
+    out[blocks, terms] = values
     return out
 
 

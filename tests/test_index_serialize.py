@@ -160,6 +160,37 @@ def test_wrong_version_and_foreign_groups(tmp_path, blocked, exact):
         load_exact(str(tmp_path / "not-zarr"))
 
 
+def test_an_older_format_version_asks_for_a_rebuild(tmp_path, blocked):
+    path = _saved(tmp_path, blocked, "old")
+    _set_attrs(path, format_version=blocked.FORMAT_VERSION - 1)
+    with pytest.raises(IndexFormatError, match="older lsr-pipeline: build it again"):
+        load_blocked(str(path))
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("end bit cleared", "summary pair offsets are inconsistent|overrun"),
+    ("zero delta", "not ascending"),
+    ("group term past the vocabulary", "not ascending inside the vocabulary"),
+    ("group entry offset", "offsets are inconsistent"),
+])
+def test_damaged_summaries_are_refused(blocked, damage, message):
+    """Summary arrays that pass their shape checks but break the layout: the structural check
+    names the problem instead of letting the kernels read out of bounds."""
+    a = {name: arr.copy() for name, arr in blocked.arrays().items()}
+    if damage == "end bit cleared":
+        word = int(np.flatnonzero(a["pair_ends"])[0])
+        a["pair_ends"][word] &= a["pair_ends"][word] - np.uint64(1)   # its lowest set bit
+    elif damage == "zero delta":
+        a["pair_deltas"][int(np.flatnonzero(a["pair_deltas"] < 128)[0])] = 0
+    elif damage == "group term past the vocabulary":
+        a["group_term"][0] = blocked.vocab_size
+    else:
+        a["group_entry"][1] += 1
+    with pytest.raises(ValueError, match=message):
+        BlockedIndex.from_arrays(a, blocked.config, blocked.n_docs, blocked.vocab_size,
+                                 blocked.nnz)
+
+
 def test_wrong_dtype_or_shape_is_refused(tmp_path, blocked):
     import zarr
 

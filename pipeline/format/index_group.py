@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import UserError
-from pipeline.index.bits import CODECS, PAIR_GROUP, summary_record_size
+from pipeline.index.bits import CODECS
 from pipeline.index.blocked import BlockedIndex
 from pipeline.index.config import BlockedIndexConfig
 from pipeline.index.exact import ExactIndex
@@ -77,9 +77,13 @@ def _open_group(url: str, storage_options: dict | None, fmt: str, version: int):
                                "write or not an lsr-pipeline index")
     if found != fmt:
         raise IndexFormatError(f"{loc.url}: holds {found!r}, expected {fmt!r}")
-    if attrs.get("format_version") != version:
-        raise IndexFormatError(f"{loc.url}: format version {attrs.get('format_version')!r}, "
-                               f"this code reads version {version}")
+    found_version = attrs.get("format_version")
+    if found_version != version:
+        older = isinstance(found_version, int) and found_version < version
+        raise IndexFormatError(f"{loc.url}: format version {found_version!r}, this code reads "
+                               f"version {version}" + ("; it was built by an older "
+                               "lsr-pipeline: build it again (lsr index) to serve it with this "
+                               "one" if older else ""))
     return loc, root, attrs
 
 
@@ -173,6 +177,8 @@ def save_blocked(index: BlockedIndex, url: str, storage_options: dict | None = N
         "n_blocks": int(a["block_min"].size), "n_postings_total": int(a["postings"].size),
         "n_segments": int(a["seg_pair_ptr"].size - 1),
         "n_summary_pairs": int(index.stats()["summary_pairs"]),
+        "n_summary_groups": int(a["group_term"].size),
+        "n_summary_delta_bytes": int(a["pair_deltas"].size),
         "n_summary_entries": int(a["entries"].size),
         "config": index.config.to_dict(),
     })
@@ -181,15 +187,16 @@ def save_blocked(index: BlockedIndex, url: str, storage_options: dict | None = N
 def load_blocked(url: str, storage_options: dict | None = None) -> BlockedIndex:
     loc, root, attrs = _open_group(url, storage_options, BlockedIndex.FORMAT,
                                    BlockedIndex.FORMAT_VERSION)
-    n, vocab, nnz, nb, npost, nseg, npairs, nent = (_int_attr(loc, attrs, k) for k in (
-        "n_docs", "vocab_size", "nnz", "n_blocks", "n_postings_total", "n_segments",
-        "n_summary_pairs", "n_summary_entries"))
+    n, vocab, nnz, nb, npost, nseg, npairs, ngroups, ndelta, nent = (
+        _int_attr(loc, attrs, k) for k in (
+            "n_docs", "vocab_size", "nnz", "n_blocks", "n_postings_total", "n_segments",
+            "n_summary_pairs", "n_summary_groups", "n_summary_delta_bytes",
+            "n_summary_entries"))
     try:
         config = BlockedIndexConfig.from_dict(dict(attrs.get("config") or {}))
     except (TypeError, ValueError) as exc:
         raise IndexFormatError(f"{loc.url}: invalid build parameters ({exc})") from exc
     word = np.dtype(CODECS[config.forward_values].word_dtype).str
-    record_size = summary_record_size(vocab)
     a = _read_arrays(loc, root, attrs, {
         "fwd_words": ((word,), (2 * n + nnz,)),
         "list_block_ptr": (("<i8",), (vocab + 1,)),
@@ -200,14 +207,19 @@ def load_blocked(url: str, storage_options: dict | None = None) -> BlockedIndex:
         "list_seg_ptr": (("<i8",), (vocab + 1,)),
         "seg_block_ptr": (("<i8",), (nseg + 1,)),
         "seg_pair_ptr": (("<i8",), (nseg + 1,)),
-        "pair_records": (("|u1",), (npairs * record_size,)),
-        "pair_group_base": (("<u4",), ((npairs + PAIR_GROUP - 1) // PAIR_GROUP,)),
+        "seg_group_ptr": (("<i8",), (nseg + 1,)),
+        "group_term": (("<u4",), (ngroups,)),
+        "group_entry": (("<u4",), (ngroups,)),
+        "group_byte": (("<u4",), (ngroups,)),
+        "pair_deltas": (("|u1",), (ndelta,)),
+        "pair_ends": (("<u8",), ((nent + 63) // 64,)),
         "entries": (("<u2",), (nent,)),
     })
     _check_ptr(loc, "list_block_ptr", a["list_block_ptr"], nb)
     _check_ptr(loc, "block_post_ptr", a["block_post_ptr"], npost)
     _check_ptr(loc, "list_seg_ptr", a["list_seg_ptr"], nseg)
     _check_ptr(loc, "seg_pair_ptr", a["seg_pair_ptr"], npairs)
+    _check_ptr(loc, "seg_group_ptr", a["seg_group_ptr"], ngroups)
     _check_ptr(loc, "seg_block_ptr", a["seg_block_ptr"], nb)
     try:
         return BlockedIndex.from_arrays(a, config, n, vocab, nnz)

@@ -1,4 +1,5 @@
-"""Low-level numba helpers: a scalar bit cast, a software prefetch, and the forward-entry codec.
+"""Low-level numba helpers: a scalar bit cast, a software prefetch, bit counts, and the
+forward-entry codec.
 
 The forward index packs one (term, value) entry into one machine word so that scoring a
 document streams a single contiguous run of memory:
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -55,6 +56,52 @@ def prefetch(typingctx, array, index):
             return context.get_dummy_value()
         return types.void(array, index), codegen
     return None
+
+
+def _unary_u64(name):
+    """An intrinsic calling the LLVM bit-count builtin ``name`` on a uint64 (int64 result)."""
+    @intrinsic
+    def op(typingctx, x):
+        if isinstance(x, types.Integer) and x.bitwidth == 64 and not x.signed:
+            def codegen(context, builder, signature, args):
+                i64 = ir.IntType(64)
+                if name == "ctpop":
+                    fn = cgutils.get_or_insert_function(
+                        builder.module, ir.FunctionType(i64, [i64]), "llvm.ctpop.i64")
+                    return builder.call(fn, [args[0]])
+                fn = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(i64, [i64, ir.IntType(1)]), "llvm.cttz.i64")
+                # is_zero_poison false: cttz(0) is 64
+                return builder.call(fn, [args[0], ir.Constant(ir.IntType(1), 0)])
+            return types.int64(x), codegen
+        return None
+    return op
+
+
+popcount_u64 = _unary_u64("ctpop")
+popcount_u64.__doc__ = "Set bits of a uint64 (one POPCNT)."
+trailing_zeros_u64 = _unary_u64("cttz")
+trailing_zeros_u64.__doc__ = "Trailing zero bits of a uint64, 64 for zero (one TZCNT)."
+
+
+@njit(inline="always")
+def read_varint(buf, b):
+    """The LEB128 varint at ``buf[b]`` (7 bits a byte, low first, high bit on all but the
+    last byte); returns (value, offset after it). Trusts the buffer: a loaded index is
+    checked once by `search_kernels.check_structure`."""
+    x = np.int64(buf[b])
+    b += 1
+    if x < 128:
+        return x, b
+    value = x & 127
+    shift = 7
+    while True:
+        x = np.int64(buf[b])
+        b += 1
+        value |= (x & 127) << shift
+        if x < 128:
+            return value, b
+        shift += 7
 
 
 HALF_TO_SINGLE_SCALE = np.float32(2.0 ** 112)
@@ -100,16 +147,15 @@ CODECS: dict[str, EntryCodec] = {
 }
 
 
-# -- inverted summary records (layout documented in `pipeline.index.blocked`) ------------------
+# -- inverted summary layout (documented in `pipeline.index.blocked`) ---------------------------
 
-SMALL_VOCAB = 1 << 16
-"""Vocabularies up to this size store a summary pair's term in 2 bytes, larger ones in 4."""
-
-PAIR_GROUP_SHIFT = 4
+PAIR_GROUP_SHIFT = 5
 PAIR_GROUP = 1 << PAIR_GROUP_SHIFT
-"""Pairs per ``pair_group_base`` entry: pair ``p``'s group is ``p >> PAIR_GROUP_SHIFT`` and the
-group's first pair is ``(p >> PAIR_GROUP_SHIFT) << PAIR_GROUP_SHIFT``. Sixteen keeps the base
-array at 4 bytes per 16 pairs while the in-group prefix sum stays short."""
+"""Pairs per group. Each segment's pairs are cut into groups of this many (the last may be
+shorter); a group stores its first pair's term and first entry offset absolutely, and the
+other pairs' terms as varint deltas. A search jumps between groups by their first terms and
+reads at most ``PAIR_GROUP - 1`` deltas inside one; 32 keeps the per-group arrays (12 bytes)
+at 0.375 bytes a pair."""
 
 ENTRY_BLOCK_SHIFT = 8
 ENTRY_CODE_MASK = (1 << ENTRY_BLOCK_SHIFT) - 1
@@ -123,13 +169,3 @@ SEGMENT_BLOCKS = 1 << ENTRY_BLOCK_SHIFT
 U8_LEVELS = ENTRY_CODE_MASK
 """Largest summary code: values are quantised to ``0..U8_LEVELS`` between a block's min and
 max component."""
-
-
-def summary_term_bytes(vocab_size: int) -> int:
-    """Bytes of a summary pair's little-endian term id."""
-    return 2 if vocab_size <= SMALL_VOCAB else 4
-
-
-def summary_record_size(vocab_size: int) -> int:
-    """Bytes of one (term, entry count - 1) pair record: the term, then one count byte."""
-    return summary_term_bytes(vocab_size) + 1

@@ -6,7 +6,8 @@ contiguous blocks -> per block a u8-quantised summary (coordinate-wise max, prun
 Search: see `pipeline.index.search_kernels`.
 
 Array layout (all little-endian numpy arrays; ``V`` vocabulary size, ``N`` documents,
-``B`` blocks, ``P`` postings, ``T`` (list, summary term) pairs, ``E`` summary entries):
+``B`` blocks, ``P`` postings, ``S`` summary segments, ``T`` (segment, summary term) pairs,
+``G`` pair groups, ``E`` summary entries):
 
 ``fwd_words`` uint32 (float16 values) or uint64 (float32 values), ``2N + nnz``
     Forward index, documents in corpus order. Document ``d`` starts at word
@@ -25,17 +26,28 @@ Array layout (all little-endian numpy arrays; ``V`` vocabulary size, ``N`` docum
     Summaries are stored inverted (a query touches only the entries of its own terms), per
     *segment* of at most 256 consecutive blocks of one list (so a block id inside a segment
     is one byte). The segments of term ``t``'s list are ``list_seg_ptr[t]:list_seg_ptr[t+1]``.
-``seg_block_ptr``, ``seg_pair_ptr`` int64, ``S + 1``
-    Segment ``s`` covers blocks ``seg_block_ptr[s]:seg_block_ptr[s+1]`` and (term, blocks)
-    pairs ``seg_pair_ptr[s]:seg_pair_ptr[s+1]``, terms ascending.
-``pair_records`` uint8, ``R * T``
-    Pair ``p`` is the ``R``-byte record at ``R p``: its term (little-endian, 2 bytes when
-    ``V <= 65536``, else 4) then its number of entries minus one (1 byte): ``R`` is 3 or 5.
-``pair_group_base`` uint32, ``ceil(T / 16)``
-    Offset in ``entries`` of pair ``16 g``; the entries of pair ``p`` follow those of pair
-    ``p - 1``, so its offset is its group's base plus the sizes of the pairs before it in
-    the group (3.25 bytes a pair instead of 8 for a term and an offset).
-``entries`` uint16, ``E``: ``(segment-local block << 8) | code``, ascending block in a pair.
+``seg_block_ptr``, ``seg_pair_ptr``, ``seg_group_ptr`` int64, ``S + 1``
+    Segment ``s`` covers blocks ``seg_block_ptr[s]:seg_block_ptr[s+1]``, (term, blocks)
+    pairs ``seg_pair_ptr[s]:seg_pair_ptr[s+1]`` (terms strictly ascending) and pair groups
+    ``seg_group_ptr[s]:seg_group_ptr[s+1]``: its pairs cut into groups of 32 (`PAIR_GROUP`;
+    the last may be shorter), so a segment of ``n`` pairs has ``ceil(n / 32)`` groups.
+``group_term``, ``group_entry``, ``group_byte`` uint32, ``G``
+    Group ``g``'s first pair: its term, the offset in ``entries`` of its first entry, and the
+    offset in ``pair_deltas`` of the group's second pair's delta.
+``pair_deltas`` uint8
+    Every pair but a group's first, in order: its term minus the previous pair's, as a LEB128
+    varint (7 bits a byte, low first, high bit set on all but the last byte; one byte for a
+    delta under 128). Each group's deltas follow the previous group's.
+``pair_ends`` uint64, ``ceil(E / 64)``
+    Bit ``j % 64`` of word ``j // 64`` is set when entry ``j`` is the last of its pair (so no
+    per-pair count is stored: a pair's entries run to the next set bit, and the search finds
+    the ``k``-th pair after a known one with a POPCNT a word).
+``entries`` uint16, ``E``
+    Per pair, ascending block: ``(segment-local block << 8) | code``, the block's u8 code for
+    the pair's term. Pair ``p``'s entries follow pair ``p - 1``'s.
+
+So a summary entry costs 2 bytes and 1 bit, and a pair about 1.4 bytes (its delta plus 12
+bytes a group of 32).
 """
 
 from __future__ import annotations
@@ -51,8 +63,7 @@ import scipy.sparse as sp
 
 import pipeline.index.build_kernels as bk
 import pipeline.index.search_kernels as sk
-from pipeline.index.bits import (CODECS, HALF_MAX, PAIR_GROUP, EntryCodec, summary_record_size,
-                                 summary_term_bytes)
+from pipeline.index.bits import CODECS, ENTRY_CODE_MASK, HALF_MAX, EntryCodec
 from pipeline.index.allowed import AllowedDocs
 from pipeline.index.config import FILTER_EXACT_FRACTION, BlockedIndexConfig
 from pipeline.index.fastcall import FastCall, numba_threads
@@ -66,8 +77,11 @@ MAX_WORDS = 1 << 32             # postings are uint32 word offsets
 _NO_FILTER = np.zeros(0, np.uint64)   # the kernels' "blocked" bitset when nothing is filtered
 
 ARRAY_NAMES = ("fwd_words", "list_block_ptr", "block_post_ptr", "postings", "block_min",
-               "block_step", "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr", "pair_records",
-               "pair_group_base", "entries")
+               "block_step", "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr", "seg_group_ptr",
+               "group_term", "group_entry", "group_byte", "pair_deltas", "pair_ends", "entries")
+SUMMARY_ARRAYS = ("block_min", "block_step", "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr",
+                  "seg_group_ptr", "group_term", "group_entry", "group_byte", "pair_deltas",
+                  "pair_ends", "entries")
 
 
 def forward_words(csr: sp.csr_matrix, codec: EntryCodec) -> np.ndarray:
@@ -84,8 +98,7 @@ def forward_words(csr: sp.csr_matrix, codec: EntryCodec) -> np.ndarray:
     return words
 
 
-def kernel_view(arrays: dict[str, np.ndarray], codec: EntryCodec, record_size: int
-                ) -> sk.IndexView:
+def kernel_view(arrays: dict[str, np.ndarray], codec: EntryCodec) -> sk.IndexView:
     """The arrays and decoding constants as the one `IndexView` the search kernels take."""
     wt = codec.word_dtype
     return sk.IndexView(
@@ -93,8 +106,9 @@ def kernel_view(arrays: dict[str, np.ndarray], codec: EntryCodec, record_size: i
         np.float32(codec.query_scale), codec.name == "float32",
         arrays["list_block_ptr"], arrays["block_post_ptr"], arrays["postings"],
         arrays["block_min"], arrays["block_step"], arrays["list_seg_ptr"],
-        arrays["seg_block_ptr"], arrays["seg_pair_ptr"], arrays["pair_records"], record_size,
-        arrays["pair_group_base"], arrays["entries"])
+        arrays["seg_block_ptr"], arrays["seg_pair_ptr"], arrays["seg_group_ptr"],
+        arrays["group_term"], arrays["group_entry"], arrays["group_byte"], arrays["pair_deltas"],
+        arrays["pair_ends"], arrays["entries"])
 
 
 def used_terms(csr: sp.csr_matrix) -> int:
@@ -143,7 +157,7 @@ class BlockedIndex:
     """
 
     FORMAT = "lsr-pipeline/blocked-index"
-    FORMAT_VERSION = 1
+    FORMAT_VERSION = 2     # 2: grouped varint summary pairs (version 1: fixed pair records)
 
     def __init__(self, arrays: dict[str, np.ndarray], config: BlockedIndexConfig,
                  n_docs: int, vocab_size: int, nnz: int) -> None:
@@ -157,8 +171,7 @@ class BlockedIndex:
         self._vocab = int(vocab_size)
         self._nnz = int(nnz)
         self._codec = CODECS[config.forward_values]
-        self._record_size = summary_record_size(vocab_size)
-        self._view = kernel_view(self._a, self._codec, self._record_size)
+        self._view = kernel_view(self._a, self._codec)
         lbp = arrays["list_block_ptr"]
         self._max_list_blocks = int(np.diff(lbp).max()) if lbp.size > 1 else 0
         self._local = threading.local()
@@ -281,24 +294,25 @@ class BlockedIndex:
             raise AssertionError("blocks do not hold every posting")
         seg_sizes = np.concatenate([p[6] for p in parts]) if parts else np.zeros((0, 3), np.int64)
         postings = gather_u32(cat(2, np.int64))
-        term_bytes = summary_term_bytes(vocab)
-        pair_terms = cat(7, np.dtype(f"<u{term_bytes}"))
+        pair_terms = cat(7, np.uint16 if vocab <= 1 << 16 else np.uint32)
         pair_counts = cat(8, np.uint8)
-        n_pairs = pair_counts.size
-        if int(pair_counts.sum(dtype=np.int64)) + n_pairs >= MAX_WORDS:
+        if int(pair_counts.sum(dtype=np.int64)) + pair_counts.size >= MAX_WORDS:
             raise ValueError("summaries too large for one index (> 2**32 entries); shard it")
-        # entry offset of every PAIR_GROUP-th pair (exclusive prefix sums of count + 1), from
-        # per-group sums: no int64 offset of every pair
-        padded = np.zeros(-(-n_pairs // PAIR_GROUP) * PAIR_GROUP, np.uint8)
-        padded[:n_pairs] = pair_counts
-        group_sums = padded.reshape(-1, PAIR_GROUP).sum(axis=1, dtype=np.int64) + PAIR_GROUP
-        del padded
-        group_base = np.zeros(group_sums.size, np.int64)
-        np.cumsum(group_sums[:-1], out=group_base[1:])
-        records = np.empty((n_pairs, term_bytes + 1), np.uint8)
-        records[:, :term_bytes] = pair_terms.view(np.uint8).reshape(-1, term_bytes)
-        del pair_terms
-        records[:, term_bytes] = pair_counts
+        seg_pairs = np.ascontiguousarray(seg_sizes[:, 1])
+        n_groups, n_bytes = bk.pair_group_sizes(pair_terms, seg_pairs)
+        if n_bytes >= MAX_WORDS:
+            raise ValueError("summary pairs too large for one index (> 2**32 delta bytes); "
+                             "shard it")
+        seg_group_ptr = np.empty(seg_pairs.size + 1, np.int64)
+        group_term = np.empty(n_groups, np.uint32)
+        group_entry = np.empty(n_groups, np.uint32)
+        group_byte = np.empty(n_groups, np.uint32)
+        pair_deltas = np.empty(n_bytes, np.uint8)
+        pair_ends = np.zeros((int(pair_counts.sum(dtype=np.int64)) + pair_counts.size + 63) // 64,
+                             np.uint64)
+        bk.pack_pair_groups(pair_terms, pair_counts, seg_pairs, seg_group_ptr, group_term,
+                            group_entry, group_byte, pair_deltas, pair_ends)
+        del pair_terms, pair_counts
         return {
             "fwd_words": words,
             "list_block_ptr": ptr(list_n_blocks),
@@ -309,8 +323,12 @@ class BlockedIndex:
             "list_seg_ptr": ptr(cat(1, np.int64)),
             "seg_block_ptr": ptr(seg_sizes[:, 0]),
             "seg_pair_ptr": ptr(seg_sizes[:, 1]),
-            "pair_records": records.reshape(-1),
-            "pair_group_base": group_base.astype(np.uint32),
+            "seg_group_ptr": seg_group_ptr,
+            "group_term": group_term,
+            "group_entry": group_entry,
+            "group_byte": group_byte,
+            "pair_deltas": pair_deltas,
+            "pair_ends": pair_ends,
             "entries": cat(9, np.uint16),
         }
 
@@ -342,11 +360,22 @@ class BlockedIndex:
         offset (so a corrupt copy fails here, not as an out-of-bounds read in a kernel).
         Raises ``ValueError`` naming the first problem found."""
         view = kernel_view({n: np.ascontiguousarray(a) for n, a in arrays.items()},
-                           CODECS[config.forward_values], summary_record_size(vocab_size))
+                           CODECS[config.forward_values])
         problem = sk.check_structure(view, n_docs, vocab_size)
         if problem:
             raise ValueError(problem)
         return cls(arrays, config, n_docs, vocab_size, nnz)
+
+    def summary_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every block summary entry decoded: (global block int64, term int64, dequantised
+        value float32), in storage order. For diagnostics; search never decodes this way."""
+        a = self._a
+        blocks, terms = bk.unpack_pair_groups(a["seg_block_ptr"], a["seg_pair_ptr"],
+                                              a["seg_group_ptr"], a["group_term"],
+                                              a["pair_deltas"], a["pair_ends"], a["entries"])
+        codes = (a["entries"] & np.uint16(ENTRY_CODE_MASK)).astype(np.float32)
+        values = a["block_min"][blocks] + a["block_step"][blocks] * codes
+        return blocks, terms, values.astype(np.float32)
 
     @property
     def nbytes(self) -> int:
@@ -359,15 +388,14 @@ class BlockedIndex:
         return {"n_docs": self._n_docs, "vocab_size": self._vocab, "nnz": self._nnz,
                 "postings": int(a["postings"].size), "blocks": int(a["block_min"].size),
                 "segments": int(a["seg_pair_ptr"].size - 1),
-                "summary_pairs": int(a["pair_records"].size // self._record_size),
+                "summary_pairs": int(a["seg_pair_ptr"][-1]),
+                "summary_groups": int(a["group_term"].size),
                 "summary_entries": int(a["entries"].size),
                 "max_list_blocks": self._max_list_blocks,
                 "forward_bytes": int(a["fwd_words"].nbytes),
                 "posting_bytes": int(a["postings"].nbytes + a["block_post_ptr"].nbytes
                                      + a["list_block_ptr"].nbytes),
-                "summary_bytes": int(sum(a[n].nbytes for n in (
-                    "block_min", "block_step", "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr",
-                    "pair_records", "pair_group_base", "entries"))),
+                "summary_bytes": int(sum(a[n].nbytes for n in SUMMARY_ARRAYS)),
                 "nbytes": self.nbytes}
 
     # -- search ------------------------------------------------------------------------------

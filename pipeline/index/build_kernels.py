@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from pipeline.index.bits import ENTRY_BLOCK_SHIFT, SEGMENT_BLOCKS, U8_LEVELS
+from pipeline.index.bits import (ENTRY_BLOCK_SHIFT, PAIR_GROUP, SEGMENT_BLOCKS, U8_LEVELS,
+                                 read_varint)
 
 
 @njit(cache=True, nogil=True)
@@ -482,3 +483,91 @@ def build_lists(first_term, last_term, seed, list_ptr, list_docs, indptr, indice
             block_min[:n_blocks_total].copy(), block_step[:n_blocks_total].copy(),
             seg_sizes[:n_segs].copy(), pair_terms[:n_pairs].copy(),
             pair_counts[:n_pairs].copy(), entries[:n_entries].copy())
+
+
+@njit(cache=True, nogil=True)
+def _varint_size(value):
+    n = 1
+    while value >= 128:
+        value >>= 7
+        n += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def pair_group_sizes(pair_terms, seg_pairs):
+    """(groups, delta bytes) of the pairs' grouped layout: per segment ``ceil(pairs /
+    PAIR_GROUP)`` groups, and a varint of the term delta for every pair but a group's first."""
+    n_groups = 0
+    n_bytes = 0
+    p = 0
+    for s in range(seg_pairs.size):
+        n = seg_pairs[s]
+        n_groups += (n + PAIR_GROUP - 1) // PAIR_GROUP
+        for i in range(1, n):
+            if i % PAIR_GROUP != 0:
+                n_bytes += _varint_size(np.int64(pair_terms[p + i]) - np.int64(pair_terms[p + i - 1]))
+        p += n
+    return n_groups, n_bytes
+
+
+@njit(cache=True, nogil=True)
+def pack_pair_groups(pair_terms, pair_counts, seg_pairs, seg_group_ptr, group_term, group_entry,
+                     group_byte, pair_deltas, pair_ends):
+    """Fill the grouped pair layout (sized by `pair_group_sizes`; documented in
+    `pipeline.index.blocked`) from the build's per-pair terms and counts (entries - 1);
+    ``pair_ends`` must arrive zeroed."""
+    g = 0
+    b = 0
+    e = 0
+    p = 0
+    seg_group_ptr[0] = 0
+    for s in range(seg_pairs.size):
+        n = seg_pairs[s]
+        for i in range(n):
+            t = np.int64(pair_terms[p + i])
+            if i % PAIR_GROUP == 0:
+                group_term[g] = t
+                group_entry[g] = e
+                group_byte[g] = b
+                g += 1
+            else:
+                delta = t - np.int64(pair_terms[p + i - 1])
+                while delta >= 128:
+                    pair_deltas[b] = (delta & 127) | 128
+                    delta >>= 7
+                    b += 1
+                pair_deltas[b] = delta
+                b += 1
+            e += np.int64(pair_counts[p + i]) + 1
+            pair_ends[(e - 1) >> 6] |= np.uint64(1) << np.uint64((e - 1) & 63)
+        p += n
+        seg_group_ptr[s + 1] = g
+
+
+@njit(cache=True, nogil=True)
+def unpack_pair_groups(seg_block_ptr, seg_pair_ptr, seg_group_ptr, group_term, pair_deltas,
+                       pair_ends, entries):
+    """(global block, term) of every summary entry: the inverse of `pack_pair_groups`, for
+    diagnostics and export, not search."""
+    n = entries.size
+    blocks = np.empty(n, np.int64)
+    terms = np.empty(n, np.int64)
+    e = 0
+    b = 0
+    for s in range(seg_pair_ptr.size - 1):
+        term = np.int64(0)
+        for i in range(seg_pair_ptr[s + 1] - seg_pair_ptr[s]):
+            if i % PAIR_GROUP == 0:
+                term = np.int64(group_term[seg_group_ptr[s] + i // PAIR_GROUP])
+            else:
+                delta, b = read_varint(pair_deltas, b)
+                term += delta
+            while True:
+                blocks[e] = seg_block_ptr[s] + (np.int64(entries[e]) >> ENTRY_BLOCK_SHIFT)
+                terms[e] = term
+                last = (pair_ends[e >> 6] >> np.uint64(e & 63)) & np.uint64(1)
+                e += 1
+                if last:
+                    break
+    return blocks, terms

@@ -27,7 +27,8 @@ import numpy as np
 from numba import njit, prange
 
 from pipeline.index.bits import (ENTRY_BLOCK_SHIFT, ENTRY_CODE_MASK, PAIR_GROUP,
-                                 PAIR_GROUP_SHIFT, SEGMENT_BLOCKS, bits_to_f32, prefetch)
+                                 PAIR_GROUP_SHIFT, SEGMENT_BLOCKS, bits_to_f32, popcount_u64,
+                                 prefetch, read_varint, trailing_zeros_u64)
 from pipeline.index.topk import heap_push, heap_to_row, worse
 
 SCAN_PAIRS_PER_TERM = 8
@@ -37,12 +38,12 @@ per query term, and searches it (galloping) otherwise."""
 IndexView = namedtuple("IndexView", [
     "words", "term_mask", "hi_shift", "lo_shift", "q_scale", "ordered",
     "list_block_ptr", "block_post_ptr", "postings", "block_min", "block_step",
-    "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr", "pair_records", "record_size",
-    "pair_group_base", "entries"])
+    "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr", "seg_group_ptr", "group_term",
+    "group_entry", "group_byte", "pair_deltas", "pair_ends", "entries"])
 IndexView.__doc__ = """What the search kernels read of a `BlockedIndex`: its arrays (layout in
 `pipeline.index.blocked`) plus the forward codec's decoding constants (``term_mask``,
 ``hi_shift``, ``lo_shift`` of the word dtype; ``q_scale`` float32; ``ordered``: float32
-words, scored in one ascending accumulator) and ``record_size`` (int, 3 or 5)."""
+words, scored in one ascending accumulator)."""
 
 Scratch = namedtuple("Scratch", [
     "q_dense", "q_weight", "visited", "touched", "cand_block", "acc_code", "acc_q", "dots", "heap", "cut",
@@ -155,29 +156,21 @@ def _sift_down_max(heap, keys, n, i):
 
 
 @njit(inline="always")
-def _pair_term(records, p, record_size):
-    """Term of summary pair p (little-endian, 2 or 4 bytes at the start of its record)."""
-    r = p * record_size
-    if record_size == 3:
-        return np.int64(records[r]) | (np.int64(records[r + 1]) << 8)
-    return (np.int64(records[r]) | (np.int64(records[r + 1]) << 8)
-            | (np.int64(records[r + 2]) << 16) | (np.int64(records[r + 3]) << 24))
-
-
-@njit(inline="always")
-def _pair_size(records, p, record_size):
-    """Number of entries of summary pair p (its record's last byte holds the count - 1)."""
-    return np.int64(records[p * record_size + record_size - 1]) + 1
-
-
-@njit(inline="always")
-def _pair_first(records, group_base, p, record_size):
-    """Offset in ``entries`` of pair p's first entry: its group's base plus the sizes of
-    the pairs before it in the group."""
-    off = np.int64(group_base[p >> PAIR_GROUP_SHIFT])
-    for j in range((p >> PAIR_GROUP_SHIFT) << PAIR_GROUP_SHIFT, p):
-        off += _pair_size(records, j, record_size)
-    return off
+def _skip_pairs(ends, e, k):
+    """Offset of the first entry ``k`` pairs after the pair starting at entry ``e``: the
+    position after the ``k``-th set bit of ``ends`` at or after bit ``e`` (one POPCNT a
+    64-entry word, then clearing the lowest set bits of the last word)."""
+    while k > 0:
+        w = e >> 6
+        x = ends[w] >> np.uint64(e & 63)
+        c = popcount_u64(x)
+        if c >= k:
+            for _ in range(k - 1):
+                x &= x - np.uint64(1)
+            return e + trailing_zeros_u64(x) + 1
+        k -= c
+        e = (w + 1) << 6
+    return e
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -222,13 +215,15 @@ def score_summaries(ix, q_terms, q_values, q_weight, cut, n_cut, cand_block, acc
     Per segment, the query's (term, blocks) pairs are found one of two ways: a segment with
     at most ``SCAN_PAIRS_PER_TERM`` x |q| pairs is read straight through, each pair's
     weight gathered from ``q_weight`` (sequential, no search); a larger one is searched by
-    a galloping merge of the ascending query terms into its ascending pairs. The
-    accumulators keep ``sum w * code`` and ``sum w`` per block, dequantised once at the
-    end: ``step * sum(w * code) + min * sum(w)``."""
+    a merge of the ascending query terms into its pair groups (galloping over the groups'
+    first terms, then stepping through at most one group's deltas). The accumulators keep
+    ``sum w * code`` and ``sum w`` per block, dequantised once at the end:
+    ``step * sum(w * code) + min * sum(w)``."""
     nt = q_terms.size
-    records = ix.pair_records
-    record_size = ix.record_size
     entries = ix.entries
+    ends = ix.pair_ends
+    deltas = ix.pair_deltas
+    group_term = ix.group_term
     scan_limit = SCAN_PAIRS_PER_TERM * nt
     n_cand = 0
     for c in range(n_cut):
@@ -243,42 +238,99 @@ def score_summaries(ix, q_terms, q_values, q_weight, cut, n_cut, cand_block, acc
             acc_q[n_cand + j] = 0.0
         for s in range(ix.list_seg_ptr[t], ix.list_seg_ptr[t + 1]):
             seg_base = n_cand + (ix.seg_block_ptr[s] - b0)
-            p_end = ix.seg_pair_ptr[s + 1]
-            p = ix.seg_pair_ptr[s]
-            if p_end - p <= scan_limit:
-                first = _pair_first(records, ix.pair_group_base, p, record_size)
-                for pp in range(p, p_end):
-                    last = first + _pair_size(records, pp, record_size)
-                    w = q_weight[_pair_term(records, pp, record_size)]
-                    if w != 0:
-                        _add_pair(entries, first, last, w, seg_base, acc_code, acc_q)
-                    first = last
+            n_pairs = ix.seg_pair_ptr[s + 1] - ix.seg_pair_ptr[s]
+            g = ix.seg_group_ptr[s]
+            g_end = ix.seg_group_ptr[s + 1]
+            if g == g_end:
                 continue
-            # galloping merge: O(|q| log(pairs / |q|)) probes instead of a pass over all
-            for i in range(nt):
-                qt = np.int64(q_terms[i])
-                if p >= p_end:
-                    break
-                if _pair_term(records, p, record_size) < qt:
-                    step = 1
-                    while p + step < p_end and _pair_term(records, p + step, record_size) < qt:
-                        step <<= 1
-                    lo = p + (step >> 1) + 1
-                    hi = min(p + step, p_end)
-                    while lo < hi:
-                        mid = (lo + hi) >> 1
-                        if _pair_term(records, mid, record_size) < qt:
-                            lo = mid + 1
-                        else:
-                            hi = mid
-                    p = lo
-                    if p >= p_end:
+            # entries are located lazily: ``e`` is the first entry of the group's pair ``i_e``,
+            # advanced (through ``pair_ends``) only to a pair the query holds
+            b = np.int64(ix.group_byte[g])
+            term = np.int64(0)
+            e = np.int64(0)
+            i_e = 0
+            if n_pairs <= scan_limit:
+                for i in range(n_pairs):
+                    i_in = i & (PAIR_GROUP - 1)
+                    if i_in == 0:
+                        gg = g + (i >> PAIR_GROUP_SHIFT)
+                        term = np.int64(group_term[gg])
+                        e = np.int64(ix.group_entry[gg])
+                        i_e = 0
+                    else:
+                        delta, b = read_varint(deltas, b)
+                        term += delta
+                    w = q_weight[term]
+                    if w != 0:
+                        e = _skip_pairs(ends, e, i_in - i_e)
+                        last = _skip_pairs(ends, e, 1)
+                        _add_pair(entries, e, last, w, seg_base, acc_code, acc_q)
+                        e = last
+                        i_e = i_in + 1
+                continue
+            # merge: the cursor is pair ``i`` of group ``g`` (term ``term``, next delta at
+            # ``b``); it only moves forward
+            last_group_pairs = n_pairs - ((g_end - g - 1) << PAIR_GROUP_SHIFT)
+            term = np.int64(group_term[g])
+            e = np.int64(ix.group_entry[g])
+            i = 0
+            for k in range(nt):
+                qt = np.int64(q_terms[k])
+                if term < qt:
+                    if g + 1 < g_end and np.int64(group_term[g + 1]) <= qt:
+                        # gallop to the last group starting at or before qt
+                        lo = g + 1
+                        step = 1
+                        while lo + step < g_end and np.int64(group_term[lo + step]) <= qt:
+                            lo += step
+                            step <<= 1
+                        hi = min(lo + step, g_end)
+                        while hi - lo > 1:
+                            mid = (lo + hi) >> 1
+                            if np.int64(group_term[mid]) <= qt:
+                                lo = mid
+                            else:
+                                hi = mid
+                        g = lo
+                        term = np.int64(group_term[g])
+                        e = np.int64(ix.group_entry[g])
+                        b = np.int64(ix.group_byte[g])
+                        i = 0
+                        i_e = 0
+                    n_in = PAIR_GROUP if g + 1 < g_end else last_group_pairs
+                    while term < qt and i + 1 < n_in:
+                        delta, b = read_varint(deltas, b)
+                        term += delta
+                        i += 1
+                    if term < qt:
+                        # qt lies between this group's last pair and the next group's first
+                        if g + 1 == g_end:
+                            break
+                        g += 1
+                        term = np.int64(group_term[g])
+                        e = np.int64(ix.group_entry[g])
+                        b = np.int64(ix.group_byte[g])
+                        i = 0
+                        i_e = 0
+                if term == qt:
+                    e = _skip_pairs(ends, e, i - i_e)
+                    last = _skip_pairs(ends, e, 1)
+                    _add_pair(entries, e, last, q_values[k], seg_base, acc_code, acc_q)
+                    e = last
+                    i_e = i + 1
+                    n_in = PAIR_GROUP if g + 1 < g_end else last_group_pairs
+                    if i + 1 < n_in:
+                        delta, b = read_varint(deltas, b)
+                        term += delta
+                        i += 1
+                    elif g + 1 < g_end:
+                        # e and b already point at the next group's first entry and delta
+                        g += 1
+                        term = np.int64(group_term[g])
+                        i = 0
+                        i_e = 0
+                    else:
                         break
-                if _pair_term(records, p, record_size) == qt:
-                    first = _pair_first(records, ix.pair_group_base, p, record_size)
-                    _add_pair(entries, first, first + _pair_size(records, p, record_size),
-                              q_values[i], seg_base, acc_code, acc_q)
-                    p += 1
         n_cand += nb
     for j in range(n_cand):
         blk = cand_block[j]
@@ -469,9 +521,12 @@ def check_structure(ix, n_docs, vocab):
     list_seg_ptr = ix.list_seg_ptr
     seg_block_ptr = ix.seg_block_ptr
     seg_pair_ptr = ix.seg_pair_ptr
-    pair_records = ix.pair_records
-    record_size = ix.record_size
-    pair_group_base = ix.pair_group_base
+    seg_group_ptr = ix.seg_group_ptr
+    group_term = ix.group_term
+    group_entry = ix.group_entry
+    group_byte = ix.group_byte
+    deltas = ix.pair_deltas
+    ends = ix.pair_ends
     entries = ix.entries
     # forward index: headers [d, len] in order, entries inside the array, terms in the vocab
     doc_start = np.empty(n_docs, np.int64)
@@ -495,30 +550,64 @@ def check_structure(ix, n_docs, vocab):
         i = np.searchsorted(doc_start, off)
         if i >= n_docs or doc_start[i] != off:
             return "posting does not point at a document"
-    # pair offsets: each group's base is the running total of the pairs' sizes
-    n_pairs = pair_records.size // record_size
-    total = np.int64(0)
-    for p in range(n_pairs):
-        if p % PAIR_GROUP == 0 and np.int64(pair_group_base[p >> PAIR_GROUP_SHIFT]) != total:
-            return "summary pair offsets are inconsistent"
-        total += _pair_size(pair_records, p, record_size)
-    if total != entries.size:
-        return "summary pairs do not cover the entries"
-    # segments: inside their list's blocks; pairs ascending by term; entries inside the
-    # segment's blocks
+    # segments: inside their list's blocks
     for t in range(list_block_ptr.size - 1):
         for s in range(list_seg_ptr[t], list_seg_ptr[t + 1]):
             b_lo, b_hi = seg_block_ptr[s], seg_block_ptr[s + 1]
             if b_lo < list_block_ptr[t] or b_hi > list_block_ptr[t + 1] or b_hi - b_lo > SEGMENT_BLOCKS:
                 return "segment blocks outside its list"
-            for p in range(seg_pair_ptr[s], seg_pair_ptr[s + 1]):
-                term = _pair_term(pair_records, p, record_size)
-                if term >= vocab:
-                    return "summary term outside the vocabulary"
-                if p > seg_pair_ptr[s] and term <= _pair_term(pair_records, p - 1, record_size):
-                    return "summary terms not ascending"
-                first = _pair_first(pair_records, pair_group_base, p, record_size)
-                for j in range(first, first + _pair_size(pair_records, p, record_size)):
-                    if np.int64(entries[j] >> ENTRY_BLOCK_SHIFT) >= b_hi - b_lo:
-                        return "summary entry outside its segment"
+    # pairs, segment after segment: each segment's groups as many as its pairs need, each
+    # group's first term and offsets where the previous group ended, terms strictly ascending
+    # inside the vocabulary, every entry inside the segment's blocks, the offsets covering the
+    # delta and entry arrays exactly
+    n_segs = seg_pair_ptr.size - 1
+    if seg_group_ptr.size != n_segs + 1 or seg_group_ptr[0] != 0:
+        return "summary groups do not match the segments"
+    if seg_group_ptr[n_segs] != group_term.size or group_entry.size != group_term.size \
+            or group_byte.size != group_term.size:
+        return "summary groups do not match the segments"
+    if ends.size != (entries.size + 63) // 64:
+        return "summary pair ends do not match the entries"
+    e = np.int64(0)
+    b = np.int64(0)
+    for s in range(n_segs):
+        n_pairs = seg_pair_ptr[s + 1] - seg_pair_ptr[s]
+        g0, g1 = seg_group_ptr[s], seg_group_ptr[s + 1]
+        if g1 - g0 != (n_pairs + PAIR_GROUP - 1) // PAIR_GROUP:
+            return "summary groups do not match the segments"
+        n_seg_blocks = seg_block_ptr[s + 1] - seg_block_ptr[s]
+        term = np.int64(-1)
+        for i in range(n_pairs):
+            if i % PAIR_GROUP == 0:
+                g = g0 + i // PAIR_GROUP
+                if np.int64(group_entry[g]) != e or np.int64(group_byte[g]) != b:
+                    return "summary pair offsets are inconsistent"
+                nxt = np.int64(group_term[g])
+            else:
+                nxt = np.int64(0)
+                shift = 0
+                while True:
+                    if b >= deltas.size or shift > 28:
+                        return "summary term deltas are malformed"
+                    x = np.int64(deltas[b])
+                    b += 1
+                    nxt |= (x & 127) << shift
+                    shift += 7
+                    if x < 128:
+                        break
+                nxt += term
+            if nxt <= term or nxt >= vocab:
+                return "summary terms not ascending inside the vocabulary"
+            term = nxt
+            while True:    # the pair's entries: up to and including the next end bit
+                if e >= entries.size:
+                    return "summary pairs overrun the entries"
+                if np.int64(entries[e] >> ENTRY_BLOCK_SHIFT) >= n_seg_blocks:
+                    return "summary entry outside its segment"
+                last = (ends[e >> 6] >> np.uint64(e & 63)) & np.uint64(1)
+                e += 1
+                if last:
+                    break
+    if e != entries.size or b != deltas.size:
+        return "summary pairs do not cover the entries"
     return ""
