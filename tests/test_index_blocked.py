@@ -107,18 +107,24 @@ def _summary_entries(index: BlockedIndex) -> tuple[np.ndarray, np.ndarray, np.nd
     """(global block, term, dequantised value) of every summary entry, decoded in plain Python
     from the layout documented in `pipeline.index.blocked` (not through the library): groups
     of 32 pairs per segment, each group's first term stored, the others as LEB128 deltas, a
-    pair's entries ending at the next set bit of ``pair_ends``, entries ``(block << 8) | code``.
-    Also checks every group's stored offsets against the decoded stream."""
+    pair's entries ending at the next set bit of ``pair_ends``, one code byte an entry, block
+    ids packed per segment at the fewest bits that count its blocks. Also checks every group's stored offsets against
+    the decoded stream."""
     a = index.arrays()
-    n_entries = a["entries"].size
+    n_entries = a["entry_codes"].size
     ends = np.unpackbits(a["pair_ends"].view(np.uint8), bitorder="little")
     assert not ends[n_entries:].any()
     last_of_pair = np.flatnonzero(ends[:n_entries])
     first_of_pair = np.concatenate([[0], last_of_pair[:-1] + 1]).astype(int)
     deltas = a["pair_deltas"].tolist()
+    packed = np.unpackbits(a["entry_blocks"], bitorder="little")   # bit i of byte j at 8j + i
     blocks, terms, values = [], [], []
     p = b = 0
     for s in range(a["seg_pair_ptr"].size - 1):
+        n_blocks = int(a["seg_block_ptr"][s + 1] - a["seg_block_ptr"][s])
+        width = int(a["seg_block_bits"][s])
+        assert width == min(w for w in range(9) if n_blocks <= 1 << w)
+        k = 0                                          # entry number inside the segment
         for i in range(int(a["seg_pair_ptr"][s + 1] - a["seg_pair_ptr"][s])):
             if i % 32 == 0:
                 g = int(a["seg_group_ptr"][s]) + i // 32
@@ -136,11 +142,14 @@ def _summary_entries(index: BlockedIndex) -> tuple[np.ndarray, np.ndarray, np.nd
                 assert delta > 0
                 term += delta
             for e in range(first_of_pair[p], last_of_pair[p] + 1):
-                blk = int(a["seg_block_ptr"][s] + (int(a["entries"][e]) >> 8))
+                bit0 = 8 * int(a["seg_block_byte"][s]) + k * width
+                local = sum(int(packed[bit0 + i]) << i for i in range(width))
+                blk = int(a["seg_block_ptr"][s]) + local
                 blocks.append(blk)
                 terms.append(term)
                 values.append(float(a["block_min"][blk])
-                              + float(a["block_step"][blk]) * (int(a["entries"][e]) & 255))
+                              + float(a["block_step"][blk]) * int(a["entry_codes"][e]))
+                k += 1
             p += 1
     assert p == last_of_pair.size and b == len(deltas)
     return np.array(blocks, np.int64), np.array(terms, np.int64), np.array(values)

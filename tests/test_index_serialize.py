@@ -67,9 +67,9 @@ def test_s3_round_trip(s3_server, blocked, exact, docs_queries):
                   docs_queries[1])
     with pytest.raises(FileExistsError):
         save_index(blocked, f"{base}/blocked", storage_options=opts)
-    loc = resolve(f"{base}/blocked/entries/zarr.json", opts)
+    loc = resolve(f"{base}/blocked/entry_codes/zarr.json", opts)
     loc.fs.rm(loc.path)
-    with pytest.raises(IndexFormatError, match="'entries' is missing"):
+    with pytest.raises(IndexFormatError, match="'entry_codes' is missing"):
         load_blocked(f"{base}/blocked", storage_options=opts)
 
 

@@ -179,7 +179,8 @@ def save_blocked(index: BlockedIndex, url: str, storage_options: dict | None = N
         "n_summary_pairs": int(index.stats()["summary_pairs"]),
         "n_summary_groups": int(a["group_term"].size),
         "n_summary_delta_bytes": int(a["pair_deltas"].size),
-        "n_summary_entries": int(a["entries"].size),
+        "n_summary_entries": int(a["entry_codes"].size),
+        "n_summary_block_bytes": int(a["entry_blocks"].size),
         "config": index.config.to_dict(),
     })
 
@@ -187,11 +188,11 @@ def save_blocked(index: BlockedIndex, url: str, storage_options: dict | None = N
 def load_blocked(url: str, storage_options: dict | None = None) -> BlockedIndex:
     loc, root, attrs = _open_group(url, storage_options, BlockedIndex.FORMAT,
                                    BlockedIndex.FORMAT_VERSION)
-    n, vocab, nnz, nb, npost, nseg, npairs, ngroups, ndelta, nent = (
+    n, vocab, nnz, nb, npost, nseg, npairs, ngroups, ndelta, nent, nblockbytes = (
         _int_attr(loc, attrs, k) for k in (
             "n_docs", "vocab_size", "nnz", "n_blocks", "n_postings_total", "n_segments",
             "n_summary_pairs", "n_summary_groups", "n_summary_delta_bytes",
-            "n_summary_entries"))
+            "n_summary_entries", "n_summary_block_bytes"))
     try:
         config = BlockedIndexConfig.from_dict(dict(attrs.get("config") or {}))
     except (TypeError, ValueError) as exc:
@@ -213,7 +214,10 @@ def load_blocked(url: str, storage_options: dict | None = None) -> BlockedIndex:
         "group_byte": (("<u4",), (ngroups,)),
         "pair_deltas": (("|u1",), (ndelta,)),
         "pair_ends": (("<u8",), ((nent + 63) // 64,)),
-        "entries": (("<u2",), (nent,)),
+        "seg_block_bits": (("|u1",), (nseg,)),
+        "seg_block_byte": (("<i8",), (nseg + 1,)),
+        "entry_codes": (("|u1",), (nent,)),
+        "entry_blocks": (("|u1",), (nblockbytes,)),
     })
     _check_ptr(loc, "list_block_ptr", a["list_block_ptr"], nb)
     _check_ptr(loc, "block_post_ptr", a["block_post_ptr"], npost)

@@ -104,6 +104,14 @@ def read_varint(buf, b):
         shift += 7
 
 
+@njit(inline="always")
+def read_bits(buf, base, pos, mask):
+    """The ``mask``-wide field (at most 9 bits) at bit ``pos`` after byte ``base`` of ``buf``,
+    little-endian: two byte loads, so ``buf`` needs one byte of slack after its last field."""
+    i = base + (pos >> 3)
+    return ((np.int64(buf[i]) | (np.int64(buf[i + 1]) << 8)) >> (pos & 7)) & mask
+
+
 HALF_TO_SINGLE_SCALE = np.float32(2.0 ** 112)
 """Factor that turns a half word's decoded float32 back into the half's value."""
 
@@ -159,12 +167,24 @@ at 0.375 bytes a pair."""
 
 ENTRY_BLOCK_SHIFT = 8
 ENTRY_CODE_MASK = (1 << ENTRY_BLOCK_SHIFT) - 1
-"""A summary entry is one uint16: bits 0-7 the block's u8 summary code of the pair's term,
-bits 8-15 the block's index inside its segment: ``entry >> ENTRY_BLOCK_SHIFT`` is the block,
-``entry & ENTRY_CODE_MASK`` the code (value ``block_min + block_step * code``)."""
+"""The build's summary entry, before packing: one uint16, bits 0-7 the block's u8 summary
+code of the pair's term, bits 8-15 the block's index inside its segment. The index stores
+the two halves apart: the code as one byte, the block in its segment's own width
+(`block_id_bits`)."""
 
 SEGMENT_BLOCKS = 1 << ENTRY_BLOCK_SHIFT
-"""Blocks per summary segment at most: a segment-local block id fits the entry's high byte."""
+"""Blocks per summary segment at most: a segment-local block id fits in 8 bits."""
+
+
+@njit(cache=True, nogil=True)
+def block_id_bits(n_blocks):
+    """Bits of a segment-local block id in a segment of ``n_blocks`` blocks (at most 256):
+    the fewest that count them, 0 for one block."""
+    bits = 0
+    while (1 << bits) < n_blocks:
+        bits += 1
+    return bits
+
 
 U8_LEVELS = ENTRY_CODE_MASK
 """Largest summary code: values are quantised to ``0..U8_LEVELS`` between a block's min and

@@ -25,14 +25,14 @@ Array layout (all little-endian numpy arrays; ``V`` vocabulary size, ``N`` docum
 ``list_seg_ptr`` int64, ``V + 1``
     Summaries are stored inverted (a query touches only the entries of its own terms), per
     *segment* of at most 256 consecutive blocks of one list (so a block id inside a segment
-    is one byte). The segments of term ``t``'s list are ``list_seg_ptr[t]:list_seg_ptr[t+1]``.
+    fits 8 bits). The segments of term ``t``'s list are ``list_seg_ptr[t]:list_seg_ptr[t+1]``.
 ``seg_block_ptr``, ``seg_pair_ptr``, ``seg_group_ptr`` int64, ``S + 1``
     Segment ``s`` covers blocks ``seg_block_ptr[s]:seg_block_ptr[s+1]``, (term, blocks)
     pairs ``seg_pair_ptr[s]:seg_pair_ptr[s+1]`` (terms strictly ascending) and pair groups
     ``seg_group_ptr[s]:seg_group_ptr[s+1]``: its pairs cut into groups of 32 (`PAIR_GROUP`;
     the last may be shorter), so a segment of ``n`` pairs has ``ceil(n / 32)`` groups.
 ``group_term``, ``group_entry``, ``group_byte`` uint32, ``G``
-    Group ``g``'s first pair: its term, the offset in ``entries`` of its first entry, and the
+    Group ``g``'s first pair: its term, the index of its first entry (in ``entry_codes``), and the
     offset in ``pair_deltas`` of the group's second pair's delta.
 ``pair_deltas`` uint8
     Every pair but a group's first, in order: its term minus the previous pair's, as a LEB128
@@ -42,12 +42,19 @@ Array layout (all little-endian numpy arrays; ``V`` vocabulary size, ``N`` docum
     Bit ``j % 64`` of word ``j // 64`` is set when entry ``j`` is the last of its pair (so no
     per-pair count is stored: a pair's entries run to the next set bit, and the search finds
     the ``k``-th pair after a known one with a POPCNT a word).
-``entries`` uint16, ``E``
-    Per pair, ascending block: ``(segment-local block << 8) | code``, the block's u8 code for
-    the pair's term. Pair ``p``'s entries follow pair ``p - 1``'s.
+``entry_codes`` uint8, ``E``
+    Per pair, ascending block: the block's u8 summary code for the pair's term (value
+    ``block_min + block_step * code``). Pair ``p``'s entries follow pair ``p - 1``'s.
+``seg_block_bits`` uint8, ``S``; ``seg_block_byte`` int64, ``S + 1``; ``entry_blocks`` uint8
+    The segment-local block of each entry, packed per segment at the segment's width ``w =
+    seg_block_bits[s]``, the fewest bits that count its blocks (0 for one block; at most 8).
+    The ``k``-th entry of segment ``s`` has its block in bits ``k * w .. k * w + w - 1``
+    counted little-endian from byte ``seg_block_byte[s]`` (an id may straddle two bytes). Two
+    zero bytes follow the last segment, so reading any id as two bytes stays in the array.
 
-So a summary entry costs 2 bytes and 1 bit, and a pair about 1.4 bytes (its delta plus 12
-bytes a group of 32).
+So a summary entry costs one byte and ``w + 1`` bits (on splade-tiny collections segments
+hold a few to 31 blocks: ``w`` is 4-6 bits on average), and a pair about 1.4 bytes (its
+delta plus 12 bytes a group of 32).
 """
 
 from __future__ import annotations
@@ -63,7 +70,7 @@ import scipy.sparse as sp
 
 import pipeline.index.build_kernels as bk
 import pipeline.index.search_kernels as sk
-from pipeline.index.bits import CODECS, ENTRY_CODE_MASK, HALF_MAX, EntryCodec
+from pipeline.index.bits import CODECS, HALF_MAX, EntryCodec
 from pipeline.index.allowed import AllowedDocs
 from pipeline.index.config import FILTER_EXACT_FRACTION, BlockedIndexConfig
 from pipeline.index.fastcall import FastCall, numba_threads
@@ -78,10 +85,9 @@ _NO_FILTER = np.zeros(0, np.uint64)   # the kernels' "blocked" bitset when nothi
 
 ARRAY_NAMES = ("fwd_words", "list_block_ptr", "block_post_ptr", "postings", "block_min",
                "block_step", "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr", "seg_group_ptr",
-               "group_term", "group_entry", "group_byte", "pair_deltas", "pair_ends", "entries")
-SUMMARY_ARRAYS = ("block_min", "block_step", "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr",
-                  "seg_group_ptr", "group_term", "group_entry", "group_byte", "pair_deltas",
-                  "pair_ends", "entries")
+               "group_term", "group_entry", "group_byte", "pair_deltas", "pair_ends",
+               "seg_block_bits", "seg_block_byte", "entry_codes", "entry_blocks")
+SUMMARY_ARRAYS = ARRAY_NAMES[ARRAY_NAMES.index("block_min"):]
 
 
 def forward_words(csr: sp.csr_matrix, codec: EntryCodec) -> np.ndarray:
@@ -108,7 +114,8 @@ def kernel_view(arrays: dict[str, np.ndarray], codec: EntryCodec) -> sk.IndexVie
         arrays["block_min"], arrays["block_step"], arrays["list_seg_ptr"],
         arrays["seg_block_ptr"], arrays["seg_pair_ptr"], arrays["seg_group_ptr"],
         arrays["group_term"], arrays["group_entry"], arrays["group_byte"], arrays["pair_deltas"],
-        arrays["pair_ends"], arrays["entries"])
+        arrays["pair_ends"], arrays["seg_block_bits"], arrays["seg_block_byte"],
+        arrays["entry_codes"], arrays["entry_blocks"])
 
 
 def used_terms(csr: sp.csr_matrix) -> int:
@@ -308,11 +315,20 @@ class BlockedIndex:
         group_entry = np.empty(n_groups, np.uint32)
         group_byte = np.empty(n_groups, np.uint32)
         pair_deltas = np.empty(n_bytes, np.uint8)
-        pair_ends = np.zeros((int(pair_counts.sum(dtype=np.int64)) + pair_counts.size + 63) // 64,
-                             np.uint64)
+        n_entries = int(pair_counts.sum(dtype=np.int64)) + pair_counts.size
+        pair_ends = np.zeros((n_entries + 63) // 64, np.uint64)
         bk.pack_pair_groups(pair_terms, pair_counts, seg_pairs, seg_group_ptr, group_term,
                             group_entry, group_byte, pair_deltas, pair_ends)
         del pair_terms, pair_counts
+        entries = cat(9, np.uint16)
+        seg_block_bits = np.empty(seg_sizes.shape[0], np.uint8)
+        seg_block_byte = np.empty(seg_sizes.shape[0] + 1, np.int64)
+        n_block_bytes = bk.entry_block_bytes(seg_sizes, seg_block_bits, seg_block_byte)
+        entry_codes = np.empty(entries.size, np.uint8)
+        entry_blocks = np.zeros(n_block_bytes + 2, np.uint8)    # + 2: see the layout
+        bk.pack_entries(entries, seg_sizes, seg_block_bits, seg_block_byte, entry_codes,
+                        entry_blocks)
+        del entries
         return {
             "fwd_words": words,
             "list_block_ptr": ptr(list_n_blocks),
@@ -329,7 +345,10 @@ class BlockedIndex:
             "group_byte": group_byte,
             "pair_deltas": pair_deltas,
             "pair_ends": pair_ends,
-            "entries": cat(9, np.uint16),
+            "seg_block_bits": seg_block_bits,
+            "seg_block_byte": seg_block_byte,
+            "entry_codes": entry_codes,
+            "entry_blocks": entry_blocks,
         }
 
     # -- properties --------------------------------------------------------------------------
@@ -372,9 +391,10 @@ class BlockedIndex:
         a = self._a
         blocks, terms = bk.unpack_pair_groups(a["seg_block_ptr"], a["seg_pair_ptr"],
                                               a["seg_group_ptr"], a["group_term"],
-                                              a["pair_deltas"], a["pair_ends"], a["entries"])
-        codes = (a["entries"] & np.uint16(ENTRY_CODE_MASK)).astype(np.float32)
-        values = a["block_min"][blocks] + a["block_step"][blocks] * codes
+                                              a["pair_deltas"], a["pair_ends"],
+                                              a["seg_block_bits"], a["seg_block_byte"],
+                                              a["entry_blocks"], a["entry_codes"].size)
+        values = a["block_min"][blocks] + a["block_step"][blocks] * a["entry_codes"]
         return blocks, terms, values.astype(np.float32)
 
     @property
@@ -390,7 +410,7 @@ class BlockedIndex:
                 "segments": int(a["seg_pair_ptr"].size - 1),
                 "summary_pairs": int(a["seg_pair_ptr"][-1]),
                 "summary_groups": int(a["group_term"].size),
-                "summary_entries": int(a["entries"].size),
+                "summary_entries": int(a["entry_codes"].size),
                 "max_list_blocks": self._max_list_blocks,
                 "forward_bytes": int(a["fwd_words"].nbytes),
                 "posting_bytes": int(a["postings"].nbytes + a["block_post_ptr"].nbytes

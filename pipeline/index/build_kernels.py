@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from pipeline.index.bits import (ENTRY_BLOCK_SHIFT, PAIR_GROUP, SEGMENT_BLOCKS, U8_LEVELS,
-                                 read_varint)
+from pipeline.index.bits import (ENTRY_BLOCK_SHIFT, ENTRY_CODE_MASK, PAIR_GROUP, SEGMENT_BLOCKS,
+                                 U8_LEVELS, block_id_bits, read_bits, read_varint)
 
 
 @njit(cache=True, nogil=True)
@@ -546,17 +546,53 @@ def pack_pair_groups(pair_terms, pair_counts, seg_pairs, seg_group_ptr, group_te
 
 
 @njit(cache=True, nogil=True)
+def entry_block_bytes(seg_sizes, seg_block_bits, seg_block_byte):
+    """Each segment's block-id width (`block_id_bits`) into ``seg_block_bits`` and the
+    byte offsets of its packed ids into ``seg_block_byte`` (S + 1); returns the total bytes."""
+    total = 0
+    seg_block_byte[0] = 0
+    for s in range(seg_sizes.shape[0]):
+        bits = block_id_bits(seg_sizes[s, 0])
+        seg_block_bits[s] = bits
+        total += (seg_sizes[s, 2] * bits + 7) // 8
+        seg_block_byte[s + 1] = total
+    return total
+
+
+@njit(cache=True, nogil=True)
+def pack_entries(entries, seg_sizes, seg_block_bits, seg_block_byte, entry_codes, entry_blocks):
+    """Split the build's uint16 entries into codes (one byte each) and block ids packed at
+    their segment's width, low bits first (an id may straddle two bytes); ``entry_blocks``
+    must arrive zeroed."""
+    e = 0
+    for s in range(seg_sizes.shape[0]):
+        bits = np.int64(seg_block_bits[s])
+        base = seg_block_byte[s]
+        for k in range(seg_sizes[s, 2]):
+            x = np.int64(entries[e])
+            entry_codes[e] = x & ENTRY_CODE_MASK
+            if bits:
+                pos = k * bits
+                word = (x >> ENTRY_BLOCK_SHIFT) << (pos & 7)      # at most 15 bits
+                entry_blocks[base + (pos >> 3)] |= word & 255
+                entry_blocks[base + (pos >> 3) + 1] |= word >> 8
+            e += 1
+
+
+@njit(cache=True, nogil=True)
 def unpack_pair_groups(seg_block_ptr, seg_pair_ptr, seg_group_ptr, group_term, pair_deltas,
-                       pair_ends, entries):
+                       pair_ends, seg_block_bits, seg_block_byte, entry_blocks, n):
     """(global block, term) of every summary entry: the inverse of `pack_pair_groups`, for
     diagnostics and export, not search."""
-    n = entries.size
     blocks = np.empty(n, np.int64)
     terms = np.empty(n, np.int64)
     e = 0
     b = 0
     for s in range(seg_pair_ptr.size - 1):
         term = np.int64(0)
+        bits = np.int64(seg_block_bits[s])
+        mask = (np.int64(1) << bits) - 1
+        e0 = e
         for i in range(seg_pair_ptr[s + 1] - seg_pair_ptr[s]):
             if i % PAIR_GROUP == 0:
                 term = np.int64(group_term[seg_group_ptr[s] + i // PAIR_GROUP])
@@ -564,7 +600,8 @@ def unpack_pair_groups(seg_block_ptr, seg_pair_ptr, seg_group_ptr, group_term, p
                 delta, b = read_varint(pair_deltas, b)
                 term += delta
             while True:
-                blocks[e] = seg_block_ptr[s] + (np.int64(entries[e]) >> ENTRY_BLOCK_SHIFT)
+                blocks[e] = seg_block_ptr[s] + read_bits(entry_blocks, seg_block_byte[s],
+                                                         (e - e0) * bits, mask)
                 terms[e] = term
                 last = (pair_ends[e >> 6] >> np.uint64(e & 63)) & np.uint64(1)
                 e += 1

@@ -26,9 +26,9 @@ from collections import namedtuple
 import numpy as np
 from numba import njit, prange
 
-from pipeline.index.bits import (ENTRY_BLOCK_SHIFT, ENTRY_CODE_MASK, PAIR_GROUP,
-                                 PAIR_GROUP_SHIFT, SEGMENT_BLOCKS, bits_to_f32, popcount_u64,
-                                 prefetch, read_varint, trailing_zeros_u64)
+from pipeline.index.bits import (PAIR_GROUP, PAIR_GROUP_SHIFT, SEGMENT_BLOCKS, bits_to_f32,
+                                 popcount_u64, prefetch, read_bits, read_varint,
+                                 trailing_zeros_u64)
 from pipeline.index.topk import heap_push, heap_to_row, worse
 
 SCAN_PAIRS_PER_TERM = 8
@@ -39,7 +39,8 @@ IndexView = namedtuple("IndexView", [
     "words", "term_mask", "hi_shift", "lo_shift", "q_scale", "ordered",
     "list_block_ptr", "block_post_ptr", "postings", "block_min", "block_step",
     "list_seg_ptr", "seg_block_ptr", "seg_pair_ptr", "seg_group_ptr", "group_term",
-    "group_entry", "group_byte", "pair_deltas", "pair_ends", "entries"])
+    "group_entry", "group_byte", "pair_deltas", "pair_ends", "seg_block_bits", "seg_block_byte",
+    "entry_codes", "entry_blocks"])
 IndexView.__doc__ = """What the search kernels read of a `BlockedIndex`: its arrays (layout in
 `pipeline.index.blocked`) plus the forward codec's decoding constants (``term_mask``,
 ``hi_shift``, ``lo_shift`` of the word dtype; ``q_scale`` float32; ``ordered``: float32
@@ -195,12 +196,13 @@ def select_cut_terms(q_values, query_cut, cut):
 
 
 @njit(inline="always")
-def _add_pair(entries, first, last, w, seg_base, acc_code, acc_q):
-    """Add one summary pair's entries (weight ``w``) to its blocks' accumulators."""
+def _add_pair(codes, packed, base, bits, mask, e0, first, last, w, seg_base, acc_code, acc_q):
+    """Add one summary pair's entries ``first:last`` (weight ``w``) to its blocks'
+    accumulators. The segment's block ids are ``bits`` wide (``mask``) from byte ``base`` of
+    ``packed``, counted from its first entry ``e0``."""
     for j in range(first, last):
-        x = entries[j]
-        bl = seg_base + (x >> ENTRY_BLOCK_SHIFT)
-        acc_code[bl] += w * np.float32(x & ENTRY_CODE_MASK)
+        bl = seg_base + read_bits(packed, base, (j - e0) * bits, mask)
+        acc_code[bl] += w * np.float32(codes[j])
         acc_q[bl] += w
 
 
@@ -220,7 +222,8 @@ def score_summaries(ix, q_terms, q_values, q_weight, cut, n_cut, cand_block, acc
     ``sum w * code`` and ``sum w`` per block, dequantised once at the end:
     ``step * sum(w * code) + min * sum(w)``."""
     nt = q_terms.size
-    entries = ix.entries
+    codes = ix.entry_codes
+    packed = ix.entry_blocks
     ends = ix.pair_ends
     deltas = ix.pair_deltas
     group_term = ix.group_term
@@ -243,6 +246,10 @@ def score_summaries(ix, q_terms, q_values, q_weight, cut, n_cut, cand_block, acc
             g_end = ix.seg_group_ptr[s + 1]
             if g == g_end:
                 continue
+            e0 = np.int64(ix.group_entry[g])
+            base = ix.seg_block_byte[s]
+            bits = np.int64(ix.seg_block_bits[s])
+            mask = (np.int64(1) << bits) - 1
             # entries are located lazily: ``e`` is the first entry of the group's pair ``i_e``,
             # advanced (through ``pair_ends``) only to a pair the query holds
             b = np.int64(ix.group_byte[g])
@@ -264,7 +271,8 @@ def score_summaries(ix, q_terms, q_values, q_weight, cut, n_cut, cand_block, acc
                     if w != 0:
                         e = _skip_pairs(ends, e, i_in - i_e)
                         last = _skip_pairs(ends, e, 1)
-                        _add_pair(entries, e, last, w, seg_base, acc_code, acc_q)
+                        _add_pair(codes, packed, base, bits, mask, e0, e, last, w, seg_base,
+                                  acc_code, acc_q)
                         e = last
                         i_e = i_in + 1
                 continue
@@ -315,7 +323,8 @@ def score_summaries(ix, q_terms, q_values, q_weight, cut, n_cut, cand_block, acc
                 if term == qt:
                     e = _skip_pairs(ends, e, i - i_e)
                     last = _skip_pairs(ends, e, 1)
-                    _add_pair(entries, e, last, q_values[k], seg_base, acc_code, acc_q)
+                    _add_pair(codes, packed, base, bits, mask, e0, e, last, q_values[k], seg_base,
+                              acc_code, acc_q)
                     e = last
                     i_e = i + 1
                     n_in = PAIR_GROUP if g + 1 < g_end else last_group_pairs
@@ -527,7 +536,10 @@ def check_structure(ix, n_docs, vocab):
     group_byte = ix.group_byte
     deltas = ix.pair_deltas
     ends = ix.pair_ends
-    entries = ix.entries
+    seg_block_bits = ix.seg_block_bits
+    seg_block_byte = ix.seg_block_byte
+    codes = ix.entry_codes
+    packed = ix.entry_blocks
     # forward index: headers [d, len] in order, entries inside the array, terms in the vocab
     doc_start = np.empty(n_docs, np.int64)
     pos = np.int64(0)
@@ -566,8 +578,11 @@ def check_structure(ix, n_docs, vocab):
     if seg_group_ptr[n_segs] != group_term.size or group_entry.size != group_term.size \
             or group_byte.size != group_term.size:
         return "summary groups do not match the segments"
-    if ends.size != (entries.size + 63) // 64:
+    if ends.size != (codes.size + 63) // 64:
         return "summary pair ends do not match the entries"
+    if seg_block_bits.size != n_segs or seg_block_byte.size != n_segs + 1 \
+            or seg_block_byte[0] != 0 or seg_block_byte[n_segs] + 2 != packed.size:
+        return "summary block ids do not match the segments"
     e = np.int64(0)
     b = np.int64(0)
     for s in range(n_segs):
@@ -576,6 +591,12 @@ def check_structure(ix, n_docs, vocab):
         if g1 - g0 != (n_pairs + PAIR_GROUP - 1) // PAIR_GROUP:
             return "summary groups do not match the segments"
         n_seg_blocks = seg_block_ptr[s + 1] - seg_block_ptr[s]
+        bits = np.int64(seg_block_bits[s])
+        if bits > 8:
+            return "summary block ids do not match the segments"
+        mask = (np.int64(1) << bits) - 1
+        base = seg_block_byte[s]
+        e0 = e
         term = np.int64(-1)
         for i in range(n_pairs):
             if i % PAIR_GROUP == 0:
@@ -600,14 +621,16 @@ def check_structure(ix, n_docs, vocab):
                 return "summary terms not ascending inside the vocabulary"
             term = nxt
             while True:    # the pair's entries: up to and including the next end bit
-                if e >= entries.size:
+                if e >= codes.size:
                     return "summary pairs overrun the entries"
-                if np.int64(entries[e] >> ENTRY_BLOCK_SHIFT) >= n_seg_blocks:
+                if read_bits(packed, base, (e - e0) * bits, mask) >= n_seg_blocks:
                     return "summary entry outside its segment"
                 last = (ends[e >> 6] >> np.uint64(e & 63)) & np.uint64(1)
                 e += 1
                 if last:
                     break
-    if e != entries.size or b != deltas.size:
+        if seg_block_byte[s + 1] - base != ((e - e0) * bits + 7) // 8:
+            return "summary block ids do not match the segments"
+    if e != codes.size or b != deltas.size:
         return "summary pairs do not cover the entries"
     return ""
