@@ -345,6 +345,46 @@ def test_unchanged_corpus_commits_nothing_and_a_changed_setting_rebuilds_everyth
     assert bad.returncode == 1 and bad.stderr.startswith("error: invalid re-indexing settings")
 
 
+def _mark_as_format_1(root: Path) -> None:
+    """Make generation 1 look written by a release before the blocked index's format 2: its
+    shards' index groups say version 1 and its manifest records no format version. (This
+    build cannot write the old layout itself; loading now refuses the groups, as it would
+    refuse real version-1 data.)"""
+    (manifest_path,) = (root / "manifests").iterdir()
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["index"]["format_version"]
+    manifest_path.write_text(json.dumps(manifest))
+    for group in (root / "shards").glob("*/index/zarr.json"):
+        meta = json.loads(group.read_text())
+        meta["attributes"]["format_version"] = 1
+        group.write_text(json.dumps(meta))
+
+
+def test_reindex_after_an_upgrade_rebuilds_old_format_indexes_without_encoding(data_dir, tmp_path,
+                                                                             ray_local):
+    from pipeline.format import IndexFormatError
+
+    records = _records(data_dir / "cisi" / "corpus.jsonl")[:80]
+    corpus = _write(tmp_path / "corpus.jsonl", records)
+    root = tmp_path / "index"
+    run_index_job(IndexJobConfig(corpus=str(corpus), output=str(root), shard_size=40,
+                                 index_kind="blocked"))
+    probe = ["information retrieval evaluation", "library classification"]
+    before = [[(h.doc_id, h.score) for h in row] for row in ShardedIndex.open(str(root)).search(probe)]
+    _mark_as_format_1(root)
+    with pytest.raises(IndexFormatError, match="older lsr-pipeline: build it again"):
+        ShardedIndex.open(str(root))
+
+    summary = run_reindex(ReindexConfig(corpus=str(corpus), index=str(root)))
+    assert summary.committed and summary.generation == 2 and summary.full_rebuild is False
+    assert "format version 1 -> 2" in summary.rebuild_reason
+    assert summary.docs_reencoded == 0 and summary.shards_rebuilt == summary.shards == 2
+    layout = IndexLayout.at(str(root))
+    assert read_manifest(layout).index["format_version"] == 2
+    after = [[(h.doc_id, h.score) for h in row] for row in ShardedIndex.open(str(root)).search(probe)]
+    assert after == before
+
+
 @pytest.mark.slow
 def test_ray_job_submit_of_the_reindex_entry_point(small_index, tmp_path):
     """`ray job submit` of jobs/reindex.py (what the scheduled jobs run) to a `ray start --head`

@@ -17,6 +17,7 @@ import pytest
 from pipeline.batch.config import IndexJobConfig
 from pipeline.batch import EncoderOverrides, ReindexConfig
 from pipeline.catalog import collect_garbage
+from pipeline.index import BlockedIndex
 from pipeline.batch.reindex_diff import BaseTable, ReindexError, UnitRoutes, resolve_claims
 from pipeline.batch.reindex_job import decide
 from pipeline.batch.reindex_shards import BaseShardChange, plan_output_shards
@@ -197,10 +198,28 @@ def test_decide_full_rebuild_only_when_vectors_would_differ():
     # Recorded blocked parameters are read with this build's defaults: one left implicit is no
     # change, one changed is.
     blocked_base = _manifest([4])
-    blocked_base.index.update(kind="blocked", params={"n_postings": 3000})
+    blocked_base.index.update(kind="blocked", params={"n_postings": 3000},
+                              format_version=BlockedIndex.FORMAT_VERSION)
     assert decide(config, config.job_config(blocked_base), blocked_base, ENCODER).rebuild_all is False
     other = ReindexConfig(corpus="/c", index="/i", index_params={"n_postings": 2000})
     assert decide(other, other.job_config(blocked_base), blocked_base, ENCODER).rebuild_all is True
+
+
+def test_decide_rebuilds_indexes_stored_in_an_older_format():
+    """A generation written before the blocked index's summary layout changed (its manifest
+    records no format version, or an older one): the next reindex rebuilds every shard's index
+    from the stored vectors, without re-encoding, so the new generation can be served."""
+    config = ReindexConfig(corpus="/c", index="/i")
+    for recorded in (None, BlockedIndex.FORMAT_VERSION - 1):
+        base = _manifest([4])
+        base.index.update(kind="blocked", params={})
+        if recorded is not None:
+            base.index["format_version"] = recorded
+        d = decide(config, config.job_config(base), base, ENCODER)
+        assert not d.full and d.rebuild_all
+        assert f"format version {recorded or 1} -> {BlockedIndex.FORMAT_VERSION}" in d.reason
+    exact_base = _manifest([4])      # exact indexes are still at version 1: nothing to do
+    assert decide(config, config.job_config(exact_base), exact_base, ENCODER).rebuild_all is False
 
 
 def test_recorded_dtype_is_the_one_the_encoder_actors_use():

@@ -30,12 +30,20 @@ def index_params(config: IndexJobConfig) -> dict:
     return asdict(BlockedIndexConfig(**config.index_params))
 
 
+def index_format_version(kind: str) -> int:
+    """The stored-index format version this build writes for ``kind``."""
+    from pipeline.index import BlockedIndex, ExactIndex
+
+    return (ExactIndex if kind == "exact" else BlockedIndex).FORMAT_VERSION
+
+
 def new_manifest(config: IndexJobConfig, plan: JobPlan, shards: list[ShardEntry], encoder_settings: dict,
                  counts: dict, timing: dict, extra: dict | None = None) -> Manifest:
     """The manifest of `plan`'s generation: what the corpus, encoder and index were."""
     return Manifest(
         generation=plan.generation, created_at=now_utc(), encoder=encoder_settings,
-        index={"kind": config.index_kind, "params": index_params(config)},
+        index={"kind": config.index_kind, "params": index_params(config),
+               "format_version": index_format_version(config.index_kind)},
         shards=shards,
         corpus={"url": config.corpus, "format": config.format, "fingerprint": plan.corpus_fingerprint,
                 "files": [f.url for f in plan.files],

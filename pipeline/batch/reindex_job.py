@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field
 
 from pipeline.batch.config import IndexJobConfig
-from pipeline.batch.generation import index_params
+from pipeline.batch.generation import index_format_version, index_params
 from pipeline.batch.index_job import run_index_job
 from pipeline.batch.plan import make_plan
 from pipeline.batch.reindex_commit import commit_reindex
@@ -113,6 +113,14 @@ def decide(config: ReindexConfig, job: IndexJobConfig, base: Manifest | None,
     if not _same_index(base.index, job):
         return Decision(False, f"index settings changed: {base.index} -> {wanted}; every shard's "
                                f"index is rebuilt from the stored vectors", rebuild_all=True)
+    # manifests from before the field was recorded hold version 1 indexes of either kind
+    recorded_format = base.index.get("format_version", 1)
+    current_format = index_format_version(job.index_kind)
+    if recorded_format != current_format:
+        return Decision(False, f"stored index format version {recorded_format} -> "
+                               f"{current_format} (this lsr-pipeline reads only the latter); "
+                               f"every shard's index is rebuilt from the stored vectors",
+                        rebuild_all=True)
     return Decision(False, None)
 
 

@@ -53,8 +53,9 @@ Array layout (all little-endian numpy arrays; ``V`` vocabulary size, ``N`` docum
     zero bytes follow the last segment, so reading any id as two bytes stays in the array.
 
 So a summary entry costs one byte and ``w + 1`` bits (on splade-tiny collections segments
-hold a few to 31 blocks: ``w`` is 4-6 bits on average), and a pair about 1.4 bytes (its
-delta plus 12 bytes a group of 32).
+hold 1 to 31 blocks and ``w`` averages 4-5 bits), and a pair about 1.4 bytes (its delta plus
+12 bytes a group of 32): 2.4-2.8 bytes an entry in all on those collections (BENCHMARKS.md
+section 7, "A smaller summary layout").
 """
 
 from __future__ import annotations
