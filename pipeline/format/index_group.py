@@ -82,8 +82,9 @@ def _open_group(url: str, storage_options: dict | None, fmt: str, version: int):
         older = isinstance(found_version, int) and found_version < version
         raise IndexFormatError(f"{loc.url}: format version {found_version!r}, this code reads "
                                f"version {version}" + ("; it was built by an older "
-                               "lsr-pipeline: build it again (lsr index) to serve it with this "
-                               "one" if older else ""))
+                               "lsr-pipeline: build it again (`lsr reindex` of the same corpus "
+                               "rebuilds every shard's index from the stored vectors)"
+                               if older else ""))
     return loc, root, attrs
 
 
