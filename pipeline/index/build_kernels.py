@@ -583,7 +583,7 @@ def pack_entries(entries, seg_sizes, seg_block_bits, seg_block_byte, entry_codes
 def unpack_pair_groups(seg_block_ptr, seg_pair_ptr, seg_group_ptr, group_term, pair_deltas,
                        pair_ends, seg_block_bits, seg_block_byte, entry_blocks, n):
     """(global block, term) of every summary entry: the inverse of `pack_pair_groups`, for
-    diagnostics and export, not search."""
+    diagnostics (`BlockedIndex.summary_entries`), not search."""
     blocks = np.empty(n, np.int64)
     terms = np.empty(n, np.int64)
     e = 0
