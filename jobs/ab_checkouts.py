@@ -27,26 +27,25 @@ import time
 
 def _measure(root: str, cache: str, data: str, points: list[tuple]) -> dict:
     """Runs inside the child process, with ``root`` first on sys.path."""
-    import numpy as np
-    import scipy.sparse as sp
+    import hashlib
 
-    from jobs.bench_index import load_real
+    import numpy as np
+
+    from jobs.bench_index import real_collections
     from pipeline.index.blocked import BlockedIndex
     import pipeline.index.blocked as blocked_module
 
     if not os.path.abspath(blocked_module.__file__).startswith(os.path.abspath(root)):
         raise SystemExit(f"imported {blocked_module.__file__}, not from {root}")
-    sets = [load_real(n, cache, data) for n in ("cisi", "scifact", "vaswani")]
-    sets.append(("union", sp.vstack([s.docs for s in sets]).tocsr(),
-                 sp.vstack([s.queries for s in sets]).tocsr()))
-    out = {}
-    for item in sets:
-        name, docs, queries = item if isinstance(item, tuple) else (item.name, item.docs,
-                                                                     item.queries)
-        index = BlockedIndex.build(docs)
-        out[f"{name} memory MB"] = index.nbytes / 1e6
+    out, digests = {}, {}
+    for ds in real_collections("cisi,scifact,vaswani", cache, data, with_union=True):
+        index = BlockedIndex.build(ds.docs)
+        queries = ds.queries
+        out[f"{ds.name} memory MB"] = index.nbytes / 1e6
         for qc, hf in points:
-            index.search(queries, 10, query_cut=qc, heap_factor=hf, threads=1)   # warm
+            ids, scores = index.search(queries, 10, query_cut=qc, heap_factor=hf, threads=1)
+            label = f"{ds.name} qc={qc or 'd'} hf={hf or 'd'}"
+            digests[label] = hashlib.sha256(ids.tobytes() + scores.tobytes()).hexdigest()[:16]
             best = np.full(queries.shape[0], np.inf)
             for _ in range(3):
                 for i in range(queries.shape[0]):
@@ -58,10 +57,9 @@ def _measure(root: str, cache: str, data: str, points: list[tuple]) -> dict:
                 t = time.perf_counter()
                 index.search(queries, 10, query_cut=qc, heap_factor=hf, threads=1)
                 batch = min(batch, time.perf_counter() - t)
-            label = f"{name} qc={qc or 'd'} hf={hf or 'd'}"
             out[f"{label} single us"] = float(best.mean() * 1e6)
             out[f"{label} batch1 us"] = float(batch / queries.shape[0] * 1e6)
-    return out
+    return {"times": out, "results": digests}
 
 
 def _parse_points(text: str) -> list[tuple]:
@@ -102,6 +100,15 @@ def main() -> None:
             runs[root].append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(f"round {rnd + 1}: {root} done", flush=True)
     base = roots[0]
+    # the top 10 of every query (ids and scores, hashed) at each point, against the base's
+    results = {r: [run.pop("results") for run in runs[r]] for r in roots}
+    for root in roots[1:]:
+        differ = sorted({label for got in results[root] for label, digest in got.items()
+                         if digest != results[base][0][label]})
+        print(f"{os.path.basename(root) or root}: results "
+              + ("identical to the base's at every point" if not differ
+                 else "DIFFER at " + ", ".join(differ)))
+    runs = {r: [run["times"] for run in runs[r]] for r in roots}
     keys = list(runs[base][0])
     print(f"{'measure':44s}" + "".join(f"{os.path.basename(r) or r:>22s}" for r in roots)
           + "   ratio to base per round")

@@ -304,7 +304,8 @@ class BlockedIndex:
         postings = gather_u32(cat(2, np.int64))
         pair_terms = cat(7, np.uint16 if vocab <= 1 << 16 else np.uint32)
         pair_counts = cat(8, np.uint8)
-        if int(pair_counts.sum(dtype=np.int64)) + pair_counts.size >= MAX_WORDS:
+        n_entries = int(pair_counts.sum(dtype=np.int64)) + pair_counts.size
+        if n_entries >= MAX_WORDS:
             raise ValueError("summaries too large for one index (> 2**32 entries); shard it")
         seg_pairs = np.ascontiguousarray(seg_sizes[:, 1])
         n_groups, n_bytes = bk.pair_group_sizes(pair_terms, seg_pairs)
@@ -316,7 +317,6 @@ class BlockedIndex:
         group_entry = np.empty(n_groups, np.uint32)
         group_byte = np.empty(n_groups, np.uint32)
         pair_deltas = np.empty(n_bytes, np.uint8)
-        n_entries = int(pair_counts.sum(dtype=np.int64)) + pair_counts.size
         pair_ends = np.zeros((n_entries + 63) // 64, np.uint64)
         bk.pack_pair_groups(pair_terms, pair_counts, seg_pairs, seg_group_ptr, group_term,
                             group_entry, group_byte, pair_deltas, pair_ends)
@@ -324,9 +324,9 @@ class BlockedIndex:
         entries = cat(9, np.uint16)
         seg_block_bits = np.empty(seg_sizes.shape[0], np.uint8)
         seg_block_byte = np.empty(seg_sizes.shape[0] + 1, np.int64)
-        n_block_bytes = bk.entry_block_bytes(seg_sizes, seg_block_bits, seg_block_byte)
+        bk.entry_block_bytes(seg_sizes, seg_block_bits, seg_block_byte)
         entry_codes = np.empty(entries.size, np.uint8)
-        entry_blocks = np.zeros(n_block_bytes + 2, np.uint8)    # + 2: see the layout
+        entry_blocks = np.zeros(seg_block_byte[-1] + 2, np.uint8)    # + 2: see the layout
         bk.pack_entries(entries, seg_sizes, seg_block_bits, seg_block_byte, entry_codes,
                         entry_blocks)
         del entries

@@ -548,7 +548,7 @@ def pack_pair_groups(pair_terms, pair_counts, seg_pairs, seg_group_ptr, group_te
 @njit(cache=True, nogil=True)
 def entry_block_bytes(seg_sizes, seg_block_bits, seg_block_byte):
     """Each segment's block-id width (`block_id_bits`) into ``seg_block_bits`` and the
-    byte offsets of its packed ids into ``seg_block_byte`` (S + 1); returns the total bytes."""
+    byte offsets of its packed ids into ``seg_block_byte`` (S + 1; the last is the total)."""
     total = 0
     seg_block_byte[0] = 0
     for s in range(seg_sizes.shape[0]):
@@ -556,7 +556,6 @@ def entry_block_bytes(seg_sizes, seg_block_bits, seg_block_byte):
         seg_block_bits[s] = bits
         total += (seg_sizes[s, 2] * bits + 7) // 8
         seg_block_byte[s + 1] = total
-    return total
 
 
 @njit(cache=True, nogil=True)
