@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
 import pytest
@@ -61,11 +62,12 @@ def test_one_million_documents_are_generated():
 
 
 def test_topic_weight_levels_make_a_topic_weight_a_term_alike():
-    """``topic_weight_corr`` (a calibration knob, off by default) correlates a topic term's
-    weights across its topic while leaving the pooled weight distribution as it was."""
+    """``topic_weight_corr`` correlates a topic term's weights across its topic while leaving
+    the pooled weight distribution as it was."""
     # one topic and (nearly) only topical draws: one level per term
     one_topic = dict(docs_per_topic=3000, doc_topic_share=0.99)
-    plain, _ = synthetic.generate(3000, 5, seed=2, params=synthetic.SyntheticParams(**one_topic))
+    plain, _ = synthetic.generate(3000, 5, seed=2, params=synthetic.SyntheticParams(
+        **one_topic, topic_weight_corr=0.0))
     levels, _ = synthetic.generate(3000, 5, seed=2, params=synthetic.SyntheticParams(
         **one_topic, topic_weight_corr=0.95))
 
@@ -78,7 +80,8 @@ def test_topic_weight_levels_make_a_topic_weight_a_term_alike():
     assert within_term_variance(levels) < 0.5 * within_term_variance(plain)
     # the copula keeps each weight's marginal distribution: pooled over many topics' levels,
     # the weight quantiles are those of independent draws
-    many, _ = synthetic.generate(10000, 5, seed=2)
+    many, _ = synthetic.generate(10000, 5, seed=2, params=synthetic.SyntheticParams(
+        topic_weight_corr=0.0))
     many_levels, _ = synthetic.generate(10000, 5, seed=2, params=synthetic.SyntheticParams(
         topic_weight_corr=0.95))
     for q in (0.1, 0.25, 0.5, 0.75, 0.9):
@@ -86,3 +89,16 @@ def test_topic_weight_levels_make_a_topic_weight_a_term_alike():
     again, _ = synthetic.generate(3000, 5, seed=2, params=synthetic.SyntheticParams(
         **one_topic, topic_weight_corr=0.95))
     assert (again != levels).nnz == 0
+
+
+def test_topic_windows_grade_a_topic():
+    """With ``topic_window`` a vector draws most of its topical terms near its own centre in
+    the topic: a query's best document shares more of its terms than without, and its scores
+    fall off from the best document instead of staying flat across the topic."""
+    def stats(window):
+        params = dataclasses.replace(synthetic.SyntheticParams(), topic_window=window)
+        return synthetic.describe(*synthetic.generate(3000, 100, seed=5, params=params))
+
+    flat, graded = stats(0.0), stats(0.7)
+    assert graded["overlap_top1"] > flat["overlap_top1"] + 0.02
+    assert graded["score10_over_score1"] < flat["score10_over_score1"] - 0.1
