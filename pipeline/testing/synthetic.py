@@ -56,8 +56,9 @@ from scipy.special import ndtr, ndtri
 # 70% of a vector's topical draws near its own centre in the topic (`topic_window`), which
 # brings the overlaps back; lengths were refitted (`doc_nnz_log`, `query_nnz_log`) and
 # topical weights drawn heavier (2.2). Over seeds 0-4 every point of the recall grid is then
-# within 0.03 of the real one (worst 0.022-0.028, against 0.042-0.053 before), with Seismic too
-# at seed 0 (BENCHMARKS.md section 16).
+# within 0.03 of the real one for both libraries (ours: worst 0.022-0.028, against 0.042-0.053
+# before). Still off: a little less recall at heap_factor 0.8, 0-20% more latency at equal
+# parameters, weights ~10% heavier (BENCHMARKS.md section 16).
 
 #: (rank, document frequency) measured on the real encodings: the calibration target
 MEASURED_DF = np.array([
