@@ -229,7 +229,6 @@ def _vectors(rng: np.random.Generator, n: int, topics: np.ndarray, nnz_log: tupl
                       min(vocab_size, nnz_max) if nnz_max > 0 else vocab_size)
     shares = rng.beta(topic_share * share_concentration,
                       (1.0 - topic_share) * share_concentration, n)
-
     # duplicate draws collapse into one term: draw a few more than the target length
     draws = np.rint(lengths * draw_factor).astype(np.int64)
     n_topical = rng.binomial(draws, shares)
