@@ -8,9 +8,11 @@ two kernel files on one index. This script runs itself once per checkout per rou
 process importing that checkout's `pipeline` (so each builds its own index from the same
 vectors), in the order A B A B ...: the box's drift falls on both sides alike. Each run builds
 the defaults index of cisi, scifact, vaswani and their union (the cached real encodings, as in
-`jobs/bench_index.py`), checks nothing but time, and reports per search point the mean over
-queries of each query's best single-query time (3 passes, one thread) and the best of 3 batch
-calls on one thread, per query. The last column is the mean ratio to the first checkout.
+`jobs/bench_index.py`) and reports per search point the mean over queries of each query's best
+single-query time (3 passes, one thread) and the best of 3 batch calls on one thread, per query;
+the last columns are the ratio to the first checkout, per round. It also hashes every query's
+top 10 (ids and scores) at each point and says where a checkout's results differ from the
+first checkout's.
 
 A checkout is a directory holding `pipeline/`; `git worktree add /tmp/base <commit>` makes one.
 """

@@ -286,6 +286,11 @@ def main() -> None:
     from pipeline.index import ExactIndex
     from pipeline.testing import synthetic
 
+    try:
+        params = synthetic.params_from_json(args.gen_params)
+    except ValueError as e:         # json.JSONDecodeError included
+        parser.error(f"--gen-params: {e}")
+
     threads = numba.config.NUMBA_NUM_THREADS
     set_seismic_threads(threads)
     info = describe_machine()
@@ -299,11 +304,8 @@ def main() -> None:
     real = union([load_real(n, args.cache, args.data) for n in args.real.split(",")])
     real.name = "real"
     t = time.perf_counter()
-    overrides = {k: tuple(v) if isinstance(v, list) else v
-                 for k, v in json.loads(args.gen_params).items()}
-    params = dataclasses.replace(synthetic.SyntheticParams(), **overrides)
-    if overrides:
-        print(f"generator parameters overridden: {overrides}")
+    if params != synthetic.SyntheticParams():
+        print(f"generator parameters overridden: {args.gen_params}")
     d, q = synthetic.generate(real.docs.shape[0], real.queries.shape[0], args.seed,
                               real.docs.shape[1], params=params)
     synth = Dataset("synthetic", d, q, f"synthetic.generate(seed={args.seed})")

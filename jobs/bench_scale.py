@@ -8,7 +8,8 @@ For each N:
 1. The corpus: N documents from the calibrated generator (`pipeline.testing.synthetic`), as
    Parquet files of `FILE_DOCS` documents (columns ``id``, ``indices`` list<int32>,
    ``values`` list<float32>), generated in chunks of `GEN_DOCS` with seed ``seed + chunk``
-   so memory stays bounded at any N. Cached under --work (not part of the timings).
+   so memory stays bounded at any N. Cached under --work (not part of the timings), keyed on the
+   generator's parameters and the file layout.
 2. The job: ``lsr index CORPUS OUT --format vectors --vector-keys ids --model splade-tiny
    --json`` as a subprocess, on a Ray head started here (`ray start --head` in a session of
    its own, stopped by its process group at the end), so that while it runs this script
@@ -66,9 +67,10 @@ def write_corpus(folder: Path, n_docs: int, seed: int) -> float:
 
     from pipeline.testing import synthetic
 
-    # the generator's parameters are part of the cache key: a corpus written by another
-    # calibration is written again, not measured as if it were this one's
-    stamp = json.dumps({"n_docs": n_docs, "seed": seed,
+    # the generator's parameters and the file layout are the cache key: a corpus written by
+    # another calibration is written again, not measured as if it were this one's
+    stamp = json.dumps({"n_docs": n_docs, "seed": seed, "gen_docs": GEN_DOCS,
+                        "file_docs": FILE_DOCS, "row_group": ROW_GROUP,
                         "params": dataclasses.asdict(synthetic.SyntheticParams())}, sort_keys=True)
     done = folder / "DONE"
     if done.exists() and done.read_text() == stamp:

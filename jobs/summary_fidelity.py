@@ -114,9 +114,12 @@ def main() -> None:
     parser.add_argument("--gen-params", default="{}", help="overrides of synthetic.SyntheticParams (JSON)")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args()
+    try:
+        params = synthetic.params_from_json(args.gen_params)
+    except ValueError as e:         # json.JSONDecodeError included
+        parser.error(f"--gen-params: {e}")
     print(f"command: {' '.join(sys.argv)}\nmachine: {machine_line()}", flush=True)
     real = union([load_real(n, args.cache, args.data) for n in ("cisi", "scifact", "vaswani")])
-    params = synthetic.SyntheticParams(**json.loads(args.gen_params))
     docs, queries = synthetic.generate(real.docs.shape[0], real.queries.shape[0], args.seed, params=params)
     print(f"{args.fraction}x mean list, query_cut {args.query_cut}, first {args.queries} queries; "
           f"synthetic: seed {args.seed}, {json.loads(args.gen_params) or 'defaults'}", flush=True)

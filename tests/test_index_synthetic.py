@@ -102,3 +102,14 @@ def test_topic_windows_grade_a_topic():
     flat, graded = stats(0.0), stats(0.7)
     assert graded["overlap_top1"] > flat["overlap_top1"] + 0.02
     assert graded["score10_over_score1"] < flat["score10_over_score1"] - 0.1
+
+
+def test_params_from_json_overrides_named_fields_only():
+    params = synthetic.params_from_json('{"topic_terms": 300, "doc_nnz_log": [4.0, 1.0]}')
+    assert params.topic_terms == 300 and params.doc_nnz_log == (4.0, 1.0)
+    assert params.topic_window == synthetic.SyntheticParams().topic_window
+    assert synthetic.params_from_json("{}") == synthetic.SyntheticParams()
+    with pytest.raises(ValueError, match="unknown field.*topic_termz"):
+        synthetic.params_from_json('{"topic_termz": 300}')
+    with pytest.raises(ValueError, match="JSON object"):
+        synthetic.params_from_json("[1]")

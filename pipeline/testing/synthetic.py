@@ -30,6 +30,8 @@ reports them for the real and the synthetic collections side by side.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +60,7 @@ from scipy.special import ndtr, ndtri
 # topical weights drawn heavier (2.2). Over seeds 0-4 every point of the recall grid is then
 # within 0.03 of the real one for both libraries (ours: worst 0.022-0.028, against 0.042-0.053
 # before). Still off: a little less recall at heap_factor 0.8, 0-20% more latency at equal
-# parameters, weights ~10% heavier (BENCHMARKS.md section 16).
+# parameters, weights 12-14% heavier (BENCHMARKS.md section 16).
 
 #: (rank, document frequency) measured on the real encodings: the calibration target
 MEASURED_DF = np.array([
@@ -117,6 +119,19 @@ class SyntheticParams:
     topic_window: float = 0.7         # share of a vector's topical draws taken near its own
     #                                   centre on the topic's ring of terms (0: none)
     window_width: float = 25.0        # std of those draws' offsets from the centre, in terms
+
+
+def params_from_json(text: str) -> SyntheticParams:
+    """The calibrated defaults with the fields of a JSON object overridden (JSON lists become
+    tuples), as the benchmarks' ``--gen-params`` take them; an unknown field is an error."""
+    overrides = json.loads(text)
+    if not isinstance(overrides, dict):
+        raise ValueError(f"generator parameters: a JSON object expected, got {text!r}")
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(SyntheticParams)})
+    if unknown:
+        raise ValueError(f"generator parameters: unknown field(s) {', '.join(unknown)}")
+    return dataclasses.replace(SyntheticParams(), **{
+        k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
 _CHUNK_DOCS = 1 << 16
