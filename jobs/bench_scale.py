@@ -7,9 +7,11 @@ For each N:
 
 1. The corpus: N documents from the calibrated generator (`pipeline.testing.synthetic`), as
    Parquet files of `FILE_DOCS` documents (columns ``id``, ``indices`` list<int32>,
-   ``values`` list<float32>), generated in chunks of `GEN_DOCS` with seed ``seed + chunk``
-   so memory stays bounded at any N. Cached under --work (not part of the timings), keyed on the
-   generator's parameters and the file layout.
+   ``values`` list<float32>), drawn `GEN_DOCS` at a time from one generator model
+   (`synthetic.SyntheticCorpus`: every chunk shares the term map and the topics), so memory
+   stays bounded at any N; then `N_SYNTH_QUERIES` queries of the same model, saved beside
+   the corpus. Cached under --work (not part of the timings), keyed on the generator's
+   parameters and the file layout.
 2. The job: ``lsr index CORPUS OUT --format vectors --vector-keys ids --model splade-tiny
    --json`` as a subprocess, on a Ray head started here (`ray start --head` in a session of
    its own, stopped by its process group at the end), so that while it runs this script
@@ -24,7 +26,10 @@ For each N:
    `ShardedIndex.open` and the RSS it adds, encode + search p50/p99 of 300 real query texts
    (scifact, splade-tiny) one at a time, recall@10 of the served blocked configuration against
    exact search, and the embedded endpoint on its replica's own port (as `lsr serve` answers) with
-   1 and 8 concurrent clients.
+   1 and 8 concurrent clients. The real query texts come from another distribution than the
+   synthetic documents (their terms land on the generator's random term map), so recall is
+   also measured for the generator's own queries: recall@10 of the recorded defaults against
+   exact search, and their search p50/p99 one at a time (``synthetic_queries``).
 
 Prints one JSON object per N and a table at the end. Timings are what this machine measured
 while the job ran; nothing is extrapolated here (BENCHMARKS.md does that from these numbers).
@@ -53,36 +58,48 @@ FILE_DOCS = 250_000
 ROW_GROUP = 10_000
 """Rows per Parquet row group: the unit the job's planner cuts read units at."""
 GEN_DOCS = 1_000_000
-"""Documents per generator call: bounds the harness's own memory at any N."""
+"""Documents per generator chunk: bounds the harness's own memory at any N."""
+N_SYNTH_QUERIES = 300
+"""Queries drawn from the corpus's own generator model (recall of the index's defaults)."""
 SAMPLE_S = 1.0
 """Seconds between two samples of process RSS and object-store usage."""
 
 
 # -- corpus ---------------------------------------------------------------------------------------
+def queries_path(folder: Path) -> Path:
+    """Where `write_corpus` saves the generator's queries (beside the corpus, not in it)."""
+    return folder.with_name(folder.name + "-queries.npz")
+
+
 def write_corpus(folder: Path, n_docs: int, seed: int) -> float:
-    """Write (or reuse) the N-document vectors corpus; returns seconds spent writing."""
+    """Write (or reuse) the N-document vectors corpus and its queries; returns seconds spent
+    writing."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
+    import scipy.sparse as sp
 
     from pipeline.testing import synthetic
 
     # the generator's parameters and the file layout are the cache key: a corpus written by
-    # another calibration is written again, not measured as if it were this one's
+    # another calibration (or drawn per chunk from independent seeds, as before) is written
+    # again, not measured as if it were this one's
     stamp = json.dumps({"n_docs": n_docs, "seed": seed, "gen_docs": GEN_DOCS,
-                        "file_docs": FILE_DOCS, "row_group": ROW_GROUP,
+                        "file_docs": FILE_DOCS, "row_group": ROW_GROUP, "model": "one",
+                        "n_queries": N_SYNTH_QUERIES,
                         "params": dataclasses.asdict(synthetic.SyntheticParams())}, sort_keys=True)
     done = folder / "DONE"
-    if done.exists() and done.read_text() == stamp:
+    if done.exists() and done.read_text() == stamp and queries_path(folder).exists():
         return 0.0
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    corpus = synthetic.SyntheticCorpus(n_docs, N_SYNTH_QUERIES, seed)
     file_no = 0
-    for chunk, lo in enumerate(range(0, n_docs, GEN_DOCS)):
-        n = min(GEN_DOCS, n_docs - lo)
-        docs, _ = synthetic.generate(n, 0, seed + chunk)
+    lo = 0
+    for docs in corpus.documents(GEN_DOCS):
+        n = docs.shape[0]
         for f_lo in range(0, n, FILE_DOCS):
             part = docs[f_lo:f_lo + FILE_DOCS]
             indptr = part.indptr.astype(np.int64) - part.indptr[0]
@@ -95,9 +112,37 @@ def write_corpus(folder: Path, n_docs: int, seed: int) -> float:
             })
             pq.write_table(table, folder / f"part-{file_no:05d}.parquet", row_group_size=ROW_GROUP)
             file_no += 1
+        lo += n
         del docs
+    sp.save_npz(queries_path(folder), corpus.queries())
     done.write_text(stamp)
     return time.perf_counter() - started
+
+
+def synthetic_recall(root: str, queries_file: Path, k: int) -> dict:
+    """recall@k of the index's recorded search defaults against exact search, for the queries
+    of the corpus's own generator model, and their search p50/p99 one at a time (1 thread)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from pipeline.index import recall_at_k
+    from pipeline.search import ShardedIndex
+
+    index = ShardedIndex.open(root)
+    queries = sp.load_npz(queries_file).tocsr()
+    for i in range(min(20, queries.shape[0])):                    # warm up the kernels
+        index.search_rows(queries[i], k=k, threads=1)
+    times = []
+    for i in range(queries.shape[0]):
+        t0 = time.perf_counter()
+        index.search_rows(queries[i], k=k, threads=1)
+        times.append((time.perf_counter() - t0) * 1000)
+    approx, _ = index.search_rows(queries, k=k, threads=1)
+    exact, _ = index.search_rows(queries, k=k, exact=True, threads=None)
+    del index
+    return {"n": queries.shape[0], f"recall_at_{k}": round(recall_at_k(approx, exact), 4),
+            "search_p50_ms": round(float(np.percentile(times, 50)), 3),
+            "search_p99_ms": round(float(np.percentile(times, 99)), 3)}
 
 
 # -- sampling -------------------------------------------------------------------------------------
@@ -312,6 +357,7 @@ def one_size(n_docs: int, args, queries: list[str]) -> dict:
         return row
     row.update(measure_index(str(out), queries, args.k))
     row["in_process"] = in_process(str(out), queries, args.k, {}, [])   # the recorded defaults
+    row["synthetic_queries"] = synthetic_recall(str(out), queries_path(corpus), args.k)
     if args.clients:
         import ray
         from ray import serve
@@ -341,24 +387,27 @@ def print_table(rows: list[dict]) -> None:
     print()
     print("| docs | job s | docs/s | bound stage | driver peak MB | worker peak MB | store peak MB | "
           "spilled MB | disk MB | load s | RSS MB | recall@10 | in-proc p50 ms | served p50 / p99 ms "
-          "(1 client) | 8 clients QPS |")
-    print("|" + "---|" * 15)
+          "(1 client) | 8 clients QPS | synthetic queries: recall@10, search p50 ms |")
+    print("|" + "---|" * 16)
     for r in rows:
         if "in_process" not in r:
             print(f"| {r['docs']:,} | {r['job_wall_s']} | {r['job_docs_per_s']} | {r['bound_stage']} | "
                   f"{r['driver_peak_rss_mb']} | {r['largest_worker_peak_rss_mb']} | "
                   f"{r['object_store_peak_mb']} | {r['spilled_mb']} | {r['index_disk_mb']} | "
-                  + "– | " * 6)
+                  + "– | " * 7)
             continue
         served = {s["clients"]: s for s in r.get("served", [])}
         one, eight = served.get(1, {}), served.get(8, {})
         ip = r["in_process"]
+        syn = r.get("synthetic_queries", {})
         recall = next((v for k, v in ip.items() if k.startswith("recall_at_")), None)
+        syn_recall = next((v for k, v in syn.items() if k.startswith("recall_at_")), None)
         print(f"| {r['docs']:,} | {r['job_wall_s']} | {r['job_docs_per_s']} | {r['bound_stage']} | "
               f"{r['driver_peak_rss_mb']} | {r['largest_worker_peak_rss_mb']} | "
               f"{r['object_store_peak_mb']} | {r['spilled_mb']} | {r['index_disk_mb']} | "
               f"{r['load_s']} | {r['rss_added_mb']} | {recall} | {ip['p50_ms']} | "
-              f"{one.get('p50_ms')} / {one.get('p99_ms')} | {eight.get('qps')} |")
+              f"{one.get('p50_ms')} / {one.get('p99_ms')} | {eight.get('qps')} | "
+              f"{syn_recall}, {syn.get('search_p50_ms')} |")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -113,3 +113,34 @@ def test_params_from_json_overrides_named_fields_only():
         synthetic.params_from_json('{"topic_termz": 300}')
     with pytest.raises(ValueError, match="JSON object"):
         synthetic.params_from_json("[1]")
+
+
+def test_a_corpus_drawn_in_chunks_is_one_corpus():
+    """`SyntheticCorpus` draws one model in chunks: one chunk of everything is `generate`'s
+    output, and later chunks share the first's term map and topics. Chunks drawn from
+    independent seeds (what the scale harness did before) would not: each seed permutes the
+    vocabulary anew, so their most frequent terms would barely overlap."""
+    docs, queries = synthetic.generate(3000, 40, seed=5)
+    whole = synthetic.SyntheticCorpus(3000, 40, seed=5)
+    (one,) = whole.documents(3000)
+    assert (one != docs).nnz == 0 and (whole.queries() != queries).nnz == 0
+
+    corpus = synthetic.SyntheticCorpus(4000, 40, seed=5)
+    chunks = list(corpus.documents(1000))
+    assert [c.shape[0] for c in chunks] == [1000] * 4
+    assert all(c.has_canonical_format for c in chunks)
+
+    def top_terms(m, n=100):
+        return set(np.argsort(-np.bincount(m.indices, minlength=m.shape[1]))[:n].tolist())
+
+    shared = len(top_terms(chunks[0]) & top_terms(chunks[3]))
+    independent = len(top_terms(chunks[0])
+                      & top_terms(synthetic.generate(1000, 0, seed=6)[0]))
+    assert shared >= 70 and independent <= 20, (shared, independent)
+    # the queries come after the documents, and from the same topics
+    with pytest.raises(RuntimeError):
+        synthetic.SyntheticCorpus(10, 1, seed=0).queries()
+    with pytest.raises(RuntimeError):
+        list(corpus.documents(1000))
+    q = corpus.queries()
+    assert q.shape == (40, 30522)

@@ -305,6 +305,75 @@ def _vectors(rng: np.random.Generator, n: int, topics: np.ndarray, nnz_log: tupl
          indptr), shape=(n, vocab_size))
 
 
+class SyntheticCorpus:
+    """One generator model (term map, topics, each vector's topic), drawn in chunks.
+
+    ``documents(chunk_docs)`` yields the documents in order, ``chunk_docs`` at a time, then
+    ``queries()`` draws the queries of the same model. So a corpus too large to hold at once
+    is still *one* corpus: every chunk shares the term map and the topics, as the documents
+    of one real collection do (independent seeds per chunk would give each chunk its own
+    term popularity and topics). Draws come from one random stream, consumed in that order:
+    the output is deterministic in the arguments and ``chunk_docs``, and one chunk of all the
+    documents gives exactly `generate`'s.
+    """
+
+    def __init__(self, n_docs: int, n_queries: int, seed: int, vocab_size: int = 30522, *,
+                 params: SyntheticParams | None = None,
+                 background_df: np.ndarray = BACKGROUND_DF) -> None:
+        if n_docs < 0 or n_queries < 0 or vocab_size < 1:
+            raise ValueError("n_docs and n_queries must be >= 0 and vocab_size >= 1")
+        self.n_docs, self.n_queries, self.seed, self.vocab_size = n_docs, n_queries, seed, vocab_size
+        self.params = params = params or SyntheticParams()
+        rng = self._rng = np.random.default_rng(seed)
+        self._rank_to_term = rng.permutation(vocab_size).astype(np.int64)
+        p = background_probabilities(vocab_size, params, background_df)
+        self._bg_table = _alias_table(p)
+        n_topics = max(1, n_docs // params.docs_per_topic)
+        size = min(params.topic_terms, vocab_size)
+        flat = p ** params.topic_flatten
+        flat /= flat.sum()
+        # topic vocabularies: weighted draws without replacement (Gumbel top-k per topic)
+        self._topic_terms = np.empty((n_topics, size), np.int64)
+        logf = np.log(flat)
+        for z in range(n_topics):
+            g = logf - np.log(-np.log(rng.random(vocab_size)))
+            self._topic_terms[z] = self._rank_to_term[np.argpartition(-g, size - 1)[:size]]
+        self._topic_pos_table = _alias_table(1.0 / np.arange(1, size + 1) ** params.topic_zipf)
+        self._doc_topics = rng.integers(0, n_topics, n_docs)
+        self._query_topics = rng.integers(0, n_topics, n_queries)
+        self._next_doc = 0
+
+    def _draw(self, n: int, topics: np.ndarray, nnz_log, nnz_max, share, quantiles
+              ) -> sp.csr_matrix:
+        p = self.params
+        return _vectors(self._rng, n, topics, nnz_log, nnz_max, share, quantiles,
+                        self._rank_to_term, self._bg_table, self._topic_pos_table,
+                        self._topic_terms, self.vocab_size, p.draw_factor, p.share_concentration,
+                        p.topic_weight_power, p.topic_weight_corr, self.seed, p.topic_window,
+                        p.window_width)
+
+    def documents(self, chunk_docs: int):
+        """The documents, ``chunk_docs`` rows a CSR matrix, in order (once per corpus)."""
+        if chunk_docs < 1:
+            raise ValueError(f"chunk_docs must be >= 1, got {chunk_docs}")
+        if self._next_doc:
+            raise RuntimeError("documents() of a SyntheticCorpus can be drawn only once")
+        p = self.params
+        for lo in range(0, self.n_docs, chunk_docs):
+            hi = min(self.n_docs, lo + chunk_docs)
+            self._next_doc = hi
+            yield self._draw(hi - lo, self._doc_topics[lo:hi], p.doc_nnz_log, p.doc_nnz_max,
+                             p.doc_topic_share, DOC_WEIGHT_QUANTILES)
+
+    def queries(self) -> sp.csr_matrix:
+        """The queries, drawn after every document (they share the documents' topics)."""
+        if self._next_doc < self.n_docs:
+            raise RuntimeError("draw every document of a SyntheticCorpus before its queries")
+        p = self.params
+        return self._draw(self.n_queries, self._query_topics, p.query_nnz_log, p.query_nnz_max,
+                          p.query_topic_share, QUERY_WEIGHT_QUANTILES)
+
+
 def generate(n_docs: int, n_queries: int, seed: int, vocab_size: int = 30522, *,
              params: SyntheticParams | None = None,
              background_df: np.ndarray = BACKGROUND_DF) -> tuple[sp.csr_matrix, sp.csr_matrix]:
@@ -312,40 +381,14 @@ def generate(n_docs: int, n_queries: int, seed: int, vocab_size: int = 30522, *,
 
     Deterministic in the arguments. Queries share topics with the documents, so each query
     has documents that match its heavy terms. ``params``/``background_df`` exist for
-    calibration; the defaults are the calibrated values.
+    calibration; the defaults are the calibrated values. (`SyntheticCorpus` draws the same
+    model in chunks, for corpora too large to hold at once.)
     """
-    if n_docs < 0 or n_queries < 0 or vocab_size < 1:
-        raise ValueError("n_docs and n_queries must be >= 0 and vocab_size >= 1")
-    params = params or SyntheticParams()
-    rng = np.random.default_rng(seed)
-    rank_to_term = rng.permutation(vocab_size).astype(np.int64)
-    p = background_probabilities(vocab_size, params, background_df)
-    bg_table = _alias_table(p)
-    n_topics = max(1, n_docs // params.docs_per_topic)
-    size = min(params.topic_terms, vocab_size)
-    flat = p ** params.topic_flatten
-    flat /= flat.sum()
-    # topic vocabularies: weighted draws without replacement (Gumbel top-k per topic)
-    topic_terms = np.empty((n_topics, size), np.int64)
-    logf = np.log(flat)
-    for z in range(n_topics):
-        g = logf - np.log(-np.log(rng.random(vocab_size)))
-        topic_terms[z] = rank_to_term[np.argpartition(-g, size - 1)[:size]]
-    topic_pos_table = _alias_table(1.0 / np.arange(1, size + 1) ** params.topic_zipf)
-    doc_topics = rng.integers(0, n_topics, n_docs)
-    query_topics = rng.integers(0, n_topics, n_queries)
-    docs = _vectors(rng, n_docs, doc_topics, params.doc_nnz_log, params.doc_nnz_max,
-                    params.doc_topic_share,
-                    DOC_WEIGHT_QUANTILES, rank_to_term, bg_table, topic_pos_table, topic_terms,
-                    vocab_size, params.draw_factor, params.share_concentration,
-                    params.topic_weight_power, params.topic_weight_corr, seed,
-                    params.topic_window, params.window_width)
-    queries = _vectors(rng, n_queries, query_topics, params.query_nnz_log, params.query_nnz_max,
-                       params.query_topic_share, QUERY_WEIGHT_QUANTILES, rank_to_term, bg_table,
-                       topic_pos_table, topic_terms, vocab_size, params.draw_factor,
-                       params.share_concentration, params.topic_weight_power,
-                       params.topic_weight_corr, seed, params.topic_window, params.window_width)
-    return docs, queries
+    corpus = SyntheticCorpus(n_docs, n_queries, seed, vocab_size, params=params,
+                             background_df=background_df)
+    chunks = list(corpus.documents(max(1, n_docs)))
+    docs = chunks[0] if chunks else sp.csr_matrix((0, vocab_size), dtype=np.float32)
+    return docs, corpus.queries()
 
 
 def describe(docs: sp.csr_matrix, queries: sp.csr_matrix, *, max_docs: int = 20000,
