@@ -262,12 +262,11 @@ def compare(real: list[dict], synth: list[dict], lat_tol: float, recall_tol: flo
                 "real_interp_us": ai, "synth_interp_us": bi,
                 "interp_ratio": bi / ai if ai and bi else None}
         holds_recall = max(diffs) <= recall_tol if diffs else False
-        holds_lat = None if recall_only else all(
-            v["ratio"] is not None and 1 / lat_tol <= v["ratio"] <= lat_tol
-            for v in targets.values())
-        holds_interp = None if recall_only else all(
-            v["interp_ratio"] is not None and 1 / lat_tol <= v["interp_ratio"] <= lat_tol
-            for v in targets.values())
+        def latency_holds(key: str) -> bool | None:
+            return None if recall_only else all(
+                v[key] is not None and 1 / lat_tol <= v[key] <= lat_tol for v in targets.values())
+
+        holds_lat, holds_interp = latency_holds("ratio"), latency_holds("interp_ratio")
         out[lib] = {"matched": matched, "max_recall_diff": max(diffs) if diffs else None,
                     "mean_recall_diff": float(np.mean([m["recall_synth"] - m["recall_real"]
                                                        for m in matched

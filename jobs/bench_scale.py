@@ -29,7 +29,8 @@ For each N:
    1 and 8 concurrent clients. The real query texts come from another distribution than the
    synthetic documents (their terms land on the generator's random term map), so recall is
    also measured for the generator's own queries: recall@10 of the recorded defaults against
-   exact search, and their search p50/p99 one at a time (``synthetic_queries``).
+   exact search, and their search p50/p99 one at a time (``synthetic_queries``, on the index
+   the in-process measurement opened).
 
 Prints one JSON object per N and a table at the end. Timings are what this machine measured
 while the job ran; nothing is extrapolated here (BENCHMARKS.md does that from these numbers).
@@ -117,32 +118,6 @@ def write_corpus(folder: Path, n_docs: int, seed: int) -> float:
     sp.save_npz(queries_path(folder), corpus.queries())
     done.write_text(stamp)
     return time.perf_counter() - started
-
-
-def synthetic_recall(root: str, queries_file: Path, k: int) -> dict:
-    """recall@k of the index's recorded search defaults against exact search, for the queries
-    of the corpus's own generator model, and their search p50/p99 one at a time (1 thread)."""
-    import numpy as np
-    import scipy.sparse as sp
-
-    from pipeline.index import recall_at_k
-    from pipeline.search import ShardedIndex
-
-    index = ShardedIndex.open(root)
-    queries = sp.load_npz(queries_file).tocsr()
-    for i in range(min(20, queries.shape[0])):                    # warm up the kernels
-        index.search_rows(queries[i], k=k, threads=1)
-    times = []
-    for i in range(queries.shape[0]):
-        t0 = time.perf_counter()
-        index.search_rows(queries[i], k=k, threads=1)
-        times.append((time.perf_counter() - t0) * 1000)
-    approx, _ = index.search_rows(queries, k=k, threads=1)
-    exact, _ = index.search_rows(queries, k=k, exact=True, threads=None)
-    del index
-    return {"n": queries.shape[0], f"recall_at_{k}": round(recall_at_k(approx, exact), 4),
-            "search_p50_ms": round(float(np.percentile(times, 50)), 3),
-            "search_p99_ms": round(float(np.percentile(times, 99)), 3)}
 
 
 # -- sampling -------------------------------------------------------------------------------------
@@ -356,8 +331,12 @@ def one_size(n_docs: int, args, queries: list[str]) -> dict:
             shutil.rmtree(out)
         return row
     row.update(measure_index(str(out), queries, args.k))
-    row["in_process"] = in_process(str(out), queries, args.k, {}, [])   # the recorded defaults
-    row["synthetic_queries"] = synthetic_recall(str(out), queries_path(corpus), args.k)
+    import scipy.sparse as sp
+
+    # the recorded defaults, for the real query texts and for the generator's own queries
+    row["in_process"] = in_process(str(out), queries, args.k, {}, [], {
+        "synthetic_queries": sp.load_npz(queries_path(corpus)).tocsr()})
+    row["synthetic_queries"] = row["in_process"].pop("synthetic_queries")
     if args.clients:
         import ray
         from ray import serve

@@ -123,11 +123,28 @@ def read_queries(path: Path, n: int) -> list[str]:
 
 
 # -- in process -----------------------------------------------------------------------------------
+def timed_rows(index, vectors, k: int, params: dict, exact: np.ndarray) -> dict:
+    """Search p50/p99 of the query ``vectors`` one row at a time (1 thread) with ``params``,
+    and recall@k of their batch against ``exact``."""
+    from pipeline.index import recall_at_k
+
+    times = []
+    for i in range(vectors.shape[0]):
+        t0 = time.perf_counter()
+        index.search_rows(vectors[i], k=k, threads=1, **params)
+        times.append((time.perf_counter() - t0) * 1000)
+    got, _ = index.search_rows(vectors, k=k, threads=1, **params)
+    return {f"recall_at_{k}": round(recall_at_k(got, exact), 4),
+            "search_p50_ms": round(pct(times, 50), 3), "search_p99_ms": round(pct(times, 99), 3)}
+
+
 def in_process(url: str, queries: list[str], k: int, params: dict,
-               sweep: list[tuple[int, float]]) -> dict:
+               sweep: list[tuple[int, float]], vector_sets: dict | None = None) -> dict:
     """Encode then search, one query at a time, torch and numba on 1 thread; recall@k of
     the search parameters ``params`` (those served), and of each (query_cut, heap_factor)
-    of ``sweep`` with its search p50."""
+    of ``sweep`` with its search p50. ``vector_sets``: named sets of query vectors (CSR rows,
+    no encoding) also searched with ``params`` on the same opened index (`timed_rows`),
+    reported under their names."""
     from pipeline.encode.query import set_torch_threads
     from pipeline.index import recall_at_k
     from pipeline.search import ShardedIndex
@@ -154,16 +171,14 @@ def in_process(url: str, queries: list[str], k: int, params: dict,
     swept = []
     for query_cut, heap_factor in sweep:
         one = {"query_cut": query_cut, "heap_factor": heap_factor}
-        times = []
-        for i in range(vectors.shape[0]):
-            t0 = time.perf_counter()
-            index.search_rows(vectors[i], k=k, threads=1, **one)
-            times.append((time.perf_counter() - t0) * 1000)
-        got, _ = index.search_rows(vectors, k=k, threads=1, **one)
-        swept.append({**one, f"recall_at_{k}": round(recall_at_k(got, exact), 4),
-                      "search_p50_ms": round(pct(times, 50), 3),
-                      "search_p99_ms": round(pct(times, 99), 3)})
+        swept.append({**one, **timed_rows(index, vectors, k, one, exact)})
         print(f"sweep {json.dumps(swept[-1])}", flush=True)
+    named = {}
+    for name, rows in (vector_sets or {}).items():
+        for i in range(min(20, rows.shape[0])):                  # warm up on these rows too
+            index.search_rows(rows[i], k=k, threads=1, **params)
+        truth, _ = index.search_rows(rows, k=k, exact=True, threads=None)
+        named[name] = {"n": rows.shape[0], **timed_rows(index, rows, k, params, truth)}
     index_params = index.manifest.index.get("params", {})
     del index
     return {**summary(total), "encode_p50_ms": round(pct(encode, 50), 3),
@@ -172,7 +187,7 @@ def in_process(url: str, queries: list[str], k: int, params: dict,
             f"recall_at_{k}": round(recall, 4),
             "search_params": params, "sweep": swept,
             "index_params": index_params, "screen": getattr(encoder, "screen", None),
-            "lean_body": getattr(encoder, "lean", None) is not None}
+            "lean_body": getattr(encoder, "lean", None) is not None, **named}
 
 
 # -- served ----------------------------------------------------------------------------------------

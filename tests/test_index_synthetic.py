@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from pipeline.testing import synthetic
 
@@ -116,19 +117,14 @@ def test_params_from_json_overrides_named_fields_only():
 
 
 def test_a_corpus_drawn_in_chunks_is_one_corpus():
-    """`SyntheticCorpus` draws one model in chunks: one chunk of everything is `generate`'s
-    output, and later chunks share the first's term map and topics. Chunks drawn from
-    independent seeds (what the scale harness did before) would not: each seed permutes the
-    vocabulary anew, so their most frequent terms would barely overlap."""
-    docs, queries = synthetic.generate(3000, 40, seed=5)
-    whole = synthetic.SyntheticCorpus(3000, 40, seed=5)
-    (one,) = whole.documents(3000)
-    assert (one != docs).nnz == 0 and (whole.queries() != queries).nnz == 0
-
+    """`SyntheticCorpus` draws one model in chunks: every chunk shares the first's term map and
+    topics, and the queries drawn after them find documents of their topics in any chunk.
+    Chunks drawn from independent seeds (what the scale harness did before) would not: each
+    seed permutes the vocabulary anew, so their most frequent terms would barely overlap."""
     corpus = synthetic.SyntheticCorpus(4000, 40, seed=5)
     chunks = list(corpus.documents(1000))
     assert [c.shape[0] for c in chunks] == [1000] * 4
-    assert all(c.has_canonical_format for c in chunks)
+    assert all(c.has_canonical_format and c.shape[1] == 30522 for c in chunks)
 
     def top_terms(m, n=100):
         return set(np.argsort(-np.bincount(m.indices, minlength=m.shape[1]))[:n].tolist())
@@ -137,10 +133,18 @@ def test_a_corpus_drawn_in_chunks_is_one_corpus():
     independent = len(top_terms(chunks[0])
                       & top_terms(synthetic.generate(1000, 0, seed=6)[0]))
     assert shared >= 70 and independent <= 20, (shared, independent)
-    # the queries come after the documents, and from the same topics
-    with pytest.raises(RuntimeError):
-        synthetic.SyntheticCorpus(10, 1, seed=0).queries()
+    # the queries come after the documents and match them like `generate`'s do: a query's
+    # best document, in the last chunk as in the whole corpus, shares a large part of its
+    # terms (an unrelated seed's queries share almost none with any document)
     with pytest.raises(RuntimeError):
         list(corpus.documents(1000))
-    q = corpus.queries()
-    assert q.shape == (40, 30522)
+    queries = corpus.queries()
+    for docs in (sp.vstack(chunks).tocsr(), chunks[3]):
+        stats = synthetic.describe(docs, queries)
+        assert stats["overlap_top1"] > max(0.3, 1.8 * stats["overlap_random"]), stats
+    with pytest.raises(RuntimeError):
+        corpus.queries()
+    other = synthetic.describe(chunks[3], synthetic.generate(0, 40, seed=6)[1])
+    assert other["overlap_top1"] < 0.1, other    # measured 0.44-0.53 above, 0.04 here
+    with pytest.raises(RuntimeError):
+        synthetic.SyntheticCorpus(10, 1, seed=0).queries()

@@ -342,6 +342,7 @@ class SyntheticCorpus:
         self._doc_topics = rng.integers(0, n_topics, n_docs)
         self._query_topics = rng.integers(0, n_topics, n_queries)
         self._next_doc = 0
+        self._queries_drawn = False
 
     def _draw(self, n: int, topics: np.ndarray, nnz_log, nnz_max, share, quantiles
               ) -> sp.csr_matrix:
@@ -366,9 +367,13 @@ class SyntheticCorpus:
                              p.doc_topic_share, DOC_WEIGHT_QUANTILES)
 
     def queries(self) -> sp.csr_matrix:
-        """The queries, drawn after every document (they share the documents' topics)."""
+        """The queries, drawn after every document (they share the documents' topics); once
+        per corpus, since a second draw would silently give other queries."""
         if self._next_doc < self.n_docs:
             raise RuntimeError("draw every document of a SyntheticCorpus before its queries")
+        if self._queries_drawn:
+            raise RuntimeError("queries() of a SyntheticCorpus can be drawn only once")
+        self._queries_drawn = True
         p = self.params
         return self._draw(self.n_queries, self._query_topics, p.query_nnz_log, p.query_nnz_max,
                           p.query_topic_share, QUERY_WEIGHT_QUANTILES)
