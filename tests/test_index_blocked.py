@@ -54,6 +54,32 @@ def test_defaults_reach_recall_on_cisi(cisi, cisi_default, cisi_truth):
     assert recall_at_k(d, cisi_truth[0][:, :10]) >= 0.95
 
 
+def test_a_smaller_build_derives_a_wider_cut_that_keeps_the_recall(cisi, cisi_default, cisi_truth):
+    """A build keeping 1.5x the mean used list instead of 2.5x has dropped more of the top
+    documents' postings from the heaviest query terms' lists: the derived query_cut widens
+    (`CUT_PER_PRUNING_EXPONENT`) so that its derived defaults still reach the recall of the
+    default build. The cut the shard statistics alone give loses recall on it."""
+    from pipeline.index.config import CUT_PER_PRUNING_EXPONENT, POSTINGS_PER_USED_LIST
+
+    used_list = cisi.docs.nnz / np.unique(cisi.docs.indices).size
+    smaller = BlockedIndex.build(cisi.docs, n_postings=round(1.5 * used_list))
+    truth = cisi_truth[0][:, :10]
+    widening = (POSTINGS_PER_USED_LIST * used_list / smaller.config.n_postings) \
+        ** CUT_PER_PRUNING_EXPONENT
+    assert smaller.config.query_cut == round(cisi_default.config.query_cut * widening)
+    assert smaller.config.query_cut > cisi_default.config.query_cut
+    default_recall = recall_at_k(cisi_default.search(cisi.queries, k=10)[0], truth)
+    derived_recall = recall_at_k(smaller.search(cisi.queries, k=10)[0], truth)
+    unwidened = recall_at_k(smaller.search(cisi.queries, k=10,
+                                           query_cut=cisi_default.config.query_cut)[0], truth)
+    assert derived_recall >= default_recall - 0.01
+    assert unwidened < derived_recall - 0.02
+    # a build keeping more than the usual multiple does not narrow the cut
+    larger = BlockedIndex.build(cisi.docs[:400], n_postings=round(5 * used_list)).config
+    base = BlockedIndex.build(cisi.docs[:400]).config
+    assert larger.query_cut == base.query_cut
+
+
 @pytest.mark.slow
 def test_defaults_reach_recall_on_vaswani(encodings):
     vaswani = encodings("vaswani")
