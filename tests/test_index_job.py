@@ -99,27 +99,34 @@ def test_lsr_search_cli_equals_python_api(scifact_index, scifact_dir):
 
 
 def test_job_reads_and_writes_s3_from_the_standard_aws_environment(s3_server, data_dir, encodings, tmp_path):
-    """Corpus on S3, index on S3, credentials and endpoint only in the AWS environment variables."""
+    """Corpus on S3, index on S3, credentials and endpoint only in the AWS environment variables.
+    The first 400 cisi documents (3 shards): every S3 path of the job, at a third of its
+    encoding time."""
     import boto3
 
+    n_docs = 400
     s3 = boto3.client("s3", endpoint_url=s3_server["endpoint"], aws_access_key_id="testing",
                       aws_secret_access_key="testing", region_name="us-east-1")
-    s3.upload_file(str(data_dir / "cisi" / "corpus.jsonl"), s3_server["bucket"], "corpora/cisi/corpus.jsonl")
+    with open(data_dir / "cisi" / "corpus.jsonl", "rb") as f:
+        head = b"".join(line for _, line in zip(range(n_docs), f))
+    s3.put_object(Bucket=s3_server["bucket"], Key="corpora/cisi/corpus.jsonl", Body=head)
     corpus = f"s3://{s3_server['bucket']}/corpora/cisi/"
     output = f"s3://{s3_server['bucket']}/indexes/cisi"
     env = _env(**s3_server["env"])
-    subprocess.run([*LSR, "index", corpus, output, "--shard-size", "600", "--json"], env=env, check=True,
+    subprocess.run([*LSR, "index", corpus, output, "--shard-size", "150", "--json"], env=env, check=True,
                    capture_output=True, text=True, timeout=900)
     encoded = encodings("cisi")
     ids, vectors = _stored_vectors(output, s3_server["storage_options"])
-    assert ids == encoded.doc_ids
-    assert_same_vectors(vectors, encoded.docs)
+    assert len(read_manifest(IndexLayout.at(output, s3_server["storage_options"])).shards) == 3
+    assert ids == encoded.doc_ids[:n_docs]
+    assert_same_vectors(vectors, encoded.docs[:n_docs])
 
     queries = [json.loads(line)["text"] for line in open(data_dir / "cisi" / "queries.jsonl")][:5]
     out = subprocess.run([*LSR, "search", output, *queries, "--exact", "--json"], env=env, check=True,
                          capture_output=True, text=True, timeout=300)
     cli = json.loads(out.stdout)["results"]
-    want_ids, want_scores = _exact_reference(encoded.docs, encoded.doc_ids, encoded.queries[:5])
+    want_ids, want_scores = _exact_reference(encoded.docs[:n_docs], encoded.doc_ids[:n_docs],
+                                             encoded.queries[:5])
     for q, result in enumerate(cli):
         assert_same_ranking([h["doc_id"] for h in result["hits"]], [h["score"] for h in result["hits"]],
                             want_ids[q], want_scores[q])
