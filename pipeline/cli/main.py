@@ -10,6 +10,7 @@ import typer
 from pipeline.cli.evaluate import evaluate
 from pipeline.cli.export import export
 from pipeline.cli.index import index
+from pipeline.cli.info import info
 from pipeline.cli.reindex import reindex
 from pipeline.cli.search import search
 from pipeline.cli.serve import serve_command
@@ -31,6 +32,7 @@ app.command("reindex")(reindex)
 app.command("evaluate")(evaluate)
 app.command("serve")(serve_command)
 app.command("export")(export)
+app.command("info")(info)
 
 
 def run() -> None:

@@ -5,11 +5,11 @@ Holds how bytes are laid out and checked, nothing about where they live in an in
 import `pipeline.catalog`, `pipeline.search`, `pipeline.batch` or `pipeline.serve`.
 """
 
-from pipeline.format.index_group import (IndexFormatError, load_blocked, load_exact, load_index,
-                                         save_index)
+from pipeline.format.index_group import (IndexFormatError, index_info, load_blocked, load_exact,
+                                         load_index, save_index)
 from pipeline.format.postings import (PostingsFormatError, ShardPostings, fingerprint_texts,
                                       read_postings, write_postings)
 
-__all__ = ["IndexFormatError", "load_blocked", "load_exact", "load_index", "save_index",
+__all__ = ["IndexFormatError", "index_info", "load_blocked", "load_exact", "load_index", "save_index",
            "PostingsFormatError", "ShardPostings", "fingerprint_texts", "read_postings",
            "write_postings"]

@@ -183,6 +183,7 @@ def save_blocked(index: BlockedIndex, url: str, storage_options: dict | None = N
         "n_summary_entries": int(a["entry_codes"].size),
         "n_summary_block_bytes": int(a["entry_blocks"].size),
         "config": index.config.to_dict(),
+        **({} if index.used_terms is None else {"used_terms": index.used_terms}),
     })
 
 
@@ -226,8 +227,9 @@ def load_blocked(url: str, storage_options: dict | None = None) -> BlockedIndex:
     _check_ptr(loc, "seg_pair_ptr", a["seg_pair_ptr"], npairs)
     _check_ptr(loc, "seg_group_ptr", a["seg_group_ptr"], ngroups)
     _check_ptr(loc, "seg_block_ptr", a["seg_block_ptr"], nb)
+    used = _int_attr(loc, attrs, "used_terms") if "used_terms" in attrs else None
     try:
-        return BlockedIndex.from_arrays(a, config, n, vocab, nnz)
+        return BlockedIndex.from_arrays(a, config, n, vocab, nnz, used)
     except ValueError as exc:
         raise IndexFormatError(f"{loc.url}: {exc}") from exc
 
@@ -244,6 +246,31 @@ def check_index(url: str, storage_options: dict | None, kind: str, n_docs: int) 
     if _int_attr(loc, attrs, "n_docs") != n_docs:
         raise IndexFormatError(f"{loc.url}: holds {attrs.get('n_docs')} documents, "
                                f"the manifest says {n_docs}")
+
+
+def index_info(url: str, storage_options: dict | None, kind: str) -> dict:
+    """What a shard's index group records, read from its attributes alone (no array): kind,
+    documents, vocabulary, postings, bytes of its arrays and, for a blocked index, its build
+    and search parameters, which were derived (``derived``) and how (``derivation``, empty
+    for an index saved before the shard's used terms were recorded)."""
+    cls = {"blocked": BlockedIndex, "exact": ExactIndex}.get(kind)
+    if cls is None:
+        raise IndexFormatError(f"{url}: unknown index kind {kind!r}")
+    loc, _, attrs = _open_group(url, storage_options, cls.FORMAT, cls.FORMAT_VERSION)
+    meta = _arrays_meta(loc, attrs)
+    n, vocab, nnz = (_int_attr(loc, attrs, k) for k in ("n_docs", "vocab_size", "nnz"))
+    out = {"kind": kind, "n_docs": n, "vocab_size": vocab, "nnz": nnz,
+           "array_bytes": int(sum(np.dtype(m["dtype"]).itemsize * int(np.prod(m["shape"]))
+                                  for m in meta.values()))}
+    if kind == "blocked":
+        try:
+            config = BlockedIndexConfig.from_dict(dict(attrs.get("config") or {}))
+        except (TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{loc.url}: invalid build parameters ({exc})") from exc
+        used = _int_attr(loc, attrs, "used_terms") if "used_terms" in attrs else None
+        out.update(used_terms=used, config=config.to_dict(),
+                   derivation={} if used is None else config.derivation(n, vocab, nnz, used))
+    return out
 
 
 def load_index(url: str, storage_options: dict | None = None) -> BlockedIndex | ExactIndex:

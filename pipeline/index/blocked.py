@@ -168,7 +168,7 @@ class BlockedIndex:
     FORMAT_VERSION = 2     # 2: grouped varint summary pairs (version 1: fixed pair records)
 
     def __init__(self, arrays: dict[str, np.ndarray], config: BlockedIndexConfig,
-                 n_docs: int, vocab_size: int, nnz: int) -> None:
+                 n_docs: int, vocab_size: int, nnz: int, used_terms: int | None = None) -> None:
         """Wrap already-built arrays; use `build` or `load` instead of calling this."""
         if not config.resolved:
             raise ValueError("config: an index needs every build and search parameter set "
@@ -178,6 +178,7 @@ class BlockedIndex:
         self._n_docs = int(n_docs)
         self._vocab = int(vocab_size)
         self._nnz = int(nnz)
+        self._used_terms = None if used_terms is None else int(used_terms)
         self._codec = CODECS[config.forward_values]
         self._view = kernel_view(self._a, self._codec)
         lbp = arrays["list_block_ptr"]
@@ -207,7 +208,8 @@ class BlockedIndex:
             config = config.replace(**overrides)
         csr = as_csr(docs, "docs")
         n_docs, vocab = csr.shape
-        config = config.derived_for(n_docs, vocab, csr.nnz, used_terms(csr))
+        n_used = used_terms(csr)
+        config = config.derived_for(n_docs, vocab, csr.nnz, n_used)
         codec = CODECS[config.forward_values]
         if vocab > codec.max_vocab:
             raise ValueError(f"docs: vocabulary of {vocab} terms exceeds the {codec.max_vocab} "
@@ -260,7 +262,7 @@ class BlockedIndex:
         parts = [list(p) for p in parts]
         arrays = cls._assemble(parts, vocab, list_ptr, doc_start, words)
         del parts
-        index = cls(arrays, config, n_docs, vocab, csr.nnz)
+        index = cls(arrays, config, n_docs, vocab, csr.nnz, n_used)
         log.info("BlockedIndex: %d docs, %d postings, %d blocks, %.1f MB; pruning %.2fs, "
                  "blocks+summaries %.2fs, total %.2fs", n_docs, arrays["postings"].size,
                  arrays["block_min"].size, index.nbytes / 1e6, t1 - t0, t2 - t1,
@@ -366,6 +368,21 @@ class BlockedIndex:
         return self._nnz
 
     @property
+    def used_terms(self) -> int | None:
+        """Terms that occur in some document: with ``n_docs``, ``vocab_size`` and ``nnz``, the
+        statistics the config's derived fields came from (`derivation`); None for an index
+        saved before they were recorded."""
+        return self._used_terms
+
+    def derivation(self) -> dict[str, str]:
+        """How each derived field of the config was derived from this shard (field -> one
+        line, `BlockedIndexConfig.derivation`); empty when nothing was derived, or when the
+        shard's ``used_terms`` was not recorded (an index saved before 2026-12-05)."""
+        if self._used_terms is None:
+            return {}
+        return self._config.derivation(self._n_docs, self._vocab, self._nnz, self._used_terms)
+
+    @property
     def config(self) -> BlockedIndexConfig:
         return self._config
 
@@ -375,7 +392,8 @@ class BlockedIndex:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray], config: BlockedIndexConfig,
-                    n_docs: int, vocab_size: int, nnz: int) -> "BlockedIndex":
+                    n_docs: int, vocab_size: int, nnz: int, used_terms: int | None = None
+                    ) -> "BlockedIndex":
         """Wrap arrays read back from storage, after a structural check of every pointer and
         offset (so a corrupt copy fails here, not as an out-of-bounds read in a kernel).
         Raises ``ValueError`` naming the first problem found."""
@@ -384,7 +402,7 @@ class BlockedIndex:
         problem = sk.check_structure(view, n_docs, vocab_size)
         if problem:
             raise ValueError(problem)
-        return cls(arrays, config, n_docs, vocab_size, nnz)
+        return cls(arrays, config, n_docs, vocab_size, nnz, used_terms)
 
     def summary_entries(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every block summary entry decoded: (global block int64, term int64, dequantised

@@ -129,28 +129,71 @@ class BlockedIndexConfig:
           widens the cut when the build keeps less than the usual multiple of the lists, and
           ``heap_factor = HEAP_FACTOR``: see the constants' notes.
         """
+        values, _ = self._derive(n_docs, vocab_size, nnz, used_terms)
+        return dataclasses.replace(self, derived=tuple(sorted(set(self.derived) | set(values))),
+                                   **values)
+
+    def derivation(self, n_docs: int, vocab_size: int, nnz: int,
+                   used_terms: int | None = None) -> dict[str, str]:
+        """How `derived_for` derives, from these shard statistics, each field this config
+        leaves at ``None`` or names in ``derived`` (a built index's config: its derived values
+        are set aside and derived again): field -> one line with the rule and its numbers, in
+        `DERIVED_FIELDS` order. ``lsr info`` prints it for every shard."""
+        _, reasons = self.undetermined()._derive(n_docs, vocab_size, nnz, used_terms)
+        return {name: reasons[name] for name in DERIVED_FIELDS if name in reasons}
+
+    def undetermined(self) -> "BlockedIndexConfig":
+        """This config with its derived fields back at ``None`` (what was given explicitly
+        stays): the input of the derivation that produced it."""
+        return dataclasses.replace(self, derived=(), **{name: None for name in self.derived})
+
+    def _derive(self, n_docs: int, vocab_size: int, nnz: int, used_terms: int | None
+                ) -> tuple[dict[str, Any], dict[str, str]]:
+        """(derived values, one explanatory line each) for the fields left at ``None``."""
         values: dict[str, Any] = {}
+        reasons: dict[str, str] = {}
         mean_list = nnz / max(1, vocab_size)
-        used_list = nnz / max(1, vocab_size if used_terms is None else used_terms)
+        used = vocab_size if used_terms is None else used_terms
+        used_list = nnz / max(1, used)
         if self.n_postings is None:
             values["n_postings"] = max(1, round(postings_for_list(used_list)),
                                        math.ceil(1 / self.max_fraction))
+            lists = f"the mean used list {used_list:.1f} ({nnz:,} postings / {used:,} terms in use)"
+            reasons["n_postings"] = (
+                f"{POSTINGS_PER_USED_LIST:g} x {lists}" if used_list <= LONG_LIST else
+                f"{POSTINGS_PER_USED_LIST:g} x {LONG_LIST:g} x (list / {LONG_LIST:g}) ** "
+                f"{LONG_LIST_EXPONENT:g}, list = {lists}")
         n_postings = values.get("n_postings", self.n_postings)
         if self.centroid_fraction is None:
             values["centroid_fraction"] = float(min(MAX_CENTROID_FRACTION, max(
                 CENTROID_FRACTION, MIN_LIST_BLOCKS / n_postings)))
+            reasons["centroid_fraction"] = (
+                f"{MIN_LIST_BLOCKS} blocks / n_postings {n_postings} = "
+                f"{MIN_LIST_BLOCKS / n_postings:.3g}, within {CENTROID_FRACTION:g}.."
+                f"{MAX_CENTROID_FRACTION:g}")
         if self.summary_energy is None:
             values["summary_energy"] = SUMMARY_ENERGY
+            reasons["summary_energy"] = f"the default {SUMMARY_ENERGY:g} (Seismic's guidance 0.4-0.6)"
         if self.query_cut is None:
             pruning = max(1.0, POSTINGS_PER_USED_LIST * used_list / n_postings)
-            values["query_cut"] = MAX_QUERY_CUT if mean_list < CUT_FREE_MEAN_LIST else \
-                int(min(MAX_QUERY_CUT, max(MIN_QUERY_CUT, round(
-                    QUERY_CUT_PER_SQRT_DOC_TERMS * math.sqrt(nnz / max(1, n_docs))
-                    * pruning ** CUT_PER_PRUNING_EXPONENT))))
+            doc_terms = nnz / max(1, n_docs)
+            if mean_list < CUT_FREE_MEAN_LIST:
+                values["query_cut"] = MAX_QUERY_CUT
+                reasons["query_cut"] = (f"the maximum: the mean list {mean_list:.2f} is under "
+                                        f"{CUT_FREE_MEAN_LIST:g}, so visiting a list costs nothing")
+            else:
+                raw = (QUERY_CUT_PER_SQRT_DOC_TERMS * math.sqrt(doc_terms)
+                       * pruning ** CUT_PER_PRUNING_EXPONENT)
+                values["query_cut"] = int(min(MAX_QUERY_CUT, max(MIN_QUERY_CUT, round(raw))))
+                reasons["query_cut"] = (
+                    f"{QUERY_CUT_PER_SQRT_DOC_TERMS:g} x sqrt({doc_terms:.1f} terms a document) x "
+                    f"{pruning:.2f} ** {CUT_PER_PRUNING_EXPONENT:g} ({POSTINGS_PER_USED_LIST:g} x "
+                    f"the mean used list / n_postings {n_postings}, at least 1) = {raw:.2f}, "
+                    f"rounded within {MIN_QUERY_CUT}..{MAX_QUERY_CUT}")
         if self.heap_factor is None:
             values["heap_factor"] = HEAP_FACTOR
-        return dataclasses.replace(self, derived=tuple(sorted(set(self.derived) | set(values))),
-                                   **values)
+            reasons["heap_factor"] = f"the default {HEAP_FACTOR:g}"
+        return values, reasons
 
     @property
     def list_cap(self) -> int:
