@@ -49,6 +49,9 @@ def test_local_round_trip(tmp_path, blocked, exact, docs_queries):
         np.testing.assert_array_equal(arr, b2.arrays()[name])
         assert arr.dtype == b2.arrays()[name].dtype
     assert b2.config == blocked.config and b2.n_docs == blocked.n_docs
+    # the statistics the derived fields came from travel with the index
+    assert b2.used_terms == np.unique(docs_queries[0].indices).size == blocked.used_terms
+    assert b2.derivation() == blocked.derivation() != {}
     assert b2.nbytes == blocked.nbytes and e2.nbytes == exact.nbytes
     _same_results(blocked, b2, docs_queries[1])
     _same_results(exact, e2, docs_queries[1])
