@@ -187,6 +187,19 @@ def save_blocked(index: BlockedIndex, url: str, storage_options: dict | None = N
     })
 
 
+def _blocked_config(loc, attrs: dict) -> BlockedIndexConfig:
+    try:
+        return BlockedIndexConfig.from_dict(dict(attrs.get("config") or {}))
+    except (TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{loc.url}: invalid build parameters ({exc})") from exc
+
+
+def _used_terms(loc, attrs: dict) -> int | None:
+    """The shard's terms in use, which its derived parameters came from; None for an index
+    saved before they were recorded (2026-12-05)."""
+    return _int_attr(loc, attrs, "used_terms") if "used_terms" in attrs else None
+
+
 def load_blocked(url: str, storage_options: dict | None = None) -> BlockedIndex:
     loc, root, attrs = _open_group(url, storage_options, BlockedIndex.FORMAT,
                                    BlockedIndex.FORMAT_VERSION)
@@ -195,10 +208,7 @@ def load_blocked(url: str, storage_options: dict | None = None) -> BlockedIndex:
             "n_docs", "vocab_size", "nnz", "n_blocks", "n_postings_total", "n_segments",
             "n_summary_pairs", "n_summary_groups", "n_summary_delta_bytes",
             "n_summary_entries", "n_summary_block_bytes"))
-    try:
-        config = BlockedIndexConfig.from_dict(dict(attrs.get("config") or {}))
-    except (TypeError, ValueError) as exc:
-        raise IndexFormatError(f"{loc.url}: invalid build parameters ({exc})") from exc
+    config = _blocked_config(loc, attrs)
     word = np.dtype(CODECS[config.forward_values].word_dtype).str
     a = _read_arrays(loc, root, attrs, {
         "fwd_words": ((word,), (2 * n + nnz,)),
@@ -227,9 +237,8 @@ def load_blocked(url: str, storage_options: dict | None = None) -> BlockedIndex:
     _check_ptr(loc, "seg_pair_ptr", a["seg_pair_ptr"], npairs)
     _check_ptr(loc, "seg_group_ptr", a["seg_group_ptr"], ngroups)
     _check_ptr(loc, "seg_block_ptr", a["seg_block_ptr"], nb)
-    used = _int_attr(loc, attrs, "used_terms") if "used_terms" in attrs else None
     try:
-        return BlockedIndex.from_arrays(a, config, n, vocab, nnz, used)
+        return BlockedIndex.from_arrays(a, config, n, vocab, nnz, _used_terms(loc, attrs))
     except ValueError as exc:
         raise IndexFormatError(f"{loc.url}: {exc}") from exc
 
@@ -263,11 +272,7 @@ def index_info(url: str, storage_options: dict | None, kind: str) -> dict:
            "array_bytes": int(sum(np.dtype(m["dtype"]).itemsize * int(np.prod(m["shape"]))
                                   for m in meta.values()))}
     if kind == "blocked":
-        try:
-            config = BlockedIndexConfig.from_dict(dict(attrs.get("config") or {}))
-        except (TypeError, ValueError) as exc:
-            raise IndexFormatError(f"{loc.url}: invalid build parameters ({exc})") from exc
-        used = _int_attr(loc, attrs, "used_terms") if "used_terms" in attrs else None
+        config, used = _blocked_config(loc, attrs), _used_terms(loc, attrs)
         out.update(used_terms=used, config=config.to_dict(),
                    derivation={} if used is None else config.derivation(n, vocab, nnz, used))
     return out
