@@ -100,8 +100,8 @@ def test_lsr_search_cli_equals_python_api(scifact_index, scifact_dir):
 
 def test_job_reads_and_writes_s3_from_the_standard_aws_environment(s3_server, data_dir, encodings, tmp_path):
     """Corpus on S3, index on S3, credentials and endpoint only in the AWS environment variables.
-    The first 400 cisi documents (3 shards): every S3 path of the job, at a third of its
-    encoding time."""
+    The first 400 of cisi's 1,460 documents, in 3 shards: every S3 path of the job, with less
+    to encode."""
     import boto3
 
     n_docs = 400

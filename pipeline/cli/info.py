@@ -1,7 +1,6 @@
 """`lsr info INDEX`: what a committed generation holds, and how its shards were built.
 
-Reads the manifest and each shard's index attributes (no array), so it is cheap on object
-storage. For a blocked shard it shows the build and search parameters and, for each one
+Reads the manifest and each shard's index attributes, never an index array. For a blocked shard it shows the build and search parameters and, for each one
 derived from the shard rather than given, the rule and the shard statistics it came from
 (`BlockedIndexConfig.derivation`): the defaults that fit the collection, shown.
 """
@@ -14,13 +13,9 @@ import typer
 
 from pipeline.cli.common import parse_json_option
 
-# the build and search parameters, in the order they are shown
-BLOCKED_PARAMS = ("n_postings", "max_fraction", "centroid_fraction", "min_cluster_size", "doc_cut",
-                  "summary_energy", "forward_values", "seed", "query_cut", "heap_factor")
-
-
 def gather(index: str, generation: int | None, storage_options: dict) -> dict:
-    """The generation's manifest summary and every shard's index attributes, as one dict."""
+    """The generation's manifest summary and, per shard, its manifest entry and what its index
+    group adds (`index_info`), as one dict."""
     from pipeline.catalog import IndexLayout, list_generations, read_current_generation, read_manifest
     from pipeline.format import index_info
 
@@ -29,9 +24,9 @@ def gather(index: str, generation: int | None, storage_options: dict) -> dict:
     shards = []
     for entry in manifest.shards:
         loc = layout.index(entry.name)
-        shards.append({"name": entry.name, "n_docs": entry.n_docs, "nnz": entry.nnz,
-                       "index_nbytes": entry.index_nbytes,
-                       **index_info(loc.url, loc.storage_options, entry.index_kind)})
+        shards.append({"name": entry.name, "kind": entry.index_kind, "n_docs": entry.n_docs,
+                       "nnz": entry.nnz, "index_nbytes": entry.index_nbytes,
+                       **index_info(loc.url, loc.storage_options, entry.index_kind, entry.n_docs)})
     return {"index": index, "generation": manifest.generation,
             "current": read_current_generation(layout), "generations": list_generations(layout),
             "created_at": manifest.created_at, "parent_generation": manifest.parent_generation,
@@ -57,13 +52,16 @@ def render(info: dict) -> list[str]:
         + (f"; fields {', '.join(info['fields'])}" if info["fields"] else ""),
     ]
     for s in info["shards"]:
+        size = (f"{s['index_nbytes'] / 1e6:.1f} MB of index in memory" if s["index_nbytes"]
+                else "index size not recorded")
         lines.append(f"  {s['name']}: {s['kind']}, {s['n_docs']:,} documents, "
-                     f"{s['nnz']:,} postings, {s['array_bytes'] / 1e6:.1f} MB of index arrays")
+                     f"{s['nnz']:,} postings, {size}")
         if s["kind"] != "blocked":
             continue
         config, why = s["config"], s["derivation"]
-        for name in BLOCKED_PARAMS:
-            value = config[name]
+        for name, value in config.items():
+            if name == "derived":
+                continue
             shown = f"{value:.4g}" if isinstance(value, float) else str(value)
             lines.append(f"    {name} = {shown}" + (f"  (derived: {why[name]})" if name in why
                                                      else ""))

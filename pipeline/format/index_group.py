@@ -243,10 +243,8 @@ def load_blocked(url: str, storage_options: dict | None = None) -> BlockedIndex:
         raise IndexFormatError(f"{loc.url}: {exc}") from exc
 
 
-def check_index(url: str, storage_options: dict | None, kind: str, n_docs: int) -> None:
-    """What a load refuses first, without reading an array: the group is there, committed
-    (its attributes written), of ``kind`` ("blocked" or "exact") at this code's format
-    version, and holds ``n_docs`` documents. One small read; raises `IndexFormatError`."""
+def _committed_attrs(url: str, storage_options: dict | None, kind: str, n_docs: int):
+    """(location, attributes) of the index group at ``url`` after `check_index`'s checks."""
     cls = {"blocked": BlockedIndex, "exact": ExactIndex}.get(kind)
     if cls is None:
         raise IndexFormatError(f"{url}: unknown index kind {kind!r}")
@@ -255,27 +253,29 @@ def check_index(url: str, storage_options: dict | None, kind: str, n_docs: int) 
     if _int_attr(loc, attrs, "n_docs") != n_docs:
         raise IndexFormatError(f"{loc.url}: holds {attrs.get('n_docs')} documents, "
                                f"the manifest says {n_docs}")
+    return loc, attrs
 
 
-def index_info(url: str, storage_options: dict | None, kind: str) -> dict:
-    """What a shard's index group records, read from its attributes alone (no array): kind,
-    documents, vocabulary, postings, bytes of its arrays and, for a blocked index, its build
-    and search parameters, which were derived (``derived``) and how (``derivation``, empty
-    for an index saved before the shard's used terms were recorded)."""
-    cls = {"blocked": BlockedIndex, "exact": ExactIndex}.get(kind)
-    if cls is None:
-        raise IndexFormatError(f"{url}: unknown index kind {kind!r}")
-    loc, _, attrs = _open_group(url, storage_options, cls.FORMAT, cls.FORMAT_VERSION)
-    meta = _arrays_meta(loc, attrs)
-    n, vocab, nnz = (_int_attr(loc, attrs, k) for k in ("n_docs", "vocab_size", "nnz"))
-    out = {"kind": kind, "n_docs": n, "vocab_size": vocab, "nnz": nnz,
-           "array_bytes": int(sum(np.dtype(m["dtype"]).itemsize * int(np.prod(m["shape"]))
-                                  for m in meta.values()))}
-    if kind == "blocked":
-        config, used = _blocked_config(loc, attrs), _used_terms(loc, attrs)
-        out.update(used_terms=used, config=config.to_dict(),
-                   derivation={} if used is None else config.derivation(n, vocab, nnz, used))
-    return out
+def check_index(url: str, storage_options: dict | None, kind: str, n_docs: int) -> None:
+    """What a load refuses first, without reading an array: the group is there, committed
+    (its attributes written), of ``kind`` ("blocked" or "exact") at this code's format
+    version, and holds ``n_docs`` documents. One small read; raises `IndexFormatError`."""
+    _committed_attrs(url, storage_options, kind, n_docs)
+
+
+def index_info(url: str, storage_options: dict | None, kind: str, n_docs: int) -> dict:
+    """What a shard's index group adds to its manifest entry, from the same one read as
+    `check_index` (and after its checks): for a blocked index its build and search
+    parameters (``config``; ``config["derived"]`` names the derived ones), the shard's terms
+    in use and how each derived one came about (``derivation``; both empty for an index
+    saved before the terms in use were recorded). Nothing for an exact index."""
+    loc, attrs = _committed_attrs(url, storage_options, kind, n_docs)
+    if kind != "blocked":
+        return {}
+    config, used = _blocked_config(loc, attrs), _used_terms(loc, attrs)
+    vocab, nnz = _int_attr(loc, attrs, "vocab_size"), _int_attr(loc, attrs, "nnz")
+    return {"config": config.to_dict(), "used_terms": used,
+            "derivation": {} if used is None else config.derivation(n_docs, vocab, nnz, used)}
 
 
 def load_index(url: str, storage_options: dict | None = None) -> BlockedIndex | ExactIndex:

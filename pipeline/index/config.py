@@ -139,13 +139,11 @@ class BlockedIndexConfig:
         leaves at ``None`` or names in ``derived`` (a built index's config: its derived values
         are set aside and derived again): field -> one line with the rule and its numbers, in
         `DERIVED_FIELDS` order. ``lsr info`` prints it for every shard."""
-        _, reasons = self.undetermined()._derive(n_docs, vocab_size, nnz, used_terms)
+        # the derived fields back at None (what was given explicitly stays): the input of the
+        # derivation that produced this config
+        given = dataclasses.replace(self, derived=(), **{name: None for name in self.derived})
+        _, reasons = given._derive(n_docs, vocab_size, nnz, used_terms)
         return {name: reasons[name] for name in DERIVED_FIELDS if name in reasons}
-
-    def undetermined(self) -> "BlockedIndexConfig":
-        """This config with its derived fields back at ``None`` (what was given explicitly
-        stays): the input of the derivation that produced it."""
-        return dataclasses.replace(self, derived=(), **{name: None for name in self.derived})
 
     def _derive(self, n_docs: int, vocab_size: int, nnz: int, used_terms: int | None
                 ) -> tuple[dict[str, Any], dict[str, str]]:
