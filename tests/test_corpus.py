@@ -40,6 +40,21 @@ def test_chunks_cover_every_line_once_in_order(tmp_path, shard_size):
         assert len(chunks) == 1
 
 
+def test_chunks_are_equal_parts_with_no_small_remainder(tmp_path):
+    """1,510 records at 500 a shard: three chunks of about 503 (equal bytes; the records vary
+    in length), not three of about 500 and one of 10; gzip: 1,001 records are three runs of
+    333-334, counted exactly."""
+    path = tmp_path / "c.jsonl"
+    _write_jsonl(path, 1510)
+    counts = [len(list(read_chunk(c, FieldMap()))) for c in plan_chunks(discover(str(path)), 500)]
+    assert len(counts) == 3 and sum(counts) == 1510 and min(counts) >= 450, counts
+    gz = tmp_path / "g.jsonl.gz"
+    _write_jsonl(path, 1001)
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    counts = [len(list(read_chunk(c, FieldMap()))) for c in plan_chunks(discover(str(gz)), 500)]
+    assert counts == [333, 334, 334], counts
+
+
 def test_bad_records_are_named_by_file_and_line(tmp_path):
     path = tmp_path / "c.jsonl"
     bad = {

@@ -1,7 +1,7 @@
 """Filtered search, stored fields and explain over an index with fields (issue 15, query time).
 
-Differential tests on real data: scifact encoded by the real splade-tiny model (the
-`encodings` fixture), with fields derived reproducibly from the corpus records, written by
+Differential tests on real data: scifact's first 1,500 documents encoded by the real
+splade-tiny model (the `scifact_head` fixture), with fields derived reproducibly from the corpus records, written by
 the direct writer into a few shards. Every expectation is computed independently with scipy
 (``Q @ D[allowed].T``) and from the corpus JSONL, never through the code under test.
 """
@@ -123,13 +123,13 @@ def _corpus_fields(scifact_dir):
 
 
 @pytest.fixture(scope="module")
-def scifact_filtered(encodings, scifact_dir, tmp_path_factory):
-    """(ShardedIndex over scifact in 3 blocked shards with fields, Encoded, field rows)."""
+def scifact_filtered(scifact_head, scifact_head_dir, tmp_path_factory):
+    """(ShardedIndex over the scifact head in 3 blocked shards with fields, Encoded, field rows)."""
     from conftest import tiny_encoder
     from pipeline.search import ShardedIndex
 
-    enc = encodings("scifact")
-    rows = _corpus_fields(scifact_dir)
+    enc = scifact_head
+    rows = _corpus_fields(scifact_head_dir)
     assert [r["_id"] for r in rows] == list(enc.doc_ids)
     root = str(tmp_path_factory.mktemp("filtered") / "index")
     write_generation(root, 1, enc.doc_ids, enc.docs, 3, tiny_encoder().settings(),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import assert_same_ranking, tiny_encoder
+from conftest import SCIFACT_HEAD_DOCS, assert_same_ranking, tiny_encoder
 from ray_procs import kill_when, ray_head, submit_job, subprocess_env
 from pipeline.index import ExactIndex
 from pipeline.batch import IndexJobConfig, run_index_job
@@ -31,13 +31,17 @@ def _exact_reference(docs, doc_ids, queries, k=10):
     return ids, [s[:len(i)] for s, i in zip(scores, ids)]
 
 
+def _shard_postings(root: str, storage_options=None) -> list:
+    """Each shard's postings of the live generation (verified), in manifest order."""
+    layout = IndexLayout.at(root, storage_options)
+    return [read_postings(layout.postings(s.name), verify=True) for s in read_manifest(layout).shards]
+
+
 def _stored_vectors(root: str, storage_options=None):
     """All postings of the live generation, concatenated in shard order: (ids, csr)."""
     import scipy.sparse as sp
 
-    layout = IndexLayout.at(root, storage_options)
-    manifest = read_manifest(layout)
-    parts = [read_postings(layout.postings(s.name), verify=True) for s in manifest.shards]
+    parts = _shard_postings(root, storage_options)
     return [i for p in parts for i in p.doc_ids], sp.vstack([p.vectors for p in parts], format="csr")
 
 
@@ -56,16 +60,17 @@ def _write_corpus(path: Path, records) -> Path:
     return path
 
 
-def test_scifact_job_equals_exact_search_over_reference_encodings(scifact_index, encodings):
-    root, summary = scifact_index
-    encoded = encodings("scifact")
-    assert summary.docs_in == summary.docs_indexed == 5183 and summary.docs_rejected == 0
-    assert summary.shards == 3 and summary.bound_stage == "encode"
+def assert_job_equals_reference(root, summary, encoded, n_shards: int) -> None:
+    """A job's index holds the reference encodings in corpus order; exact search over it is
+    exact search over them; its blocked default reaches recall 0.95 against that."""
+    n = len(encoded.doc_ids)
+    assert summary.docs_in == summary.docs_indexed == n and summary.docs_rejected == 0
+    assert summary.shards == n_shards and summary.bound_stage == "encode"
 
     index = ShardedIndex.open(str(root))
     manifest = index.manifest
-    assert manifest.counts == {"docs_in": 5183, "docs_indexed": 5183, "docs_rejected": 0, "docs_empty": 0}
-    assert sum(s.n_docs for s in manifest.shards) == 5183
+    assert manifest.counts == {"docs_in": n, "docs_indexed": n, "docs_rejected": 0, "docs_empty": 0}
+    assert sum(s.n_docs for s in manifest.shards) == n
     assert manifest.encoder["fingerprint"] == tiny_encoder().settings()["fingerprint"]
 
     # The stored vectors are the reference encodings, document by document, in corpus order.
@@ -85,9 +90,25 @@ def test_scifact_job_equals_exact_search_over_reference_encodings(scifact_index,
     assert recall >= 0.95, recall
 
 
-def test_lsr_search_cli_equals_python_api(scifact_index, scifact_dir):
+def test_scifact_job_equals_exact_search_over_reference_encodings(scifact_index, scifact_head):
+    root, summary = scifact_index
+    assert len(scifact_head.doc_ids) == SCIFACT_HEAD_DOCS
+    assert_job_equals_reference(root, summary, scifact_head, n_shards=3)
+
+
+@pytest.mark.slow
+def test_whole_scifact_job_equals_exact_search_over_reference_encodings(ray_local, scifact_dir,
+                                                                        encodings, tmp_path):
+    """All 5,183 documents (about 4 min on 2 cores; the default run indexes the first 1,500)."""
+    root = tmp_path / "index"
+    summary = run_index_job(IndexJobConfig(corpus=str(scifact_dir), output=str(root),
+                                           shard_size=2000))
+    assert_job_equals_reference(root, summary, encodings("scifact"), n_shards=3)
+
+
+def test_lsr_search_cli_equals_python_api(scifact_index, scifact_head_dir):
     root, _ = scifact_index
-    queries = [json.loads(line)["text"] for line in open(scifact_dir / "queries.jsonl")][:3]
+    queries = [json.loads(line)["text"] for line in open(scifact_head_dir / "queries.jsonl")][:3]
     out = subprocess.run([*LSR, "search", str(root), *queries, "--k", "10", "--exact", "--json"],
                          capture_output=True, text=True, env=_env(), check=True, timeout=300)
     cli = json.loads(out.stdout)
@@ -130,6 +151,15 @@ def test_job_reads_and_writes_s3_from_the_standard_aws_environment(s3_server, da
     for q, result in enumerate(cli):
         assert_same_ranking([h["doc_id"] for h in result["hits"]], [h["score"] for h in result["hits"]],
                             want_ids[q], want_scores[q])
+
+    # `lsr info` over S3: every shard's derived parameters explained from its recorded statistics
+    out = subprocess.run([*LSR, "info", output, "--json"], env=env, check=True,
+                         capture_output=True, text=True, timeout=300)
+    info = json.loads(out.stdout)
+    assert sum(s["n_docs"] for s in info["shards"]) == n_docs and len(info["shards"]) == 3
+    for shard, part in zip(info["shards"], _shard_postings(output, s3_server["storage_options"])):
+        assert shard["used_terms"] == np.unique(part.vectors.indices).size
+        assert set(shard["derivation"]) == set(shard["config"]["derived"]) and shard["derivation"]
 
 
 BAD_LINES = {

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import REPO, tiny_encoder
+from conftest import REPO, SCIFACT_HEAD_DOCS, tiny_encoder
 from pipeline.batch import IndexJobConfig, run_index_job
 from pipeline.batch import ReindexConfig, run_reindex
 from pipeline.catalog import collect_garbage
@@ -73,7 +73,7 @@ N_CHANGED, N_DELETED, N_ADDED = 20, 15, 25
 
 
 @pytest.fixture(scope="module")
-def scifact_reindexed(scifact_index, scifact_dir, data_dir, tmp_path_factory, ray_local):
+def scifact_reindexed(scifact_index, scifact_head_dir, data_dir, tmp_path_factory, ray_local):
     """scifact gen 1 copied; its first shard changed; re-indexed under load on the endpoint."""
     from pipeline.serve import ServeConfig
     from pipeline.serve.app import run_endpoint, stop_endpoint
@@ -89,7 +89,7 @@ def scifact_reindexed(scifact_index, scifact_dir, data_dir, tmp_path_factory, ra
     deleted = {ids0[i] for i in picks[N_CHANGED:]}
     # New texts (changed and added documents) are real documents of another collection.
     donors = iter(_records(data_dir / "cisi" / "corpus.jsonl"))
-    old = _records(scifact_dir / "corpus.jsonl")
+    old = _records(scifact_head_dir / "corpus.jsonl")
     new = []
     for r in old:
         if r["_id"] in deleted:
@@ -107,7 +107,7 @@ def scifact_reindexed(scifact_index, scifact_dir, data_dir, tmp_path_factory, ra
                          server_id="test-reindex")
     port = serve_http_port()
     run_endpoint(config)
-    queries = [json.loads(line)["text"] for line in open(scifact_dir / "queries.jsonl")][:50]
+    queries = [json.loads(line)["text"] for line in open(scifact_head_dir / "queries.jsonl")][:50]
     try:
         with LoadLoop(httpx.Client(base_url=f"http://127.0.0.1:{port}/r", timeout=60.0), "/search",
                       queries) as loop:
@@ -130,8 +130,8 @@ def test_report_counts_are_exact(scifact_reindexed):
     assert (s.base_generation, s.generation, s.committed, s.full_rebuild) == (1, 2, True, False)
     assert s.rebuild_reason is None
     assert (s.docs_added, s.docs_changed, s.docs_deleted) == (N_ADDED, N_CHANGED, N_DELETED)
-    assert s.docs_unchanged == 5183 - N_CHANGED - N_DELETED
-    assert s.docs_in == s.docs_indexed == 5183 - N_DELETED + N_ADDED and s.docs_rejected == 0
+    assert s.docs_unchanged == SCIFACT_HEAD_DOCS - N_CHANGED - N_DELETED
+    assert s.docs_in == s.docs_indexed == SCIFACT_HEAD_DOCS - N_DELETED + N_ADDED and s.docs_rejected == 0
     # Only the first shard changed: rebuilt; the other two are reused; the additions get a
     # shard of their own (the last base shard is more than half full and unchanged).
     assert (s.shards, s.shards_rebuilt, s.shards_reused, s.shards_added) == (4, 1, 2, 1)
@@ -165,7 +165,7 @@ def test_only_added_and_changed_documents_are_encoded(scifact_reindexed):
     # ...and every other document the very vectors generation 1 stored, in the same order.
     at1 = {doc_id: i for i, doc_id in enumerate(ids1)}
     same = [doc_id for doc_id in ids2 if doc_id in at1 and doc_id not in r.changed]
-    assert len(same) == 5183 - N_CHANGED - N_DELETED
+    assert len(same) == SCIFACT_HEAD_DOCS - N_CHANGED - N_DELETED
     assert [at1[d] for d in same] == sorted(at1[d] for d in same)
     v1, v2 = vectors1[[at1[d] for d in same]], vectors2[[at2[d] for d in same]]
     assert np.array_equal(v1.indptr, v2.indptr) and np.array_equal(v1.indices, v2.indices) \
@@ -196,7 +196,9 @@ def test_search_finds_added_never_deleted_and_unchanged_results_stay_identical(s
     b = gen2.search_vectors(vectors, k=10, exact=True)
     untouched = [q for q in range(len(queries))
                  if not ({h.doc_id for h in a[q]} | {h.doc_id for h in b[q]}) & touched]
-    assert len(untouched) >= 250
+    # (the comparison must cover most queries: on the 1,500-document head the 60 documents
+    # touched reach the top-10 of 64 of these 300)
+    assert len(untouched) >= 200
     for q in untouched:
         assert [h.doc_id for h in a[q]] == [h.doc_id for h in b[q]], q
         assert [h.score for h in a[q]] == [h.score for h in b[q]], q

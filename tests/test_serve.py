@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import free_port
+from conftest import SCIFACT_HEAD_DOCS, free_port
 from serve_fixtures import ConcurrentLoad, LoadLoop, replica_actors, serve_http_port, serve_index, wait_until  # noqa: F401
 
-N_SHARDS = 3          # scifact at shard_size=2000
+N_SHARDS = 3          # the scifact head at shard_size=500 (conftest)
 KEY_ENV = "LSR_TEST_SERVE_KEY"
 
 
@@ -205,7 +205,7 @@ class TestEndpoint:
         client, auth, _ = endpoint
         stats = client.get("/stats", headers=auth).json()
         assert stats["generation"] == 1 and stats["n_shards"] == N_SHARDS
-        assert stats["n_docs"] == in_process.n_docs == 5183
+        assert stats["n_docs"] == in_process.n_docs == SCIFACT_HEAD_DOCS
         assert [s["name"] for s in stats["shards"]] == [s.entry.name for s in in_process.shards]
         assert all(s["state"] == "ok" for s in stats["shards"])
         assert stats["controller"]["generation"] == 1 and stats["controller"]["retiring"] == []
@@ -392,7 +392,7 @@ class TestGenerations:
         assert loop.errors == [] and set(loop.statuses) == {200} and loop.partial == 0
         assert set(loop.generations) == {2, 4} and loop.generations == sorted(loop.generations)
         stats = client.get("/stats").json()
-        assert stats["generation"] == 4 and stats["n_shards"] == 4 and stats["n_docs"] == 5183
+        assert stats["generation"] == 4 and stats["n_shards"] == 4 and stats["n_docs"] == SCIFACT_HEAD_DOCS
 
     def test_generation_whose_replica_cannot_load_is_refused(self, generations_endpoint,
                                                               scifact_dir):

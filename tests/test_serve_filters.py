@@ -15,12 +15,12 @@ from test_filtered_search import SCHEMA, _corpus_fields
 
 
 @pytest.fixture(scope="module")
-def fields_index(encodings, scifact_dir, tmp_path_factory):
+def fields_index(scifact_head, scifact_head_dir, tmp_path_factory):
     from conftest import tiny_encoder
     from pipeline.testing.direct_writer import write_generation
 
-    enc = encodings("scifact")
-    rows = _corpus_fields(scifact_dir)
+    enc = scifact_head
+    rows = _corpus_fields(scifact_head_dir)
     root = str(tmp_path_factory.mktemp("served-fields") / "index")
     write_generation(root, 1, enc.doc_ids, enc.docs, 3, tiny_encoder().settings(),
                      fields=(SCHEMA, [{k: r[k] for k in ("first", "tlen", "long", "title")}

@@ -8,10 +8,15 @@ derived from the shard rather than given, the rule and the shard statistics it c
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import typer
 
 from pipeline.cli.common import parse_json_option
+
+INFO_READERS = 16
+"""Shards whose index attributes `gather` reads at once."""
+
 
 def gather(index: str, generation: int | None, storage_options: dict) -> dict:
     """The generation's manifest summary and, per shard, its manifest entry and what its index
@@ -21,12 +26,16 @@ def gather(index: str, generation: int | None, storage_options: dict) -> dict:
 
     layout = IndexLayout.at(index, storage_options)
     manifest = read_manifest(layout, generation)
-    shards = []
-    for entry in manifest.shards:
+
+    def shard(entry) -> dict:
         loc = layout.index(entry.name)
-        shards.append({"name": entry.name, "kind": entry.index_kind, "n_docs": entry.n_docs,
-                       "nnz": entry.nnz, "index_nbytes": entry.index_nbytes,
-                       **index_info(loc.url, loc.storage_options, entry.index_kind, entry.n_docs)})
+        return {"name": entry.name, "kind": entry.index_kind, "n_docs": entry.n_docs,
+                "nnz": entry.nnz, "index_nbytes": entry.index_nbytes,
+                **index_info(loc.url, loc.storage_options, entry.index_kind, entry.n_docs)}
+
+    # a few small reads a shard: on object storage their round trips, not their bytes, add up
+    with ThreadPoolExecutor(max_workers=INFO_READERS) as pool:
+        shards = list(pool.map(shard, manifest.shards))
     return {"index": index, "generation": manifest.generation,
             "current": read_current_generation(layout), "generations": list_generations(layout),
             "created_at": manifest.created_at, "parent_generation": manifest.parent_generation,

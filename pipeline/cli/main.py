@@ -17,6 +17,7 @@ from pipeline.cli.serve import serve_command
 from pipeline.errors import is_user_error
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode="markdown",   # docstrings wrap as prose, not at their line ends
                   help="Learned sparse retrieval (SPLADE) at cluster scale on Ray.")
 
 

@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -133,10 +134,14 @@ def plan_chunks(files: list[CorpusFile], shard_size: int,
                 storage_options: dict | None = None) -> list[Chunk]:
     """Cut files into chunks of about `shard_size` records each (never across files).
 
-    JSONL: byte ranges sized from the average record length of the file's first MiB.
-    Gzip JSONL: decompressed once here and cut every `shard_size` records (non-blank lines),
-    at decompressed byte offsets; each read task decompresses from the start of the file up
-    to its chunk (gzip has no random access). Parquet: consecutive row groups.
+    A file is cut into equal parts, as few as hold at most `shard_size` records each, so no
+    chunk is a small remainder (1,500 records at 500 are three chunks of 500, not three
+    of 496 and one of 12):
+    JSONL: equal byte ranges, counted from the average record length of the file's first MiB;
+    that estimate may be 5% high before a chunk is added (`chunk_count`).
+    Gzip JSONL: decompressed once here, its records (non-blank lines) counted and cut into
+    equal runs at decompressed byte offsets; each read task decompresses from the start of the
+    file up to its chunk (gzip has no random access). Parquet: consecutive row groups.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -161,25 +166,32 @@ def plan_chunks(files: list[CorpusFile], shard_size: int,
         elif f.compressed:
             chunks.extend(_gzip_chunks(f, loc, shard_size))
         else:
-            step = max(1, int(_sample_bytes_per_record(loc, False) * shard_size))
-            for start in range(0, f.size, step):
-                chunks.append(Chunk(f, start, min(f.size, start + step)))
+            records = f.size / _sample_bytes_per_record(loc, False)
+            n = chunk_count(records, shard_size, slack=0.05)
+            bounds = [f.size * i // n for i in range(n + 1)]
+            chunks.extend(Chunk(f, a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
     return chunks
 
 
+def chunk_count(records: float, shard_size: int, slack: float = 0.0) -> int:
+    """How many equal chunks `records` records make at most `shard_size` each; an estimated
+    count may exceed a whole number of chunks by ``slack`` of a chunk before one is added."""
+    return max(1, math.ceil(records / shard_size - slack))
+
+
 def _gzip_chunks(f: CorpusFile, loc: Location, shard_size: int) -> list[Chunk]:
-    """Chunks of `shard_size` records of a gzip JSONL file, in decompressed byte offsets."""
-    bounds, offset, records = [0], 0, 0
+    """Equal runs of at most `shard_size` records of a gzip JSONL file, in decompressed byte
+    offsets (a run ends after its last record's line)."""
+    ends = []       # decompressed offset after each record
+    offset = 0
     with loc.fs.open(loc.path, "rb") as raw, gzip.open(raw) as stream:
         for line in stream:
             offset += len(line)
             if line.strip():
-                records += 1
-                if records == shard_size:
-                    bounds.append(offset)
-                    records = 0
-    if bounds[-1] != offset or len(bounds) == 1:
-        bounds.append(offset)
+                ends.append(offset)
+    n = chunk_count(len(ends), shard_size)
+    bounds = [0] + [ends[len(ends) * i // n - 1] for i in range(1, n) if len(ends) * i // n > 0]
+    bounds.append(offset)
     return [Chunk(f, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
