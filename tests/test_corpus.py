@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.corpus import describe_position, discover, plan_chunks, read_chunk
+from pipeline.data.corpus import SAMPLE_BYTES, describe_position, discover, plan_chunks, read_chunk
 from pipeline.data.records import BadRecord, FieldMap, document_text, parse_record
 
 
@@ -41,13 +41,19 @@ def test_chunks_cover_every_line_once_in_order(tmp_path, shard_size):
 
 
 def test_chunks_are_equal_parts_with_no_small_remainder(tmp_path):
-    """1,510 records at 500 a shard: three chunks of about 503 (equal bytes; the records vary
-    in length), not three of about 500 and one of 10; gzip: 1,001 records are three runs of
-    333-334, counted exactly."""
+    """A file over the sample (1 MiB), 8,060 records at 2,000 a shard (estimated from the
+    sample within the 5% slack): four chunks of about 2,015 (equal bytes; the records vary in
+    length), not four of about 2,000 and one of 60.
+    Records counted exactly, in a file within the sample and in gzip: 1,001 at 500 are three
+    runs of 333-334."""
     path = tmp_path / "c.jsonl"
-    _write_jsonl(path, 1510)
+    _write_jsonl(path, 8060)
+    assert path.stat().st_size > SAMPLE_BYTES
+    counts = [len(list(read_chunk(c, FieldMap()))) for c in plan_chunks(discover(str(path)), 2000)]
+    assert len(counts) == 4 and sum(counts) == 8060 and min(counts) >= 1800, counts
+    _write_jsonl(path, 1001)
     counts = [len(list(read_chunk(c, FieldMap()))) for c in plan_chunks(discover(str(path)), 500)]
-    assert len(counts) == 3 and sum(counts) == 1510 and min(counts) >= 450, counts
+    assert counts == [333, 334, 334], counts
     gz = tmp_path / "g.jsonl.gz"
     _write_jsonl(path, 1001)
     gz.write_bytes(gzip.compress(path.read_bytes()))

@@ -41,8 +41,8 @@ def index(
     top_k: int = typer.Option(None, help="Keep at most this many terms per document."),
     threshold: float = typer.Option(0.0, help="Drop term weights <= this."),
     shard_size: int = typer.Option(SHARD_SIZE, help="Target documents per shard: each file is cut into the fewest "
-                                                    "equal parts of at most this many (plain JSONL: by bytes, from "
-                                                    "its first MiB's mean record length)."),
+                                                    "equal parts of at most this many (JSONL over 1 MiB: by bytes, "
+                                                    "from its first MiB's mean record length)."),
     block_rows: Optional[int] = typer.Option(None, help=f"Documents per read block: the unit of resume after a crash (default: {BLOCK_ROWS} for text, {VECTOR_BLOCK_ROWS} for --format vectors)."),
     index_kind: str = typer.Option("blocked", help="blocked (Seismic-style) or exact."),
     index_param: list[str] = typer.Option(None, help="Blocked index parameter KEY=VALUE (repeatable), e.g. n_postings=2000."),

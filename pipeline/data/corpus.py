@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
 import math
+from array import array
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -122,12 +124,34 @@ def corpus_fingerprint(files: list[CorpusFile]) -> str:
     return h.hexdigest()
 
 
-def _sample_bytes_per_record(loc: Location, compressed: bool, sample_bytes: int = 1 << 20) -> float:
-    with loc.fs.open(loc.path, "rb") as raw:
-        stream = gzip.open(raw) if compressed else raw
-        data = stream.read(sample_bytes)
-    lines = [line for line in data.split(b"\n")[:-1] if line.strip()] or [data]
-    return max(1.0, sum(len(x) + 1 for x in lines) / len(lines))
+SAMPLE_BYTES = 1 << 20
+"""Bytes of a plain JSONL file read at plan time: its mean record length, or the whole file."""
+
+
+def _record_ends(lines) -> array:
+    """Offsets just past each record (non-blank line) of an iterable of lines: 8 bytes a record."""
+    ends = array("q")
+    offset = 0
+    for line in lines:
+        offset += len(line)
+        if line.strip():
+            ends.append(offset)
+    return ends
+
+
+def _equal_runs(f: CorpusFile, ends: array, end: int, shard_size: int) -> list[Chunk]:
+    """The fewest equal runs of records of at most `shard_size` each, as chunks of `f` ending
+    after a run's last record (the last one at `end`)."""
+    n = chunk_count(len(ends), shard_size)
+    bounds = [0] + [ends[len(ends) * i // n - 1] for i in range(1, n) if len(ends) * i // n > 0]
+    bounds.append(end)
+    return [Chunk(f, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def chunk_count(records: float, shard_size: int, slack: float = 0.0) -> int:
+    """How many equal chunks `records` records make at most `shard_size` each; an estimated
+    count may exceed a whole number of chunks by ``slack`` of a chunk before one is added."""
+    return max(1, math.ceil(records / shard_size - slack))
 
 
 def plan_chunks(files: list[CorpusFile], shard_size: int,
@@ -137,8 +161,9 @@ def plan_chunks(files: list[CorpusFile], shard_size: int,
     A file is cut into equal parts, as few as hold at most `shard_size` records each, so no
     chunk is a small remainder (1,500 records at 500 are three chunks of 500, not three
     of 496 and one of 12):
-    JSONL: equal byte ranges, counted from the average record length of the file's first MiB;
-    that estimate may be 5% high before a chunk is added (`chunk_count`).
+    JSONL up to `SAMPLE_BYTES`: read whole here and cut into equal runs of records.
+    Larger JSONL: equal byte ranges, counted from the mean record length of the first
+    `SAMPLE_BYTES`; that estimate may be 5% over a whole number of chunks before one is added.
     Gzip JSONL: decompressed once here, its records (non-blank lines) counted and cut into
     equal runs at decompressed byte offsets; each read task decompresses from the start of the
     file up to its chunk (gzip has no random access). Parquet: consecutive row groups.
@@ -164,35 +189,22 @@ def plan_chunks(files: list[CorpusFile], shard_size: int,
         elif f.size == 0:
             chunks.append(Chunk(f, 0, 0))
         elif f.compressed:
-            chunks.extend(_gzip_chunks(f, loc, shard_size))
+            with loc.fs.open(loc.path, "rb") as raw, gzip.open(raw) as stream:
+                ends = _record_ends(stream)
+                end = stream.tell()
+            chunks.extend(_equal_runs(f, ends, end, shard_size))
         else:
-            records = f.size / _sample_bytes_per_record(loc, False)
-            n = chunk_count(records, shard_size, slack=0.05)
+            with loc.fs.open(loc.path, "rb") as raw:
+                head = raw.read(SAMPLE_BYTES)
+            if len(head) >= f.size:
+                chunks.extend(_equal_runs(f, _record_ends(io.BytesIO(head)), f.size, shard_size))
+                continue
+            lines = [line for line in head.split(b"\n")[:-1] if line.strip()] or [head]
+            per_record = max(1.0, sum(len(x) + 1 for x in lines) / len(lines))
+            n = chunk_count(f.size / per_record, shard_size, slack=0.05)
             bounds = [f.size * i // n for i in range(n + 1)]
             chunks.extend(Chunk(f, a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
     return chunks
-
-
-def chunk_count(records: float, shard_size: int, slack: float = 0.0) -> int:
-    """How many equal chunks `records` records make at most `shard_size` each; an estimated
-    count may exceed a whole number of chunks by ``slack`` of a chunk before one is added."""
-    return max(1, math.ceil(records / shard_size - slack))
-
-
-def _gzip_chunks(f: CorpusFile, loc: Location, shard_size: int) -> list[Chunk]:
-    """Equal runs of at most `shard_size` records of a gzip JSONL file, in decompressed byte
-    offsets (a run ends after its last record's line)."""
-    ends = []       # decompressed offset after each record
-    offset = 0
-    with loc.fs.open(loc.path, "rb") as raw, gzip.open(raw) as stream:
-        for line in stream:
-            offset += len(line)
-            if line.strip():
-                ends.append(offset)
-    n = chunk_count(len(ends), shard_size)
-    bounds = [0] + [ends[len(ends) * i // n - 1] for i in range(1, n) if len(ends) * i // n > 0]
-    bounds.append(offset)
-    return [Chunk(f, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def sample_texts(files: list[CorpusFile], fields: FieldMap, n: int,
