@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from pipeline.data.jsonl import decode_line, parse_json_line
 from pipeline.data.records import BadRecord, FieldMap, parse_record
-from pipeline.objstore import Location, resolve, with_retries
+from pipeline.objstore import resolve, with_retries
 
 if TYPE_CHECKING:
     from pipeline.data.vectors import ParsedVector, VectorSource
