@@ -1,7 +1,7 @@
 """Counting experiment: does a kNN-graph refinement of the top-k (Seismic's kNN option)
 buy recall cheaper than searching deeper?  Counts only (documents scored), no timing."""
 import sys, os, time
-sys.path.insert(0, "/work/main")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import numpy as np, scipy.sparse as sp
 from jobs.bench_index import real_collections
 from jobs.index_sweep import counted_search

@@ -2,13 +2,12 @@
 searching then refining the top-k through an exact kNN graph (kappa neighbours each).
 Counts only."""
 import sys, os
-sys.path.insert(0, "/tmp/knn")
 os.environ["SKIP_GRID"] = "1"
 import numpy as np
 only = sys.argv[1]
 sys.argv = [sys.argv[0], only]
 # reuse the experiment's setup (graph, index, refine, scored_sets) without its loops
-src = open("/tmp/knn/knn_exp.py").read().split("print(\"actual extra")[0]
+src = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "knn_exp.py")).read().split("print(\"actual extra")[0]
 src = src.replace("KAPPA = 30", "KAPPA = 20")
 exec(compile(src, "knn_exp", "exec"))
 pts = {"plain": [], "k5": [], "k10": [], "k20": []}

@@ -1,5 +1,5 @@
-import sys, time, re
-sys.path.insert(0, "/work/main")
+import os, sys, time, re
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 import numpy as np, seismic
 from jobs.bench_index import real_collections, SeismicQueries, captured_stdout
 from pipeline.index import ExactIndex, recall_at_k
