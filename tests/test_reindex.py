@@ -323,11 +323,13 @@ def test_unchanged_corpus_commits_nothing_and_a_changed_setting_rebuilds_everyth
     assert len(list((root / "staging").iterdir())) == 1
     corpus = _write(tmp_path / "corpus.jsonl", records)
 
-    # A new truncation length changes every vector: a full rebuild, said so.
+    # A new truncation length changes every vector: a full rebuild, said so. Its generation is
+    # 3: the failed run's plan, still staged for a resume, keeps 2 reserved (`next_generation`,
+    # so that a run with other settings never writes files under that run's names).
     full = run_reindex(ReindexConfig(corpus=str(corpus), index=str(root),
                                      encoder=_overrides(max_length=128)))
     assert full.full_rebuild is True and "max_length 256 -> 128" in full.rebuild_reason
-    assert (full.generation, full.base_generation, full.docs_reencoded) == (2, 1, SMALL)
+    assert (full.generation, full.base_generation, full.docs_reencoded) == (3, 1, SMALL)
     assert full.docs_added is None and full.shards == full.shards_rebuilt == 3
     manifest = read_manifest(layout)
     assert manifest.encoder["max_length"] == 128 and manifest.parent_generation == 1
