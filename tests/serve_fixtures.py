@@ -24,7 +24,8 @@ def serve_index(request) -> str:
     """Root of the session's scifact index (conftest `scifact_index`: the real job, 3 shards).
 
     Local runs only: LSR_TEST_CACHE=/dir with a copy of such an index under
-    /dir/serve-scifact-index skips the build (delete it when the index format changes).
+    /dir/serve-scifact-index skips the build (delete it when the index format or the test
+    collection changes: since 2026-12-05 it is scifact's first 1,500 documents).
     """
     cache = os.environ.get("LSR_TEST_CACHE")
     if cache and (Path(cache) / "serve-scifact-index" / "CURRENT.json").exists():
