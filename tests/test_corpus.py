@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.data.corpus import SAMPLE_BYTES, describe_position, discover, plan_chunks, read_chunk
+from pipeline.data.corpus import RUN_GRAIN, SAMPLE_BYTES, describe_position, discover, plan_chunks, read_chunk
 from pipeline.data.records import BadRecord, FieldMap, document_text, parse_record
 
 
@@ -59,6 +59,13 @@ def test_chunks_are_equal_parts_with_no_small_remainder(tmp_path):
     gz.write_bytes(gzip.compress(path.read_bytes()))
     counts = [len(list(read_chunk(c, FieldMap()))) for c in plan_chunks(discover(str(gz)), 500)]
     assert counts == [333, 334, 334], counts
+    # over RUN_GRAIN records a shard, bounds fall every shard_size // RUN_GRAIN records (2 here)
+    shard_size = 2 * RUN_GRAIN + 1
+    _write_jsonl(path, 1201)
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    counts = [len(list(read_chunk(c, FieldMap()))) for c in plan_chunks(discover(str(gz)), shard_size)]
+    assert len(counts) == 3 and sum(counts) == 1201, counts
+    assert max(counts) - min(counts) <= 2 and max(counts) <= shard_size, counts
 
 
 def test_bad_records_are_named_by_file_and_line(tmp_path):

@@ -37,12 +37,16 @@ def _shard_postings(root: str, storage_options=None) -> list:
     return [read_postings(layout.postings(s.name), verify=True) for s in read_manifest(layout).shards]
 
 
-def _stored_vectors(root: str, storage_options=None):
-    """All postings of the live generation, concatenated in shard order: (ids, csr)."""
+def _concatenated(parts: list):
+    """Shards' postings concatenated in shard order: (ids, csr)."""
     import scipy.sparse as sp
 
-    parts = _shard_postings(root, storage_options)
     return [i for p in parts for i in p.doc_ids], sp.vstack([p.vectors for p in parts], format="csr")
+
+
+def _stored_vectors(root: str, storage_options=None):
+    """All postings of the live generation, concatenated in shard order: (ids, csr)."""
+    return _concatenated(_shard_postings(root, storage_options))
 
 
 def assert_same_vectors(got, want, atol: float = 1e-5) -> None:
@@ -137,8 +141,9 @@ def test_job_reads_and_writes_s3_from_the_standard_aws_environment(s3_server, da
     subprocess.run([*LSR, "index", corpus, output, "--shard-size", "150", "--json"], env=env, check=True,
                    capture_output=True, text=True, timeout=900)
     encoded = encodings("cisi")
-    ids, vectors = _stored_vectors(output, s3_server["storage_options"])
-    assert len(read_manifest(IndexLayout.at(output, s3_server["storage_options"])).shards) == 3
+    parts = _shard_postings(output, s3_server["storage_options"])
+    ids, vectors = _concatenated(parts)
+    assert len(parts) == 3
     assert ids == encoded.doc_ids[:n_docs]
     assert_same_vectors(vectors, encoded.docs[:n_docs])
 
@@ -157,7 +162,7 @@ def test_job_reads_and_writes_s3_from_the_standard_aws_environment(s3_server, da
                          capture_output=True, text=True, timeout=300)
     info = json.loads(out.stdout)
     assert sum(s["n_docs"] for s in info["shards"]) == n_docs and len(info["shards"]) == 3
-    for shard, part in zip(info["shards"], _shard_postings(output, s3_server["storage_options"])):
+    for shard, part in zip(info["shards"], parts, strict=True):
         assert shard["used_terms"] == np.unique(part.vectors.indices).size
         assert set(shard["derivation"]) == set(shard["config"]["derived"]) and shard["derivation"]
 

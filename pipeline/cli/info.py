@@ -1,7 +1,8 @@
 """`lsr info INDEX`: what a committed generation holds, and how its shards were built.
 
-Reads the manifest and each shard's index attributes, never an index array. For a blocked shard it shows the build and search parameters and, for each one
-derived from the shard rather than given, the rule and the shard statistics it came from
+Reads the manifest and each shard's index attributes, never an index array. For a blocked
+shard it shows the build and search parameters and, for each one derived from the shard
+rather than given, the rule and the shard statistics it came from
 (`BlockedIndexConfig.derivation`): the defaults that fit the collection, shown.
 """
 

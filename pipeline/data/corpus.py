@@ -128,23 +128,26 @@ SAMPLE_BYTES = 1 << 20
 """Bytes of a plain JSONL file read at plan time: its mean record length, or the whole file."""
 
 
-def _record_ends(lines) -> array:
-    """Offsets just past each record (non-blank line) of an iterable of lines: 8 bytes a record."""
-    ends = array("q")
-    offset = 0
+RUN_GRAIN = 256
+"""`_equal_runs` keeps one offset every ``shard_size // RUN_GRAIN`` records, so its memory grows
+with the number of chunks, not of records; runs are equal to within that many records."""
+
+
+def _equal_runs(f: CorpusFile, lines, shard_size: int) -> list[Chunk]:
+    """Chunks of `f` from one pass over its lines (bytes, as read): the fewest runs of about
+    equal numbers of records (non-blank lines), at most `shard_size` each (plus up to
+    1/`RUN_GRAIN` of it when that is over one record), each ending after its last record."""
+    every = max(1, shard_size // RUN_GRAIN)
+    ends = array("q")           # offset just past records every, 2 * every, ...
+    records = offset = 0
     for line in lines:
         offset += len(line)
         if line.strip():
-            ends.append(offset)
-    return ends
-
-
-def _equal_runs(f: CorpusFile, ends: array, end: int, shard_size: int) -> list[Chunk]:
-    """The fewest equal runs of records of at most `shard_size` each, as chunks of `f` ending
-    after a run's last record (the last one at `end`)."""
-    n = chunk_count(len(ends), shard_size)
-    bounds = [0] + [ends[len(ends) * i // n - 1] for i in range(1, n) if len(ends) * i // n > 0]
-    bounds.append(end)
+            records += 1
+            if records % every == 0:
+                ends.append(offset)
+    n = chunk_count(records, shard_size)
+    bounds = [0] + [ends[(records * i // n) // every - 1] for i in range(1, n)] + [offset]
     return [Chunk(f, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
@@ -161,12 +164,14 @@ def plan_chunks(files: list[CorpusFile], shard_size: int,
     A file is cut into equal parts, as few as hold at most `shard_size` records each, so no
     chunk is a small remainder (1,500 records at 500 are three chunks of 500, not three
     of 496 and one of 12):
-    JSONL up to `SAMPLE_BYTES`: read whole here and cut into equal runs of records.
+    JSONL up to `SAMPLE_BYTES`: read whole here and cut into equal runs of records
+    (`_equal_runs`).
     Larger JSONL: equal byte ranges, counted from the mean record length of the first
     `SAMPLE_BYTES`; that estimate may be 5% over a whole number of chunks before one is added.
     Gzip JSONL: decompressed once here, its records (non-blank lines) counted and cut into
-    equal runs at decompressed byte offsets; each read task decompresses from the start of the
-    file up to its chunk (gzip has no random access). Parquet: consecutive row groups.
+    equal runs (`_equal_runs`) at decompressed byte offsets; each read task decompresses from
+    the start of the file up to its chunk (gzip has no random access). Parquet: consecutive row
+    groups.
     """
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
@@ -190,20 +195,19 @@ def plan_chunks(files: list[CorpusFile], shard_size: int,
             chunks.append(Chunk(f, 0, 0))
         elif f.compressed:
             with loc.fs.open(loc.path, "rb") as raw, gzip.open(raw) as stream:
-                ends = _record_ends(stream)
-                end = stream.tell()
-            chunks.extend(_equal_runs(f, ends, end, shard_size))
+                chunks.extend(_equal_runs(f, stream, shard_size))
         else:
             with loc.fs.open(loc.path, "rb") as raw:
                 head = raw.read(SAMPLE_BYTES)
             if len(head) >= f.size:
-                chunks.extend(_equal_runs(f, _record_ends(io.BytesIO(head)), f.size, shard_size))
+                chunks.extend(_equal_runs(f, io.BytesIO(head), shard_size))
                 continue
             lines = [line for line in head.split(b"\n")[:-1] if line.strip()] or [head]
             per_record = max(1.0, sum(len(x) + 1 for x in lines) / len(lines))
             n = chunk_count(f.size / per_record, shard_size, slack=0.05)
+            # n <= ceil(f.size / per_record) <= f.size bytes: no range is empty
             bounds = [f.size * i // n for i in range(n + 1)]
-            chunks.extend(Chunk(f, a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a)
+            chunks.extend(Chunk(f, a, b) for a, b in zip(bounds[:-1], bounds[1:]))
     return chunks
 
 
